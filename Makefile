@@ -1,0 +1,28 @@
+# One command to set up and train, one to test. Python 3.11 is all a machine needs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test ui clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...'"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the project
+
+run: $(STAMP)    ## train the default model (resnet18 + ArcFace on digits) into mlruns/
+	$(VENV)/bin/mlflow run . -e arcface --env-manager local
+
+test: $(STAMP)   ## the whole test suite
+	$(PY) -m pytest
+
+ui: $(STAMP)     ## the MLflow UI over the embedded store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns
+
+clean:
+	rm -rf $(VENV) build *.egg-info

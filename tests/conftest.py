@@ -1,0 +1,36 @@
+"""Shared fixtures: a temporary MLflow store per test, the ORL faces path, the repo root."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ORL_FACES = REPO.parent / "shared" / "data" / "orl_faces"
+
+# Two slow cores: keep torch from oversubscribing them in the test process.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite store under tmp_path, set for this process and its children."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def orl_faces() -> Path:
+    """The ORL face set beside the checkout; the test is skipped when it is absent."""
+    if not ORL_FACES.is_dir():
+        pytest.skip(f"ORL faces not found at {ORL_FACES}")
+    return ORL_FACES

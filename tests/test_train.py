@@ -1,0 +1,138 @@
+"""The training run, end to end against a real MLflow store."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from tests.conftest import REPO
+from training.config import TrainConfig
+from training.run import dataset_name, train
+
+FAST = dict(epochs=1, batch_size=32, embedding_dim=32, log_model=False)
+
+
+def _only_run(experiment: str):
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_dataset_name() -> None:
+    assert dataset_name("digits") == "digits"
+    assert dataset_name("../shared/data/orl_faces") == "orl_faces"
+    assert dataset_name("some/dir/table.csv") == "table"
+    assert dataset_name("folder:/x/y/faces") == "faces"
+
+
+@pytest.mark.slow
+def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_path: Path) -> None:
+    """`mlflow run . -e arcface` for one epoch into a temporary store; load the model back."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.run(
+        [str(mlflow_cli), "run", str(REPO), "-e", "arcface", "--env-manager", "local",
+         "--experiment-name", "e2e", "-P", "epochs=1", "-P", "embedding_dim=32"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _only_run("e2e")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "resnet18-arcface"
+    assert run.data.tags["zoo.model"] == "resnet18"
+    assert run.data.tags["zoo.loss"] == "arcface"
+    assert run.data.tags["zoo.dataset"] == "digits"
+    assert run.data.params["epochs"] == "1" and run.data.params["lr"] == "0.002"
+    assert set(TrainConfig().to_params()) <= set(run.data.params)
+    for key in ("test_accuracy", "test_top5_accuracy", "test_ece", "test_precision_at_1",
+                "test_r_precision", "test_map_at_r", "test_nmi", "test_cluster_accuracy"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0, key
+    client = mlflow.MlflowClient()
+    for key in ("train_loss", "lr", "samples_per_s", "val_accuracy", "val_precision_at_1"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/curves.png", "plots/confusion_matrix.png", "plots/embeddings.png"} <= artifacts
+    assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    model = mlflow.pytorch.load_model(run.data.tags["zoo.model_uri"]).eval()
+    meta = model.zoo_meta
+    assert meta["preprocessing"]["class_names"] == [str(d) for d in range(10)]
+    assert meta["preprocessing"]["input_size"] == [3, 32, 32]
+    assert meta["loss"] == "arcface" and meta["dataset"] == "digits"
+    out = model(torch.randn(3, 3, 32, 32))
+    assert out["embedding"].shape == (3, 32) and out["logits"].shape == (3, 10)
+    assert torch.allclose(out["embedding"].norm(dim=1), torch.ones(3), atol=1e-5)
+    logged = mlflow.models.get_model_info(run.data.tags["zoo.model_uri"])
+    assert logged.signature is not None and logged.saved_input_example_info is not None
+
+
+def test_tabular_run_logs_open_set_metrics(tracking_uri: str) -> None:
+    cfg = TrainConfig(model="residual_mlp", loss="supcon", data="emitters", open_set=0.3,
+                      experiment="tab", **FAST)
+    result = train(cfg)
+    run = _only_run("tab")
+    assert run.info.status == "FINISHED"
+    assert {"open_precision_at_1", "open_map_at_r", "test_accuracy"} <= set(run.data.metrics)
+    assert result.metrics["test_accuracy"] > 1 / 7  # better than chance after one epoch
+    assert int(run.data.params["open_classes"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(data="/no/such/folder"), "does not exist"),
+        (dict(loss="arcfce"), "unknown loss 'arcfce'"),
+        (dict(model="resnet19"), "unknown model 'resnet19'"),
+        (dict(model="resnet18", data="emitters"), "takes image data"),
+    ],
+)
+def test_failed_run_is_marked_failed_with_error_tag(tracking_uri: str, overrides, message) -> None:
+    with pytest.raises(Exception, match=message):
+        train(TrainConfig(experiment="bad", **{**FAST, **overrides}))
+    run = _only_run("bad")
+    assert run.info.status == "FAILED"
+    assert message in run.data.tags["zoo.error"]
+
+
+def test_one_class_folder_fails_with_one_line(tracking_uri: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "only" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (8, 8), i * 50).save(tmp_path / "only" / "a" / f"{i}.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.train", "--data", str(tmp_path / "only"),
+         "--experiment", "bad", "--epochs", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "class" in last
+    assert "Traceback" not in proc.stderr
+    assert _only_run("bad").info.status == "FAILED"
+
+
+def test_mlproject_is_generated_from_trainconfig() -> None:
+    from training.mlproject import render
+
+    assert (REPO / "MLproject").read_text() == render(), \
+        "MLproject is stale: run `python -m training.mlproject > MLproject`"
+
+
+def test_config_parsing() -> None:
+    cfg = TrainConfig.from_dict({"epochs": "3", "margin": "", "hflip": "true", "lr": "1e-3"})
+    assert cfg.epochs == 3 and cfg.margin is None and cfg.hflip is True and cfg.lr == 1e-3
+    with pytest.raises(ValueError, match="unknown training parameter"):
+        TrainConfig.from_dict({"epoch": "3"})
+    with pytest.raises(ValueError, match="epochs='x' is not a valid int"):
+        TrainConfig.from_dict({"epochs": "x"})
+    with pytest.raises(ValueError, match="schedule='linear' is not one of"):
+        TrainConfig(schedule="linear")

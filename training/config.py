@@ -1,0 +1,133 @@
+"""``TrainConfig``: the single source of truth for every training parameter.
+
+The CLI (``python -m training.train``), the ``MLproject`` entry points (generated from this
+class by ``python -m training.mlproject``) and the MLflow run parameters all come from
+these fields, so a default changes in exactly one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """One model × loss training run."""
+
+    model: str = _f("resnet18", "model name (python -m zoo list) or timm/<any timm model>")
+    loss: str = _f("arcface", "loss name (python -m zoo list)")
+    data: str = _f("digits", "data source name, a folder-per-class image tree, or a .csv file")
+    epochs: int = _f(15, "training epochs (the best validation epoch is kept)")
+    batch_size: int = _f(64, "samples per batch (P classes x samples_per_class for pair losses)")
+    lr: float = _f(2e-3, "peak learning rate of AdamW")
+    weight_decay: float = _f(0.05, "AdamW weight decay")
+    embedding_dim: int = _f(128, "embedding width")
+    image_size: int = _f(32, "images are resized to image_size x image_size")
+    channels: int = _f(3, "image channels (grey images are replicated)")
+    seed: int = _f(0, "seed of the split, the initialisation and the batches")
+    experiment: str = _f("", "MLflow experiment when run directly (default zoo-<dataset>); "
+                             "under `mlflow run` use --experiment-name")
+    val_fraction: float = _f(0.15, "fraction of each class held out for validation")
+    test_fraction: float = _f(0.2, "fraction of each class held out for the test metrics")
+    open_set: float = _f(0.0, "fraction of classes never trained on, evaluated as open_* metrics")
+    label_column: str = _f("label", "label column of a CSV source")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up", ("cosine", "onecycle"))
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (cosine schedule)")
+    grad_clip: float = _f(5.0, "max gradient norm (0 disables clipping)")
+    patience: int = _f(0, "stop after this many epochs without a better monitor value (0: off)")
+    monitor: str = _f("val_precision_at_1", "validation metric for best epoch and early stopping")
+    augment: str = _f("light", "image augmentation strength", ("none", "light", "strong"))
+    hflip: bool = _f(False, "random horizontal flips (good for faces, wrong for digits)")
+    margin: Optional[float] = _f(None, "margin of margin/triplet losses (empty: the loss default)")
+    scale: Optional[float] = _f(None, "logit scale of margin losses (empty: the loss default)")
+    temperature: Optional[float] = _f(None, "temperature of supcon/ntxent (empty: the default)")
+    miner: str = _f("semihard", "triplet miner", ("semihard", "batch_hard", "all"))
+    samples_per_class: int = _f(4, "K of the class-balanced P x K batches of pair losses")
+    dropout: float = _f(0.0, "dropout before the embedding layer")
+    amp: str = _f("auto", "mixed precision: auto (on with CUDA), on, off", ("auto", "on", "off"))
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    num_threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    log_model: bool = _f(True, "log the trained model to MLflow")
+
+    def to_params(self) -> dict[str, str]:
+        """Every field as an MLflow parameter string (None as an empty string)."""
+        return {k: format_value(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from strings or typed values; unknown keys are an error that names them."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown training parameter(s): {', '.join(unknown)}")
+        hints = get_type_hints(cls)
+        return cls(**{k: parse_value(hints[k], v, k) for k, v in values.items()})
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(
+                    f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}"
+                )
+        for name in ("epochs", "batch_size", "embedding_dim", "image_size", "channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.open_set < 1:
+            raise ValueError(f"open_set must be in [0, 1), got {self.open_set}")
+
+
+def format_value(value: Any) -> str:
+    """The string form used in MLproject defaults and MLflow parameters."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _base_type(tp: Any) -> Any:
+    if get_origin(tp) is not None:  # Optional[X]
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def parse_value(tp: Any, value: Any, name: str = "") -> Any:
+    """Parse a CLI / MLproject string into the field's type."""
+    optional = get_origin(tp) is not None and type(None) in get_args(tp)
+    base = _base_type(tp)
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if optional and text.lower() in ("", "none", "null", "default"):
+        return None
+    try:
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if base is int:
+            number = float(text)
+            if number != int(number):
+                raise ValueError(text)
+            return int(number)
+        if base is float:
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a valid {base.__name__}") from None
+    return text
+
+
+def field_types() -> dict[str, Any]:
+    """Field name → base Python type (for the CLI and MLproject generator)."""
+    return {k: _base_type(v) for k, v in get_type_hints(TrainConfig).items()}
+
+

@@ -1,0 +1,290 @@
+"""The training loop: AdamW, warm-up + cosine (or OneCycle), clipping, AMP, early stopping.
+
+Data arrive preloaded as tensors (or a lazy image set with the same indexing), so a batch
+is an index tensor: no per-sample decoding on every epoch, no DataLoader workers to feed.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from training.config import TrainConfig
+from zoo.data import ImageAugment, PKBatchSampler, Split
+from zoo.losses import EmbeddingLoss
+from zoo.metrics import evaluate
+from zoo.models import CosineClassifier, EmbeddingModel
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class History:
+    """Per-epoch metrics, the best epoch and how training ended."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float = float("nan")
+    stopped_early: bool = False
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16; None when AMP is off (always off on CPU)."""
+    if cfg.amp == "off" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def make_augment(cfg: TrainConfig) -> ImageAugment | None:
+    """``light``: small affine jitter; ``strong``: larger jitter plus random erasing."""
+    if cfg.augment == "none":
+        return None
+    if cfg.augment == "strong":
+        return ImageAugment.preset("faces", hflip=cfg.hflip, strength=1.5)
+    return ImageAugment.preset("default", hflip=cfg.hflip)
+
+
+def param_groups(model: nn.Module, loss_fn: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weight matrices of the model only; biases, norms and loss weights are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "weight_decay": 0.0})
+    return groups
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warm-up then cosine to 1% of peak, or OneCycle."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total
+        )
+    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def batches(
+    split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss, epoch: int
+) -> Iterator[torch.Tensor]:
+    """Index batches: class-balanced P×K for pair losses, a seeded shuffle otherwise."""
+    n = len(split)
+    if loss_fn.needs_pk_batches:
+        sampler = PKBatchSampler(
+            split.y, batch_size=cfg.batch_size, k=cfg.samples_per_class, seed=cfg.seed,
+        )
+        sampler.set_epoch(epoch)
+        for idx in sampler:
+            yield torch.as_tensor(idx, dtype=torch.long)
+        return
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = torch.randperm(n, generator=gen)
+    size = min(cfg.batch_size, n)
+    # Drop the ragged tail: a batch of 1 breaks BatchNorm and adds noise.
+    for start in range(0, n - size + 1, size):
+        yield order[start:start + size]
+
+
+def steps_per_epoch(split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss) -> int:
+    """How many batches one epoch has (for the schedule and the progress bar)."""
+    if loss_fn.needs_pk_batches:
+        return max(1, len(split) // cfg.batch_size)
+    return max(1, len(split) // min(cfg.batch_size, len(split)))
+
+
+@torch.no_grad()
+def embed(
+    model: EmbeddingModel, x: Any, device: torch.device, batch_size: int = 256,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings (and logits, if the model has a head) of a whole split, on the CPU."""
+    model.eval()
+    embs, logits = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[torch.arange(start, min(start + batch_size, len(x)))].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(xb)
+        embs.append(out["embedding"].float().cpu())
+        if "logits" in out:
+            logits.append(out["logits"].float().cpu())
+    return torch.cat(embs), (torch.cat(logits) if logits else None)
+
+
+def build_head(
+    model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, device: torch.device,
+    num_classes: int,
+) -> nn.Module:
+    """The trained loss's classifier, or class prototypes for pair losses."""
+    head = loss_fn.classifier()
+    if head is not None:
+        return head
+    model.set_head(None)
+    train_emb, _ = embed(model, train.x, device)
+    return CosineClassifier.from_prototypes(train_emb, train.y, num_classes)
+
+
+def calibrate_scale(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Temperature scaling of a cosine head on validation data (lowest NLL on a log grid).
+
+    Only the scale changes, so predictions stay the same while probabilities become honest.
+    """
+    if not isinstance(head, CosineClassifier) or len(labels) == 0:
+        return None
+    with torch.no_grad():
+        head.scale.fill_(1.0)
+        cos = head(emb)
+        grid = torch.logspace(0, math.log10(128), 60)
+        nll = torch.stack([F.cross_entropy(cos * s, labels) for s in grid])
+        best = float(grid[int(nll.argmin())])
+        head.scale.fill_(best)
+    return best
+
+
+def higher_is_better(metric: str) -> bool:
+    return not any(word in metric for word in ("loss", "ece", "error"))
+
+
+def fit(
+    model: EmbeddingModel,
+    loss_fn: EmbeddingLoss,
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    device: torch.device,
+    num_classes: int,
+    on_epoch: EpochCallback | None = None,
+) -> History:
+    """Train, validate every epoch, keep the best epoch's weights (restored at the end)."""
+    model.to(device)
+    loss_fn.to(device)
+    dtype = amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+    optimizer = torch.optim.AdamW(param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr)
+    n_steps = steps_per_epoch(train, cfg, loss_fn)
+    scheduler = make_scheduler(optimizer, cfg, n_steps)
+    augment = make_augment(cfg) if model.modality == "image" else None
+    history = History()
+    better = higher_is_better(cfg.monitor)
+    best_state: dict[str, Any] | None = None
+    since_best = 0
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.set_head(None)  # logits are not trained through the model; skip them
+        model.train()
+        loss_fn.train()
+        started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
+        bar = tqdm(batches(train, cfg, loss_fn, epoch), total=n_steps,
+                   desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+        for idx in bar:
+            xb = train.x[idx].to(device, non_blocking=True)
+            yb = train.y[idx].to(device, non_blocking=True)
+            if augment is not None:
+                xb = augment(xb)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = model(xb)
+            loss = loss_fn(out["embedding"].float(), yb,
+                           norms=out["norm"] if loss_fn.uses_norms else None)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{cfg.loss} loss became {loss.item()} at epoch {epoch}; "
+                    "lower lr or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(
+                    list(model.parameters()) + list(loss_fn.parameters()), cfg.grad_clip
+                )
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            seen += len(idx)
+            total_loss += loss.item() * len(idx)
+            for name, value in getattr(loss_fn, "last_components", {}).items():
+                parts[name] = parts.get(name, 0.0) + float(value) * len(idx)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+        elapsed = time.perf_counter() - started
+        metrics = {
+            "train_loss": total_loss / max(1, seen),
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_s": seen / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
+        metrics.update({f"train_loss_{k}": v / max(1, seen) for k, v in parts.items()})
+        metrics.update(validate(model, loss_fn, train, val, device, num_classes, dtype))
+        history.epochs.append(metrics)
+        value = metrics.get(cfg.monitor)
+        if value is None:
+            raise ValueError(f"monitor={cfg.monitor!r} is not a validation metric; "
+                             f"choose from: {', '.join(k for k in metrics if k.startswith('val_'))}")
+        improved = history.best_epoch == 0 or (value > history.best_value if better
+                                               else value < history.best_value)
+        if improved:
+            history.best_epoch, history.best_value, since_best = epoch, value, 0
+            best_state = {
+                "model": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
+                "loss": copy.deepcopy({k: v.cpu() for k, v in loss_fn.state_dict().items()}),
+            }
+        else:
+            since_best += 1
+        log.info("epoch %d/%d: %s", epoch, cfg.epochs,
+                 ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if cfg.patience and since_best >= cfg.patience:
+            history.stopped_early = True
+            log.info("early stop: no better %s for %d epochs", cfg.monitor, cfg.patience)
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state["model"])
+        loss_fn.load_state_dict(best_state["loss"])
+    return history
+
+
+def validate(
+    model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, val: Split,
+    device: torch.device, num_classes: int, dtype: torch.dtype | None,
+) -> dict[str, float]:
+    """Cheap per-epoch validation: accuracy and retrieval, no clustering or pair sweeps."""
+    model.set_head(build_head(model, loss_fn, train, device, num_classes).to(device))
+    emb, logits = embed(model, val.x, device, dtype=dtype)
+    return evaluate(emb, val.y, logits, prefix="val_", clustering=False, verification=False)

@@ -1,0 +1,175 @@
+"""One model × loss run: data → model → fit → test metrics, plots and model in MLflow."""
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from training import plots
+from training.config import TrainConfig
+from training.loop import History, build_head, calibrate_scale, embed, fit, pick_device
+from training.model_logging import log_trained_model
+from training.tracking import configure_tracking, log_params_once, training_run
+from zoo.data import LoadedData, Splits, load_data, split_data
+from zoo.losses import LOSSES, create_loss
+from zoo.metrics import confusion_matrix, evaluate
+from zoo.models import create_model, model_modality, models_for, MODELS, TIMM_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str | None
+    history: History
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def dataset_name(data: str) -> str:
+    """``digits`` → ``digits``; ``../shared/data/orl_faces`` → ``orl_faces``; ``x.csv`` → ``x``."""
+    spec = data.split(":", 1)[1] if data.startswith(("folder:", "csv:")) else data
+    path = Path(spec)
+    if len(path.parts) > 1 or path.suffix or path.exists():
+        return path.resolve().stem if path.suffix else path.resolve().name
+    return spec
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """Fail fast on an unknown model or loss, before any data is read."""
+    if not cfg.model.startswith(TIMM_PREFIX):
+        MODELS.get(cfg.model)
+    LOSSES.get(cfg.loss)
+
+
+def check_modality(cfg: TrainConfig, data: LoadedData) -> None:
+    """An image model cannot read rows, nor a tabular model images: say which to use."""
+    wanted = model_modality(cfg.model)
+    if wanted != data.kind:
+        raise ValueError(
+            f"model {cfg.model!r} takes {wanted} data but {cfg.data!r} is {data.kind} data; "
+            f"use one of: {', '.join(models_for(data.kind))}"
+        )
+
+
+def train(cfg: TrainConfig, *, nested: bool = False, tags: dict[str, str] | None = None) -> RunResult:
+    """Train one model × loss combination and log everything to MLflow."""
+    configure_tracking()
+    seed_everything(cfg.seed)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    name = dataset_name(cfg.data)
+    run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name, **(tags or {})}
+    with training_run(f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}", run_tags,
+                      nested=nested) as run:
+        log_params_once(cfg.to_params())
+        check_names(cfg)
+        device = pick_device(cfg.device)
+        data = load_data(cfg.data, image_size=cfg.image_size, channels=cfg.channels,
+                         seed=cfg.seed, label_column=cfg.label_column)
+        check_modality(cfg, data)
+        splits = split_data(data, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                            test_fraction=cfg.test_fraction, open_set=cfg.open_set)
+        num_classes = len(splits.class_names)
+        model = create_model(
+            cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
+            image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
+        )
+        loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
+                              scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner)
+        log_params_once(describe(splits, model, device))
+        log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",
+                 cfg.model, cfg.loss, name, num_classes, len(splits.train), len(splits.val),
+                 len(splits.test), device)
+
+        started = time.perf_counter()
+        history = fit(model, loss_fn, splits.train, splits.val, cfg, device, num_classes,
+                      on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+        train_time = time.perf_counter() - started
+
+        metrics = test_metrics(model, loss_fn, splits, device, num_classes)
+        metrics.update(best_epoch=float(history.best_epoch), train_time_s=train_time)
+        mlflow.log_metrics(metrics)
+        log_figures(model, history, splits, device, cfg.seed)
+        model_uri = None
+        if cfg.log_model:
+            meta = {
+                "preprocessing": splits.preprocessing.to_dict(), "loss": cfg.loss,
+                "dataset": name, "run_id": run.info.run_id,
+                "open_class_names": splits.open_class_names,
+            }
+            info = log_trained_model(model, splits.test.x[torch.arange(min(2, len(splits.test)))],
+                                     meta, metrics)
+            model_uri = info.model_uri
+            mlflow.set_tag("zoo.model_uri", model_uri)
+        summary = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
+        log.info("run %s finished: %s", run.info.run_id, summary)
+        return RunResult(run.info.run_id, metrics, model_uri, history)
+
+
+SUMMARY_KEYS = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi",
+                "open_precision_at_1", "open_map_at_r", "train_time_s")
+
+
+def describe(splits: Splits, model: torch.nn.Module, device: torch.device) -> dict[str, str]:
+    """Facts of the run that are not configuration, logged as parameters."""
+    return {
+        "num_classes": str(len(splits.class_names)),
+        "train_samples": str(len(splits.train)),
+        "val_samples": str(len(splits.val)),
+        "test_samples": str(len(splits.test)),
+        "open_classes": str(len(splits.open_class_names)),
+        "num_parameters": str(sum(p.numel() for p in model.parameters())),
+        "device_used": str(device),
+    }
+
+
+def test_metrics(model, loss_fn, splits: Splits, device: torch.device, num_classes: int
+                 ) -> dict[str, float]:
+    """Attach the final classifier (temperature-calibrated on val), then test (and open) metrics."""
+    head = build_head(model, loss_fn, splits.train, device, num_classes)
+    model.set_head(None)
+    val_emb, _ = embed(model, splits.val.x, device)
+    scale = calibrate_scale(head, val_emb, splits.val.y)
+    model.set_head(head.to(device))
+    test_emb, test_logits = embed(model, splits.test.x, device)
+    metrics = evaluate(test_emb, splits.test.y, test_logits, prefix="test_")
+    if scale is not None:
+        metrics["classifier_scale"] = scale
+    if splits.open is not None and len(splits.open):
+        open_emb, _ = embed(model, splits.open.x, device)
+        metrics.update(evaluate(open_emb, splits.open.y, None, prefix="open_"))
+    return metrics
+
+
+def log_figures(model, history: History, splits: Splits, device: torch.device, seed: int) -> None:
+    """Curves, confusion matrix, embedding map and metrics.json as run artifacts."""
+    test_emb, test_logits = embed(model, splits.test.x, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        plots.plot_curves(history.epochs, out / "curves.png")
+        if test_logits is not None:
+            matrix = confusion_matrix(test_logits, splits.test.y, len(splits.class_names))
+            plots.plot_confusion(matrix, splits.class_names, out / "confusion_matrix.png")
+        plots.plot_embedding_map(test_emb.numpy(), splits.test.y.numpy(), splits.class_names,
+                                 out / "embeddings.png", seed=seed)
+        mlflow.log_artifacts(str(out), artifact_path="plots")
+    mlflow.log_dict({"history": history.epochs, "best_epoch": history.best_epoch,
+                     "stopped_early": history.stopped_early}, "history.json")
+    run = mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id)
+    mlflow.log_dict(run.data.metrics, "metrics.json")

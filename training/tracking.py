@@ -1,0 +1,108 @@
+"""Where runs go, and how a run is opened, attached and closed.
+
+With ``MLFLOW_TRACKING_URI`` unset the project uses its embedded store: SQLite at
+``mlruns/mlflow.db`` with artifacts under ``mlruns/`` (the repository's ``mlflow.db`` is a
+link to the same file, so plain ``mlflow run`` / ``mlflow ui`` find it too). Any tracking
+server works by setting the variable.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.entities import RunStatus
+
+log = logging.getLogger(__name__)
+
+STORE_DIR = Path("mlruns")
+ERROR_TAG = "zoo.error"
+
+
+def embedded_store_uri(root: Path | None = None) -> str:
+    """``sqlite:///<root>/mlruns/mlflow.db`` (absolute, so any working directory agrees)."""
+    store = ((root or Path.cwd()) / STORE_DIR).resolve()
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def configure_tracking() -> str:
+    """Use ``MLFLOW_TRACKING_URI`` if set, else the embedded store; returns the URI."""
+    # MLflow's artifact progress bars would interleave with the training bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        (Path.cwd() / STORE_DIR).mkdir(parents=True, exist_ok=True)
+        uri = embedded_store_uri()
+        mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment ``name``, created with artifacts under ``mlruns/`` if new."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        artifact_location = (Path.cwd() / STORE_DIR).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and create.
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def training_run(
+    run_name: str, experiment: str, tags: dict[str, str], nested: bool = False
+) -> Iterator[mlflow.ActiveRun]:
+    """Open (or attach to) the run; on any error tag it and end it FAILED, then re-raise.
+
+    Under ``mlflow run`` the run already exists and ``MLFLOW_RUN_ID`` names it: plain
+    ``start_run()`` attaches to it, and the experiment is whatever ``mlflow run`` chose.
+    """
+    attach = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested
+    kwargs: dict = {} if attach else {"run_name": run_name, "nested": nested}
+    if not attach:
+        kwargs["experiment_id"] = ensure_experiment(experiment)
+    run = mlflow.start_run(**kwargs)
+    try:
+        mlflow.set_tags({"mlflow.runName": run_name, **tags})
+        yield run
+    except BaseException as exc:  # KeyboardInterrupt too: never leave a run RUNNING
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(status=status)
+        raise
+    else:
+        mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params_once(params: dict[str, str]) -> None:
+    """Log parameters, skipping those the run already holds (``mlflow run`` logs its -P values).
+
+    MLflow refuses to change a logged parameter ("7" vs "7.0"), so values already present
+    are left as they are; a real disagreement is reported, not silently overwritten.
+    """
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    for key in sorted(set(params) & set(existing)):
+        if not _same(existing[key], params[key]):
+            log.warning("parameter %s: run has %r, config has %r", key, existing[key], params[key])
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a.lower() == b.lower()

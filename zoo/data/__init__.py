@@ -1,0 +1,28 @@
+"""Data for the zoo: sources, splits, class-balanced sampling, augmentation, preprocessing.
+
+``load_data`` picks a source by name (``digits``, ``emitters``) or path (image folder, CSV);
+``split_data`` makes deterministic stratified splits normalised with training statistics;
+``Preprocessing`` carries those statistics with the model to the server.
+"""
+from .augment import ImageAugment
+from .emitters import emitters as _emitters  # noqa: F401  (registers "emitters")
+from .lazy import LazyImages
+from .preprocessing import Preprocessing, preprocess_images, preprocess_rows
+from .samplers import PKBatchSampler
+from .sources import DATASETS, LoadedData, load_data
+from .splits import Split, Splits, split_data
+
+__all__ = [
+    "DATASETS",
+    "ImageAugment",
+    "LazyImages",
+    "LoadedData",
+    "PKBatchSampler",
+    "Preprocessing",
+    "Split",
+    "Splits",
+    "load_data",
+    "preprocess_images",
+    "preprocess_rows",
+    "split_data",
+]

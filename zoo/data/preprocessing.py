@@ -1,0 +1,183 @@
+"""Preprocessing that travels with a model: one code path for training data and served inputs.
+
+The folder source, the digits source, ``LazyImages`` and the HTTP server all turn a PIL image
+into a tensor through :func:`image_to_tensor`, and all normalise through :func:`normalise`,
+so an image served after training is bit-for-bit what the same file was during training.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_CHANNEL_MODES = {1: "L", 3: "RGB"}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class Preprocessing:
+    """Everything needed to turn raw inputs into model inputs (saved beside every model)."""
+
+    kind: str  # "image" or "tabular"
+    input_size: tuple[int, ...]  # (C, H, W) for images, (F,) for tabular
+    mean: list[float]  # per channel (images) or per feature (tabular)
+    std: list[float]
+    class_names: list[str]
+    feature_names: list[str] | None = None  # tabular only
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("image", "tabular"):
+            raise ValueError(f"preprocessing kind must be 'image' or 'tabular', got {self.kind!r}")
+        self.input_size = tuple(int(s) for s in self.input_size)
+        self.mean = [float(m) for m in self.mean]
+        self.std = [float(s) for s in self.std]
+        self.class_names = [str(c) for c in self.class_names]
+        expected = 3 if self.kind == "image" else 1
+        if len(self.input_size) != expected:
+            raise ValueError(
+                f"{self.kind} input_size must have {expected} dimension(s), got {self.input_size}"
+            )
+        width = self.input_size[0]
+        if len(self.mean) != width or len(self.std) != width:
+            raise ValueError(
+                f"mean/std must have {width} entries (one per "
+                f"{'channel' if self.kind == 'image' else 'feature'}), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if self.kind == "image" and width not in IMAGE_CHANNEL_MODES:
+            raise ValueError(f"images must have 1 or 3 channels, got {width}")
+
+    @property
+    def channels(self) -> int:
+        """Image channels (images only)."""
+        return self.input_size[0]
+
+    @property
+    def num_features(self) -> int:
+        """Feature count (tabular only)."""
+        return self.input_size[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (tuples become lists) for logging beside the model."""
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        """Inverse of :meth:`to_dict`; ignores unknown keys so newer files still load."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float greyscale to 8 bits by bit depth (``convert("L")`` would clip)."""
+    if img.mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.uint32) >> 8
+        return Image.fromarray(arr.astype(np.uint8), mode="L")
+    arr = np.asarray(img, dtype=np.float64)
+    if arr.size and arr.max() > 255:
+        arr = arr / (65535.0 if arr.max() <= 65535 else arr.max()) * 255.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def image_to_array(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One PIL image to uint8 ``[C, H, W]``: EXIF orientation, to L/RGB, bilinear resize.
+
+    Transparent images are composited onto white (what an image viewer shows).
+    """
+    if channels not in IMAGE_CHANNEL_MODES:
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    height, width = size
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _to_8bit(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    mode = IMAGE_CHANNEL_MODES[channels]
+    if img.mode != mode:
+        img = img.convert(mode)
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy, detached from PIL's buffer
+    return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def to_unit(arr: np.ndarray) -> torch.Tensor:
+    """uint8 array to float32 tensor in [0, 1] (the one place this division happens)."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div_(255.0)
+
+
+def image_to_tensor(img: Image.Image, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """One PIL image to float32 ``[C, H, W]`` in [0, 1], not normalised."""
+    return to_unit(image_to_array(img, channels, size))
+
+
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` along dim 1 (channels of ``[N,C,H,W]`` or features of ``[N,F]``).
+
+    Shared by training splits, lazy images and the server so all give identical floats.
+    """
+    m = torch.tensor(list(mean), dtype=torch.float32, device=x.device)
+    s = torch.tensor(list(std), dtype=torch.float32, device=x.device)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - m.view(shape)) / s.view(shape)
+
+
+def preprocess_images(images: Sequence[Image.Image], pre: Preprocessing) -> torch.Tensor:
+    """PIL images to the model's input: float32 ``[N, C, H, W]``, normalised."""
+    if pre.kind != "image":
+        raise ValueError(f"preprocess_images needs image preprocessing, got {pre.kind!r}")
+    channels, height, width = pre.input_size
+    if isinstance(images, Image.Image):
+        images = [images]
+    if len(images) == 0:
+        return torch.empty((0, channels, height, width), dtype=torch.float32)
+    x = torch.stack([image_to_tensor(im, channels, (height, width)) for im in images])
+    return normalise(x, pre.mean, pre.std)
+
+
+def preprocess_rows(rows: Any, pre: Preprocessing) -> torch.Tensor:
+    """Rows of raw features to the model's input: float32 ``[N, F]``, standardised.
+
+    A pandas DataFrame holding every named feature is reordered by name first.
+    """
+    if pre.kind != "tabular":
+        raise ValueError(f"preprocess_rows needs tabular preprocessing, got {pre.kind!r}")
+    n_features = pre.input_size[0]
+    if hasattr(rows, "columns") and pre.feature_names:
+        if all(name in rows.columns for name in pre.feature_names):
+            rows = rows[list(pre.feature_names)]
+        rows = rows.to_numpy()
+    if isinstance(rows, torch.Tensor):
+        rows = rows.detach().cpu().numpy()
+    try:
+        arr = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"rows must be numeric: {err}") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"rows must be 2-D [N, {n_features}], got shape {tuple(arr.shape)}")
+    if arr.shape[1] != n_features:
+        names = f" ({', '.join(pre.feature_names)})" if pre.feature_names else ""
+        raise ValueError(f"expected {n_features} features per row{names}, got {arr.shape[1]}")
+    if not np.isfinite(arr).all():
+        raise ValueError("rows contain NaN or infinite values")
+    return normalise(torch.from_numpy(arr.astype(np.float32)), pre.mean, pre.std)
+
+
+__all__ = [
+    "Preprocessing",
+    "image_to_array",
+    "image_to_tensor",
+    "normalise",
+    "preprocess_images",
+    "preprocess_rows",
+    "to_unit",
+]

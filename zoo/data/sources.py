@@ -1,0 +1,310 @@
+"""Data sources: a registry of loaders and one ``load_data`` that picks by name or path.
+
+Every source returns a ``LoadedData`` of raw values (images in [0, 1], tabular as read);
+normalisation is fitted later on the training split only (see ``splits.py``).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ..registry import Registry
+from .lazy import LazyImages, check_file, decode_files, thread_map
+from .preprocessing import image_to_tensor
+
+log = logging.getLogger(__name__)
+
+DATASETS: Registry["LoadedData"] = Registry("dataset")
+
+
+@dataclass
+class LoadedData:
+    """A whole data set before splitting: raw inputs, integer labels, names."""
+
+    name: str  # "digits", "emitters", the folder's name, the csv file stem
+    kind: str  # "image" | "tabular"
+    x: torch.Tensor | LazyImages  # images: float32 [N,C,H,W] in [0,1]; tabular: float32 [N,F]
+    y: torch.Tensor  # int64 [N], 0..C-1
+    class_names: list[str]
+    feature_names: list[str] | None = None
+    paths: list[str] | None = None  # for image folders
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def memory_budget_bytes(fraction: float = 0.25) -> int:
+    """A fraction of physical RAM: how much a preloaded image tensor may take."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 8 GiB
+        total = 8 << 30
+    return int(total * fraction)
+
+
+# --------------------------------------------------------------------------- digits
+@DATASETS.register("digits")
+def digits(*, image_size: int | tuple[int, int] = 32, channels: int = 3) -> LoadedData:
+    """scikit-learn's 8x8 handwritten digits (1,797 images), upsampled; ships offline.
+
+    Each digit becomes an 8-bit greyscale PIL image and goes through the same resize code as
+    folders and the server, so a digit saved as PNG and served matches its training input.
+    """
+    from sklearn.datasets import load_digits
+
+    _check_channels(channels)
+    size = _image_size(image_size)
+    bunch = load_digits()
+    grey = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 16 levels -> 0..255
+    x = torch.stack(
+        [image_to_tensor(Image.fromarray(img, mode="L"), channels, size) for img in grey]
+    )
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    return LoadedData("digits", "image", x, y, [str(c) for c in range(10)])
+
+
+# --------------------------------------------------------------------------- folder
+def image_extensions() -> set[str]:
+    """Every extension PIL has a decoder for (.pgm, .png, .jpg, .bmp, .webp, .tif, ...)."""
+    Image.init()
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def scan_folder(root: Path) -> tuple[list[str], list[str], list[int]]:
+    """Class names (sorted subfolders holding images), image paths and their labels."""
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory")
+    extensions = image_extensions()
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found: dict[str, list[Path]] = {}
+    skipped = 0
+    for sub in subdirs:
+        files = sorted(
+            p for p in sub.rglob("*") if p.is_file() and not _hidden(p, root)
+        )
+        images = [p for p in files if p.suffix.lower() in extensions]
+        skipped += len(files) - len(images)
+        if images:
+            found[sub.name] = images
+        else:
+            log.warning("folder %s holds no image files; not a class", sub)
+    if skipped:
+        log.info("%s: skipped %d files without an image extension", root, skipped)
+    if not found:
+        raise ValueError(
+            f"image folder {root} has no readable images "
+            f"(expected one subfolder per class holding image files; "
+            f"subfolders: {[p.name for p in subdirs] or 'none'})"
+        )
+    if len(found) < 2:
+        raise ValueError(
+            f"image folder {root} needs at least 2 classes (one subfolder each), "
+            f"found {len(found)}: {sorted(found)}"
+        )
+    class_names = sorted(found)
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        paths += [str(p) for p in found[name]]
+        labels += [label] * len(found[name])
+    return class_names, paths, labels
+
+
+@DATASETS.register("folder")
+def folder(
+    path: str | Path,
+    *,
+    image_size: int | tuple[int, int] = 32,
+    channels: int = 3,
+    memory_budget: int | None = None,
+    workers: int | None = None,
+) -> LoadedData:
+    """A folder-per-class image tree (anything PIL reads); class = subfolder name, sorted.
+
+    Decoded once into memory when ``N*C*H*W*4`` bytes fit ``memory_budget`` (default 25% of
+    RAM); otherwise headers are checked and a ``LazyImages`` decodes batches on access.
+    """
+    _check_channels(channels)
+    size = _image_size(image_size)
+    root = Path(path).expanduser()
+    class_names, paths, labels = scan_folder(root)
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    need = len(paths) * channels * size[0] * size[1] * 4
+    budget = memory_budget_bytes() if memory_budget is None else int(memory_budget)
+    name = root.resolve().name
+    if need <= budget:
+        x: torch.Tensor | LazyImages = decode_files(
+            paths, channels, size, workers=workers, desc=f"decoding {name}"
+        )
+    else:
+        log.info(
+            "%s: %d images need %.1f MiB > budget %.1f MiB; decoding lazily on access",
+            root, len(paths), need / 2**20, budget / 2**20,
+        )
+        for _ in thread_map(check_file, paths, workers=workers, desc=f"checking {name}"):
+            pass
+        x = LazyImages(paths, channels, size, workers=workers)
+    log.info("%s: %d images, %d classes, %s", root, len(paths), len(class_names), tuple(x.shape))
+    return LoadedData(name, "image", x, y, class_names, paths=paths)
+
+
+# --------------------------------------------------------------------------- csv
+def _label_name(value: Any) -> str:
+    """``3.0`` reads as ``"3"``: float labels usually come from a column with blanks."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@DATASETS.register("csv")
+def csv(
+    path: str | Path,
+    *,
+    label_column: str = "label",
+    feature_columns: list[str] | None = None,
+) -> LoadedData:
+    """A CSV table: ``label_column`` holds the class, the other (numeric) columns are features.
+
+    Class names are the sorted unique labels as strings (numbers sort as numbers).
+    """
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise FileNotFoundError(f"CSV file {file} does not exist")
+    if not file.is_file():
+        raise ValueError(f"{file} is not a file")
+    try:
+        frame = pd.read_csv(file)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read CSV {file}: {str(err).strip()}") from None
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if label_column not in columns:
+        raise ValueError(
+            f"CSV {file} has no label column {label_column!r}; columns: {', '.join(columns)}"
+        )
+    features = feature_columns or [c for c in columns if c != label_column]
+    missing = [c for c in features if c not in columns]
+    if missing:
+        raise ValueError(f"CSV {file} has no feature column(s) {missing}; columns: {columns}")
+    if not features:
+        raise ValueError(f"CSV {file} has no feature columns besides {label_column!r}")
+    non_numeric = [
+        c for c in features
+        if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+    ]
+    if non_numeric:
+        raise ValueError(
+            f"CSV {file} has non-numeric feature column(s) {non_numeric}; "
+            f"encode them as numbers or leave them out with feature_columns"
+        )
+    values = frame[features].to_numpy(dtype=np.float64)
+    bad = [c for c, col in zip(features, values.T) if not np.isfinite(col).all()]
+    if bad:
+        counts = {c: int((~np.isfinite(frame[c].to_numpy(dtype=np.float64))).sum()) for c in bad}
+        raise ValueError(f"CSV {file} has NaN or infinite values in column(s) {counts}")
+    labels = frame[label_column]
+    if labels.isna().any():
+        raise ValueError(
+            f"CSV {file} has {int(labels.isna().sum())} empty value(s) in label column "
+            f"{label_column!r}"
+        )
+    uniques = sorted(labels.unique(), key=lambda v: (isinstance(v, str), v))
+    names = [_label_name(v) for v in uniques]
+    if len(set(names)) != len(names):  # e.g. 1 and "1" mixed in one column
+        uniques = sorted(set(labels.astype(str)))
+        labels, names = labels.astype(str), list(uniques)
+    if len(names) < 2:
+        raise ValueError(f"CSV {file} needs at least 2 classes in {label_column!r}, found {names}")
+    index = {v: i for i, v in enumerate(uniques)}
+    y = torch.from_numpy(np.array(labels.map(index), dtype=np.int64))
+    x = torch.from_numpy(values.astype(np.float32))
+    log.info("%s: %d rows, %d features, %d classes", file, len(y), len(features), len(names))
+    return LoadedData(file.stem, "tabular", x, y, names, feature_names=list(features))
+
+
+# --------------------------------------------------------------------------- dispatch
+_COMMON = ("image_size", "channels", "seed", "label_column")
+
+
+def _call(name: str, factory: Callable[..., LoadedData], args: tuple, common: dict, kw: dict):
+    """Call a source with the common options it takes; unknown ``kw`` is an error."""
+    params = inspect.signature(factory).parameters
+    unknown = [k for k in kw if k not in params]
+    if unknown:
+        accepted = [
+            p for p, v in params.items() if p not in _COMMON and v.kind == v.KEYWORD_ONLY
+        ]
+        raise ValueError(
+            f"data source {name!r} takes no option(s) {unknown}; its options: {accepted}"
+        )
+    chosen = {k: v for k, v in common.items() if k in params}
+    return factory(*args, **chosen, **kw)
+
+
+def load_data(
+    data: str = "digits",
+    *,
+    image_size: int = 32,
+    channels: int = 3,
+    seed: int = 0,
+    label_column: str = "label",
+    **kw: Any,
+) -> LoadedData:
+    """Load a data set by registry name (``digits``, ``emitters``) or path.
+
+    A directory is an image ``folder``, a ``.csv`` file a ``csv`` table; ``folder:PATH`` and
+    ``csv:PATH`` say so explicitly. ``kw`` goes to the source (e.g. ``num_emitters=5``).
+    """
+    data = str(data)
+    common = dict(image_size=image_size, channels=channels, seed=seed, label_column=label_column)
+    prefix, sep, rest = data.partition(":")
+    if sep and prefix in DATASETS and prefix in ("folder", "csv"):
+        return _call(prefix, DATASETS.get(prefix).factory, (rest,), common, kw)
+    if data in DATASETS and data not in ("folder", "csv"):
+        return _call(data, DATASETS.get(data).factory, (), common, kw)
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return _call("folder", DATASETS.get("folder").factory, (path,), common, kw)
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return _call("csv", DATASETS.get("csv").factory, (path,), common, kw)
+        raise ValueError(
+            f"cannot tell what {path} is: give a folder of images, a .csv file, "
+            f"or 'folder:PATH' / 'csv:PATH'"
+        )
+    builtin = [n for n in DATASETS.names() if n not in ("folder", "csv")]
+    raise FileNotFoundError(
+        f"data {data!r} is neither a registered data set ({', '.join(builtin)}) "
+        f"nor an existing file or folder"
+    )

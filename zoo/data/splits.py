@@ -1,0 +1,205 @@
+"""Deterministic stratified train/val/test splits, optional open-set classes, normalisation.
+
+Statistics are fitted on the training split only and applied to every split (and saved in
+``Preprocessing`` for the server), so no evaluation sample leaks into training.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .lazy import LazyImages
+from .preprocessing import Preprocessing, normalise
+from .sources import LoadedData
+
+log = logging.getLogger(__name__)
+
+MAX_STAT_IMAGES = 2048  # lazy folders: images decoded to estimate mean/std
+_MIN_STD = 1e-6
+
+
+@dataclass
+class Split:
+    """One part of a data set: normalised inputs and labels (and where they came from)."""
+
+    x: torch.Tensor | LazyImages
+    y: torch.Tensor
+    indices: torch.Tensor | None = None  # rows of the LoadedData these samples are
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Splits:
+    """train/val/test over the trained classes, plus samples of held-out (open) classes."""
+
+    train: Split
+    val: Split
+    test: Split
+    open: Split | None  # samples of held-out classes (open_set > 0), else None
+    class_names: list[str]  # the classes trained on; train/val/test labels are 0..len-1
+    open_class_names: list[str]  # held-out classes; open labels are len(class_names)..
+    preprocessing: Preprocessing  # mean/std fitted on the TRAIN split only
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def kind(self) -> str:
+        return self.preprocessing.kind
+
+
+def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes for a class of ``n``: test first, then val, train keeps >=1."""
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_test = min(n_test, n - 1)
+    n_val = min(n_val, n - 1 - n_test)
+    return n - n_val - n_test, n_val, n_test
+
+
+def _image_stats(x: torch.Tensor | LazyImages, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std (two passes, float64, in chunks so memory stays flat)."""
+    if isinstance(x, LazyImages):
+        n = len(x)
+        if n > MAX_STAT_IMAGES:
+            pick = np.sort(np.random.default_rng(seed).choice(n, MAX_STAT_IMAGES, replace=False))
+            log.info("estimating mean/std from %d of %d training images", MAX_STAT_IMAGES, n)
+            x = x.subset(torch.from_numpy(pick))
+        x = x.load()
+    channels = x.shape[1]
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    total = torch.zeros(channels, dtype=torch.float64)
+    for chunk in torch.split(x, 1024):
+        total += chunk.double().sum(dim=(0, 2, 3))
+    mean = total / count
+    sq = torch.zeros(channels, dtype=torch.float64)
+    for chunk in torch.split(x, 1024):
+        sq += ((chunk.double() - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3))
+    std = (sq / count).sqrt()
+    return mean.tolist(), [s if s > _MIN_STD else 1.0 for s in std.tolist()]
+
+
+def _tabular_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-feature mean/std; constant features get std 1 so they stay finite."""
+    std, mean = torch.std_mean(x.double(), dim=0, unbiased=False)
+    return mean.tolist(), [s if s > _MIN_STD * max(1.0, abs(m)) else 1.0
+                           for s, m in zip(std.tolist(), mean.tolist())]
+
+
+def _take(x: torch.Tensor | LazyImages, idx: torch.Tensor, mean: list[float], std: list[float]):
+    if isinstance(x, LazyImages):
+        return x.subset(idx).normalised(mean, std)
+    return normalise(x[idx], mean, std)
+
+
+def split_data(
+    data: LoadedData,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    open_set: float = 0.0,
+) -> Splits:
+    """Split per class (every class with >=3 samples lands in train, val and test).
+
+    ``open_set`` is the fraction of classes (picked by ``seed``) held out of training: all
+    their samples go to ``open``, labelled after the trained classes. The same seed always
+    gives the same split; indices within each split are in data order.
+    """
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
+                    ("open_set", open_set)):
+        if not 0.0 <= f < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+        )
+    y = data.y.cpu().numpy()
+    n_classes = len(data.class_names)
+    # open classes: drawn from their own stream so the choice does not move the split
+    n_open = 0
+    if open_set > 0:
+        n_open = min(max(1, round(open_set * n_classes)), n_classes - 2)
+        if n_open < 1:
+            raise ValueError(f"open_set needs at least 3 classes, {data.name} has {n_classes}")
+    open_rng = np.random.default_rng([seed, 1])
+    open_classes = sorted(open_rng.choice(n_classes, n_open, replace=False).tolist())
+    trained = [c for c in range(n_classes) if c not in set(open_classes)]
+
+    counts = np.bincount(y, minlength=n_classes)
+    needs = 1 + (val_fraction > 0 or test_fraction > 0)
+    tiny = [data.class_names[c] for c in trained if counts[c] < needs]
+    if tiny:
+        raise ValueError(
+            f"{data.name}: class(es) {tiny} have fewer than {needs} samples; a train/test "
+            f"split needs at least {needs} per class (add samples or remove those classes)"
+        )
+
+    rng = np.random.default_rng([seed, 0])
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    short_val = []
+    for c in trained:
+        members = np.flatnonzero(y == c)
+        members = members[rng.permutation(len(members))]
+        n_train, n_val, n_test = _counts(len(members), val_fraction, test_fraction)
+        if val_fraction > 0 and n_val == 0:
+            short_val.append(data.class_names[c])
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test:n_test + n_val])
+        parts["train"].append(members[n_test + n_val:])
+    if short_val:
+        log.warning("%s: class(es) %s too small for a validation sample", data.name, short_val)
+    index = {k: torch.from_numpy(np.sort(np.concatenate(v))).long() for k, v in parts.items()}
+    open_index = torch.from_numpy(np.flatnonzero(np.isin(y, open_classes))).long()
+
+    # labels: trained classes 0..k-1 in their original order, open classes after them
+    remap = torch.full((n_classes,), -1, dtype=torch.int64)
+    for new, old in enumerate(trained + open_classes):
+        remap[old] = new
+    y_all = remap[data.y.long()]
+
+    if data.kind == "image":
+        mean, std = _image_stats(_select(data.x, index["train"]), seed)
+        input_size = tuple(int(s) for s in data.x.shape[1:])
+    else:
+        mean, std = _tabular_stats(data.x[index["train"]])
+        input_size = (int(data.x.shape[1]),)
+    class_names = [data.class_names[c] for c in trained]
+    open_names = [data.class_names[c] for c in open_classes]
+    pre = Preprocessing(
+        kind=data.kind,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        class_names=class_names,
+        feature_names=list(data.feature_names) if data.feature_names else None,
+    )
+
+    def make(idx: torch.Tensor) -> Split:
+        return Split(_take(data.x, idx, mean, std), y_all[idx], idx)
+
+    splits = Splits(
+        train=make(index["train"]),
+        val=make(index["val"]),
+        test=make(index["test"]),
+        open=make(open_index) if open_classes else None,
+        class_names=class_names,
+        open_class_names=open_names,
+        preprocessing=pre,
+    )
+    log.info(
+        "%s split (seed %d): train %d, val %d, test %d, open %d (%d held-out classes)",
+        data.name, seed, len(splits.train), len(splits.val), len(splits.test),
+        len(open_index), len(open_names),
+    )
+    return splits
+
+
+def _select(x: torch.Tensor | LazyImages, idx: torch.Tensor) -> torch.Tensor | LazyImages:
+    return x.subset(idx) if isinstance(x, LazyImages) else x[idx]

@@ -1,0 +1,44 @@
+"""Every loss behind one interface: ``create_loss(name, num_classes, embedding_dim, **kw)``.
+
+Losses register themselves with ``@LOSSES.register()`` on a factory function named after
+the loss (timm style). ``create_loss`` passes each factory only the keyword arguments it
+accepts, so a sweep can hand the same ``margin=...`` to every loss.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from zoo.registry import Registry
+
+log = logging.getLogger(__name__)
+
+LOSSES: Registry = Registry("loss")
+
+from zoo.losses.base import EmbeddingLoss  # noqa: E402
+
+# Importing the families registers them (they import LOSSES from here).
+from zoo.losses import margin, pair, classifier  # noqa: E402,F401  isort: skip
+
+
+def create_loss(name: str, num_classes: int, embedding_dim: int, **kw: Any) -> EmbeddingLoss:
+    """Build loss ``name``; kwargs that are None or that it does not take are dropped.
+
+    Unknown names raise :class:`zoo.registry.UnknownNameError` listing the choices.
+    """
+    entry = LOSSES.get(name)
+    params = inspect.signature(entry.factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted: dict[str, Any] = {}
+    for key, value in kw.items():
+        if value is None:
+            continue
+        if takes_any or key in params:
+            accepted[key] = value
+        else:
+            log.debug("loss %r takes no %r; ignoring %s=%r", name, key, key, value)
+    return entry.factory(num_classes=num_classes, embedding_dim=embedding_dim, **accepted)
+
+
+__all__ = ["LOSSES", "create_loss", "EmbeddingLoss"]

@@ -1,0 +1,76 @@
+"""Clustering metrics: how well k-means on the embeddings recovers the classes.
+
+One k-means run (scikit-learn, k = number of classes, ``n_init=10``, fixed seed, on
+L2-normalised embeddings, since every other metric here is cosine) feeds both:
+
+- NMI: scikit-learn's ``normalized_mutual_info_score`` (arithmetic mean, as in pml).
+- Cluster accuracy: the best one-to-one matching of clusters to classes (Hungarian algorithm,
+  ``scipy.optimize.linear_sum_assignment``), i.e. accuracy up to a relabelling of clusters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+
+from ._utils import check_labels, l2_normalize, to_numpy
+
+__all__ = ["clustering_metrics", "nmi", "cluster_accuracy", "hungarian_accuracy", "kmeans_assign"]
+
+log = logging.getLogger(__name__)
+
+
+def kmeans_assign(embeddings: Any, n_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """Cluster ids ``[N]`` from k-means on L2-normalised embeddings (deterministic per seed)."""
+    x = l2_normalize(embeddings)
+    n_clusters = max(1, min(int(n_clusters), len(x)))
+    km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
+    return km.fit_predict(x)
+
+
+def hungarian_accuracy(labels: Any, cluster_ids: Any) -> float:
+    """Accuracy of ``cluster_ids`` against ``labels`` under the best cluster-to-class matching.
+
+    Works for any label values and any number of clusters (unmatched clusters count as wrong).
+    """
+    y = to_numpy(labels).reshape(-1)
+    c = to_numpy(cluster_ids).reshape(-1)
+    if len(y) != len(c):
+        raise ValueError(f"{len(y)} labels but {len(c)} cluster ids")
+    if len(y) == 0:
+        return float("nan")
+    _, yi = np.unique(y, return_inverse=True)
+    _, ci = np.unique(c, return_inverse=True)
+    table = np.zeros((ci.max() + 1, yi.max() + 1), dtype=np.int64)
+    np.add.at(table, (ci, yi), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / len(y))
+
+
+def clustering_metrics(embeddings: Any, labels: Any, seed: int = 0, n_init: int = 10) -> dict[str, float]:
+    """``{"nmi", "cluster_accuracy"}`` from a single k-means run with k = number of classes."""
+    x = l2_normalize(embeddings)
+    y = check_labels(labels, len(x))
+    if len(y) == 0:
+        return {"nmi": float("nan"), "cluster_accuracy": float("nan")}
+    n_classes = len(np.unique(y))
+    clusters = kmeans_assign(x, n_classes, seed=seed, n_init=n_init)
+    return {
+        "nmi": float(normalized_mutual_info_score(y, clusters)),
+        "cluster_accuracy": hungarian_accuracy(y, clusters),
+    }
+
+
+def nmi(embeddings: Any, labels: Any, seed: int = 0, n_init: int = 10) -> float:
+    """Normalised mutual information between k-means clusters and labels."""
+    return clustering_metrics(embeddings, labels, seed=seed, n_init=n_init)["nmi"]
+
+
+def cluster_accuracy(embeddings: Any, labels: Any, seed: int = 0, n_init: int = 10) -> float:
+    """Accuracy of k-means clusters after Hungarian matching to the labels."""
+    return clustering_metrics(embeddings, labels, seed=seed, n_init=n_init)["cluster_accuracy"]

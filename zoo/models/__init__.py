@@ -1,0 +1,56 @@
+"""Model catalogue: ``create_model(name, num_classes, embedding_dim, **kw)``.
+
+Curated timm backbones and tabular encoders are registered by name; any timm model is
+reachable as ``timm/<name>``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.models import image as _image  # noqa: F401  (registers the curated image models)
+from zoo.models import tabular as _tabular  # noqa: F401  (registers the tabular encoders)
+from zoo.models.embedding import EmbeddingModel, EmbeddingNeck
+from zoo.models.heads import CosineClassifier
+from zoo.models.image import CURATED_IMAGE_MODELS, create_image_model
+from zoo.models.registry import MODELS
+
+TIMM_PREFIX = "timm/"
+
+
+def model_modality(name: str) -> str:
+    """``image`` or ``tabular``: which kind of data the named model takes."""
+    if name.startswith(TIMM_PREFIX):
+        return "image"
+    return getattr(MODELS.get(name).factory, "modality", "image")
+
+
+def models_for(modality: str) -> list[str]:
+    """Registered model names for one modality, in registration order."""
+    return [n for n in MODELS.names() if model_modality(n) == modality]
+
+
+def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any) -> EmbeddingModel:
+    """Build a registered model, or any timm model given as ``timm/<name>``.
+
+    Image models take ``in_chans`` and ``image_size``; tabular ones ``num_features``.
+    Keyword arguments a family does not use are ignored, so one call site serves all.
+    """
+    if name.startswith(TIMM_PREFIX):
+        kwargs = {k: kwargs[k] for k in ("in_chans", "image_size", "dropout") if k in kwargs}
+        return create_image_model(name[len(TIMM_PREFIX):], num_classes, embedding_dim,
+                                  name=name, **kwargs)
+    modality = model_modality(name)
+    if modality == "image":
+        kwargs.pop("num_features", None)
+    else:
+        for key in ("in_chans", "image_size"):
+            kwargs.pop(key, None)
+        if kwargs.get("num_features") is None:
+            raise ValueError(f"tabular model {name!r} needs num_features (the row width)")
+    return MODELS.create(name, num_classes=num_classes, embedding_dim=embedding_dim, **kwargs)
+
+
+__all__ = [
+    "MODELS", "CURATED_IMAGE_MODELS", "CosineClassifier", "EmbeddingModel", "EmbeddingNeck",
+    "create_model", "model_modality", "models_for",
+]

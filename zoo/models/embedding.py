@@ -1,0 +1,72 @@
+"""The model every zoo entry returns: backbone → embedding neck → (optional) classifier head.
+
+``forward(x)`` returns ``{"embedding": [B, D] L2-normalised, "logits": [B, C]}`` (logits only
+when the model knows its classes). In training mode the dict also carries ``norm``, the
+length of the embedding before normalisation, which AdaFace uses as an image-quality proxy.
+Preprocessing and class names ride on the module (``zoo_meta``) so a pickled model is
+self-describing, like timm's ``pretrained_cfg``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.models.heads import CosineClassifier
+
+
+class EmbeddingNeck(nn.Module):
+    """Dropout → Linear → BatchNorm1d: the usual 'BN-neck' of face recognition models."""
+
+    def __init__(self, in_features: int, embedding_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, embedding_dim, bias=False)
+        self.bn = nn.BatchNorm1d(embedding_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.fc(self.dropout(features)))
+
+
+class EmbeddingModel(nn.Module):
+    """A backbone with an embedding neck and a cosine classifier head."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        embedding_dim: int,
+        num_classes: int = 0,
+        dropout: float = 0.0,
+        modality: str = "image",
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = EmbeddingNeck(feature_dim, embedding_dim, dropout)
+        self.head: nn.Module | None = (
+            CosineClassifier(num_classes, embedding_dim) if num_classes > 0 else None
+        )
+        self.embedding_dim = embedding_dim
+        self.modality = modality
+        self.zoo_meta: dict[str, Any] = {"model": name, "embedding_dim": embedding_dim}
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.head, "num_classes", getattr(self.head, "out_features", 0)) or 0)
+
+    def set_head(self, head: nn.Module | None) -> None:
+        """Replace the classifier (e.g. with a trained loss's weights or class prototypes)."""
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.neck(self.backbone(x))
+        embedding = F.normalize(raw.float(), dim=1)
+        out = {"embedding": embedding}
+        if self.head is not None:
+            out["logits"] = self.head(embedding).float()
+        if self.training:
+            out["norm"] = raw.float().norm(dim=1)
+        return out
