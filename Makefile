@@ -2,6 +2,8 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# MLproject commands call `python`: put the venv first on PATH, as `source activate` would.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup run test ui clean
@@ -16,13 +18,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install the project
 
 run: $(STAMP)    ## train the default model (resnet18 + ArcFace on digits) into mlruns/
-	$(VENV)/bin/mlflow run . -e arcface --env-manager local
+	mlflow run . -e arcface --env-manager local
 
 test: $(STAMP)   ## the whole test suite
 	$(PY) -m pytest
 
 ui: $(STAMP)     ## the MLflow UI over the embedded store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns
+	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,9 +1,7 @@
 """The training run, end to end against a real MLflow store."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +33,14 @@ def test_dataset_name() -> None:
 @pytest.mark.slow
 def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_path: Path) -> None:
     """`mlflow run . -e arcface` for one epoch into a temporary store; load the model back."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    bin_dir = Path(sys.executable).parent  # MLproject commands call `python` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    mlflow_cli = bin_dir / "mlflow"
     proc = subprocess.run(
         [str(mlflow_cli), "run", str(REPO), "-e", "arcface", "--env-manager", "local",
          "--experiment-name", "e2e", "-P", "epochs=1", "-P", "embedding_dim=32"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _only_run("e2e")
@@ -87,7 +87,7 @@ def test_tabular_run_logs_open_set_metrics(tracking_uri: str) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(data="/no/such/folder"), "does not exist"),
+        (dict(data="/no/such/folder"), "nor an existing file or folder"),
         (dict(loss="arcfce"), "unknown loss 'arcfce'"),
         (dict(model="resnet19"), "unknown model 'resnet19'"),
         (dict(model="resnet18", data="emitters"), "takes image data"),

@@ -30,8 +30,8 @@ class TrainConfig:
     image_size: int = _f(32, "images are resized to image_size x image_size")
     channels: int = _f(3, "image channels (grey images are replicated)")
     seed: int = _f(0, "seed of the split, the initialisation and the batches")
-    experiment: str = _f("", "MLflow experiment when run directly (default zoo-<dataset>); "
-                             "under `mlflow run` use --experiment-name")
+    experiment: Optional[str] = _f(None, "MLflow experiment when run directly (auto: "
+                                         "zoo-<dataset>); under `mlflow run` use --experiment-name")
     val_fraction: float = _f(0.15, "fraction of each class held out for validation")
     test_fraction: float = _f(0.2, "fraction of each class held out for the test metrics")
     open_set: float = _f(0.0, "fraction of classes never trained on, evaluated as open_* metrics")
@@ -43,9 +43,9 @@ class TrainConfig:
     monitor: str = _f("val_precision_at_1", "validation metric for best epoch and early stopping")
     augment: str = _f("light", "image augmentation strength", ("none", "light", "strong"))
     hflip: bool = _f(False, "random horizontal flips (good for faces, wrong for digits)")
-    margin: Optional[float] = _f(None, "margin of margin/triplet losses (empty: the loss default)")
-    scale: Optional[float] = _f(None, "logit scale of margin losses (empty: the loss default)")
-    temperature: Optional[float] = _f(None, "temperature of supcon/ntxent (empty: the default)")
+    margin: Optional[float] = _f(None, "margin of margin/triplet losses (auto: the loss default)")
+    scale: Optional[float] = _f(None, "logit scale of margin losses (auto: the loss default)")
+    temperature: Optional[float] = _f(None, "temperature of supcon/ntxent (auto: the loss default)")
     miner: str = _f("semihard", "triplet miner", ("semihard", "batch_hard", "all"))
     samples_per_class: int = _f(4, "K of the class-balanced P x K batches of pair losses")
     dropout: float = _f(0.0, "dropout before the embedding layer")
@@ -55,7 +55,7 @@ class TrainConfig:
     log_model: bool = _f(True, "log the trained model to MLflow")
 
     def to_params(self) -> dict[str, str]:
-        """Every field as an MLflow parameter string (None as an empty string)."""
+        """Every field as an MLflow parameter string (None as ``auto``)."""
         return {k: format_value(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
@@ -82,10 +82,13 @@ class TrainConfig:
             raise ValueError(f"open_set must be in [0, 1), got {self.open_set}")
 
 
+AUTO = "auto"  # an optional field left to its component's own default
+
+
 def format_value(value: Any) -> str:
     """The string form used in MLproject defaults and MLflow parameters."""
     if value is None:
-        return ""
+        return AUTO
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -105,7 +108,7 @@ def parse_value(tp: Any, value: Any, name: str = "") -> Any:
     if not isinstance(value, str):
         return value
     text = value.strip()
-    if optional and text.lower() in ("", "none", "null", "default"):
+    if optional and text.lower() in ("", AUTO, "none", "null", "default"):
         return None
     try:
         if base is bool:

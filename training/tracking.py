@@ -46,14 +46,21 @@ def ensure_experiment(name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifact_location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        artifact_location = (Path.cwd() / STORE_DIR).resolve().as_uri()
+    artifact_location = sqlite_artifact_root(mlflow.get_tracking_uri())
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except mlflow.exceptions.MlflowException:
         # Another process created it between our lookup and create.
         return client.get_experiment_by_name(name).experiment_id
+
+
+def sqlite_artifact_root(uri: str) -> str | None:
+    """Artifacts beside a SQLite store: the database's own ``mlruns/`` folder (or ``mlruns/``
+    next to it), whatever the working directory. None for other stores (server's choice)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///"):]).resolve().parent
+    return (folder if folder.name == STORE_DIR.name else folder / STORE_DIR).as_uri()
 
 
 @contextlib.contextmanager
