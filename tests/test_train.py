@@ -136,3 +136,13 @@ def test_config_parsing() -> None:
         TrainConfig.from_dict({"epochs": "x"})
     with pytest.raises(ValueError, match="schedule='linear' is not one of"):
         TrainConfig(schedule="linear")
+
+
+def test_orl_faces_folder_run(tracking_uri: str, orl_faces: Path) -> None:
+    """A real folder-per-class tree of PGM files trains and reports the same metrics."""
+    result = train(TrainConfig(data=str(orl_faces), experiment="orl", image_size=32, **FAST))
+    run = _only_run("orl")
+    assert run.data.tags["zoo.dataset"] == "orl_faces"
+    assert run.data.params["num_classes"] == "40"
+    for key in ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi"):
+        assert 0.0 <= result.metrics[key] <= 1.0

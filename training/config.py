@@ -23,7 +23,7 @@ class TrainConfig:
     loss: str = _f("arcface", "loss name (python -m zoo list)")
     data: str = _f("digits", "data source name, a folder-per-class image tree, or a .csv file")
     epochs: int = _f(15, "training epochs (the best validation epoch is kept)")
-    batch_size: int = _f(64, "samples per batch (P classes x samples_per_class for pair losses)")
+    batch_size: int = _f(32, "samples per batch (P classes x samples_per_class for pair losses)")
     lr: float = _f(2e-3, "peak learning rate of AdamW")
     weight_decay: float = _f(0.05, "AdamW weight decay")
     embedding_dim: int = _f(128, "embedding width")
@@ -40,7 +40,8 @@ class TrainConfig:
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (cosine schedule)")
     grad_clip: float = _f(5.0, "max gradient norm (0 disables clipping)")
     patience: int = _f(0, "stop after this many epochs without a better monitor value (0: off)")
-    monitor: str = _f("val_precision_at_1", "validation metric for best epoch and early stopping")
+    monitor: str = _f("val_map_at_r", "validation metric that picks the best epoch (ties: the "
+                                      "later one) and drives early stopping")
     augment: str = _f("light", "image augmentation strength", ("none", "light", "strong"))
     hflip: bool = _f(False, "random horizontal flips (good for faces, wrong for digits)")
     margin: Optional[float] = _f(None, "margin of margin/triplet losses (auto: the loss default)")
@@ -129,8 +130,8 @@ def parse_value(tp: Any, value: Any, name: str = "") -> Any:
     return text
 
 
-def field_types() -> dict[str, Any]:
+def field_types(config_cls: type = TrainConfig) -> dict[str, Any]:
     """Field name → base Python type (for the CLI and MLproject generator)."""
-    return {k: _base_type(v) for k, v in get_type_hints(TrainConfig).items()}
+    return {k: _base_type(v) for k, v in get_type_hints(config_cls).items()}
 
 

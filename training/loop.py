@@ -255,16 +255,17 @@ def fit(
         if value is None:
             raise ValueError(f"monitor={cfg.monitor!r} is not a validation metric; "
                              f"choose from: {', '.join(k for k in metrics if k.startswith('val_'))}")
-        improved = history.best_epoch == 0 or (value > history.best_value if better
+        strictly = history.best_epoch == 0 or (value > history.best_value if better
                                                else value < history.best_value)
-        if improved:
-            history.best_epoch, history.best_value, since_best = epoch, value, 0
+        since_best = 0 if strictly else since_best + 1
+        # Ties keep the later epoch (further along the schedule, usually better converged)
+        # but do not reset the early-stopping patience.
+        if strictly or value == history.best_value:
+            history.best_epoch, history.best_value = epoch, value
             best_state = {
                 "model": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
                 "loss": copy.deepcopy({k: v.cpu() for k, v in loss_fn.state_dict().items()}),
             }
-        else:
-            since_best += 1
         log.info("epoch %d/%d: %s", epoch, cfg.epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:

@@ -9,6 +9,8 @@ import dataclasses
 import json
 
 from training.config import TrainConfig, field_types, format_value
+from training.register import RegisterConfig
+from training.sweep import SweepConfig
 from zoo.losses import LOSSES
 
 HEADER = """\
@@ -22,10 +24,10 @@ entry_points:
 """
 
 
-def _param_lines(skip: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
-    types = field_types()
+def _param_lines(config_cls: type, skip: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    types = field_types(config_cls)
     lines, args = [], []
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
         kind = "float" if types[f.name] in (int, float) and f.default is not None else "string"
@@ -35,8 +37,9 @@ def _param_lines(skip: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     return lines, args
 
 
-def _entry(name: str, doc: str, module: str, fixed: dict[str, str]) -> str:
-    lines, args = _param_lines(skip=tuple(fixed))
+def _entry(name: str, doc: str, module: str, fixed: dict[str, str],
+           config_cls: type = TrainConfig, skip: tuple[str, ...] = ()) -> str:
+    lines, args = _param_lines(config_cls, skip=tuple(fixed) + skip)
     fixed_args = " ".join(f"--{k} {v}" for k, v in fixed.items())
     command = f"python -m {module} {fixed_args} {' '.join(args)}".replace("  ", " ")
     return (f"  # {doc}\n  {name}:\n    parameters:\n" + "\n".join(lines)
@@ -48,6 +51,10 @@ def render() -> str:
     parts = [HEADER, _entry("train", "one model x loss run", "training.train", {})]
     for loss in LOSSES.names():
         parts.append(_entry(loss, f"train with the {loss} loss", "training.train", {"loss": loss}))
+    parts.append(_entry("sweep", "every model x loss as nested runs; compare, register the best",
+                        "training.sweep", {}, SweepConfig, skip=SweepConfig.PER_CHILD))
+    parts.append(_entry("register", "register the best run of an experiment or sweep",
+                        "training.register", {}, RegisterConfig))
     return "\n".join(parts)
 
 

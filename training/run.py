@@ -50,6 +50,18 @@ def dataset_name(data: str) -> str:
     return spec
 
 
+def load_config_data(cfg: TrainConfig) -> LoadedData:
+    """The data set a config names, at its image size and channels."""
+    return load_data(cfg.data, image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
+                     label_column=cfg.label_column)
+
+
+def config_splits(cfg: TrainConfig, data: LoadedData) -> Splits:
+    """The deterministic split a config names (the same for every run with the same seed)."""
+    return split_data(data, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                      test_fraction=cfg.test_fraction, open_set=cfg.open_set)
+
+
 def check_names(cfg: TrainConfig) -> None:
     """Fail fast on an unknown model or loss, before any data is read."""
     if not cfg.model.startswith(TIMM_PREFIX):
@@ -67,8 +79,18 @@ def check_modality(cfg: TrainConfig, data: LoadedData) -> None:
         )
 
 
-def train(cfg: TrainConfig, *, nested: bool = False, tags: dict[str, str] | None = None) -> RunResult:
-    """Train one model × loss combination and log everything to MLflow."""
+def train(
+    cfg: TrainConfig,
+    *,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    data: LoadedData | None = None,
+) -> RunResult:
+    """Train one model × loss combination and log everything to MLflow.
+
+    With ``parent_run_id`` the run is a nested child of that run (a sweep's combination);
+    ``data`` reuses an already loaded data set (it must have been loaded from ``cfg``).
+    """
     configure_tracking()
     seed_everything(cfg.seed)
     if cfg.num_threads > 0:
@@ -76,15 +98,13 @@ def train(cfg: TrainConfig, *, nested: bool = False, tags: dict[str, str] | None
     name = dataset_name(cfg.data)
     run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name, **(tags or {})}
     with training_run(f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}", run_tags,
-                      nested=nested) as run:
+                      parent_run_id=parent_run_id) as run:
         log_params_once(cfg.to_params())
         check_names(cfg)
         device = pick_device(cfg.device)
-        data = load_data(cfg.data, image_size=cfg.image_size, channels=cfg.channels,
-                         seed=cfg.seed, label_column=cfg.label_column)
+        data = data or load_config_data(cfg)
         check_modality(cfg, data)
-        splits = split_data(data, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                            test_fraction=cfg.test_fraction, open_set=cfg.open_set)
+        splits = config_splits(cfg, data)
         num_classes = len(splits.class_names)
         model = create_model(
             cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,

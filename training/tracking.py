@@ -65,18 +65,35 @@ def sqlite_artifact_root(uri: str) -> str | None:
 
 @contextlib.contextmanager
 def training_run(
-    run_name: str, experiment: str, tags: dict[str, str], nested: bool = False
+    run_name: str,
+    experiment: str,
+    tags: dict[str, str],
+    *,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Open (or attach to) the run; on any error tag it and end it FAILED, then re-raise.
+    """Open the run; on any error tag it and end it FAILED (KILLED on Ctrl-C), then re-raise.
 
-    Under ``mlflow run`` the run already exists and ``MLFLOW_RUN_ID`` names it: plain
-    ``start_run()`` attaches to it, and the experiment is whatever ``mlflow run`` chose.
+    - ``parent_run_id``: a new child run of that run, in its experiment (sweep children,
+      whether trained in this process or in a worker process);
+    - ``run_id``: reopen that run (a resumed sweep);
+    - else, under ``mlflow run``, attach to the run it made (``MLFLOW_RUN_ID``; the experiment
+      is whatever ``mlflow run`` chose); otherwise a new run in ``experiment``.
     """
-    attach = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested
-    kwargs: dict = {} if attach else {"run_name": run_name, "nested": nested}
-    if not attach:
-        kwargs["experiment_id"] = ensure_experiment(experiment)
-    run = mlflow.start_run(**kwargs)
+    client = mlflow.MlflowClient()
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+        child = client.create_run(
+            parent.info.experiment_id, run_name=run_name,
+            tags={"mlflow.parentRunId": parent_run_id},
+        )
+        run = mlflow.start_run(run_id=child.info.run_id, nested=mlflow.active_run() is not None)
+    elif run_id:
+        run = mlflow.start_run(run_id=run_id)
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        run = mlflow.start_run()
+    else:
+        run = mlflow.start_run(run_name=run_name, experiment_id=ensure_experiment(experiment))
     try:
         mlflow.set_tags({"mlflow.runName": run_name, **tags})
         yield run

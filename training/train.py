@@ -33,12 +33,12 @@ def config_from_args(args: argparse.Namespace, config_cls: type = TrainConfig):
     return config_cls.from_dict({k: v for k, v in vars(args).items() if v is not None})
 
 
-def run_cli(fn, argv: list[str] | None = None) -> int:
+def run_cli(fn, argv: list[str] | None = None, config_cls: type = TrainConfig) -> int:
     """Parse, run ``fn(config)``, and turn any failure into one line on stderr and exit 1."""
     setup_logging()
-    args = build_parser().parse_args(argv)
+    args = build_parser(config_cls, fn.__module__ and sys.modules[fn.__module__].__doc__).parse_args(argv)
     try:
-        fn(config_from_args(args))
+        fn(config_from_args(args, config_cls))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

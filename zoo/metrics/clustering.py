@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 from sklearn.metrics import normalized_mutual_info_score
 
 from ._utils import check_labels, l2_normalize, to_numpy
@@ -30,7 +31,10 @@ def kmeans_assign(embeddings: Any, n_clusters: int, seed: int = 0, n_init: int =
     x = l2_normalize(embeddings)
     n_clusters = max(1, min(int(n_clusters), len(x)))
     km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
-    return km.fit_predict(x)
+    # One BLAS/OpenMP thread: on a small, busy machine k-means with two threads ran ~35x
+    # slower (thread contention), and these sets are small enough for one core.
+    with threadpool_limits(1):
+        return km.fit_predict(x)
 
 
 def hungarian_accuracy(labels: Any, cluster_ids: Any) -> float:

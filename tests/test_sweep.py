@@ -1,0 +1,171 @@
+"""The sweep: nested runs, comparison artifacts, failures, resume, registration."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+import training.run
+from tests.conftest import REPO
+from training.sweep import SweepConfig, run_sweep
+
+TINY = dict(data="emitters", epochs=1, batch_size=64, embedding_dim=16, log_model=True)
+
+
+def _children(parent_id: str) -> list:
+    return mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+    )
+
+
+def _parent(experiment: str):
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string="tags.`zoo.sweep` = 'parent'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_grid_defaults_follow_the_data_kind() -> None:
+    cfg = SweepConfig()
+    image = cfg.grid("image")
+    assert {m for m, _ in image} == {"resnet18", "convnext_atto", "mobilenetv3_small_100"}
+    assert len(image) == 3 * 11
+    assert {m for m, _ in cfg.grid("tabular")} == {"residual_mlp", "ft_transformer"}
+    picked = SweepConfig(models="resnet18", losses="arcface, triplet").grid("image")
+    assert picked == [("resnet18", "arcface"), ("resnet18", "triplet")]
+
+
+def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    real_fit = training.run.fit
+
+    def flaky_fit(model, loss_fn, *args, **kwargs):
+        if type(loss_fn).__name__ == "ClassifierLoss" or "softmax" in repr(loss_fn).lower():
+            raise RuntimeError("injected failure")
+        return real_fit(model, loss_fn, *args, **kwargs)
+
+    monkeypatch.setattr(training.run, "fit", flaky_fit)
+    cfg = SweepConfig(models="residual_mlp", losses="softmax,arcface,supcon",
+                      experiment="sweep-test", **TINY)
+    first = run_sweep(cfg)
+    out = capsys.readouterr().out
+    failed = [o for o in first if o.error]
+    assert [(o.model, o.loss) for o in failed] == [("residual_mlp", "softmax")]
+    assert "injected failure" in failed[0].error
+    assert "1 of 3 combinations failed" in out and "residual_mlp-softmax" in out
+
+    parent = _parent("sweep-test")
+    children = _children(parent.info.run_id)
+    status = {r.data.tags["zoo.loss"]: r.info.status for r in children}
+    assert status == {"softmax": "FAILED", "arcface": "FINISHED", "supcon": "FINISHED"}
+    failed_run = next(r for r in children if r.info.status == "FAILED")
+    assert "injected failure" in failed_run.data.tags["zoo.error"]
+    for child in children:
+        assert child.data.tags["zoo.sweep"] == parent.info.run_id
+        assert child.info.run_name == f"residual_mlp-{child.data.tags['zoo.loss']}"
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/comparison.csv", "comparison/comparison.md",
+            "comparison/heatmap.png"} <= artifacts
+    table = Path(client.download_artifacts(parent.info.run_id, "comparison/comparison.csv"))
+    text = table.read_text()
+    assert "pixels" in text and "pca" in text and "FAILED" in text
+
+    # Resume: only the failed combination runs again; the finished ones are kept.
+    monkeypatch.setattr(training.run, "fit", real_fit)
+    second = run_sweep(SweepConfig(**{**cfg.__dict__, "resume": parent.info.run_id}))
+    assert not [o for o in second if o.error]
+    children = _children(parent.info.run_id)
+    assert len(children) == 4  # the old FAILED softmax run stays, one new FINISHED one
+    assert sorted(r.data.tags["zoo.loss"] for r in children
+                  if r.info.status == "FINISHED") == ["arcface", "softmax", "supcon"]
+    version = client.get_model_version_by_alias("zoo-emitters", "champion")
+    assert version.run_id in {r.info.run_id for r in children}
+    assert client.get_model_version_by_alias("zoo-emitters", "supcon-best")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_path: Path):
+    """A real `mlflow server` process on a free port with a temporary SQLite store."""
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("mlflow server did not answer /health in 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_sweep_against_a_real_mlflow_server(tmp_path: Path) -> None:
+    """2 models × 2 losses, 1 epoch, over HTTP; checked through the REST API."""
+    with mlflow_server(tmp_path) as url:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+        env.pop("MLFLOW_RUN_ID", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "training.sweep", "--models", "convnext_atto,mobilenetv3_small_100",
+             "--losses", "arcface,triplet", "--epochs", "1", "--embedding_dim", "16",
+             "--experiment", "server-sweep"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "ranked by test_precision_at_1" in proc.stdout
+
+        api = f"{url}/api/2.0/mlflow"
+        exp = requests.get(f"{api}/experiments/get-by-name",
+                           params={"experiment_name": "server-sweep"}).json()["experiment"]
+        runs = requests.post(f"{api}/runs/search",
+                             json={"experiment_ids": [exp["experiment_id"]]}).json()["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        parents = [r for r, t in zip(runs, tags) if t.get("zoo.sweep") == "parent"]
+        assert len(parents) == 1
+        parent_id = parents[0]["info"]["run_id"]
+        children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent_id]
+        assert len(children) == 4
+        assert all(c["info"]["status"] == "FINISHED" for c in children)
+        files = requests.get(f"{api}/artifacts/list",
+                             params={"run_id": parent_id, "path": "comparison"}).json()["files"]
+        assert {"comparison/comparison.csv", "comparison/comparison.md",
+                "comparison/heatmap.png"} <= {f["path"] for f in files}
+        model = requests.get(f"{api}/registered-models/get",
+                             params={"name": "zoo-digits"}).json()["registered_model"]
+        assert model["latest_versions"]
+        alias = requests.get(f"{api}/registered-models/alias",
+                             params={"name": "zoo-digits", "alias": "champion"}).json()
+        assert alias["model_version"]["run_id"] in {c["info"]["run_id"] for c in children}

@@ -1,0 +1,349 @@
+"""A sweep's results side by side: one table (CSV, Markdown, text) and one heatmap.
+
+The table is what a person reads first after a sweep, so it is honest by construction:
+baselines that learn nothing (``training.baselines``) sit among the runs, ranked by the
+same metric, and failed runs stay visible (last, with their error) instead of vanishing.
+Nothing here talks to MLflow: the sweep turns its runs into ``Row``s and logs the files.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from training.loop import higher_is_better  # noqa: E402  (one definition for sweep and table)
+
+log = logging.getLogger(__name__)
+
+BASELINE = "baseline"  # Row.status of a baseline row
+FAILED_STATUSES = ("FAILED", "KILLED")
+# shown after the sort metric, each only when some row has it
+METRIC_COLUMNS = (
+    "test_precision_at_1", "test_map_at_r", "test_r_precision", "test_nmi", "test_accuracy",
+    "train_time_s",
+)
+TEXT_COLUMNS = ("model", "loss", "status")
+TAIL_COLUMNS = ("run_id", "error")
+MISSING = "—"
+
+
+@dataclass
+class Row:
+    """One result: a run of a model × loss combination, or a baseline (status "baseline")."""
+
+    model: str
+    loss: str
+    status: str  # MLflow run status ("FINISHED", "FAILED", "RUNNING", ...) or "baseline"
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def baseline(cls, name: str, metrics: dict[str, float]) -> "Row":
+        """A baseline row: ``model`` is the baseline's name, ``loss`` is "-"."""
+        return cls(model=name, loss="-", status=BASELINE, metrics=dict(metrics))
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.status.lower() == BASELINE
+
+    @property
+    def failed(self) -> bool:
+        return self.status.upper() in FAILED_STATUSES
+
+    def value(self, metric: str) -> float:
+        """The metric as a float, NaN when absent or not a number."""
+        try:
+            v = float(self.metrics.get(metric, math.nan))
+        except (TypeError, ValueError):
+            return math.nan
+        return v
+
+
+def first_line(text: str | None, limit: int = 120) -> str:
+    """The first non-empty line of an error, shortened: enough to recognise it in a table."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- table
+def comparison_table(rows: Sequence[Row], metric: str) -> pd.DataFrame:
+    """One row per run and per baseline, best first by ``metric``.
+
+    Order: rows with a value for ``metric`` (runs and baselines alike, higher first unless
+    the name says loss/ece/error), then rows without one (still running, metric not logged),
+    then failed rows with their error. Ties keep the input order. Missing values are NaN.
+    """
+    present = {k for row in rows for k in row.metrics}
+    metric_cols = [metric] + [c for c in METRIC_COLUMNS if c != metric and c in present]
+    columns = [*TEXT_COLUMNS, *metric_cols, *TAIL_COLUMNS]
+    records = []
+    for row in rows:
+        rec: dict[str, object] = {
+            "model": row.model,
+            "loss": "-" if row.is_baseline else row.loss,
+            "status": row.status,
+        }
+        rec.update({c: row.value(c) for c in metric_cols})
+        rec.update(run_id=row.run_id, error=row.error)
+        records.append(rec)
+    df = pd.DataFrame.from_records(records, columns=columns)
+    for c in metric_cols:
+        df[c] = df[c].astype(float)
+    if len(df):
+        higher = higher_is_better(metric)
+        failed = np.array([row.failed for row in rows])
+        value = df[metric].to_numpy(dtype=float)
+        group = np.where(failed, 2, np.where(np.isnan(value), 1, 0))
+        key = np.where(np.isnan(value), 0.0, -value if higher else value)
+        order = np.lexsort((np.arange(len(df)), key, group))  # last key sorts first
+        df = df.iloc[order].reset_index(drop=True)
+    df.attrs.update(metric=metric, higher_is_better=higher_is_better(metric))
+    return df
+
+
+def _is_failed(status: object) -> bool:
+    return str(status).upper() in FAILED_STATUSES
+
+
+def _metric_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in (*TEXT_COLUMNS, *TAIL_COLUMNS)]
+
+
+def _number(value: object, decimals: int = 4) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return MISSING
+    return MISSING if math.isnan(v) else f"{v:.{decimals}f}"
+
+
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table: numbers to 4 decimals, failed rows say why in ``status``."""
+    metric_cols = _metric_columns(df)
+    header = ["model", "loss", "status", *metric_cols, "run_id"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 3 + ["---:"] * len(metric_cols) + ["---"]) + "|"]
+    for rec in df.to_dict("records"):
+        status = _text(rec["status"])
+        if _is_failed(status):
+            reason = first_line(_text(rec.get("error")))
+            status = f"failed: {reason}" if reason else "failed"
+        cells = [_text(rec["model"]), _text(rec["loss"]), status,
+                 *(_number(rec[c]) for c in metric_cols), _text(rec.get("run_id"))]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(df: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
+    """``comparison.csv`` (full precision, for machines) and ``comparison.md`` (for people)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = folder / "comparison.csv", folder / "comparison.md"
+    df.to_csv(csv_path, index=False)
+    md_path.write_text(to_markdown(df), encoding="utf-8")
+    log.info("comparison table written to %s and %s", csv_path, md_path)
+    return csv_path, md_path
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """Fixed-width text for the end of a sweep: rank, names, metrics, the error of failures."""
+    metric_cols = _metric_columns(df)
+    header = ["#", "model", "loss", "status", *metric_cols]
+    body: list[list[str]] = []
+    errors: list[str] = []
+    rank = 0
+    for rec in df.to_dict("records"):
+        failed = _is_failed(rec["status"])
+        has_value = bool(metric_cols) and _number(rec[metric_cols[0]]) != MISSING
+        if has_value and not failed:
+            rank += 1
+        cells = [str(rank) if has_value and not failed else "-", _text(rec["model"]),
+                 _text(rec["loss"]), _text(rec["status"]).lower() if failed else _text(rec["status"])]
+        cells += [_number(rec[c], 1 if c.endswith("_time_s") else 4) for c in metric_cols]
+        body.append(cells)
+        if failed:
+            errors.append(f"  {rec['model']}-{rec['loss']}: {first_line(_text(rec.get('error')))}")
+    numeric = [False] * 4 + [True] * len(metric_cols)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w)
+                         for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths), *map(line, body)]
+    if df.attrs.get("metric"):
+        better = "higher" if df.attrs.get("higher_is_better", True) else "lower"
+        out.insert(0, f"ranked by {df.attrs['metric']} ({better} is better)")
+    if errors:
+        out += ["failed:", *errors]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- heatmap
+@dataclass
+class _Cell:
+    """What one model × loss cell shows."""
+
+    mean: float = math.nan
+    std: float = math.nan
+    n: int = 0
+    label: str = MISSING  # shown when there is no value: "failed", "running", "—"
+    failed: bool = False
+
+
+def _cells(rows: Iterable[Row], metric: str) -> tuple[list[str], list[str], dict]:
+    """Models and losses in first-seen order; each cell the mean (± std) over its runs."""
+    models: list[str] = []
+    losses: list[str] = []
+    by_cell: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        if row.model not in models:
+            models.append(row.model)
+        if row.loss not in losses:
+            losses.append(row.loss)
+        by_cell[(row.model, row.loss)].append(row)
+    cells: dict[tuple[str, str], _Cell] = {}
+    for key, runs in by_cell.items():
+        values = [v for r in runs if not r.failed and not math.isnan(v := r.value(metric))]
+        if values:
+            cells[key] = _Cell(float(np.mean(values)), float(np.std(values)), len(values))
+        elif any(r.failed for r in runs):
+            cells[key] = _Cell(label="failed", failed=True)
+        else:
+            status = runs[-1].status.lower()
+            cells[key] = _Cell(label=MISSING if status == "finished" else status)
+    return models, losses, cells
+
+
+def _ink(rgba: Sequence[float]) -> str:
+    """Black or white text, whichever reads on this colour."""
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def plot_heatmap(rows: Sequence[Row], metric: str, path: Path) -> Path:
+    """Models (rows) × losses (columns) coloured by ``metric``, value written in each cell.
+
+    Failed cells are hatched grey, missing ones light grey with a dash. Baselines get their
+    own strip under the grid on the same colour scale (and a line on the colour bar), and
+    cells that beat every baseline are in bold, so "is learning worth it" reads at a glance.
+    Several runs of one combination (seeds) show their mean ± std.
+    """
+    path = Path(path)
+    trained = [r for r in rows if not r.is_baseline]
+    baselines = [(r.model, r.value(metric)) for r in rows if r.is_baseline]
+    models, losses, cells = _cells(trained, metric)
+    higher = higher_is_better(metric)
+
+    base_values = [v for _, v in baselines if not math.isnan(v)]
+    finite = [c.mean for c in cells.values() if not math.isnan(c.mean)] + base_values
+    vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 0.05, vmax + 0.05
+    cmap = plt.get_cmap("viridis" if higher else "viridis_r")
+    norm = matplotlib.colors.Normalize(vmin=vmin, vmax=vmax)
+    best_base = (max(base_values) if higher else min(base_values)) if base_values else None
+
+    n_models, n_losses = max(1, len(models)), max(1, len(losses))
+    n_cols = max(n_losses, len(baselines))  # the strip's cells are as wide as the grid's
+    width = max(6.5, 2.4 + 1.0 * n_cols)
+    height = 2.0 + 0.55 * (n_models + (1.6 if baselines else 0))
+    fig = plt.figure(figsize=(width, height), layout="constrained")
+    grid = fig.add_gridspec(2 if baselines else 1, 1,
+                            height_ratios=[n_models, 1] if baselines else None)
+    ax = fig.add_subplot(grid[0])
+    font = 8 if n_losses <= 8 else 7
+
+    data = np.full((n_models, n_losses), np.nan)
+    for (m, l), c in cells.items():
+        data[models.index(m), losses.index(l)] = c.mean
+    image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, aspect="auto")
+    best = None
+    if finite and cells:
+        pick = np.nanargmax if higher else np.nanargmin
+        if not np.all(np.isnan(data)):
+            best = np.unravel_index(pick(data), data.shape)
+    for (m, l), c in cells.items():
+        i, j = models.index(m), losses.index(l)
+        if math.isnan(c.mean):
+            face = "#d9d9d9" if c.failed else "#f2f2f2"
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=face,
+                                   hatch="///" if c.failed else None, edgecolor="#9a9a9a", lw=0))
+            ax.text(j, i, c.label, ha="center", va="center", fontsize=font,
+                    color="#b2182b" if c.failed else "#555555",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8)
+                    if c.failed else None)
+            continue
+        text = f"{c.mean:.3f}" + (f"\n±{c.std:.3f} (n={c.n})" if c.n > 1 else "")
+        beats = best_base is not None and (c.mean > best_base if higher else c.mean < best_base)
+        ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                color=_ink(cmap(norm(c.mean))), fontweight="bold" if beats else "normal")
+    for (m, l) in [(a, b) for a in models for b in losses if (a, b) not in cells]:
+        i, j = models.index(m), losses.index(l)
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f2f2f2", lw=0))
+        ax.text(j, i, MISSING, ha="center", va="center", fontsize=font, color="#555555")
+    if best is not None:
+        ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False,
+                               edgecolor="#d62728", lw=2.5))
+    ax.set_xticks(range(len(losses)), losses, rotation=30 if n_losses > 4 else 0,
+                  ha="right" if n_losses > 4 else "center", fontsize=9)
+    ax.set_yticks(range(len(models)), models, fontsize=9)
+    ax.set_xticks(np.arange(-0.5, n_losses, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, n_models, 1), minor=True)
+    ax.grid(which="minor", color="white", lw=1.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set(xlabel="loss", ylabel="model", xlim=(-0.5, n_losses - 0.5), ylim=(n_models - 0.5, -0.5))
+    if not trained:
+        ax.text((n_losses - 1) / 2, (n_models - 1) / 2, "no runs", ha="center", va="center")
+
+    title = f"{metric}: model × loss ({'higher' if higher else 'lower'} is better)"
+    if baselines:
+        listed = ", ".join(f"{name} {_number(v, 3)}" for name, v in baselines)
+        title += f"\nbaselines without learning: {listed}"
+        title += "; bold = beats every baseline" if best_base is not None else ""
+    ax.set_title(title, fontsize=10)
+    cbar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+    cbar.ax.tick_params(labelsize=8)
+    for name, v in baselines:
+        if not math.isnan(v):
+            cbar.ax.axhline(v, color="#d62728", lw=1.5)  # where the baselines sit
+
+    if baselines:
+        ax_b = fig.add_subplot(grid[1])
+        values = np.full((1, n_cols), np.nan)
+        values[0, : len(baselines)] = [v for _, v in baselines]
+        ax_b.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
+        for j, (name, v) in enumerate(baselines):
+            color = "#555555" if math.isnan(v) else _ink(cmap(norm(v)))
+            ax_b.text(j, 0, f"{name}\n{_number(v, 3)}", ha="center", va="center",
+                      fontsize=font, color=color)
+        ax_b.set_xticks(np.arange(-0.5, n_cols, 1), minor=True)
+        ax_b.grid(which="minor", axis="x", color="white", lw=1.5)
+        ax_b.tick_params(which="both", length=0)
+        ax_b.set_xticks([])
+        ax_b.set_yticks([0], ["baselines\n(red on bar)"], fontsize=8)
+        ax_b.set_xlim(-0.5, n_cols - 0.5)
+        ax_b.set_ylim(0.5, -0.5)
+        for spine in ax_b.spines.values():
+            spine.set_visible(False)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log.info("heatmap of %s written to %s", metric, path)
+    return path

@@ -1,0 +1,75 @@
+"""``python -m training.register``: promote the best run of an experiment or sweep.
+
+Registers the best run by ``--metric`` as a version of ``zoo-<dataset>`` and moves the
+``champion`` and ``<loss>-best`` aliases when the new version beats them (see
+``training.registration``). Empty values count as absent, so the MLproject entry point can
+pass every parameter.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from training.config import parse_value
+from training.registration import (
+    DEFAULT_METRIC, RegistrationResult, register_best, runs_of_experiment, runs_of_sweep,
+)
+from training.tracking import configure_tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RegisterConfig:
+    """What to register: the runs of one experiment or one sweep, ranked by one metric."""
+
+    experiment: str = field(default="", metadata={"help": "register from every run of this "
+                                                          "experiment"})
+    sweep: str = field(default="", metadata={"help": "register from the child runs of this "
+                                                     "sweep's parent run id"})
+    metric: str = field(default=DEFAULT_METRIC, metadata={
+        "help": "metric that ranks runs; lower is better when a word of its name is loss, "
+                "ece or error"})
+    force: bool = field(default=False, metadata={
+        "help": "move champion and <loss>-best even to a worse model"})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RegisterConfig":
+        """Strings (CLI, MLproject) or typed values, parsed like ``TrainConfig``'s."""
+        hints = get_type_hints(cls)
+        unknown = sorted(set(values) - set(hints))
+        if unknown:
+            raise ValueError(f"unknown register parameter(s): {', '.join(unknown)}")
+        return cls(**{k: parse_value(hints[k], v, k) for k, v in values.items()})
+
+    def __post_init__(self) -> None:
+        self.experiment, self.sweep = self.experiment.strip(), self.sweep.strip()
+        self.metric = self.metric.strip() or DEFAULT_METRIC
+        if bool(self.experiment) == bool(self.sweep):
+            raise ValueError("give exactly one of --experiment NAME or --sweep RUN_ID")
+
+
+def register(cfg: RegisterConfig) -> RegistrationResult:
+    """Register from the configured runs and print the summary."""
+    configure_tracking()
+    if cfg.experiment:
+        runs, where = runs_of_experiment(cfg.experiment), f"experiment {cfg.experiment!r}"
+    else:
+        runs, where = runs_of_sweep(cfg.sweep), f"sweep {cfg.sweep}"
+    log.info("%d run(s) in %s", len(runs), where)
+    result = register_best(runs, cfg.metric, force=cfg.force)
+    print(result.summary())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Any failure is one ``error: ...`` line on stderr and exit 1 (``training.train``'s CLI)."""
+    from training.train import run_cli
+
+    return run_cli(register, argv, RegisterConfig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
