@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from training.cli import run_cli
 from training.config import parse_value
 from training.registration import (
     DEFAULT_METRIC, RegistrationResult, register_best, runs_of_experiment, runs_of_sweep,
@@ -65,10 +66,8 @@ def register(cfg: RegisterConfig) -> RegistrationResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Any failure is one ``error: ...`` line on stderr and exit 1 (``training.train``'s CLI)."""
-    from training.train import run_cli
-
-    return run_cli(register, argv, RegisterConfig)
+    """Any failure is one ``error: ...`` line on stderr and exit 1."""
+    return run_cli(register, RegisterConfig, argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from training import baselines, compare
+from training.cli import run_cli
 from training.config import TrainConfig, _f
 from training.registration import register_best, runs_of_sweep
 from training.run import RunResult, check_names, config_splits, dataset_name, load_config_data, train
@@ -227,9 +228,7 @@ def _log_comparison(rows: list[compare.Row], metric: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import run_cli
-
-    return run_cli(run_sweep, argv, SweepConfig)
+    return run_cli(run_sweep, SweepConfig, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+"""Refresh the README pictures from the latest sweep in a store.
+
+Copies the sweep's heatmap and takes a headless-Chromium screenshot of the real MLflow UI
+comparing the sweep's children. Needs Chromium (`apt-get install chromium`).
+
+    python docs/screenshots.py [--store sqlite:///mlruns/mlflow.db] [--out docs/img]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import mlflow
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_ui(store: str):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", store,
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def screenshot(url: str, path: Path, size: str = "1600,900") -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise SystemExit("chromium not found: apt-get install chromium")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+             "--virtual-time-budget=20000", f"--screenshot={path}", url],
+            check=True, capture_output=True, timeout=120,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--store", default="sqlite:///mlruns/mlflow.db")
+    parser.add_argument("--out", default="docs/img", type=Path)
+    args = parser.parse_args()
+    mlflow.set_tracking_uri(args.store)
+    parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                 filter_string="tags.`zoo.sweep` = 'parent'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise SystemExit(f"no sweep in {args.store}: run `mlflow run . -e sweep` first")
+    parent = parents[0]
+    children = mlflow.search_runs(
+        experiment_ids=[parent.info.experiment_id], output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                      "and attributes.status = 'FINISHED'",
+        order_by=["metrics.test_precision_at_1 DESC"],
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    heatmap = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                  artifact_path="comparison/heatmap.png")
+    shutil.copy(heatmap, args.out / "sweep_heatmap.png")
+    ids = json.dumps([r.info.run_id for r in children[:12]])
+    query = urllib.parse.urlencode({"runs": ids,
+                                    "experiments": json.dumps([parent.info.experiment_id])})
+    with mlflow_ui(args.store) as url:
+        screenshot(f"{url}/#/compare-runs?{query}", args.out / "mlflow_compare.png", "1600,1100")
+        screenshot(f"{url}/#/experiments/{parent.info.experiment_id}", args.out / "mlflow_runs.png")
+    print(f"wrote {args.out}/sweep_heatmap.png, mlflow_compare.png, mlflow_runs.png")
+
+
+if __name__ == "__main__":
+    main()
