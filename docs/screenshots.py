@@ -95,7 +95,10 @@ def main() -> None:
                                     "experiments": json.dumps([parent.info.experiment_id])})
     with mlflow_ui(args.store) as url:
         screenshot(f"{url}/#/compare-runs?{query}", args.out / "mlflow_compare.png", "1600,1100")
-        screenshot(f"{url}/#/experiments/{parent.info.experiment_id}", args.out / "mlflow_runs.png")
+        order = urllib.parse.urlencode({"orderByKey": "metrics.`test_precision_at_1`",
+                                        "orderByAsc": "false", "isComparingRuns": "false"})
+        screenshot(f"{url}/#/experiments/{parent.info.experiment_id}/runs?{order}",
+                   args.out / "mlflow_runs.png", "1800,1000")
     print(f"wrote {args.out}/sweep_heatmap.png, mlflow_compare.png, mlflow_runs.png")
 
 

@@ -55,8 +55,9 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
         return real_fit(model, loss_fn, *args, **kwargs)
 
     monkeypatch.setattr(training.run, "fit", flaky_fit)
+    # workers=1: the injected failure is patched into this process.
     cfg = SweepConfig(models="residual_mlp", losses="softmax,arcface,supcon",
-                      experiment="sweep-test", **TINY)
+                      experiment="sweep-test", workers=1, **TINY)
     first = run_sweep(cfg)
     out = capsys.readouterr().out
     failed = [o for o in first if o.error]

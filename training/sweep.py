@@ -48,7 +48,8 @@ class SweepConfig(TrainConfig):
                             "tabular encoders on tabular data)")
     losses: str = _f("all", "comma list of losses (all: every loss in the catalogue)")
     metric: str = _f("test_precision_at_1", "metric that ranks the combinations")
-    workers: int = _f(1, "combinations trained at once, each in its own process")
+    workers: int = _f(2, "combinations trained at once, each in its own process with its "
+                         "share of the cores (2 measured faster than 1 on 2 cores)")
     resume: Optional[str] = _f(None, "parent run id of a sweep to complete (auto: a new sweep)")
     force: bool = _f(False, "move the champion alias even to a worse model")
     register: bool = _f(True, "register the best child in the model registry")
