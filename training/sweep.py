@@ -140,7 +140,11 @@ def _note_resume(cfg: SweepConfig) -> None:
 def _finished_children(parent_id: str) -> dict[tuple[str, str], Outcome]:
     """FINISHED children of a sweep, by (model, loss): they are not trained again."""
     done: dict[tuple[str, str], Outcome] = {}
-    for run in runs_of_sweep(parent_id):
+    try:
+        children = runs_of_sweep(parent_id)
+    except ValueError:  # stopped before its first child: nothing to skip
+        return done
+    for run in children:
         model, loss = run.data.tags.get("zoo.model"), run.data.tags.get("zoo.loss")
         if run.info.status == "FINISHED" and model and loss:
             done[(model, loss)] = Outcome(model, loss, run.info.run_id, dict(run.data.metrics))
