@@ -8,52 +8,22 @@ comparing the sweep's children. Needs Chromium (`apt-get install chromium`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import mlflow
+
+from training.mlflow_process import mlflow_process
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--hide-scrollbars",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mlflow_ui(store: str):
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", store,
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def screenshot(url: str, path: Path, size: str = "1600,900") -> None:
@@ -93,9 +63,10 @@ def main() -> None:
     ids = json.dumps([r.info.run_id for r in children[:12]])
     query = urllib.parse.urlencode({"runs": ids,
                                     "experiments": json.dumps([parent.info.experiment_id])})
-    with mlflow_ui(args.store) as url:
+    with mlflow_process("ui", "--backend-store-uri", args.store) as url:
         screenshot(f"{url}/#/compare-runs?{query}", args.out / "mlflow_compare.png", "1600,1100")
         order = urllib.parse.urlencode({"orderByKey": "metrics.`test_precision_at_1`",
+                                        "searchFilter": f"tags.`zoo.sweep` = '{parent.info.run_id}'",
                                         "orderByAsc": "false", "isComparingRuns": "false"})
         screenshot(f"{url}/#/experiments/{parent.info.experiment_id}/runs?{order}",
                    args.out / "mlflow_runs.png", "1800,1000")

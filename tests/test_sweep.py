@@ -1,12 +1,9 @@
 """The sweep: nested runs, comparison artifacts, failures, resume, registration."""
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -15,6 +12,7 @@ import requests
 
 import training.run
 from tests.conftest import REPO
+from training.mlflow_process import mlflow_process
 from training.sweep import SweepConfig, run_sweep
 
 TINY = dict(data="emitters", epochs=1, batch_size=64, embedding_dim=16, log_model=True)
@@ -95,48 +93,12 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
     assert client.get_model_version_by_alias("zoo-emitters", "supcon-best")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mlflow_server(tmp_path: Path):
-    """A real `mlflow server` process on a free port with a temporary SQLite store."""
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.5)
-        else:
-            raise TimeoutError("mlflow server did not answer /health in 120 s")
-        yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-        if proc.poll() is None:
-            proc.kill()
-
-
 @pytest.mark.slow
 def test_sweep_against_a_real_mlflow_server(tmp_path: Path) -> None:
     """2 models × 2 losses, 1 epoch, over HTTP; checked through the REST API."""
-    with mlflow_server(tmp_path) as url:
+    store = (f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "server-artifacts"))
+    with mlflow_process("server", "--backend-store-uri", store[0],
+                        "--artifacts-destination", store[1], "--workers", "1") as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url}
         env.pop("MLFLOW_RUN_ID", None)
         proc = subprocess.run(
