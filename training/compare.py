@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from training.loop import higher_is_better  # noqa: E402  (one definition for sweep and table)
+from zoo.metrics import higher_is_better  # noqa: E402  (one definition everywhere)
 
 log = logging.getLogger(__name__)
 

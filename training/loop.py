@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from training.config import TrainConfig
 from zoo.data import ImageAugment, PKBatchSampler, Split
 from zoo.losses import EmbeddingLoss
-from zoo.metrics import evaluate
+from zoo.metrics import evaluate, higher_is_better
 from zoo.models import CosineClassifier, EmbeddingModel
 
 log = logging.getLogger(__name__)
@@ -174,10 +174,6 @@ def calibrate_scale(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) ->
         best = float(grid[int(nll.argmin())])
         head.scale.fill_(best)
     return best
-
-
-def higher_is_better(metric: str) -> bool:
-    return not any(word in metric for word in ("loss", "ece", "error"))
 
 
 def fit(

@@ -25,6 +25,8 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS, MLFLOW_PARENT_RUN_ID
 
+from zoo.metrics import higher_is_better
+
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
@@ -33,7 +35,6 @@ MODEL_URI_TAG = "zoo.model_uri"
 # Run metrics copied onto every version as tags, so the registry alone compares versions.
 VERSION_METRIC_PREFIXES = ("test_", "open_")
 # A metric is minimised when one of these is a word of its name (``test_ece``, ``train_loss``).
-LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error"})
 _LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9A-Za-z]+)$")
 
 
@@ -51,8 +52,8 @@ def loss_alias(loss: str) -> str:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Losses, calibration error and error rates are minimised; everything else maximised."""
-    return bool(LOWER_IS_BETTER_WORDS & set(re.split(r"[^a-z0-9]+", metric.lower())))
+    """The opposite of ``zoo.metrics.higher_is_better`` (the one definition)."""
+    return not higher_is_better(metric)
 
 
 def beats(candidate: float, incumbent: float, metric: str) -> bool:

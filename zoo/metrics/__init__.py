@@ -8,6 +8,7 @@ sweep table, the registry's champion choice and the plots, so they are fixed her
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from .classification import accuracy, confusion_matrix, expected_calibration_error, softmax, top_k_accuracy
@@ -17,6 +18,7 @@ from .verification import pair_scores, roc_auc, tar_at_far, verification_metrics
 
 __all__ = [
     "evaluate",
+    "higher_is_better",
     "metric_names",
     "accuracy",
     "top_k_accuracy",
@@ -66,6 +68,18 @@ def metric_names(
     if logits:
         names += CLASSIFICATION_KEYS
     return [prefix + n for n in names]
+
+
+#: Words that, as a whole word of a metric name, make it one to minimise.
+LOWER_IS_BETTER_WORDS = frozenset({"loss", "ece", "error"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Losses, calibration error and error rates are minimised; every other metric maximised.
+
+    Whole words of the name count (``train_loss``, ``test_ece``, ``..._calibration_error``).
+    """
+    return not LOWER_IS_BETTER_WORDS & set(re.split(r"[^a-z0-9]+", metric.lower()))
 
 
 def evaluate(
