@@ -122,10 +122,10 @@ def train(
                       on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
         train_time = time.perf_counter() - started
 
-        metrics = test_metrics(model, loss_fn, splits, device, num_classes)
+        metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes)
         metrics.update(best_epoch=float(history.best_epoch), train_time_s=train_time)
         mlflow.log_metrics(metrics)
-        log_figures(model, history, splits, device, cfg.seed)
+        log_figures(history, splits, test_emb, test_logits, cfg.seed)
         model_uri = None
         if cfg.log_model:
             meta = {
@@ -159,9 +159,13 @@ def describe(splits: Splits, model: torch.nn.Module, device: torch.device) -> di
     }
 
 
-def test_metrics(model, loss_fn, splits: Splits, device: torch.device, num_classes: int
-                 ) -> dict[str, float]:
-    """Attach the final classifier (temperature-calibrated on val), then test (and open) metrics."""
+def test_metrics(
+    model, loss_fn, splits: Splits, device: torch.device, num_classes: int
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:
+    """Attach the final classifier (temperature-calibrated on val), then test (and open) metrics.
+
+    Returns the metrics and the test embeddings and logits (the figures reuse them).
+    """
     head = build_head(model, loss_fn, splits.train, device, num_classes)
     model.set_head(None)
     val_emb, _ = embed(model, splits.val.x, device)
@@ -174,12 +178,12 @@ def test_metrics(model, loss_fn, splits: Splits, device: torch.device, num_class
     if splits.open is not None and len(splits.open):
         open_emb, _ = embed(model, splits.open.x, device)
         metrics.update(evaluate(open_emb, splits.open.y, None, prefix="open_"))
-    return metrics
+    return metrics, test_emb, test_logits
 
 
-def log_figures(model, history: History, splits: Splits, device: torch.device, seed: int) -> None:
+def log_figures(history: History, splits: Splits, test_emb: torch.Tensor,
+                test_logits: torch.Tensor | None, seed: int) -> None:
     """Curves, confusion matrix, embedding map and metrics.json as run artifacts."""
-    test_emb, test_logits = embed(model, splits.test.x, device)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         plots.plot_curves(history.epochs, out / "curves.png")
