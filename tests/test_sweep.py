@@ -76,6 +76,11 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/comparison.md",
             "comparison/heatmap.png"} <= artifacts
+    # The sweep's last step exported the new champion, with its parity figures.
+    champion = client.get_model_version_by_alias("zoo-emitters", "champion")
+    assert champion.tags["zoo.exported"] == "true"
+    assert float(champion.tags["export_onnx_max_abs_diff"]) <= 1e-4
+    assert "export of zoo-emitters @champion" in out
     table = Path(client.download_artifacts(parent.info.run_id, "comparison/comparison.csv"))
     text = table.read_text()
     assert "pixels" in text and "pca" in text and "FAILED" in text

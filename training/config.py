@@ -62,12 +62,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from strings or typed values; unknown keys are an error that names them."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown training parameter(s): {', '.join(unknown)}")
-        hints = get_type_hints(cls)
-        return cls(**{k: parse_value(hints[k], v, k) for k, v in values.items()})
+        return config_from_dict(cls, values, "training")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -81,6 +76,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.open_set < 1:
             raise ValueError(f"open_set must be in [0, 1), got {self.open_set}")
+
+
+def config_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
+    """A config dataclass from CLI / MLproject strings or typed values, each parsed to its
+    field's type; unknown keys are an error that names them (``what``: whose parameters)."""
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} parameter(s): {', '.join(unknown)}")
+    return cls(**{k: parse_value(hints[k], v, k) for k, v in values.items()})
 
 
 AUTO = "auto"  # an optional field left to its component's own default

@@ -9,6 +9,7 @@ import dataclasses
 import json
 
 from training.config import TrainConfig, field_types, format_value
+from training.export import ExportConfig
 from training.register import RegisterConfig
 from training.sweep import SweepConfig
 from zoo.losses import LOSSES
@@ -55,6 +56,8 @@ def render() -> str:
                         "training.sweep", {}, SweepConfig, skip=SweepConfig.PER_CHILD))
     parts.append(_entry("register", "register the best run of an experiment or sweep",
                         "training.register", {}, RegisterConfig))
+    parts.append(_entry("export", "a registered model to ONNX, TorchScript and .pt2, with a "
+                        "parity check on its test split", "training.export", {}, ExportConfig))
     return "\n".join(parts)
 
 

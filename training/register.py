@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any
 
 from training.cli import run_cli
-from training.config import parse_value
+from training.config import config_from_dict
 from training.registration import (
     DEFAULT_METRIC, RegistrationResult, register_best, runs_of_experiment, runs_of_sweep,
 )
@@ -39,11 +39,7 @@ class RegisterConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RegisterConfig":
         """Strings (CLI, MLproject) or typed values, parsed like ``TrainConfig``'s."""
-        hints = get_type_hints(cls)
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise ValueError(f"unknown register parameter(s): {', '.join(unknown)}")
-        return cls(**{k: parse_value(hints[k], v, k) for k, v in values.items()})
+        return config_from_dict(cls, values, "register")
 
     def __post_init__(self) -> None:
         self.experiment, self.sweep = self.experiment.strip(), self.sweep.strip()

@@ -2,7 +2,8 @@
 
 The parent logs a comparison table (CSV, Markdown), a models × losses heatmap and two
 baselines computed on the same split (raw pixels and PCA), then registers the best child
-(``zoo-<dataset>@champion``) and the best of each loss (``@<loss>-best``). A failing
+(``zoo-<dataset>@champion``) and the best of each loss (``@<loss>-best``), and exports the
+champion to ONNX, TorchScript and ``.pt2`` with a parity check (``training.export``). A failing
 combination is recorded and the sweep goes on; ``resume=<parent run id>`` runs only what is
 missing or failed.
 """
@@ -27,7 +28,9 @@ from tqdm.auto import tqdm
 from training import baselines, compare
 from training.cli import run_cli
 from training.config import TrainConfig, _f
-from training.registration import register_best, runs_of_sweep
+from training.export import ExportConfig, export_model
+from training.export_logging import EXPORTED_TAG
+from training.registration import CHAMPION, RegistrationResult, register_best, runs_of_sweep
 from training.run import RunResult, check_names, config_splits, dataset_name, load_config_data, train
 from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData
@@ -53,6 +56,8 @@ class SweepConfig(TrainConfig):
     resume: Optional[str] = _f(None, "parent run id of a sweep to complete (auto: a new sweep)")
     force: bool = _f(False, "move the champion alias even to a worse model")
     register: bool = _f(True, "register the best child in the model registry")
+    export: bool = _f(True, "export the champion to ONNX, TorchScript and .pt2 with a parity "
+                            "check (when registering)")
 
     #: TrainConfig fields a sweep sets per child rather than taking from the user.
     PER_CHILD = ("model", "loss")
@@ -120,6 +125,8 @@ def run_sweep(cfg: SweepConfig) -> list[Outcome]:
         if cfg.register and len(failed) < len(outcomes):
             result = register_best(runs_of_sweep(parent_id), cfg.metric, force=cfg.force)
             print("\n" + result.summary())
+            if cfg.export:
+                _export_champion(result, data)
         if failed:
             print(f"\n{len(failed)} of {len(outcomes)} combinations failed:")
             for o in failed:
@@ -128,6 +135,21 @@ def run_sweep(cfg: SweepConfig) -> list[Outcome]:
         if outcomes and len(failed) == len(outcomes):
             raise RuntimeError(f"every combination failed (first: {failed[0].error})")
         return outcomes
+
+
+def _export_champion(result: RegistrationResult, data: LoadedData) -> None:
+    """Export the champion unless it is an earlier, already exported version.
+
+    A champion that moved was trained in this sweep, so its parity check reuses the loaded
+    data; an older one is checked on its own run's data.
+    """
+    version = mlflow.MlflowClient().get_model_version(result.name, result.champion_version)
+    if not result.champion_moved and (version.tags or {}).get(EXPORTED_TAG) == "true":
+        log.info("champion %s v%s is already exported", result.name, version.version)
+        return
+    print()
+    export_model(ExportConfig(model_uri=f"models:/{result.name}@{CHAMPION}"),
+                 data=data if result.champion_moved else None)
 
 
 def _note_resume(cfg: SweepConfig) -> None:

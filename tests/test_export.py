@@ -1,0 +1,229 @@
+"""Export to ONNX, TorchScript and .pt2: parity on real inputs, metadata, failures named,
+and the MLflow side (files on the run, tags on the version) against a real store."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import training.export
+from tests.conftest import REPO
+from training.config import TrainConfig
+from training.export import ExportConfig, export_model
+from training.registration import register_best, runs_of_experiment
+from training.run import train
+from zoo.data import load_data, split_data
+from zoo.export import (
+    FORMATS, ExportFailure, ParityThresholds, export_format, load_exported, measure_parity,
+    onnx_providers,
+)
+from zoo.export.formats import eager_runner
+from zoo.export.onnx_format import read_metadata
+from zoo.export.parity import reference_outputs
+from zoo.models import EmbeddingModel, create_model
+
+
+@pytest.fixture(scope="module")
+def real_inputs() -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """Preprocessed test inputs of real data: digits images and emitter pulse features."""
+    out = {}
+    for kind, data in (("image", "digits"), ("tabular", "emitters")):
+        splits = split_data(load_data(data, image_size=32), seed=0, val_fraction=0.1,
+                            test_fraction=0.2)
+        out[kind] = (splits.test.x[:50], splits.class_names, splits.preprocessing.to_dict())
+    return out
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "mobilenetv3_small_100",
+                                  "residual_mlp", "ft_transformer", "timm/efficientvit_m0"])
+def test_every_format_answers_like_eager(name: str, real_inputs, tmp_path: Path) -> None:
+    kind = "tabular" if name in ("residual_mlp", "ft_transformer") else "image"
+    x, classes, pre = real_inputs[kind]
+    torch.manual_seed(0)
+    model = create_model(name, len(classes), 32, image_size=32, num_features=x.shape[1]).eval()
+    model.zoo_meta["preprocessing"] = pre
+    reference = reference_outputs(eager_runner(model), x, batch_size=32)
+    for fmt in FORMATS:
+        exported = export_format(fmt, model, x[:2], tmp_path)
+        runner = load_exported(fmt, exported.path)
+        # batches of 32 over 50 inputs: a full and a partial batch through the dynamic axis
+        parity = measure_parity(fmt, runner, x, reference, batch_size=32)
+        assert parity.failures(ParityThresholds()) == [], (fmt, parity)
+        assert parity.samples == 50 and parity.top1_agreement == 1.0
+        assert runner.meta["preprocessing"]["class_names"] == classes
+        assert runner(x[:1].numpy())["embedding"].shape == (1, 32)  # batch 1 works too
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["embedding", "logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = read_metadata(tmp_path / "model.onnx")
+    assert meta["class_names"] == classes and meta["preprocessing"] == pre
+
+
+def test_parity_catches_a_deviant_export(real_inputs) -> None:
+    x, _, _ = real_inputs["tabular"]
+    model = create_model("residual_mlp", 5, 16, num_features=x.shape[1]).eval()
+    reference = reference_outputs(eager_runner(model), x)
+
+    def shifted(batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = eager_runner(model)(batch)
+        return {"embedding": out["embedding"] + 1e-3, "logits": -out["logits"]}
+
+    parity = measure_parity("fake", shifted, x, reference)
+    problems = parity.failures(ParityThresholds())
+    assert parity.max_abs_diff == pytest.approx(1e-3, rel=1e-3)
+    assert len(problems) == 2 and "embeddings differ" in problems[0] and "top-1" in problems[1]
+
+
+class _Kth(nn.Module):
+    """kthvalue has no ONNX translation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.kthvalue(x, 2, dim=1)[0][:, None] * x
+
+
+class _Branch(nn.Module):
+    """A branch on a tensor's value cannot be exported as one graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.mean() > 0 else x
+
+
+def _toy(bad: nn.Module) -> EmbeddingModel:
+    backbone = nn.Sequential(nn.Linear(12, 32), nn.Sequential(nn.ReLU(), bad), nn.Linear(32, 32))
+    return EmbeddingModel(backbone, 32, 16, num_classes=3, name="toy").eval()
+
+
+@pytest.mark.parametrize("bad, fmt, operator", [
+    (_Kth(), "onnx", "aten.kthvalue"), (_Branch(), "pt2", None), (_Branch(), "onnx", None),
+])
+def test_unexportable_model_names_the_module_and_operator(bad, fmt, operator, tmp_path) -> None:
+    with pytest.raises(ExportFailure) as caught:
+        export_format(fmt, _toy(bad), torch.randn(4, 12), tmp_path)
+    message = str(caught.value)
+    assert f"in module backbone.1.1 ({type(bad).__name__})" in message
+    assert message.startswith(f"{fmt} export failed")
+    if operator:
+        assert caught.value.operator.startswith(operator) and operator in message
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_onnx_runtime_asks_for_cuda_only_with_a_gpu() -> None:
+    if torch.cuda.is_available():
+        assert onnx_providers("auto")[0][0] == "CUDAExecutionProvider"
+        return
+    assert onnx_providers("auto") == ["CPUExecutionProvider"]
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        onnx_providers("cuda")
+    assert "CPUExecutionProvider" in ort.get_available_providers()
+
+
+def test_export_config_checks() -> None:
+    cfg = ExportConfig.from_dict({"formats": "onnx, pt2", "opset": "21", "data": ""})
+    assert cfg.format_list == ["onnx", "pt2"] and cfg.opset == 21
+    with pytest.raises(ValueError, match="choose from onnx, torchscript, pt2"):
+        ExportConfig(formats="onnx,tflite")
+    with pytest.raises(ValueError, match="opset must be 18 or newer"):
+        ExportConfig(opset=17)
+    with pytest.raises(ValueError, match="unknown export parameter"):
+        ExportConfig.from_dict({"model": "x"})
+
+
+@pytest.fixture
+def champion(tracking_uri: str) -> str:
+    """A real (tiny) training run on emitters, registered as zoo-emitters@champion."""
+    cfg = TrainConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                      batch_size=64, embedding_dim=16, experiment="zoo-emitters")
+    train(cfg)
+    register_best(runs_of_experiment("zoo-emitters"), "test_precision_at_1")
+    return "models:/zoo-emitters@champion"
+
+
+def _env(uri: str) -> dict[str, str]:
+    bin_dir = Path(sys.executable).parent  # MLproject commands call `python` from PATH
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def test_export_logs_files_and_tags_and_fails_loudly(
+    champion: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("zoo-emitters", "champion")
+    before = client.get_run(version.run_id).info
+
+    result = export_model(ExportConfig(model_uri=champion))
+    assert result.ok and "onnx model: models:/m-" in capsys.readouterr().out
+    run = client.get_run(version.run_id)
+    assert (run.info.status, run.info.end_time) == ("FINISHED", before.end_time)
+    for fmt in FORMATS:
+        assert run.data.metrics[f"export_{fmt}_max_abs_diff"] <= 1e-4
+        assert run.data.metrics[f"export_{fmt}_top1_agreement"] >= 0.999
+        assert run.data.metrics[f"export_{fmt}_mean_cosine"] > 0.9999
+    files = {a.path for a in client.list_artifacts(version.run_id, "export")}
+    assert files == {"export/model.onnx", "export/model.torchscript.pt", "export/model.pt2",
+                     "export/parity.json"}
+    tags = client.get_model_version("zoo-emitters", version.version).tags
+    assert tags["zoo.exported"] == "true" and float(tags["export_onnx_max_abs_diff"]) <= 1e-4
+
+    # The logged ONNX model loads with mlflow.onnx and as pyfunc, and answers like PyTorch.
+    onnx_uri = tags["zoo.onnx_model_uri"]
+    assert {p.key for p in mlflow.onnx.load_model(onnx_uri).metadata_props} >= {
+        "preprocessing", "class_names"}
+    eager = mlflow.pytorch.load_model(champion).eval()
+    x = torch.randn(5, 12)
+    predicted = mlflow.pyfunc.load_model(onnx_uri).predict(x.numpy())
+    with torch.no_grad():
+        expected = eager(x)
+    assert np.abs(predicted["embedding"] - expected["embedding"].numpy()).max() < 1e-4
+    assert (predicted["logits"].argmax(1) == expected["logits"].numpy().argmax(1)).all()
+
+    # An export whose ONNX answers differ fails: non-zero, version no longer "exported".
+    real_load = training.export.load_exported
+
+    def deviant(fmt, path, *args, **kwargs):
+        runner = real_load(fmt, path, *args, **kwargs)
+        if fmt != "onnx":
+            return runner
+        return lambda b: {k: v + 1e-3 for k, v in runner(b).items()}
+
+    monkeypatch.setattr(training.export, "load_exported", deviant)
+    with pytest.raises(RuntimeError, match="onnx: embeddings differ by up to 0.001"):
+        export_model(ExportConfig(model_uri=champion))
+    tags = client.get_model_version("zoo-emitters", version.version).tags
+    assert "zoo.exported" not in tags and "embeddings differ" in tags["zoo.export_error"]
+    assert client.get_run(version.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_mlflow_run_export_entry_point(champion: str, tracking_uri: str, tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "export",
+         "--env-manager", "local", "--experiment-name", "exports", "-P", f"model_uri={champion}",
+         "-P", "formats=onnx"],
+        cwd=tmp_path, env=_env(tracking_uri), capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "export of zoo-emitters @champion = v1" in ok.stdout
+    runs = mlflow.search_runs(experiment_names=["exports"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["export_onnx_top1_agreement"] >= 0.999
+    assert mlflow.MlflowClient().get_model_version("zoo-emitters", "1").tags[
+        "zoo.export.formats"] == "onnx"
+
+    miss = subprocess.run(
+        [sys.executable, "-m", "training.export", "--model_uri", "models:/zoo-emitters@nope"],
+        cwd=tmp_path, env=_env(tracking_uri), capture_output=True, text=True, timeout=300)
+    assert miss.returncode == 1
+    assert "registered model 'zoo-emitters' has no alias @nope" in miss.stderr
+    assert "mlflow run . -e sweep" in miss.stderr and "@champion" in miss.stderr

@@ -1,0 +1,229 @@
+"""``python -m training.export``: a registered model to ONNX, TorchScript and ``.pt2``.
+
+The model named by ``--model_uri`` (default ``models:/zoo-digits@champion``) is exported to
+the three formats; each is loaded back and compared with the eager model on the held-out
+test split of the run that trained it (rebuilt from that run's parameters). The files, an
+MLflow ``onnx`` model and the parity figures go to that run; the figures and
+``zoo.exported=true`` go to the version. Any failed export or parity check exits non-zero
+and leaves the version without ``zoo.exported``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from training import export_logging
+from training.cli import run_cli
+from training.config import TrainConfig, _f, config_from_dict
+from training.model_source import DEFAULT_MODEL_URI, ModelSource, resolve_model
+from training.run import config_splits, load_config_data
+from training.tracking import configure_tracking, log_params_once, training_run
+from zoo.data import LoadedData, Split
+from zoo.export import (
+    FORMATS, ExportFailure, ExportedFile, Parity, ParityThresholds, export_format,
+    load_exported, measure_parity,
+)
+from zoo.export.formats import eager_runner, example_batch
+from zoo.export.onnx_format import DEFAULT_OPSET, MIN_OPSET
+from zoo.export.parity import reference_outputs
+from zoo.export.program_format import export_program
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportConfig:
+    """Which model to export, to what, and how close the exports must stay to it."""
+
+    model_uri: str = _f(DEFAULT_MODEL_URI, "models:/<name>@<alias>, models:/<name>/<version>, "
+                                           "models:/m-<id> or runs:/<run_id>/model")
+    formats: str = _f(",".join(FORMATS), f"comma list of {', '.join(FORMATS)}")
+    opset: int = _f(DEFAULT_OPSET, f"ONNX opset ({MIN_OPSET} or newer)")
+    data: str = _f("", "data of the parity check (empty: the training run's own data)")
+    max_abs_diff: float = _f(1e-4, "largest allowed difference of any embedding value")
+    min_top1_agreement: float = _f(0.999, "smallest allowed share of equal top-1 classes")
+    batch_size: int = _f(64, "batch size of the parity check")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExportConfig":
+        return config_from_dict(cls, values, "export")
+
+    def __post_init__(self) -> None:
+        self.model_uri = self.model_uri.strip() or DEFAULT_MODEL_URI
+        unknown = [f for f in self.format_list if f not in FORMATS]
+        if unknown or not self.format_list:
+            raise ValueError(f"formats={self.formats!r}: choose from {', '.join(FORMATS)}")
+        if self.opset < MIN_OPSET:
+            raise ValueError(f"opset must be {MIN_OPSET} or newer, got {self.opset}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    @property
+    def format_list(self) -> list[str]:
+        return [f.strip() for f in self.formats.split(",") if f.strip()]
+
+    @property
+    def thresholds(self) -> ParityThresholds:
+        return ParityThresholds(self.max_abs_diff, self.min_top1_agreement)
+
+
+@dataclass
+class ExportResult:
+    """What an export produced and measured."""
+
+    source: ModelSource
+    files: list[ExportedFile]
+    parities: list[Parity]
+    errors: list[str]
+    onnx_model_uri: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        lines = [f"export of {self.source.describe()}:",
+                 f"  {'format':<12} {'max|Δ emb|':>11} {'mean cos':>10} {'top-1 agree':>12} "
+                 f"{'size MB':>8} {'export s':>9}"]
+        by_format = {f.format: f for f in self.files}
+        for p in self.parities:
+            f = by_format[p.format]
+            agree = "n/a" if p.top1_agreement is None else f"{p.top1_agreement:.2%}"
+            lines.append(f"  {p.format:<12} {p.max_abs_diff:>11.2e} {p.mean_cosine:>10.6f} "
+                         f"{agree:>12} {f.size_mb:>8.1f} {f.seconds:>9.1f}")
+        lines.append(f"  on {self.parities[0].samples if self.parities else 0} test samples")
+        if self.ok:
+            lines.append(f"  files: runs:/{self.source.run_id}/{export_logging.ARTIFACT_DIR}/")
+            if self.onnx_model_uri:
+                lines.append(f"  onnx model: {self.onnx_model_uri} "
+                             "(mlflow.onnx.load_model / mlflow.pyfunc.load_model)")
+        for error in self.errors:
+            lines.append(f"  FAILED: {error}")
+        return "\n".join(lines)
+
+
+def source_config(run: mlflow.entities.Run, data: str = "") -> TrainConfig:
+    """The training config of ``run``, from its parameters (``data`` overrides its data)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    params = {k: v for k, v in run.data.params.items() if k in fields}
+    if data:
+        params["data"] = data
+    return TrainConfig.from_dict(params)
+
+
+def test_split(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None = None) -> Split:
+    """The run's held-out test split, checked to have the classes the model was trained on."""
+    if data is None:
+        try:
+            data = load_config_data(cfg)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}; the training run read data={cfg.data!r} relative to "
+                                    "its working directory: pass --data with where it is now "
+                                    "(-P data=... under mlflow run)") from None
+    splits = config_splits(cfg, data)
+    trained = model.zoo_meta.get("preprocessing", {}).get("class_names")
+    if trained is not None and list(trained) != list(splits.class_names):
+        raise ValueError(f"data {cfg.data!r} has classes {splits.class_names[:5]}... but the model "
+                         f"was trained on {trained[:5]}...: not the data it was trained on")
+    return splits.test
+
+
+def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportResult:
+    """Export, check parity, log; raise if any format failed (after logging what is known)."""
+    configure_tracking()
+    source = resolve_model(cfg.model_uri)
+    client = mlflow.MlflowClient()
+    run = client.get_run(source.run_id)
+    log.info("exporting %s", source.describe())
+    model = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
+    split = test_split(source_config(run, cfg.data), model, data)
+    example = example_batch(split.x[torch.arange(min(2, len(split)))])
+    reference = reference_outputs(eager_runner(model), split.x, cfg.batch_size)
+
+    files, parities, errors = [], [], []
+    with tempfile.TemporaryDirectory(prefix="zoo-export-") as tmp:
+        program = _program(model, example, cfg.format_list)
+        for fmt in cfg.format_list:
+            try:
+                exported = export_format(fmt, model, example, Path(tmp), opset=cfg.opset,
+                                         program=program)
+            except ExportFailure as exc:
+                errors.append(str(exc))
+                continue
+            parity = measure_parity(fmt, load_exported(fmt, exported.path), split.x, reference,
+                                    cfg.batch_size)
+            files.append(exported)
+            parities.append(parity)
+            errors += [f"{fmt}: {problem}" for problem in parity.failures(cfg.thresholds)]
+        result = ExportResult(source, files, parities, errors)
+        _record(result, model, example, cfg)
+    print(result.summary())
+    if errors:
+        raise RuntimeError(f"export of {source.describe()} failed: " + "; ".join(errors))
+    return result
+
+
+def _program(model: torch.nn.Module, example: torch.Tensor, formats: list[str]
+             ) -> torch.export.ExportedProgram | None:
+    """One ``torch.export`` program for ``pt2`` (and ONNX failure reports), if wanted."""
+    if "pt2" not in formats:
+        return None
+    try:
+        return export_program(model, example)
+    except Exception:  # noqa: BLE001 - export_format re-exports and explains the failure
+        return None
+
+
+def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
+            cfg: ExportConfig) -> None:
+    """Figures always; files and the ``zoo.exported`` tag only when everything passed."""
+    report = {
+        "model_uri": cfg.model_uri, "source": result.source.describe(),
+        "thresholds": dataclasses.asdict(cfg.thresholds), "opset": cfg.opset,
+        "parity": [dataclasses.asdict(p) for p in result.parities], "errors": result.errors,
+    }
+    with export_logging.reopened_run(result.source.run_id):
+        export_logging.log_parity(result.parities, report)
+        if result.ok:
+            info = export_logging.log_files({f.format: f.path for f in result.files},
+                                            model.zoo_meta, example.numpy().astype(np.float32))
+            result.onnx_model_uri = info.model_uri if info else None
+    artifacts = f"runs:/{result.source.run_id}/{export_logging.ARTIFACT_DIR}"
+    tags = {"zoo.export.formats": ",".join(f.format for f in result.files),
+            "zoo.export.artifacts": artifacts}
+    if result.onnx_model_uri:
+        tags["zoo.onnx_model_uri"] = result.onnx_model_uri
+    export_logging.tag_version(result.source, result.parities, tags,
+                               "; ".join(result.errors) or None)
+    if mlflow.active_run() is not None:  # the run `mlflow run -e export` made: say what it did
+        mlflow.set_tags({"zoo.export.source_run": result.source.run_id, **tags})
+        mlflow.log_metrics(export_logging.parity_metrics(result.parities))
+
+
+def export_entry(cfg: ExportConfig) -> ExportResult:
+    """Under ``mlflow run`` the run it made records the export (FAILED if it fails)."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        return export_model(cfg)
+    configure_tracking()
+    with training_run("export", "", {"zoo.export.model_uri": cfg.model_uri}):
+        log_params_once({f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
+        return export_model(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Any failure is one ``error: ...`` line on stderr and exit 1."""
+    return run_cli(export_entry, ExportConfig, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
