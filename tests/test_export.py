@@ -29,6 +29,7 @@ from zoo.export import (
 from zoo.export.formats import eager_runner
 from zoo.export.onnx_format import read_metadata
 from zoo.export.parity import reference_outputs
+from zoo.gallery import Gallery
 from zoo.models import EmbeddingModel, create_model
 
 
@@ -150,6 +151,10 @@ def champion(tracking_uri: str) -> str:
     return "models:/zoo-emitters@champion"
 
 
+def eager_classes(uri: str) -> list[str]:
+    return mlflow.pytorch.load_model(uri).zoo_meta["preprocessing"]["class_names"]
+
+
 def _env(uri: str) -> dict[str, str]:
     bin_dir = Path(sys.executable).parent  # MLproject commands call `python` from PATH
     return {**os.environ, "MLFLOW_TRACKING_URI": uri,
@@ -173,7 +178,13 @@ def test_export_logs_files_and_tags_and_fails_loudly(
         assert run.data.metrics[f"export_{fmt}_mean_cosine"] > 0.9999
     files = {a.path for a in client.list_artifacts(version.run_id, "export")}
     assert files == {"export/model.onnx", "export/model.torchscript.pt", "export/model.pt2",
-                     "export/parity.json"}
+                     "export/parity.json", "export/gallery"}
+    # The default gallery: the training split's embeddings, with the run's FAR 1e-3 threshold.
+    gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
+        f"runs:/{version.run_id}/export/gallery")))
+    assert len(gallery) == int(run.data.params["train_samples"])
+    assert gallery.threshold == run.data.metrics["test_threshold_at_far_1e-3"]
+    assert set(gallery.identities) <= set(eager_classes(champion))
     tags = client.get_model_version("zoo-emitters", version.version).tags
     assert tags["zoo.exported"] == "true" and float(tags["export_onnx_max_abs_diff"]) <= 1e-4
 

@@ -3,7 +3,9 @@
 The model named by ``--model_uri`` (default ``models:/zoo-digits@champion``) is exported to
 the three formats; each is loaded back and compared with the eager model on the held-out
 test split of the run that trained it (rebuilt from that run's parameters). The files, an
-MLflow ``onnx`` model and the parity figures go to that run; the figures and
+MLflow ``onnx`` model, the parity figures and the default gallery for identification (the
+training split's embeddings as a faiss index, with the run's threshold at FAR 1e-3) go to
+that run; the figures and
 ``zoo.exported=true`` go to the version. Any failed export or parity check exits non-zero
 and leaves the version without ``zoo.exported``.
 """
@@ -28,17 +30,21 @@ from training.config import TrainConfig, _f, config_from_dict
 from training.model_source import DEFAULT_MODEL_URI, ModelSource, resolve_model
 from training.run import config_splits, load_config_data
 from training.tracking import configure_tracking, log_params_once, training_run
-from zoo.data import LoadedData, Split
+from zoo.data import LoadedData, Splits
 from zoo.export import (
     FORMATS, ExportFailure, ExportedFile, Parity, ParityThresholds, export_format,
     load_exported, measure_parity,
 )
 from zoo.export.formats import eager_runner, example_batch
+from zoo.gallery import Gallery
 from zoo.export.onnx_format import DEFAULT_OPSET, MIN_OPSET
 from zoo.export.parity import reference_outputs
 from zoo.export.program_format import export_program
 
 log = logging.getLogger(__name__)
+
+GALLERY_FAR = 1e-3
+GALLERY_THRESHOLD_METRIC = "test_threshold_at_far_1e-3"
 
 
 @dataclass
@@ -103,7 +109,9 @@ class ExportResult:
                          f"{agree:>12} {f.size_mb:>8.1f} {f.seconds:>9.1f}")
         lines.append(f"  on {self.parities[0].samples if self.parities else 0} test samples")
         if self.ok:
-            lines.append(f"  files: runs:/{self.source.run_id}/{export_logging.ARTIFACT_DIR}/")
+            lines.append(f"  files: runs:/{self.source.run_id}/{export_logging.ARTIFACT_DIR}/ "
+                         f"(and {export_logging.GALLERY_DIR}/: the training split as a faiss "
+                         "gallery)")
             if self.onnx_model_uri:
                 lines.append(f"  onnx model: {self.onnx_model_uri} "
                              "(mlflow.onnx.load_model / mlflow.pyfunc.load_model)")
@@ -121,8 +129,9 @@ def source_config(run: mlflow.entities.Run, data: str = "") -> TrainConfig:
     return TrainConfig.from_dict(params)
 
 
-def test_split(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None = None) -> Split:
-    """The run's held-out test split, checked to have the classes the model was trained on."""
+def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None = None
+                  ) -> Splits:
+    """The run's splits, checked to have the classes the model was trained on."""
     if data is None:
         try:
             data = load_config_data(cfg)
@@ -135,7 +144,18 @@ def test_split(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None
     if trained is not None and list(trained) != list(splits.class_names):
         raise ValueError(f"data {cfg.data!r} has classes {splits.class_names[:5]}... but the model "
                          f"was trained on {trained[:5]}...: not the data it was trained on")
-    return splits.test
+    return splits
+
+
+def build_gallery(model: torch.nn.Module, splits: Splits, run: mlflow.entities.Run,
+                  batch_size: int) -> Gallery:
+    """The training split's embeddings under their class names, with the verification
+    threshold the run's evaluation chose at a false accept rate of 1e-3."""
+    embeddings = reference_outputs(eager_runner(model), splits.train.x, batch_size)["embedding"]
+    threshold = run.data.metrics.get(GALLERY_THRESHOLD_METRIC)
+    gallery = Gallery(embeddings.shape[1], threshold, GALLERY_FAR if threshold is not None else None)
+    gallery.add(embeddings, [splits.class_names[int(y)] for y in splits.train.y])
+    return gallery
 
 
 def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportResult:
@@ -146,7 +166,8 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
     run = client.get_run(source.run_id)
     log.info("exporting %s", source.describe())
     model = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
-    split = test_split(source_config(run, cfg.data), model, data)
+    splits = source_splits(source_config(run, cfg.data), model, data)
+    split = splits.test
     example = example_batch(split.x[torch.arange(min(2, len(split)))])
     reference = reference_outputs(eager_runner(model), split.x, cfg.batch_size)
 
@@ -166,7 +187,10 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
             parities.append(parity)
             errors += [f"{fmt}: {problem}" for problem in parity.failures(cfg.thresholds)]
         result = ExportResult(source, files, parities, errors)
-        _record(result, model, example, cfg)
+        gallery_dir = Path(tmp) / export_logging.GALLERY_DIR
+        if result.ok:
+            build_gallery(model, splits, run, cfg.batch_size).save(gallery_dir)
+        _record(result, model, example, cfg, gallery_dir)
     print(result.summary())
     if errors:
         raise RuntimeError(f"export of {source.describe()} failed: " + "; ".join(errors))
@@ -185,7 +209,7 @@ def _program(model: torch.nn.Module, example: torch.Tensor, formats: list[str]
 
 
 def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
-            cfg: ExportConfig) -> None:
+            cfg: ExportConfig, gallery_dir: Path) -> None:
     """Figures always; files and the ``zoo.exported`` tag only when everything passed."""
     report = {
         "model_uri": cfg.model_uri, "source": result.source.describe(),
@@ -198,9 +222,12 @@ def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
             info = export_logging.log_files({f.format: f.path for f in result.files},
                                             model.zoo_meta, example.numpy().astype(np.float32))
             result.onnx_model_uri = info.model_uri if info else None
+            mlflow.log_artifacts(str(gallery_dir), f"{export_logging.ARTIFACT_DIR}/"
+                                                   f"{export_logging.GALLERY_DIR}")
     artifacts = f"runs:/{result.source.run_id}/{export_logging.ARTIFACT_DIR}"
     tags = {"zoo.export.formats": ",".join(f.format for f in result.files),
-            "zoo.export.artifacts": artifacts}
+            "zoo.export.artifacts": artifacts,
+            "zoo.export.gallery": f"{artifacts}/{export_logging.GALLERY_DIR}"}
     if result.onnx_model_uri:
         tags["zoo.onnx_model_uri"] = result.onnx_model_uri
     export_logging.tag_version(result.source, result.parities, tags,

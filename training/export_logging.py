@@ -25,6 +25,7 @@ from zoo.export import Parity
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "export"
+GALLERY_DIR = "gallery"
 ONNX_MODEL_NAME = "onnx"
 METRIC_PREFIX = "export_"
 EXPORTED_TAG = "zoo.exported"

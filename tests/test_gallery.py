@@ -1,0 +1,66 @@
+"""The identification gallery: search by cosine, atomic saves, clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from zoo.gallery import INDEX_FILE, META_FILE, Gallery
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def test_search_ranks_by_cosine_and_survives_a_reload(tmp_path: Path) -> None:
+    gallery = Gallery(8, threshold=0.5, far=1e-3)
+    vectors = _vectors(6)
+    gallery.add(vectors * 3.0, ["ann", "bob", "cid", "ann", "bob", "cid"])  # unnormalised in
+    query = vectors[[4]] + 0.01 * _vectors(1, seed=1)
+    matches = gallery.search(query, k=3)[0]
+    assert matches[0].label == "bob" and matches[0].similarity == pytest.approx(1.0, abs=1e-3)
+    assert [m.similarity for m in matches] == sorted((m.similarity for m in matches), reverse=True)
+    cos = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ (
+        query[0] / np.linalg.norm(query[0]))
+    assert matches[1].similarity == pytest.approx(np.sort(cos)[-2], abs=1e-5)
+
+    gallery.save(tmp_path)
+    again = Gallery.load(tmp_path)
+    assert (len(again), again.threshold, again.far, again.identities) == (6, 0.5, 1e-3,
+                                                                        ["ann", "bob", "cid"])
+    assert again.search(query, k=3)[0] == matches
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_an_interrupted_save_leaves_the_previous_gallery(tmp_path: Path) -> None:
+    gallery = Gallery(8)
+    gallery.add(_vectors(3), ["a", "b", "c"])
+    gallery.save(tmp_path)
+    # A save that wrote the bigger index and died before committing gallery.json:
+    bigger = Gallery(8)
+    bigger.add(_vectors(5), ["a", "b", "c", "d", "e"])
+    faiss.write_index(bigger.index, str(tmp_path / INDEX_FILE))
+    loaded = Gallery.load(tmp_path)
+    assert loaded.labels == ["a", "b", "c"] and loaded.index.ntotal == 3
+
+
+def test_bad_input_is_named(tmp_path: Path) -> None:
+    gallery = Gallery(8)
+    with pytest.raises(ValueError, match=r"shape \[N, 8\]"):
+        gallery.add(_vectors(2, dim=4), ["a", "b"])
+    with pytest.raises(ValueError, match="2 embeddings but 1 labels"):
+        gallery.add(_vectors(2), ["a"])
+    with pytest.raises(ValueError, match="must not be empty"):
+        gallery.add(_vectors(1), ["  "])
+    assert len(gallery) == 0 and gallery.search(_vectors(2)) == [[], []]
+    with pytest.raises(FileNotFoundError, match="gallery.faiss, gallery.json"):
+        Gallery.load(tmp_path)
+    gallery.add(_vectors(2), ["a", "b"])
+    gallery.save(tmp_path)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    (tmp_path / META_FILE).write_text(json.dumps({**meta, "count": 9}))
+    with pytest.raises(ValueError, match="index has 2 vectors"):
+        Gallery.load(tmp_path)

@@ -1,0 +1,117 @@
+"""A gallery of known identities: L2-normalised embeddings in a faiss inner-product index.
+
+Identification is nearest-neighbour search by cosine similarity, with ``unknown`` below the
+verification threshold the evaluation chose (the threshold at a false accept rate of 1e-3
+on the test split). The gallery is two files: ``gallery.faiss`` (the index) and
+``gallery.json`` (labels, count, threshold). Saving writes the index first and the JSON
+last, each to a temporary file that replaces the old one in one ``os.replace``; the JSON's
+``count`` is the commit: a crash between the two leaves an index with extra rows that
+loading ignores, so a reader always sees the old gallery or the new one, never a mix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+INDEX_FILE = "gallery.faiss"
+META_FILE = "gallery.json"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One gallery neighbour of a query."""
+
+    label: str
+    similarity: float
+
+
+class Gallery:
+    """Enrolled embeddings with their identity labels."""
+
+    def __init__(self, dim: int, threshold: float | None = None, far: float | None = None) -> None:
+        if dim < 1:
+            raise ValueError(f"gallery dimension must be positive, got {dim}")
+        self.dim, self.threshold, self.far = dim, threshold, far
+        self.index = faiss.IndexFlatIP(dim)
+        self.labels: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def identities(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def add(self, embeddings: Any, labels: list[str]) -> None:
+        """Enroll ``embeddings`` (``[N, dim]``, normalised here) under ``labels``."""
+        vectors = _normalised(embeddings, self.dim)
+        if len(vectors) != len(labels):
+            raise ValueError(f"{len(vectors)} embeddings but {len(labels)} labels")
+        if any(not str(label).strip() for label in labels):
+            raise ValueError("identity names must not be empty")
+        self.index.add(vectors)
+        self.labels.extend(str(label).strip() for label in labels)
+
+    def search(self, embeddings: Any, k: int = 5) -> list[list[Match]]:
+        """The ``k`` most similar gallery entries of each query, most similar first."""
+        queries = _normalised(embeddings, self.dim)
+        if not len(self) or not len(queries):
+            return [[] for _ in range(len(queries))]
+        sims, rows = self.index.search(queries, min(k, len(self)))
+        return [[Match(self.labels[r], float(s)) for s, r in zip(srow, rrow) if r >= 0]
+                for srow, rrow in zip(sims, rows)]
+
+    def save(self, folder: Path) -> None:
+        """Write both files atomically (see the module docstring)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _replace(folder / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        meta = {"dim": self.dim, "count": len(self), "labels": self.labels,
+                "threshold": self.threshold, "far": self.far}
+        _replace(folder / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Gallery":
+        folder = Path(folder)
+        missing = [n for n in (INDEX_FILE, META_FILE) if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"gallery in {folder} lacks {', '.join(missing)}")
+        meta = json.loads((folder / META_FILE).read_text())
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        count = int(meta["count"])
+        if index.ntotal < count or index.d != int(meta["dim"]):
+            raise ValueError(f"gallery in {folder}: index has {index.ntotal} vectors of dim "
+                             f"{index.d}, {META_FILE} expects {count} of dim {meta['dim']}")
+        gallery = cls(int(meta["dim"]), meta.get("threshold"), meta.get("far"))
+        if index.ntotal > count:  # a save that stopped before its commit: keep the old rows
+            index = faiss.IndexFlatIP(gallery.dim)
+            index.add(faiss.read_index(str(folder / INDEX_FILE)).reconstruct_n(0, count))
+        gallery.index, gallery.labels = index, [str(x) for x in meta["labels"][:count]]
+        return gallery
+
+
+def _normalised(embeddings: Any, dim: int) -> np.ndarray:
+    vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"embeddings must have shape [N, {dim}], got {list(vectors.shape)}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def _replace(target: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, then ``os.replace`` it in."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
