@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from zoo.export import onnx_format, program_format, torchscript_format
-from zoo.export.errors import ExportFailure, explain
+from zoo.export.errors import explain
 from zoo.export.runtime import onnx_session
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,6 @@ def export_format(fmt: str, model: nn.Module, example: torch.Tensor, folder: Pat
             torchscript_format.save_torchscript(traced, path, meta)
         else:
             onnx_format.export_onnx(model, example, path, meta, outputs, opset)
-    except ExportFailure:
-        raise
     except Exception as exc:  # noqa: BLE001 - explained below
         path.unlink(missing_ok=True)
         attempt = (torchscript_format.attempt_torchscript if fmt == "torchscript"
