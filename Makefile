@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test ui clean
+.PHONY: setup run serve test ui clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...'"; exit 2; }
@@ -19,6 +19,9 @@ setup: $(STAMP)  ## create .venv and install the project
 
 run: $(STAMP)    ## train the default model (resnet18 + ArcFace on digits) into mlruns/
 	mlflow run . -e arcface --env-manager local
+
+serve: $(STAMP)  ## serve ZOO_MODEL_URI (default models:/zoo-digits@champion) on http://localhost:3000
+	bentoml serve serving.service:ZooService
 
 test: $(STAMP)   ## the whole test suite
 	$(PY) -m pytest

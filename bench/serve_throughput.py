@@ -1,0 +1,250 @@
+"""Server throughput against raw ONNX Runtime, measured side by side in one run.
+
+    python bench/serve_throughput.py [--markdown] [--seconds 10]
+
+Two cases, each a resnet18 trained for one epoch on digits, registered and exported into a
+temporary store (weights do not change speed):
+
+- compute-bound: 112 px. Raw ONNX Runtime on batches is the limit; the server should reach
+  at least 0.8 of it at concurrency 32 (adaptive batching fills the batches).
+- HTTP-bound: 32 px, the default. ONNX Runtime is fast; requests/s is set by HTTP handling,
+  so the run also breaks one request's CPU time down (decode, model, JSON, the rest) and
+  compares one worker with two.
+
+The load generator runs on the same machine (one asyncio process, pre-built request bodies),
+so it takes some of the CPU the server could use: ratios are a lower bound.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@dataclass
+class Load:
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies: list[float]
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000
+
+
+def prepare(image_size: int, root: Path) -> dict[str, str]:
+    """Train, register and export a resnet18 at ``image_size``; the env a server needs."""
+    import mlflow
+
+    from training.config import TrainConfig
+    from training.export import ExportConfig, export_model
+    from training.registration import register_best, runs_of_experiment
+    from training.run import train
+
+    store = root / f"store-{image_size}"
+    store.mkdir(parents=True)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    cwd = os.getcwd()
+    os.chdir(store)
+    try:
+        experiment = f"zoo-digits"
+        train(TrainConfig(model="resnet18", loss="softmax", data="digits", epochs=1,
+                          image_size=image_size, batch_size=64, experiment=experiment))
+        register_best(runs_of_experiment(experiment), "test_precision_at_1")
+        export_model(ExportConfig(model_uri="models:/zoo-digits@champion", formats="onnx"))
+        version = mlflow.MlflowClient().get_model_version_by_alias("zoo-digits", "champion")
+        onnx = mlflow.artifacts.download_artifacts(f"runs:/{version.run_id}/export/model.onnx",
+                                                   dst_path=str(store / "onnx"))
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        mlflow.set_tracking_uri(None)
+    return {"MLFLOW_TRACKING_URI": uri, "ZOO_MODEL_URI": "models:/zoo-digits@champion",
+            "ZOO_CACHE_DIR": str(store / "cache"), "ZOO_GALLERY_DIR": str(store / "gallery"),
+            "onnx": onnx}
+
+
+def digit_pngs(count: int = 64) -> list[bytes]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def raw_throughput(onnx: str, image_size: int, seconds: float) -> float:
+    """Images/s of ONNX Runtime alone on batches of 32 (the server's batches at 32 clients)."""
+    from zoo.export import onnx_session
+
+    session = onnx_session(onnx, "cpu")
+    x = np.random.default_rng(0).standard_normal((32, 3, image_size, image_size), np.float32)
+    session.run(None, {"input": x})
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {"input": x})
+        done += len(x)
+    rate = done / (time.perf_counter() - start)
+    del session
+    time.sleep(2)  # let ONNX Runtime's spinning threads go quiet before the server runs
+    return rate
+
+
+def multipart(png: bytes) -> tuple[bytes, str]:
+    boundary = "zoo-bench-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; "
+            f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + \
+        f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+async def load(url: str, bodies: list[tuple[bytes, str]], concurrency: int,
+               seconds: float) -> Load:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(worker: int, session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        i = worker
+        while time.perf_counter() < stop:
+            body, ctype = bodies[i % len(bodies)]
+            t0 = time.perf_counter()
+            async with session.post(f"{url}/embed", data=body,
+                                    headers={"Content-Type": ctype}) as response:
+                await response.read()
+                if response.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - t0)
+            i += concurrency
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(w, session) for w in range(min(concurrency, 4))))  # warm
+        latencies.clear()
+        stop = time.perf_counter() + seconds
+        start = time.perf_counter()
+        await asyncio.gather(*(client(w, session) for w in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return Load(concurrency, len(latencies), elapsed, latencies, errors)
+
+
+def cpu_breakdown(onnx: str, pngs: list[bytes], image_size: int) -> dict[str, float]:
+    """Microseconds of CPU per single-image request spent outside HTTP handling."""
+    from serving.inputs import Upload, images_to_array
+    from serving.settings import ServeSettings
+    from serving.schemas import EmbedResponse
+    from zoo.data import Preprocessing
+    from zoo.export import onnx_session
+    from zoo.export.onnx_format import read_metadata
+
+    pre = Preprocessing.from_dict(read_metadata(Path(onnx))["preprocessing"])
+    settings = ServeSettings()
+    n = 2000
+    t0 = time.process_time()
+    for i in range(n):
+        x, _ = images_to_array([Upload("x.png", pngs[i % len(pngs)])], pre, settings)
+    decode = (time.process_time() - t0) / n
+    session = onnx_session(onnx, "cpu", options=None)
+    batch = np.concatenate([images_to_array([Upload("", p)], pre, settings)[0] for p in pngs[:32]])
+    session.run(None, {"input": batch})
+    t0 = time.process_time()
+    for _ in range(20):
+        out = session.run(None, {"input": batch})
+    model = (time.process_time() - t0) / (20 * len(batch))
+    del session
+    emb = out[0][:1]
+    t0 = time.process_time()
+    for _ in range(n):
+        EmbedResponse(model="zoo-digits", version="1", embeddings=emb.tolist()).model_dump_json()
+    answer = (time.process_time() - t0) / n
+    return {"decode": decode * 1e6, "model": model * 1e6, "json": answer * 1e6}
+
+
+def serve_case(env: dict[str, str], pngs: list[bytes], seconds: float,
+               concurrencies: list[int]) -> list[Load]:
+    from serving.process import Server
+
+    bodies = [multipart(p) for p in pngs]
+    with Server("serving.service:ZooService", {k: v for k, v in env.items() if k != "onnx"}) \
+            as server:
+        results = []
+        for concurrency in concurrencies:
+            results.append(asyncio.run(load(server.url, bodies, concurrency, seconds)))
+            time.sleep(1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    args = parser.parse_args(argv)
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+    pngs = digit_pngs()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="zoo-serve-bench-") as tmp:
+        for size, variants in ((112, [("1 worker", {})]),
+                               (32, [("1 worker", {}), ("2 workers", {"ZOO_WORKERS": "2"})])):
+            print(f"preparing resnet18 at {size} px ...", file=sys.stderr, flush=True)
+            env = prepare(size, Path(tmp))
+            raw = raw_throughput(env["onnx"], size, args.seconds)
+            for name, extra in variants:
+                loads = serve_case({**env, **extra}, pngs, args.seconds, [1, 8, 32])
+                for result in loads:
+                    rows.append((size, name, raw, result))
+            if size == 32:
+                breakdown = cpu_breakdown(env["onnx"], pngs, size)
+    sep = "|" if args.markdown else " "
+    header = ["px", "server", "raw ORT img/s", "clients", "req/s", "p50 ms", "p99 ms", "errors",
+              "server/raw"]
+    lines = [sep.join(header)]
+    if args.markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for size, name, raw, r in rows:
+        cells = [str(size), name, f"{raw:.0f}", str(r.concurrency), f"{r.rps:.0f}",
+                 f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", str(r.errors), f"{r.rps / raw:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |" if args.markdown else sep.join(cells))
+    print("\n".join(lines))
+    best32 = max((r.rps for s, _, _, r in rows if s == 32), default=0)
+    if best32:
+        cores = len(os.sched_getaffinity(0))
+        total = cores / best32 * 1e6
+        known = sum(breakdown.values())
+        print(f"\n32 px, CPU per request at the best rate ({best32:.0f} req/s on {cores} cores, "
+              f"client included): {total:.0f} us")
+        for part, us in breakdown.items():
+            print(f"  {part:>6}: {us:7.0f} us ({us / total:.0%})")
+        print(f"  {'rest':>6}: {total - known:7.0f} us ({(total - known) / total:.0%}) "
+              "HTTP, multipart parsing, BentoML, asyncio, the load generator")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

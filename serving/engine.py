@@ -1,0 +1,140 @@
+"""The served model: ONNX Runtime for answers, PyTorch for GradCAM, the gallery for identities.
+
+Everything an endpoint computes is here, free of HTTP, so the BentoML service and the
+offline predictor (``python -m serving.predict``) give the same answers from the same code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving.batcher import Batcher, Outputs
+from serving.bundle import Bundle
+from serving.gallery_store import GalleryStore
+from serving.gradcam import Explainer
+from serving.settings import ServeSettings
+from zoo.data import Preprocessing
+from zoo.export import onnx_session, session_options
+from zoo.metrics.classification import softmax
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The answer for one query: the best identity, or ``unknown`` below the threshold."""
+
+    identity: str
+    similarity: float
+    known: bool
+    matches: list[dict[str, Any]]
+
+
+class ServedModel:
+    """One model version, loaded once per server worker."""
+
+    def __init__(self, bundle: Bundle, settings: ServeSettings) -> None:
+        self.bundle, self.info, self.settings = bundle, bundle.info, settings
+        self.pre = Preprocessing.from_dict(bundle.info.preprocessing)
+        threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // settings.workers)
+        self.session = onnx_session(bundle.onnx_path, settings.device, threads,
+                                    options=session_options(threads, spin=settings.spin))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.batcher = Batcher(self.run, settings.max_batch_size)
+        dim = int(self.session.get_outputs()[0].shape[-1])
+        self.gallery = GalleryStore(settings.gallery_path(self.info.key), bundle.gallery_path, dim)
+        self._explainer: Explainer | None = None
+        torch.set_num_threads(threads)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.pre.class_names
+
+    @property
+    def has_classes(self) -> bool:
+        return "logits" in self.output_names and bool(self.class_names)
+
+    def run(self, x: np.ndarray) -> Outputs:
+        """ONNX Runtime on one batch (any size), synchronously."""
+        outputs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x)})
+        return dict(zip(self.output_names, outputs))
+
+    def run_batched(self, x: np.ndarray) -> Outputs:
+        """:meth:`run` in chunks of ``max_batch_size`` (offline use)."""
+        size = self.settings.max_batch_size
+        parts = [self.run(x[i:i + size]) for i in range(0, len(x), size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
+
+    async def infer(self, x: np.ndarray) -> Outputs:
+        """:meth:`run` batched with concurrent requests."""
+        return await self.batcher(x)
+
+    def top_classes(self, logits: np.ndarray, k: int) -> list[list[ClassScore]]:
+        """The ``k`` most probable classes of each row, most probable first."""
+        probs = softmax(logits)
+        k = max(1, min(k, probs.shape[1]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[ClassScore(self.class_names[j], float(row[j])) for j in idx]
+                for row, idx in zip(probs, order)]
+
+    @property
+    def threshold(self) -> float | None:
+        return self.gallery.gallery.threshold
+
+    def identify(self, embeddings: np.ndarray, k: int) -> list[Identity]:
+        """Nearest identities; ``unknown`` when the best is below the FAR 1e-3 threshold."""
+        threshold = self.threshold
+        answers = []
+        for matches in self.gallery.search(embeddings, k):
+            listed = [{"identity": m.label, "similarity": m.similarity} for m in matches]
+            if not matches:
+                answers.append(Identity(UNKNOWN, float("nan"), False, listed))
+                continue
+            best = matches[0]
+            known = threshold is None or best.similarity >= threshold
+            answers.append(Identity(best.label if known else UNKNOWN, best.similarity, known,
+                                    listed))
+        return answers
+
+    @property
+    def explainer(self) -> Explainer:
+        """GradCAM on the PyTorch model, loaded on first use (image models only)."""
+        if self._explainer is None:
+            if self.pre.kind != "image":
+                raise ValueError("GradCAM explains image models; this one takes rows")
+            self._explainer = Explainer(self.bundle.load_pytorch(), tuple(self.pre.input_size))
+        return self._explainer
+
+    def describe(self) -> dict[str, Any]:
+        """``GET /model``."""
+        info, pre = self.info, self.pre
+        gallery = self.gallery.gallery
+        return {
+            "uri": info.uri, "name": info.name, "version": info.version, "alias": info.alias,
+            "run_id": info.run_id, "model": info.meta.get("model"), "loss": info.meta.get("loss"),
+            "kind": pre.kind, "input_size": list(pre.input_size),
+            "feature_names": pre.feature_names, "embedding_dim": int(
+                self.session.get_outputs()[0].shape[-1]),
+            "classes": self.class_names, "metrics": info.metrics,
+            "gallery": {"entries": len(gallery), "identities": len(gallery.identities),
+                        "threshold": gallery.threshold, "far": gallery.far,
+                        "path": str(self.gallery.folder)},
+            "providers": self.session.get_providers(),
+        }
+
+    def close(self) -> None:
+        self.batcher.close()

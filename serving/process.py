@@ -1,0 +1,69 @@
+"""A ``bentoml serve`` subprocess on a free port, for the tests and the benchmark."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``bentoml serve TARGET`` with ``env``; ``url`` once ``/readyz`` answers 200."""
+
+    def __init__(self, target: str, env: dict[str, str], cwd: Path = REPO,
+                 log: Path | None = None, timeout: float = 120) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log or Path(env.get("ZOO_CACHE_DIR", "/tmp")) / f"server-{self.port}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.log.open("w")
+        self.process = subprocess.Popen(
+            [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd, env={**os.environ, **env}, stdout=self._handle, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n"
+                                   f"{self.output()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout} s:\n{self.output()[-3000:]}")
+
+    def output(self) -> str:
+        self._handle.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self._handle.close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

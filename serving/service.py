@@ -1,0 +1,191 @@
+"""The BentoML service: embeddings, classes, identities and GradCAM over HTTP.
+
+    bentoml serve serving.service:ZooService            # model: ZOO_MODEL_URI
+    curl -F images=@face.png localhost:3000/embed
+
+One service class, the model loaded once per worker in ``__init__``, each endpoint a typed
+method. Images arrive as multipart files named ``images`` (repeat the field for several);
+tabular rows as JSON ``{"rows": [[...], ...]}``. Bad input gets a 400 or 413 whose
+``error`` names the problem; the model is resolved while the module is imported, so a
+missing model stops ``bentoml serve`` before any worker starts.
+"""
+import functools
+import logging
+from typing import Annotated, Any, Awaitable, Callable, Literal
+
+import bentoml
+import numpy as np
+import torch
+from fastapi import FastAPI
+from PIL import Image
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from serving.bundle import Bundle, fetch_bundle
+from serving.engine import ServedModel
+from serving.inputs import ImageFile, RequestError, Text, Upload, model_input, open_image
+from serving.limits import RequestSizeLimit
+from serving.packaging import bento_model
+from serving.schemas import (ClassifyResponse, ClassScore, EmbedResponse, EnrollResponse,
+                             Identification, IdentifyResponse, Match)
+from serving.settings import ServeSettings
+
+log = logging.getLogger("serving")
+
+try:  # fail here, before any worker starts, with one line that says what is missing
+    SETTINGS = ServeSettings.from_env()
+    PACKED = bento_model(SETTINGS)
+    BUNDLE = None if PACKED is not None else fetch_bundle(SETTINGS.model_uri,
+                                                          SETTINGS.cache_path())
+except (LookupError, FileNotFoundError, ValueError) as exc:
+    raise SystemExit(f"error: cannot serve: {exc}") from None
+
+Images = Annotated[list[ImageFile] | None, Field(description="image files (multipart)")]
+Rows = Annotated[list[list[float]] | None, Field(description="rows of raw features (JSON)")]
+Reference = Annotated[list[ImageFile] | None, Field(
+    max_length=1, description="an image to explain the similarity to (instead of a class)")]
+TopK = Annotated[int | None, Field(ge=1, le=1000, description="how many answers per input")]
+
+info_app = FastAPI(title="model-zoo model info")
+
+
+def answers_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``RequestError`` becomes its status with ``{"error": message}``."""
+    @functools.wraps(method)
+    async def wrapper(self: "ZooService", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except RequestError as exc:
+            log.info("%s: %d %s", method.__name__, exc.status, exc)
+            ctx = kwargs.get("ctx")
+            if ctx is not None:  # BentoML copies the context's status onto the response
+                ctx.response.status_code = exc.status
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return wrapper
+
+
+@bentoml.asgi_app(info_app, path="/")
+@bentoml.service(
+    name="zoo",
+    traffic={"timeout": 300},
+    workers=SETTINGS.workers,
+)
+class ZooService:
+    """A registered model-zoo model behind HTTP."""
+
+    bundle_ref = PACKED
+
+    def __init__(self) -> None:
+        bundle = BUNDLE if BUNDLE is not None else Bundle.open(self.bundle_ref.path)
+        self.model = ServedModel(bundle, SETTINGS)
+        info = self.model.info
+        self.served = {"model": info.name, "version": info.version}
+        log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
+                 info.run_id, len(self.model.gallery.gallery))
+
+    async def _inputs(self, images: list[Upload] | None, rows: list[list[float]] | None
+                      ) -> tuple[np.ndarray, list[Image.Image]]:
+        return model_input(images, rows, self.model.pre, SETTINGS)
+
+    @bentoml.api
+    @answers_errors
+    async def embed(self, images: Images = None, rows: Rows = None) -> EmbedResponse:
+        """One L2-normalised embedding per image or row."""
+        x, _ = await self._inputs(images, rows)
+        out = await self.model.infer(x)
+        return EmbedResponse(**self.served, embeddings=out["embedding"].tolist())
+
+    @bentoml.api
+    @answers_errors
+    async def classify(self, images: Images = None, rows: Rows = None,
+                       top_k: TopK = None) -> ClassifyResponse:
+        """The ``top_k`` most probable classes of each image or row."""
+        if not self.model.has_classes:
+            raise RequestError("this model has no classifier head: use /embed or /identify")
+        x, _ = await self._inputs(images, rows)
+        out = await self.model.infer(x)
+        top = self.model.top_classes(out["logits"], top_k or SETTINGS.top_k)
+        return ClassifyResponse(**self.served, predictions=[
+            [ClassScore(label=c.label, probability=c.probability) for c in row] for row in top])
+
+    @bentoml.api
+    @answers_errors
+    async def identify(self, images: Images = None, rows: Rows = None,
+                       top_k: TopK = None) -> IdentifyResponse:
+        """Nearest gallery identities; ``unknown`` below the FAR 1e-3 threshold."""
+        x, _ = await self._inputs(images, rows)
+        out = await self.model.infer(x)
+        answers = self.model.identify(out["embedding"], top_k or SETTINGS.top_k)
+        return IdentifyResponse(**self.served, threshold=self.model.threshold, results=[
+            Identification(identity=a.identity, known=a.known,
+                           similarity=None if np.isnan(a.similarity) else a.similarity,
+                           matches=[Match(**m) for m in a.matches]) for a in answers])
+
+    @bentoml.api
+    @answers_errors
+    async def enroll(self, identity: Text = "", images: Images = None,
+                     rows: Rows = None) -> EnrollResponse:
+        """Add images (or rows) of ``identity`` to the gallery, saved before answering."""
+        name = identity.strip()
+        if not name:
+            raise RequestError("identity is empty: name the person (or emitter) enrolled")
+        if len(name) > 200:
+            raise RequestError(f"identity is {len(name)} characters long, over the limit of 200")
+        x, _ = await self._inputs(images, rows)
+        out = await self.model.infer(x)
+        entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name)
+        return EnrollResponse(**self.served, identity=name, added=len(x), entries=entries,
+                              gallery_size=len(self.model.gallery.gallery))
+
+    @bentoml.api
+    @answers_errors
+    async def gradcam(self, ctx: bentoml.Context, image: ImageFile,
+                      method: Literal["gradcam", "gradcam++"] = "gradcam",
+                      target: Text = "", reference: Reference = None) -> Image.Image:
+        """A PNG heatmap over ``image``: why ``target`` (default the predicted class), or,
+        given a ``reference`` image, why the two embeddings are similar."""
+        if self.model.pre.kind != "image":
+            raise RequestError("GradCAM explains image models; this model takes rows")
+        picture = open_image(image, 0, SETTINGS)
+        x = torch.from_numpy(model_input([image], None, self.model.pre, SETTINGS)[0])
+        class_index = None
+        if target.strip():
+            if not self.model.has_classes:
+                raise RequestError("this model has no classes: send a reference image instead")
+            if target.strip() not in self.model.class_names:
+                known = ", ".join(self.model.class_names[:20])
+                raise RequestError(f"unknown class {target.strip()!r} as GradCAM target; the "
+                                   f"model's classes are: {known}"
+                                   + (" ..." if len(self.model.class_names) > 20 else ""))
+            class_index = self.model.class_names.index(target.strip())
+        ref = None
+        if reference:
+            if target.strip():
+                raise RequestError("send a target class or a reference image, not both")
+            ref_x = model_input(reference, None, self.model.pre, SETTINGS)[0]
+            ref = torch.from_numpy((await self.model.infer(ref_x))["embedding"])
+        elif not self.model.has_classes:
+            raise RequestError("this model has no classes: send a reference image to explain "
+                               "a similarity")
+        explainer = await _in_thread(lambda: self.model.explainer)
+        result = await _in_thread(explainer.explain, x, picture, method, class_index, ref,
+                                  self.model.class_names)
+        ctx.response.headers["X-Zoo-Target"] = result.target
+        ctx.response.headers["X-Zoo-Score"] = f"{result.score:.6g}"
+        ctx.response.headers["X-Zoo-Layer"] = result.layer
+        result.overlay.format = "PNG"
+        return result.overlay
+
+    @info_app.get("/model")
+    def describe(self) -> dict[str, Any]:
+        """Model URI, version, classes, input size, metrics and gallery of the served version."""
+        return self.model.describe()
+
+
+ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    import anyio
+
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
