@@ -6,7 +6,9 @@ Two cases, each a resnet18 trained for one epoch on digits, registered and expor
 temporary store (weights do not change speed):
 
 - compute-bound: 112 px. Raw ONNX Runtime on batches is the limit; the server should reach
-  at least 0.8 of it at concurrency 32 (adaptive batching fills the batches).
+  at least 0.8 of it at concurrency 32 (adaptive batching fills the batches). Raw speed is
+  measured before and after every server measurement and averaged: this machine's speed
+  drifts by 20-30 % from minute to minute.
 - HTTP-bound: 32 px, the default. ONNX Runtime is fast; requests/s is set by HTTP handling,
   so the run also breaks one request's CPU time down (decode, model, JSON, the rest) and
   compares one worker with two.
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -65,11 +67,12 @@ def prepare(image_size: int, root: Path) -> dict[str, str]:
     cwd = os.getcwd()
     os.chdir(store)
     try:
-        experiment = f"zoo-digits"
+        experiment = "zoo-digits"
         train(TrainConfig(model="resnet18", loss="softmax", data="digits", epochs=1,
                           image_size=image_size, batch_size=64, experiment=experiment))
         register_best(runs_of_experiment(experiment), "test_precision_at_1")
-        export_model(ExportConfig(model_uri="models:/zoo-digits@champion", formats="onnx"))
+        with contextlib.redirect_stdout(sys.stderr):  # the export's report is not the result
+            export_model(ExportConfig(model_uri="models:/zoo-digits@champion", formats="onnx"))
         version = mlflow.MlflowClient().get_model_version_by_alias("zoo-digits", "champion")
         onnx = mlflow.artifacts.download_artifacts(f"runs:/{version.run_id}/export/model.onnx",
                                                    dst_path=str(store / "onnx"))
@@ -95,21 +98,26 @@ def digit_pngs(count: int = 64) -> list[bytes]:
     return out
 
 
-def raw_throughput(onnx: str, image_size: int, seconds: float) -> float:
-    """Images/s of ONNX Runtime alone on batches of 32 (the server's batches at 32 clients)."""
-    from zoo.export import onnx_session
+class Raw:
+    """ONNX Runtime alone on batches of 32 (the batches the server forms at 32 clients)."""
 
-    session = onnx_session(onnx, "cpu")
-    x = np.random.default_rng(0).standard_normal((32, 3, image_size, image_size), np.float32)
-    session.run(None, {"input": x})
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(None, {"input": x})
-        done += len(x)
-    rate = done / (time.perf_counter() - start)
-    del session
-    time.sleep(2)  # let ONNX Runtime's spinning threads go quiet before the server runs
-    return rate
+    def __init__(self, onnx: str, image_size: int) -> None:
+        from zoo.export import onnx_session
+
+        self.session = onnx_session(onnx, "cpu")
+        self.x = np.random.default_rng(0).standard_normal((32, 3, image_size, image_size),
+                                                          np.float32)
+        self.session.run(None, {"input": self.x})
+
+    def measure(self, seconds: float) -> float:
+        """Images/s; then a pause, so ONNX Runtime's spinning threads are quiet again."""
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.session.run(None, {"input": self.x})
+            done += len(self.x)
+        rate = done / (time.perf_counter() - start)
+        time.sleep(1.5)
+        return rate
 
 
 def multipart(png: bytes) -> tuple[bytes, str]:
@@ -153,28 +161,33 @@ async def load(url: str, bodies: list[tuple[bytes, str]], concurrency: int,
     return Load(concurrency, len(latencies), elapsed, latencies, errors)
 
 
-def cpu_breakdown(onnx: str, pngs: list[bytes], image_size: int) -> dict[str, float]:
+def cpu_breakdown(onnx: str, pngs: list[bytes]) -> dict[str, float]:
     """Microseconds of CPU per single-image request spent outside HTTP handling."""
     from serving.inputs import Upload, images_to_array
-    from serving.settings import ServeSettings
     from serving.schemas import EmbedResponse
+    from serving.settings import ServeSettings
     from zoo.data import Preprocessing
+    from zoo.data.preprocessing import normalise, to_unit
     from zoo.export import onnx_session
     from zoo.export.onnx_format import read_metadata
 
     pre = Preprocessing.from_dict(read_metadata(Path(onnx))["preprocessing"])
-    settings = ServeSettings()
-    n = 2000
+    settings, n = ServeSettings(), 2000
     t0 = time.process_time()
     for i in range(n):
-        x, _ = images_to_array([Upload("x.png", pngs[i % len(pngs)])], pre, settings)
+        images_to_array([Upload("x.png", pngs[i % len(pngs)])], pre, settings)
     decode = (time.process_time() - t0) / n
-    session = onnx_session(onnx, "cpu", options=None)
-    batch = np.concatenate([images_to_array([Upload("", p)], pre, settings)[0] for p in pngs[:32]])
-    session.run(None, {"input": batch})
+    batch = np.concatenate([images_to_array([Upload("", p)], pre, settings)[0]
+                            for p in pngs[:32]])
+    t0 = time.process_time()
+    for _ in range(50):
+        x = normalise(to_unit(batch), pre.mean, pre.std).numpy()
+    scale = (time.process_time() - t0) / (50 * len(batch))
+    session = onnx_session(onnx, "cpu")
+    session.run(None, {"input": x})
     t0 = time.process_time()
     for _ in range(20):
-        out = session.run(None, {"input": batch})
+        out = session.run(None, {"input": x})
     model = (time.process_time() - t0) / (20 * len(batch))
     del session
     emb = out[0][:1]
@@ -182,20 +195,27 @@ def cpu_breakdown(onnx: str, pngs: list[bytes], image_size: int) -> dict[str, fl
     for _ in range(n):
         EmbedResponse(model="zoo-digits", version="1", embeddings=emb.tolist()).model_dump_json()
     answer = (time.process_time() - t0) / n
-    return {"decode": decode * 1e6, "model": model * 1e6, "json": answer * 1e6}
+    return {"decode": decode * 1e6, "scale": scale * 1e6, "model": model * 1e6,
+            "json": answer * 1e6}
 
 
 def serve_case(env: dict[str, str], pngs: list[bytes], seconds: float,
-               concurrencies: list[int]) -> list[Load]:
+               concurrencies: list[int], raw: Raw) -> list[tuple[float, Load]]:
+    """Each load measured between two raw measurements: (mean raw img/s, load)."""
     from serving.process import Server
 
     bodies = [multipart(p) for p in pngs]
+    results = []
     with Server("serving.service:ZooService", {k: v for k, v in env.items() if k != "onnx"}) \
             as server:
-        results = []
+        asyncio.run(load(server.url, bodies, 4, 2))  # warm up
+        before = raw.measure(seconds / 2)
         for concurrency in concurrencies:
-            results.append(asyncio.run(load(server.url, bodies, concurrency, seconds)))
+            result = asyncio.run(load(server.url, bodies, concurrency, seconds))
             time.sleep(1)
+            after = raw.measure(seconds / 2)
+            results.append(((before + after) / 2, result))
+            before = after
     return results
 
 
@@ -210,19 +230,21 @@ def main(argv: list[str] | None = None) -> int:
     pngs = digit_pngs()
     rows = []
     with tempfile.TemporaryDirectory(prefix="zoo-serve-bench-") as tmp:
-        for size, variants in ((112, [("1 worker", {})]),
-                               (32, [("1 worker", {}), ("2 workers", {"ZOO_WORKERS": "2"})])):
+        for size, variants in ((112, [("default", {}), ("1 worker", {"ZOO_WORKERS": "1"})]),
+                               (32, [("default", {}), ("1 worker", {"ZOO_WORKERS": "1"}),
+                                     ("access log on", {"ZOO_ACCESS_LOG": "1"})])):
             print(f"preparing resnet18 at {size} px ...", file=sys.stderr, flush=True)
             env = prepare(size, Path(tmp))
-            raw = raw_throughput(env["onnx"], size, args.seconds)
+            raw = Raw(env["onnx"], size)
             for name, extra in variants:
-                loads = serve_case({**env, **extra}, pngs, args.seconds, [1, 8, 32])
-                for result in loads:
-                    rows.append((size, name, raw, result))
+                for rate, result in serve_case({**env, **extra}, pngs, args.seconds, [1, 8, 32],
+                                               raw):
+                    rows.append((size, name, rate, result))
+            del raw
             if size == 32:
-                breakdown = cpu_breakdown(env["onnx"], pngs, size)
+                breakdown = cpu_breakdown(env["onnx"], pngs)
     sep = "|" if args.markdown else " "
-    header = ["px", "server", "raw ORT img/s", "clients", "req/s", "p50 ms", "p99 ms", "errors",
+    header = ["px", "server", "raw ORT img/s (b32)", "clients", "req/s", "p50 ms", "p99 ms", "errors",
               "server/raw"]
     lines = [sep.join(header)]
     if args.markdown:

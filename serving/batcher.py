@@ -7,14 +7,19 @@ for endpoints of exactly one argument that answer a bare list; the zoo's endpoin
 images or rows and answer with the model's name and version, so they batch here instead,
 one level below HTTP, where every endpoint (embed, classify, identify, enroll) shares it.
 
-The model runs on one dedicated thread (ONNX Runtime releases the GIL), so the event loop
-keeps reading and decoding requests while a batch computes.
+The model runs on a thread of its own that takes the next batch itself the moment the last
+one is done (ONNX Runtime releases the GIL). Handing batches out from the event loop instead
+left the model idle a third of the time under load, waiting for a busy loop to get round to
+it (bench/serve_throughput.py, resnet18 at 112 px). A fixed batching window (waiting a few
+ms for more requests) made batches larger but throughput lower on two cores: the model's
+threads and HTTP parsing share them, and a waiting model is wasted compute.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +34,16 @@ Outputs = dict[str, np.ndarray]
 class _Job:
     inputs: np.ndarray
     future: asyncio.Future[Outputs]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Outputs], result: Outputs | BaseException) -> None:
+    if future.done():  # the caller went away (client disconnected, timeout)
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 class Batcher:
@@ -39,9 +54,11 @@ class Batcher:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.fn, self.max_batch_size, self.on_batch = fn, max_batch_size, on_batch
-        self._queue: list[_Job] = []
-        self._draining = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="zoo-model")
+        self._queue: deque[_Job] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="zoo-model", daemon=True)
+        self._thread.start()
 
     async def __call__(self, inputs: np.ndarray) -> Outputs:
         """The model's outputs for ``inputs`` (``[N, ...]``), computed with others' inputs."""
@@ -50,47 +67,51 @@ class Batcher:
                      for i in range(0, len(inputs), self.max_batch_size)]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         loop = asyncio.get_running_loop()
-        job = _Job(inputs, loop.create_future())
-        self._queue.append(job)
-        if not self._draining:
-            self._draining = True
-            loop.create_task(self._drain())
+        job = _Job(inputs, loop.create_future(), loop)
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the model is shutting down")
+            self._queue.append(job)
+            self._ready.notify()
         return await job.future
 
     def _take(self) -> list[_Job]:
         """Queued jobs in arrival order, as many as fit into one batch (at least one)."""
-        taken, size = [], 0
-        while self._queue and (not taken or size + len(self._queue[0].inputs) <= self.max_batch_size):
-            job = self._queue.pop(0)
-            taken.append(job)
-            size += len(job.inputs)
-        return taken
+        with self._ready:
+            while not self._queue and not self._closed:
+                self._ready.wait()
+            taken, size = [], 0
+            while self._queue and (not taken or
+                                   size + len(self._queue[0].inputs) <= self.max_batch_size):
+                job = self._queue.popleft()
+                taken.append(job)
+                size += len(job.inputs)
+            return taken
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._queue:
-                jobs = [job for job in self._take() if not job.future.cancelled()]
-                if not jobs:
-                    continue
-                batch = np.concatenate([job.inputs for job in jobs])
-                try:
-                    outputs = await loop.run_in_executor(self._executor, self.fn, batch)
-                except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-                    continue
-                if self.on_batch is not None:
-                    self.on_batch(len(batch))
-                start = 0
+    def _serve(self) -> None:
+        while True:
+            jobs = [job for job in self._take() if not job.future.done()]
+            if not jobs:
+                if self._closed:
+                    return
+                continue
+            batch = np.concatenate([job.inputs for job in jobs])
+            try:
+                outputs = self.fn(batch)
+            except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
                 for job in jobs:
-                    end = start + len(job.inputs)
-                    if not job.future.done():
-                        job.future.set_result({k: v[start:end] for k, v in outputs.items()})
-                    start = end
-        finally:
-            self._draining = False
+                    job.loop.call_soon_threadsafe(_settle, job.future, exc)
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            start = 0
+            for job in jobs:
+                end = start + len(job.inputs)
+                part = {k: v[start:end] for k, v in outputs.items()}
+                job.loop.call_soon_threadsafe(_settle, job.future, part)
+                start = end
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()

@@ -3,7 +3,7 @@
 Two kinds of question: "why this class?" (the target is a class logit) and "why are these
 two images similar?" (the target is the cosine similarity of the query's embedding to a
 reference embedding, which pytorch-grad-cam does not ship). The target layer is chosen for
-the model at hand: the last block whose feature map is still at least 4x4, so a 32 px
+the model at hand: the last stage or block whose feature map is still at least 4x4, so a 32 px
 resnet18 explains with ``layer2`` (4x4) rather than ``layer4`` (1x1, a uniform map), and a
 224 px one with ``layer4`` (7x7). Transformers get a reshape transform: ViT-style token
 sequences become a grid, Swin's channels-last maps are permuted.
@@ -106,7 +106,9 @@ def default_target_layer(model: nn.Module, input_size: tuple[int, int, int]) -> 
     maps = _feature_maps(backbone, example)
     if "swin" in type(backbone).__name__.lower() and hasattr(backbone, "layers"):
         return TargetLayer("backbone.layers.-1", backbone.layers[-1], _channels_last)
-    spatial = [(n, m, s) for n, m, s in maps if len(s) == 4]
+    # Stages and blocks (``layer4``, ``stages.1``, ``blocks.3``), not the layers inside a
+    # block, whose maps may precede the block's own downsampling.
+    spatial = [(n, m, s) for n, m, s in maps if len(s) == 4 and n.count(".") <= 1]
     if spatial:
         side = max(min(s[2:]) for _, _, s in spatial)
         wanted = min(MIN_MAP_SIDE, side)  # inputs too small for 4x4 maps: the largest there is

@@ -20,7 +20,8 @@ from pydantic import BeforeValidator, PlainValidator, WithJsonSchema
 from starlette.datastructures import UploadFile
 
 from serving.settings import ServeSettings
-from zoo.data import Preprocessing, preprocess_images, preprocess_rows
+from zoo.data import Preprocessing, preprocess_rows
+from zoo.data.preprocessing import image_to_array
 
 
 class RequestError(Exception):
@@ -112,13 +113,18 @@ def check_count(count: int, what: str, settings: ServeSettings) -> None:
 
 def images_to_array(uploads: Sequence[Upload], pre: Preprocessing,
                     settings: ServeSettings) -> tuple[np.ndarray, list[Image.Image]]:
-    """Model input ``[N, C, H, W]`` float32 and the decoded images."""
+    """The images resized to the model's input, uint8 ``[N, C, H, W]``, and the decoded images.
+
+    Scaling and normalising wait for the model's batch (``ServedModel.run``): one tensor
+    operation per batch instead of two per request, with the same functions as training.
+    """
     if pre.kind != "image":
         raise RequestError(f"this model takes rows of {pre.num_features} features, not images: "
                            "send JSON {\"rows\": [[...], ...]}")
     check_count(len(uploads), "images", settings)
     images = [open_image(upload, i, settings) for i, upload in enumerate(uploads)]
-    return preprocess_images(images, pre).numpy(), images
+    channels, height, width = pre.input_size
+    return np.stack([image_to_array(im, channels, (height, width)) for im in images]), images
 
 
 def rows_to_array(rows: Sequence[Sequence[float]], pre: Preprocessing,
@@ -145,7 +151,8 @@ def rows_to_array(rows: Sequence[Sequence[float]], pre: Preprocessing,
 def model_input(images: Sequence[Upload] | None, rows: Sequence[Sequence[float]] | None,
                 pre: Preprocessing, settings: ServeSettings
                 ) -> tuple[np.ndarray, list[Image.Image]]:
-    """Exactly one of ``images`` and ``rows`` to the model's input (and decoded images)."""
+    """Exactly one of ``images`` and ``rows`` to what ``ServedModel`` takes (uint8 images,
+    standardised float32 rows), and the decoded images."""
     if images and rows:
         raise RequestError("send images or rows, not both")
     if rows is not None and not images:

@@ -46,6 +46,12 @@ Reference = Annotated[list[ImageFile] | None, Field(
     max_length=1, description="an image to explain the similarity to (instead of a class)")]
 TopK = Annotated[int | None, Field(ge=1, le=1000, description="how many answers per input")]
 
+MODEL_ROUTES = ("embed", "classify", "identify", "enroll", "gradcam")
+# Inputs per ONNX Runtime call, on /metrics: how well concurrent requests are batched.
+BATCH_SIZES = bentoml.metrics.Histogram(
+    name="zoo_batch_size", documentation="inputs per model call (adaptive batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
 info_app = FastAPI(title="model-zoo model info")
 
 
@@ -68,7 +74,11 @@ def answers_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 @bentoml.service(
     name="zoo",
     traffic={"timeout": 300},
-    workers=SETTINGS.workers,
+    workers=SETTINGS.worker_count,
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    # BentoML samples no traces unless tracing is configured, but its OpenTelemetry middleware
+    # costs about a tenth of a small request even so: skipped for the model endpoints.
+    tracing={"excluded_urls": None if SETTINGS.trace else ",".join(MODEL_ROUTES)},
 )
 class ZooService:
     """A registered model-zoo model behind HTTP."""
@@ -77,7 +87,7 @@ class ZooService:
 
     def __init__(self) -> None:
         bundle = BUNDLE if BUNDLE is not None else Bundle.open(self.bundle_ref.path)
-        self.model = ServedModel(bundle, SETTINGS)
+        self.model = ServedModel(bundle, SETTINGS, on_batch=BATCH_SIZES.observe)
         info = self.model.info
         self.served = {"model": info.name, "version": info.version}
         log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
@@ -147,7 +157,8 @@ class ZooService:
         if self.model.pre.kind != "image":
             raise RequestError("GradCAM explains image models; this model takes rows")
         picture = open_image(image, 0, SETTINGS)
-        x = torch.from_numpy(model_input([image], None, self.model.pre, SETTINGS)[0])
+        x = torch.from_numpy(self.model.model_input(
+            model_input([image], None, self.model.pre, SETTINGS)[0]))
         class_index = None
         if target.strip():
             if not self.model.has_classes:

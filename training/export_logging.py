@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 from mlflow.models.model import ModelInfo
 
-from training.model_logging import _quiet, model_signature
+from training.model_logging import model_signature
 from training.model_source import ModelSource
 from zoo.export import Parity
+from zoo.quiet import quiet_loggers
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def log_files(files: dict[str, Path], meta: dict[str, Any], example: np.ndarray)
                                 int(meta.get("embedding_dim", 0)) or -1,
                                 len(pre.get("class_names", [])) or -1)
     # Providers are chosen where the model is loaded; CPU is what every machine has.
-    with _quiet("mlflow.models.model"), _quiet("mlflow.onnx"):
+    with quiet_loggers("mlflow.models.model", "mlflow.onnx"):
         return mlflow.onnx.log_model(
             onnx.load(str(files["onnx"])), name=ONNX_MODEL_NAME, signature=signature,
             input_example=example, pip_requirements=onnx_requirements(),

@@ -13,7 +13,7 @@ import logging
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -24,6 +24,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 import zoo
 from zoo.models import EmbeddingModel
+from zoo.quiet import quiet_loggers
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,6 @@ def model_signature(input_shape: tuple[int, ...], embedding_dim: int, num_classe
     )
 
 
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Lower a chatty MLflow logger to errors for the duration of the block."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def log_trained_model(
     model: EmbeddingModel, example: torch.Tensor, meta: dict[str, Any], metrics: dict[str, float]
 ) -> ModelInfo:
@@ -83,7 +72,7 @@ def log_trained_model(
             files.append(str(path))
         # mlflow.pytorch's pyfunc wrapper wants one tensor out; ours returns a dict, so its
         # serving-input check ("Failed to validate serving input example") is noise here.
-        with _quiet("mlflow.pytorch"), _quiet("mlflow.models.model"):
+        with quiet_loggers("mlflow.pytorch", "mlflow.models.model"):
             info = mlflow.pytorch.log_model(
                 model,
                 name=ARTIFACT_NAME,

@@ -11,13 +11,14 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
 from zoo.export.program_format import batch_dim
+from zoo.quiet import quiet_loggers
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
         raise ValueError(f"opset must be {MIN_OPSET} or newer, got {opset}")
     # The exporter prints its progress ("[torch.onnx] Obtain model graph ...") to stdout and
     # its optimiser logs every pass at INFO.
-    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("onnx_ir", "onnxscript"):
+    with contextlib.redirect_stdout(io.StringIO()), \
+            quiet_loggers("onnx_ir", "onnxscript", level=logging.WARNING):
         program = torch.onnx.export(
             model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=output_names,
             dynamic_shapes=({0: batch_dim()},), opset_version=opset, optimize=True,
@@ -49,19 +51,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
     _set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _name_batch_axis(proto: onnx.ModelProto) -> None:
