@@ -17,16 +17,31 @@ log = logging.getLogger(__name__)
 LOSSES: Registry = Registry("loss")
 
 from zoo.losses.base import EmbeddingLoss  # noqa: E402
+from zoo.losses.combined import CombinedLoss, parse_loss_spec  # noqa: E402
 
 # Importing the families registers them (they import LOSSES from here).
 from zoo.losses import margin, pair, classifier  # noqa: E402,F401  isort: skip
 
 
+def check_loss(spec: str) -> list[tuple[str, float]]:
+    """The terms of a loss name or ``a+b:0.3`` spec, each checked to exist (an unknown name
+    raises :class:`zoo.registry.UnknownNameError` listing the choices)."""
+    terms = parse_loss_spec(spec)
+    for name, _ in terms:
+        LOSSES.get(name)
+    return terms
+
+
 def create_loss(name: str, num_classes: int, embedding_dim: int, **kw: Any) -> EmbeddingLoss:
-    """Build loss ``name``; kwargs that are None or that it does not take are dropped.
+    """Build loss ``name`` (or a weighted sum, ``triplet+center:0.3``); kwargs that are None
+    or that a loss does not take are dropped.
 
     Unknown names raise :class:`zoo.registry.UnknownNameError` listing the choices.
     """
+    terms = check_loss(name)
+    if len(terms) > 1 or terms[0][1] != 1.0:
+        parts = {term: create_loss(term, num_classes, embedding_dim, **kw) for term, _ in terms}
+        return CombinedLoss(parts, dict(terms))
     entry = LOSSES.get(name)
     params = inspect.signature(entry.factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -41,4 +56,4 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, **kw: Any) -> E
     return entry.factory(num_classes=num_classes, embedding_dim=embedding_dim, **accepted)
 
 
-__all__ = ["LOSSES", "create_loss", "EmbeddingLoss"]
+__all__ = ["LOSSES", "create_loss", "check_loss", "CombinedLoss", "EmbeddingLoss"]
