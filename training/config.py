@@ -50,6 +50,20 @@ class TrainConfig:
     miner: str = _f("semihard", "triplet miner", ("semihard", "batch_hard", "all"))
     samples_per_class: int = _f(4, "K of the class-balanced P x K batches of pair losses")
     dropout: float = _f(0.0, "dropout before the embedding layer")
+    ema_decay: float = _f(0.0, "exponential moving average of the weights, validated, tested and "
+                               "logged in place of the raw weights (0: off; e.g. 0.998)")
+    ema_warmup: bool = _f(True, "ramp the EMA decay up over the first steps (timm's warm-up), "
+                                "so a short run is not held back by its initial weights")
+    sam_rho: float = _f(0.0, "sharpness-aware minimisation radius around AdamW (0: off; "
+                             "e.g. 0.05); each step costs two forward/backward passes")
+    lookahead: bool = _f(False, "Lookahead around the optimiser (k=5 fast steps, alpha=0.5)")
+    grad_centralization: bool = _f(False, "subtract each weight gradient's per-output mean "
+                                          "before the step (gradient centralisation)")
+    mix: str = _f("none", "mix pairs of training samples (classification-style losses only; "
+                          "cutmix for images)", ("none", "mixup", "cutmix"))
+    mix_alpha: float = _f(1.0, "Beta(alpha, alpha) of the mixing ratio")
+    tta: str = _f("none", "test-time augmentation of validation and test embeddings: flip "
+                          "averages each image with its mirror (images only)", ("none", "flip"))
     amp: str = _f("auto", "mixed precision: auto (on with CUDA), on, off", ("auto", "on", "off"))
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     num_threads: int = _f(0, "torch CPU threads (0: torch's default)")
@@ -72,10 +86,17 @@ class TrainConfig:
                     f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}"
                 )
         for name in ("epochs", "batch_size", "embedding_dim", "image_size", "channels"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.open_set < 1:
+        if self.open_set is not None and not 0 <= self.open_set < 1:
             raise ValueError(f"open_set must be in [0, 1), got {self.open_set}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("sam_rho", "mix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mix != "none" and self.mix_alpha <= 0:
+            raise ValueError(f"mix={self.mix} needs mix_alpha > 0, got {self.mix_alpha}")
 
 
 def config_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:

@@ -12,12 +12,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
 from training.config import TrainConfig
+from training.mixing import MixedBatch, mix_batch
+from training.optim import centralize_gradients, frozen_norm_stats, make_optimizer
 from zoo.data import ImageAugment, PKBatchSampler, Split
 from zoo.losses import EmbeddingLoss
 from zoo.metrics import evaluate, higher_is_better
@@ -26,6 +30,9 @@ from zoo.models import CosineClassifier, EmbeddingModel
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+#: timm's EMA warm-up exponent for runs of thousands of steps (decay 0.99 after ~460 steps)
+EMA_WARMUP_POWER = 0.75
 
 
 @dataclass
@@ -130,32 +137,45 @@ def steps_per_epoch(split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss) -> i
 
 @torch.no_grad()
 def embed(
-    model: EmbeddingModel, x: Any, device: torch.device, batch_size: int = 256,
-    dtype: torch.dtype | None = None,
+    model: nn.Module, x: Any, device: torch.device, batch_size: int = 256,
+    dtype: torch.dtype | None = None, tta: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Embeddings (and logits, if the model has a head) of a whole split, on the CPU."""
+    """Embeddings (and logits, if the model has a head) of a whole split, on the CPU.
+
+    ``tta="flip"``: each image and its mirror image are embedded; the embedding is the
+    normalised sum of both and the logits their mean.
+    """
     model.eval()
     embs, logits = [], []
     for start in range(0, len(x), batch_size):
         xb = x[torch.arange(start, min(start + batch_size, len(x)))].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model(xb)
-        embs.append(out["embedding"].float().cpu())
-        if "logits" in out:
-            logits.append(out["logits"].float().cpu())
+            emb = out["embedding"].float()
+            logit = out["logits"].float() if "logits" in out else None
+            if tta == "flip":
+                flipped = model(torch.flip(xb, dims=[-1]))
+                emb = F.normalize(emb + flipped["embedding"].float(), dim=1)
+                if logit is not None:
+                    logit = (logit + flipped["logits"].float()) / 2
+            elif tta != "none":
+                raise ValueError(f"tta={tta!r} is not one of none, flip")
+        embs.append(emb.cpu())
+        if logit is not None:
+            logits.append(logit.cpu())
     return torch.cat(embs), (torch.cat(logits) if logits else None)
 
 
 def build_head(
     model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, device: torch.device,
-    num_classes: int,
+    num_classes: int, tta: str = "none",
 ) -> nn.Module:
     """The trained loss's classifier, or class prototypes for pair losses."""
     head = loss_fn.classifier()
     if head is not None:
         return head
     model.set_head(None)
-    train_emb, _ = embed(model, train.x, device)
+    train_emb, _ = embed(model, train.x, device, tta=tta)
     return CosineClassifier.from_prototypes(train_emb, train.y, num_classes)
 
 
@@ -176,6 +196,36 @@ def calibrate_scale(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) ->
     return best
 
 
+class AuxiliaryLoss(nn.Module):
+    """Extra loss terms that need the input batch, not only the embedding (distillation).
+
+    ``forward(x, out)`` returns each term's unweighted value; ``weights`` scales them into
+    the loss. Its parameters (a projection, say) are trained with the model.
+    """
+
+    weights: dict[str, float]
+
+    def forward(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def check_methods(cfg: TrainConfig, model: EmbeddingModel, loss_fn: EmbeddingLoss,
+                  device: torch.device) -> None:
+    """Refuse combinations that cannot work, naming the parameter to change."""
+    if cfg.mix != "none" and (loss_fn.needs_pk_batches or loss_fn.classifier() is None):
+        raise ValueError(f"mix={cfg.mix} needs a classification-style loss (one with class "
+                         f"weights: softmax, focal, center, arcface, ...); {cfg.loss!r} "
+                         "compares pairs of samples, whose labels a mix would blur")
+    if cfg.mix == "cutmix" and model.modality != "image":
+        raise ValueError("mix=cutmix pastes image boxes; use mix=mixup for tabular data")
+    if cfg.tta != "none" and model.modality != "image":
+        raise ValueError(f"tta={cfg.tta} flips images; tabular data has no test-time "
+                         "augmentation (use tta=none)")
+    if cfg.sam_rho > 0 and amp_dtype(cfg, device) is torch.float16:
+        raise ValueError("sam_rho > 0 with float16 AMP is not supported (this GPU has no "
+                         "bfloat16): use amp=off")
+
+
 def fit(
     model: EmbeddingModel,
     loss_fn: EmbeddingLoss,
@@ -185,23 +235,66 @@ def fit(
     device: torch.device,
     num_classes: int,
     on_epoch: EpochCallback | None = None,
+    aux: AuxiliaryLoss | None = None,
 ) -> History:
-    """Train, validate every epoch, keep the best epoch's weights (restored at the end)."""
+    """Train, validate every epoch, keep the best epoch's weights (restored at the end).
+
+    With ``ema_decay`` the moving average of model and loss weights is what is validated,
+    kept and returned; with ``sam_rho`` every step takes a second pass at perturbed weights.
+    """
+    check_methods(cfg, model, loss_fn, device)
     model.to(device)
     loss_fn.to(device)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
-    optimizer = torch.optim.AdamW(param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr)
+    groups = param_groups(model, loss_fn, cfg.weight_decay)
+    if aux is not None:
+        aux.to(device)
+        groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
+                       "weight_decay": cfg.weight_decay})
+    opt = make_optimizer([g for g in groups if g["params"]], cfg.lr, cfg.sam_rho, cfg.lookahead)
     n_steps = steps_per_epoch(train, cfg, loss_fn)
-    scheduler = make_scheduler(optimizer, cfg, n_steps)
+    scheduler = make_scheduler(opt.inner, cfg, n_steps)
     augment = make_augment(cfg) if model.modality == "image" else None
+    model.set_head(None)  # logits are not trained through the model; skip them
+    pair = nn.ModuleDict({"model": model, "loss": loss_fn})
+    ema = (ModelEmaV3(pair, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup,
+                      warmup_power=EMA_WARMUP_POWER) if cfg.ema_decay > 0 else None)
+    evaluated = ema.module if ema is not None else pair
+    mix_rng = np.random.default_rng(cfg.seed)
+    trained = [p for g in groups for p in g["params"]]
     history = History()
     better = higher_is_better(cfg.monitor)
     best_state: dict[str, Any] | None = None
-    since_best = 0
+    since_best, step = 0, 0
+
+    def forward_backward(xb: torch.Tensor, mixed: MixedBatch) -> tuple[torch.Tensor, dict]:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(mixed.x)
+        norms = out["norm"] if loss_fn.uses_norms else None
+        loss = mixed.lam * loss_fn(out["embedding"].float(), mixed.y_a, norms=norms)
+        parts = {k: mixed.lam * v for k, v in loss_fn.last_components.items()}
+        if mixed.lam < 1:
+            loss = loss + (1 - mixed.lam) * loss_fn(out["embedding"].float(), mixed.y_b,
+                                                    norms=norms)
+            for k, v in loss_fn.last_components.items():
+                parts[k] = parts.get(k, 0.0) + (1 - mixed.lam) * v
+        if aux is not None:
+            for name, value in aux(mixed.x, out).items():
+                loss = loss + aux.weights[name] * value
+                parts[name] = float(value.detach())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{cfg.loss} loss became {loss.item()} at epoch {epoch}; lower lr or check the data"
+            )
+        scaler.scale(loss).backward()
+        if cfg.grad_centralization:
+            centralize_gradients(model.parameters())
+        return loss.detach(), parts
 
     for epoch in range(1, cfg.epochs + 1):
-        model.set_head(None)  # logits are not trained through the model; skip them
+        model.set_head(None)
+        evaluated["model"].set_head(None)
         model.train()
         loss_fn.train()
         started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
@@ -212,40 +305,41 @@ def fit(
             yb = train.y[idx].to(device, non_blocking=True)
             if augment is not None:
                 xb = augment(xb)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = model(xb)
-            loss = loss_fn(out["embedding"].float(), yb,
-                           norms=out["norm"] if loss_fn.uses_norms else None)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{cfg.loss} loss became {loss.item()} at epoch {epoch}; "
-                    "lower lr or check the data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            mixed = mix_batch(xb, yb, cfg.mix, cfg.mix_alpha, mix_rng)
+            opt.outer.zero_grad(set_to_none=True)
+            loss, batch_parts = forward_backward(xb, mixed)
+            if opt.sam is not None:  # second pass at w + rho * g / |g|, then step from w
+                opt.sam.first_step(zero_grad=True)
+                with frozen_norm_stats(model):
+                    forward_backward(xb, mixed)
             if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(
-                    list(model.parameters()) + list(loss_fn.parameters()), cfg.grad_clip
-                )
-            scaler.step(optimizer)
+                scaler.unscale_(opt.outer)
+                nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+            if opt.sam is not None:
+                opt.sam.second_step()
+            else:
+                scaler.step(opt.outer)
             scaler.update()
             scheduler.step()
+            step += 1
+            if ema is not None:
+                ema.update(pair, step=step)
             seen += len(idx)
             total_loss += loss.item() * len(idx)
-            for name, value in getattr(loss_fn, "last_components", {}).items():
+            for name, value in batch_parts.items():
                 parts[name] = parts.get(name, 0.0) + float(value) * len(idx)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         elapsed = time.perf_counter() - started
         metrics = {
             "train_loss": total_loss / max(1, seen),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": opt.inner.param_groups[0]["lr"],
             "samples_per_s": seen / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
         metrics.update({f"train_loss_{k}": v / max(1, seen) for k, v in parts.items()})
-        metrics.update(validate(model, loss_fn, train, val, device, num_classes, dtype))
+        metrics.update(validate(evaluated["model"], evaluated["loss"], train, val, device,
+                                num_classes, dtype, cfg.tta))
         history.epochs.append(metrics)
         value = metrics.get(cfg.monitor)
         if value is None:
@@ -258,10 +352,8 @@ def fit(
         # but do not reset the early-stopping patience.
         if strictly or value == history.best_value:
             history.best_epoch, history.best_value = epoch, value
-            best_state = {
-                "model": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}),
-                "loss": copy.deepcopy({k: v.cpu() for k, v in loss_fn.state_dict().items()}),
-            }
+            evaluated["model"].set_head(None)
+            best_state = copy.deepcopy({k: v.cpu() for k, v in evaluated.state_dict().items()})
         log.info("epoch %d/%d: %s", epoch, cfg.epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:
@@ -271,17 +363,18 @@ def fit(
             log.info("early stop: no better %s for %d epochs", cfg.monitor, cfg.patience)
             break
 
+    model.set_head(None)
+    evaluated["model"].set_head(None)
     if best_state is not None:
-        model.load_state_dict(best_state["model"])
-        loss_fn.load_state_dict(best_state["loss"])
+        pair.load_state_dict(best_state)
     return history
 
 
 def validate(
     model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, val: Split,
-    device: torch.device, num_classes: int, dtype: torch.dtype | None,
+    device: torch.device, num_classes: int, dtype: torch.dtype | None, tta: str = "none",
 ) -> dict[str, float]:
     """Cheap per-epoch validation: accuracy and retrieval, no clustering or pair sweeps."""
-    model.set_head(build_head(model, loss_fn, train, device, num_classes).to(device))
-    emb, logits = embed(model, val.x, device, dtype=dtype)
+    model.set_head(build_head(model, loss_fn, train, device, num_classes, tta).to(device))
+    emb, logits = embed(model, val.x, device, dtype=dtype, tta=tta)
     return evaluate(emb, val.y, logits, prefix="val_", clustering=False, verification=False)

@@ -7,6 +7,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import numpy as np
@@ -14,13 +15,14 @@ import torch
 
 from training import plots
 from training.config import TrainConfig
-from training.loop import History, build_head, calibrate_scale, embed, fit, pick_device
+from training.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
+                           pick_device)
 from training.model_logging import log_trained_model
 from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Splits, load_data, split_data
-from zoo.losses import LOSSES, create_loss
+from zoo.losses import EmbeddingLoss, check_loss, create_loss
 from zoo.metrics import confusion_matrix, evaluate
-from zoo.models import create_model, model_modality, models_for, MODELS, TIMM_PREFIX
+from zoo.models import EmbeddingModel, create_model, model_modality, models_for, MODELS, TIMM_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def check_names(cfg: TrainConfig) -> None:
     """Fail fast on an unknown model or loss, before any data is read."""
     if not cfg.model.startswith(TIMM_PREFIX):
         MODELS.get(cfg.model)
-    LOSSES.get(cfg.loss)
+    check_loss(cfg.loss)
 
 
 def check_modality(cfg: TrainConfig, data: LoadedData) -> None:
@@ -79,17 +81,24 @@ def check_modality(cfg: TrainConfig, data: LoadedData) -> None:
         )
 
 
+#: Builds extra loss terms from the run's splits, model, loss and device (distillation).
+AuxFactory = Callable[[Splits, EmbeddingModel, EmbeddingLoss, torch.device], AuxiliaryLoss]
+
+
 def train(
     cfg: TrainConfig,
     *,
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     data: LoadedData | None = None,
+    run_name: str | None = None,
+    aux: AuxFactory | None = None,
 ) -> RunResult:
     """Train one model × loss combination and log everything to MLflow.
 
     With ``parent_run_id`` the run is a nested child of that run (a sweep's combination);
-    ``data`` reuses an already loaded data set (it must have been loaded from ``cfg``).
+    ``data`` reuses an already loaded data set (it must have been loaded from ``cfg``);
+    ``aux`` adds loss terms that need the input batch (a teacher's, when distilling).
     """
     configure_tracking()
     seed_everything(cfg.seed)
@@ -97,7 +106,7 @@ def train(
         torch.set_num_threads(cfg.num_threads)
     name = dataset_name(cfg.data)
     run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name, **(tags or {})}
-    with training_run(f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}", run_tags,
+    with training_run(run_name or f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}", run_tags,
                       parent_run_id=parent_run_id) as run:
         log_params_once(cfg.to_params())
         check_names(cfg)
@@ -119,10 +128,12 @@ def train(
 
         started = time.perf_counter()
         history = fit(model, loss_fn, splits.train, splits.val, cfg, device, num_classes,
-                      on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+                      on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                      aux=aux(splits, model, loss_fn, device) if aux else None)
         train_time = time.perf_counter() - started
 
-        metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes)
+        metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
+                                                       cfg.tta)
         metrics.update(best_epoch=float(history.best_epoch), train_time_s=train_time)
         mlflow.log_metrics(metrics)
         log_figures(history, splits, test_emb, test_logits, cfg.seed)
@@ -160,23 +171,23 @@ def describe(splits: Splits, model: torch.nn.Module, device: torch.device) -> di
 
 
 def test_metrics(
-    model, loss_fn, splits: Splits, device: torch.device, num_classes: int
+    model, loss_fn, splits: Splits, device: torch.device, num_classes: int, tta: str = "none",
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:
     """Attach the final classifier (temperature-calibrated on val), then test (and open) metrics.
 
     Returns the metrics and the test embeddings and logits (the figures reuse them).
     """
-    head = build_head(model, loss_fn, splits.train, device, num_classes)
+    head = build_head(model, loss_fn, splits.train, device, num_classes, tta)
     model.set_head(None)
-    val_emb, _ = embed(model, splits.val.x, device)
+    val_emb, _ = embed(model, splits.val.x, device, tta=tta)
     scale = calibrate_scale(head, val_emb, splits.val.y)
     model.set_head(head.to(device))
-    test_emb, test_logits = embed(model, splits.test.x, device)
+    test_emb, test_logits = embed(model, splits.test.x, device, tta=tta)
     metrics = evaluate(test_emb, splits.test.y, test_logits, prefix="test_")
     if scale is not None:
         metrics["classifier_scale"] = scale
     if splits.open is not None and len(splits.open):
-        open_emb, _ = embed(model, splits.open.x, device)
+        open_emb, _ = embed(model, splits.open.x, device, tta=tta)
         metrics.update(evaluate(open_emb, splits.open.y, None, prefix="open_"))
     return metrics, test_emb, test_logits
 
