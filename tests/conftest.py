@@ -1,8 +1,10 @@
 """Shared fixtures: a temporary MLflow store per test, the ORL faces path, the repo root."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytest
@@ -14,14 +16,14 @@ ORL_FACES = REPO.parent / "shared" / "data" / "orl_faces"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-@pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite store under tmp_path, set for this process and its children."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@contextlib.contextmanager
+def temporary_store(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite store in ``folder``, set for this process and its children."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(folder)
     mlflow.set_tracking_uri(uri)
     yield uri
     while mlflow.active_run():
@@ -33,6 +35,21 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     fluent._active_experiment_id = None
     for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         os.environ.pop(var, None)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite store under tmp_path for one test."""
+    with temporary_store(tmp_path, monkeypatch) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def module_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One store shared by the tests of a module (for expensive shared set-ups)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        with temporary_store(tmp_path_factory.mktemp("store"), monkeypatch) as uri:
+            yield uri
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import dataclasses
 import json
 
 from training.config import TrainConfig, field_types, format_value
+from training.distill import DistillConfig
+from training.evaluate import EvaluateConfig
 from training.export import ExportConfig
 from training.register import RegisterConfig
 from training.sweep import SweepConfig
@@ -58,6 +60,10 @@ def render() -> str:
                         "training.register", {}, RegisterConfig))
     parts.append(_entry("export", "a registered model to ONNX, TorchScript and .pt2, with a "
                         "parity check on its test split", "training.export", {}, ExportConfig))
+    parts.append(_entry("distill", "train a student on a registered teacher (KL on softened "
+                        "logits + embedding distance)", "training.distill", {}, DistillConfig))
+    parts.append(_entry("evaluate", "evaluate registered models on their test split, several "
+                        "as an ensemble", "training.evaluate", {}, EvaluateConfig))
     return "\n".join(parts)
 
 

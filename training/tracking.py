@@ -16,6 +16,8 @@ from typing import Iterator
 import mlflow
 from mlflow.entities import RunStatus
 
+from training.config import AUTO
+
 log = logging.getLogger(__name__)
 
 STORE_DIR = Path("mlruns")
@@ -107,6 +109,11 @@ def training_run(
         mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
 
 
+#: Tags ``zoo.resolved.<param>`` hold what an ``auto`` parameter became (e.g. a distilled
+#: student's data, taken from its teacher).
+RESOLVED_TAG_PREFIX = "zoo.resolved."
+
+
 def log_params_once(params: dict[str, str]) -> None:
     """Log parameters, skipping those the run already holds (``mlflow run`` logs its -P values).
 
@@ -115,9 +122,16 @@ def log_params_once(params: dict[str, str]) -> None:
     """
     run = mlflow.active_run()
     existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    resolved = {}
     for key in sorted(set(params) & set(existing)):
-        if not _same(existing[key], params[key]):
+        if _same(existing[key], params[key]):
+            continue
+        if existing[key].lower() == AUTO:  # -P x=auto, then the code chose: say what
+            resolved[f"{RESOLVED_TAG_PREFIX}{key}"] = params[key]
+        else:
             log.warning("parameter %s: run has %r, config has %r", key, existing[key], params[key])
+    if resolved:
+        mlflow.set_tags(resolved)
     fresh = {k: v for k, v in params.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)

@@ -1,0 +1,196 @@
+"""``python -m training.distill``: train a student on a registered teacher's outputs.
+
+The student's loss is its own (hard-label) loss plus ``kd_weight`` times the KL divergence
+between temperature-softened teacher and student class probabilities (Hinton et al.,
+scaled by T² so its gradients keep their size as T grows) plus ``embedding_weight`` times the
+squared distance between the teacher's embedding and the student's, through a learned
+linear projection when their widths differ. The data, split and input size default to the
+teacher's, so the teacher never saw the student's validation or test images.
+
+The student's run records its teacher: tags ``zoo.teacher`` (the URI as given),
+``zoo.teacher_version``, ``zoo.teacher_run_id`` and ``zoo.teacher_model``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import mlflow
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.cli import run_cli
+from training.config import TrainConfig, _f
+from training.loop import AuxiliaryLoss
+from training.model_source import resolve_model
+from training.run import RunResult, train
+from training.tracking import configure_tracking
+from zoo.data import Splits
+from zoo.losses import EmbeddingLoss
+from zoo.models import EmbeddingModel
+
+log = logging.getLogger(__name__)
+
+#: Fields that default to the teacher's run (None: the teacher's value).
+FROM_TEACHER = ("data", "image_size", "channels", "seed", "val_fraction", "test_fraction",
+                "open_set", "label_column")
+#: Of those, the ones that decide which samples are test samples.
+SPLIT_FIELDS = ("data", "seed", "val_fraction", "test_fraction", "open_set", "label_column")
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """A student ``TrainConfig`` plus its teacher and the weights of the distillation terms."""
+
+    model: str = _f("mobilenetv3_small_100", "student model (python -m zoo list)")
+    teacher: str = _f("models:/zoo-digits@champion", "teacher model URI (models:/<name>@<alias>, "
+                                                    "models:/<name>/<version>, ...)")
+    kd_weight: float = _f(1.0, "weight of the KL divergence to the teacher's softened class "
+                               "probabilities (0: off)")
+    kd_temperature: float = _f(4.0, "softmax temperature of the KL term")
+    embedding_weight: float = _f(1.0, "weight of the squared distance to the teacher's "
+                                      "embedding (0: off)")
+    data: Optional[str] = _f(None, "data source (auto: the teacher's)")
+    image_size: Optional[int] = _f(None, "input size (auto: the teacher's; else the teacher "
+                                         "sees the images resized to its own size)")
+    channels: Optional[int] = _f(None, "image channels (auto: the teacher's)")
+    seed: Optional[int] = _f(None, "split and initialisation seed (auto: the teacher's, so the "
+                                   "split is the one the teacher was trained on)")
+    val_fraction: Optional[float] = _f(None, "validation fraction (auto: the teacher's)")
+    test_fraction: Optional[float] = _f(None, "test fraction (auto: the teacher's)")
+    open_set: Optional[float] = _f(None, "open-set fraction (auto: the teacher's)")
+    label_column: Optional[str] = _f(None, "label column of a CSV (auto: the teacher's)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        for name in ("kd_weight", "embedding_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def with_teacher_defaults(self, teacher: TrainConfig) -> "DistillConfig":
+        """Every field left to ``auto`` set from the teacher's training config."""
+        filled = {name: getattr(teacher, name) for name in FROM_TEACHER
+                  if getattr(self, name) is None}
+        return dataclasses.replace(self, **filled)
+
+
+class Distiller(AuxiliaryLoss):
+    """The teacher's terms of the student's loss; the teacher itself is frozen."""
+
+    def __init__(self, teacher: nn.Module, student_loss: EmbeddingLoss, student_dim: int,
+                 cfg: DistillConfig, student_input: dict, teacher_input: dict) -> None:
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student_loss = [student_loss]  # a list: not a submodule, trained by the loop
+        teacher_dim = int(teacher.embedding_dim)
+        self.project = (nn.Identity() if teacher_dim == student_dim
+                        else nn.Linear(student_dim, teacher_dim, bias=False))
+        self.temperature = cfg.kd_temperature
+        self.weights = {name: w for name, w in (("kd", cfg.kd_weight),
+                                                ("embedding", cfg.embedding_weight)) if w > 0}
+        self.teacher_size = tuple(teacher_input["input_size"][1:])
+        rescale = (student_input["mean"] != teacher_input["mean"]
+                   or student_input["std"] != teacher_input["std"])
+        self.renormalise = (
+            [torch.tensor(v, dtype=torch.float32) for v in (
+                student_input["std"], student_input["mean"], teacher_input["mean"],
+                teacher_input["std"])]
+            if rescale else None
+        )
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()  # the teacher's BatchNorm statistics never move
+        return self
+
+    def teacher_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's batch as the teacher's preprocessing would have made it."""
+        if self.renormalise is not None:  # per channel (images) or per feature (rows)
+            shape = (1, -1, *([1] * (x.dim() - 2)))
+            std_s, mean_s, mean_t, std_t = (t.to(x).view(shape) for t in self.renormalise)
+            x = ((x * std_s + mean_s) - mean_t) / std_t
+        if x.dim() == 4 and tuple(x.shape[-2:]) != self.teacher_size:
+            x = F.interpolate(x, size=self.teacher_size, mode="bilinear", align_corners=False,
+                              antialias=True)
+        return x
+
+    def forward(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            taught = self.teacher(self.teacher_view(x))
+        terms = {}
+        student = out["embedding"].float()
+        if "kd" in self.weights:
+            t = self.temperature
+            logits = self.student_loss[0].logits(student)
+            terms["kd"] = F.kl_div(F.log_softmax(logits / t, dim=1),
+                                   F.log_softmax(taught["logits"].float() / t, dim=1),
+                                   log_target=True, reduction="batchmean") * t * t
+        if "embedding" in self.weights:
+            projected = F.normalize(self.project(student), dim=1)
+            terms["embedding"] = (projected - taught["embedding"].float()).pow(2).sum(1).mean()
+        return terms
+
+
+def load_teacher(uri: str) -> tuple[EmbeddingModel, TrainConfig, dict[str, str]]:
+    """The teacher module, its training config and the tags that record it on the student."""
+    from training.export import source_config
+
+    source = resolve_model(uri)
+    run = mlflow.MlflowClient().get_run(source.run_id)
+    teacher = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
+    tags = {"zoo.teacher": uri, "zoo.teacher_run_id": source.run_id,
+            "zoo.teacher_model": str(teacher.zoo_meta.get("model", ""))}
+    if source.version is not None:
+        tags["zoo.teacher_version"] = str(source.version.version)
+        tags["zoo.teacher_registered_model"] = source.version.name
+    log.info("teacher: %s", source.describe())
+    return teacher, source_config(run), tags
+
+
+def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig):
+    """What ``train`` calls once the student's splits, model and loss exist."""
+
+    def build(splits: Splits, model: EmbeddingModel, loss_fn: EmbeddingLoss,
+              device: torch.device) -> Distiller:
+        teacher_pre = teacher.zoo_meta["preprocessing"]
+        if list(teacher_pre["class_names"]) != list(splits.class_names):
+            raise ValueError(
+                f"the teacher was trained on classes {teacher_pre['class_names'][:5]}... but the "
+                f"student's data {cfg.data!r} has {splits.class_names[:5]}...: distil on the "
+                "teacher's data (leave data=auto)")
+        if cfg.kd_weight > 0 and loss_fn.logits(torch.zeros(1, cfg.embedding_dim)) is None:
+            raise ValueError(f"kd_weight > 0 needs student class logits, and loss {cfg.loss!r} has "
+                             "no class weights: use a classification-style loss or kd_weight=0")
+        return Distiller(teacher, loss_fn, cfg.embedding_dim, cfg,
+                         splits.preprocessing.to_dict(), teacher_pre)
+
+    return build
+
+
+def distill(cfg: DistillConfig) -> RunResult:
+    """Train ``cfg.model`` against the teacher; the run is tagged with the teacher's version."""
+    configure_tracking()
+    teacher, teacher_cfg, tags = load_teacher(cfg.teacher)
+    student = cfg.with_teacher_defaults(teacher_cfg)
+    changed = [n for n in SPLIT_FIELDS if getattr(student, n) != getattr(teacher_cfg, n)]
+    if changed:
+        log.warning("the student's %s differ from the teacher's: the teacher may have trained "
+                    "on the student's validation or test samples", ", ".join(changed))
+    if not (student.kd_weight or student.embedding_weight):
+        log.warning("kd_weight and embedding_weight are both 0: this trains without the teacher")
+    return train(student, tags=tags, run_name=f"{student.model}-{student.loss}-distilled",
+                 aux=distiller_factory(teacher, student))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(distill, DistillConfig, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
