@@ -25,6 +25,7 @@ from torch import nn
 
 from training.cli import run_cli
 from training.config import TrainConfig, _f
+from training.export import source_config
 from training.loop import AuxiliaryLoss
 from training.model_source import resolve_model
 from training.run import RunResult, train
@@ -139,8 +140,6 @@ class Distiller(AuxiliaryLoss):
 
 def load_teacher(uri: str) -> tuple[EmbeddingModel, TrainConfig, dict[str, str]]:
     """The teacher module, its training config and the tags that record it on the student."""
-    from training.export import source_config
-
     source = resolve_model(uri)
     run = mlflow.MlflowClient().get_run(source.run_id)
     teacher = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()

@@ -268,7 +268,7 @@ def fit(
     best_state: dict[str, Any] | None = None
     since_best, step = 0, 0
 
-    def forward_backward(xb: torch.Tensor, mixed: MixedBatch) -> tuple[torch.Tensor, dict]:
+    def forward_backward(mixed: MixedBatch) -> tuple[torch.Tensor, dict]:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model(mixed.x)
         norms = out["norm"] if loss_fn.uses_norms else None
@@ -307,11 +307,11 @@ def fit(
                 xb = augment(xb)
             mixed = mix_batch(xb, yb, cfg.mix, cfg.mix_alpha, mix_rng)
             opt.outer.zero_grad(set_to_none=True)
-            loss, batch_parts = forward_backward(xb, mixed)
+            loss, batch_parts = forward_backward(mixed)
             if opt.sam is not None:  # second pass at w + rho * g / |g|, then step from w
                 opt.sam.first_step(zero_grad=True)
                 with frozen_norm_stats(model):
-                    forward_backward(xb, mixed)
+                    forward_backward(mixed)
             if cfg.grad_clip > 0:
                 scaler.unscale_(opt.outer)
                 nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
