@@ -175,6 +175,8 @@ def test_combined_loss_is_the_weighted_sum_of_its_terms() -> None:
                                                   "center": center.item()}, rel=1e-5)
     assert torch.allclose(loss.classifier()(emb), loss.terms["center"].logits(emb), atol=1e-6)
     assert create_loss("triplet+supcon", 5, 16).classifier() is None
+    assert loss.has_classes and not create_loss("triplet+supcon", 5, 16).has_classes
+    assert create_loss("arcface", 5, 16).has_classes and not create_loss("triplet", 5, 16).has_classes
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -79,12 +79,7 @@ class TrainConfig:
         return config_from_dict(cls, values, "training")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(
-                    f"{f.name}={getattr(self, f.name)!r} is not one of {', '.join(choices)}"
-                )
+        check_choices(self)
         for name in ("epochs", "batch_size", "embedding_dim", "image_size", "channels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -97,6 +92,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mix != "none" and self.mix_alpha <= 0:
             raise ValueError(f"mix={self.mix} needs mix_alpha > 0, got {self.mix_alpha}")
+
+
+def check_choices(config: Any) -> None:
+    """Every field declared with ``choices`` holds one of them; else an error naming both."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ValueError(f"{f.name}={getattr(config, f.name)!r} is not one of "
+                             f"{', '.join(choices)}")
 
 
 def config_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:

@@ -18,7 +18,6 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-import mlflow
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +26,7 @@ from training.cli import run_cli
 from training.config import TrainConfig, _f
 from training.export import source_config
 from training.loop import AuxiliaryLoss
-from training.model_source import resolve_model
+from training.model_source import load_source
 from training.run import RunResult, train
 from training.tracking import configure_tracking
 from zoo.data import Splits
@@ -140,9 +139,7 @@ class Distiller(AuxiliaryLoss):
 
 def load_teacher(uri: str) -> tuple[EmbeddingModel, TrainConfig, dict[str, str]]:
     """The teacher module, its training config and the tags that record it on the student."""
-    source = resolve_model(uri)
-    run = mlflow.MlflowClient().get_run(source.run_id)
-    teacher = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
+    source, run, teacher = load_source(uri)
     tags = {"zoo.teacher": uri, "zoo.teacher_run_id": source.run_id,
             "zoo.teacher_model": str(teacher.zoo_meta.get("model", ""))}
     if source.version is not None:
@@ -163,7 +160,7 @@ def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig):
                 f"the teacher was trained on classes {teacher_pre['class_names'][:5]}... but the "
                 f"student's data {cfg.data!r} has {splits.class_names[:5]}...: distil on the "
                 "teacher's data (leave data=auto)")
-        if cfg.kd_weight > 0 and loss_fn.logits(torch.zeros(1, cfg.embedding_dim)) is None:
+        if cfg.kd_weight > 0 and not loss_fn.has_classes:
             raise ValueError(f"kd_weight > 0 needs student class logits, and loss {cfg.loss!r} has "
                              "no class weights: use a classification-style loss or kd_weight=0")
         return Distiller(teacher, loss_fn, cfg.embedding_dim, cfg,

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from training.cli import run_cli
-from training.config import _f, config_from_dict
+from training.config import _f, check_choices, config_from_dict
 from training.distill import SPLIT_FIELDS
 from training.export import source_config, source_splits
 from training.loop import embed, pick_device
-from training.model_source import resolve_model
+from training.model_source import load_source
 from training.run import SUMMARY_KEYS, dataset_name
 from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import Split
@@ -51,8 +51,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if not self.uris:
             raise ValueError("model_uris is empty: give one or more model URIs, comma separated")
-        if self.tta not in ("none", "flip"):
-            raise ValueError(f"tta={self.tta!r} is not one of none, flip")
+        check_choices(self)
 
     @property
     def uris(self) -> list[str]:
@@ -76,9 +75,7 @@ class Member:
 
 
 def load_member(uri: str, data: str) -> Member:
-    source = resolve_model(uri)
-    run = mlflow.MlflowClient().get_run(source.run_id)
-    model = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
+    source, run, model = load_source(uri)
     cfg = source_config(run, data)
     splits = source_splits(cfg, model)
     version = f"v{source.version.version}" if source.version is not None else source.run_id

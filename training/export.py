@@ -27,7 +27,7 @@ import torch
 from training import export_logging
 from training.cli import run_cli
 from training.config import TrainConfig, _f, config_from_dict
-from training.model_source import DEFAULT_MODEL_URI, ModelSource, resolve_model
+from training.model_source import DEFAULT_MODEL_URI, ModelSource, load_source
 from training.run import config_splits, load_config_data
 from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Splits
@@ -161,11 +161,8 @@ def build_gallery(model: torch.nn.Module, splits: Splits, run: mlflow.entities.R
 def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportResult:
     """Export, check parity, log; raise if any format failed (after logging what is known)."""
     configure_tracking()
-    source = resolve_model(cfg.model_uri)
-    client = mlflow.MlflowClient()
-    run = client.get_run(source.run_id)
+    source, run, model = load_source(cfg.model_uri)
     log.info("exporting %s", source.describe())
-    model = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
     splits = source_splits(source_config(run, cfg.data), model, data)
     split = splits.test
     example = example_batch(split.x[torch.arange(min(2, len(split)))])

@@ -212,7 +212,7 @@ class AuxiliaryLoss(nn.Module):
 def check_methods(cfg: TrainConfig, model: EmbeddingModel, loss_fn: EmbeddingLoss,
                   device: torch.device) -> None:
     """Refuse combinations that cannot work, naming the parameter to change."""
-    if cfg.mix != "none" and (loss_fn.needs_pk_batches or loss_fn.classifier() is None):
+    if cfg.mix != "none" and (loss_fn.needs_pk_batches or not loss_fn.has_classes):
         raise ValueError(f"mix={cfg.mix} needs a classification-style loss (one with class "
                          f"weights: softmax, focal, center, arcface, ...); {cfg.loss!r} "
                          "compares pairs of samples, whose labels a mix would blur")

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL_URI = "models:/zoo-digits@champion"
 HOW_TO_CREATE = "train and register one with `mlflow run . -e sweep --env-manager local`"
@@ -81,6 +85,14 @@ def resolve_model(uri: str, client: mlflow.MlflowClient | None = None) -> ModelS
         return ModelSource(uri, match["run_id"])
     raise ValueError(f"model URI {uri!r} is not models:/<name>@<alias>, models:/<name>/<version>, "
                      "models:/m-<id> or runs:/<run_id>/<path>")
+
+
+def load_source(uri: str) -> tuple[ModelSource, mlflow.entities.Run, torch.nn.Module]:
+    """Resolve ``uri``, fetch its training run, and load its module on the CPU in eval mode."""
+    source = resolve_model(uri)
+    run = mlflow.MlflowClient().get_run(source.run_id)
+    model = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
+    return source, run, model
 
 
 def _run_of(version: ModelVersion, uri: str) -> str:

@@ -48,6 +48,11 @@ class EmbeddingLoss(nn.Module):
                 None if norms is None else norms.float(),
             )
 
+    @property
+    def has_classes(self) -> bool:
+        """Whether the loss owns class weights (gives logits and a classifier head)."""
+        return type(self).classifier is not EmbeddingLoss.classifier
+
     def logits(self, embedding: torch.Tensor) -> torch.Tensor | None:
         """Class logits ``[B, C]`` without the margin, or None for losses without classes."""
         with torch.autocast(embedding.device.type, enabled=False):

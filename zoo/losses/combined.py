@@ -47,9 +47,12 @@ class CombinedLoss(EmbeddingLoss):
         self.uses_norms = any(t.uses_norms for t in terms.values())
 
     def _classifying_term(self) -> EmbeddingLoss | None:
-        """The first term that owns class weights (overrides ``classifier``)."""
-        return next((t for t in self.terms.values()
-                     if type(t).classifier is not EmbeddingLoss.classifier), None)
+        """The first term that owns class weights."""
+        return next((t for t in self.terms.values() if t.has_classes), None)
+
+    @property
+    def has_classes(self) -> bool:
+        return self._classifying_term() is not None
 
     def compute_loss(self, embedding: torch.Tensor, labels: torch.Tensor,
                      norms: torch.Tensor | None) -> torch.Tensor:
