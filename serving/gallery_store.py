@@ -9,7 +9,6 @@ it, so every worker answers with every enrolled identity.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from zoo.file_lock import file_lock
 from zoo.gallery import META_FILE, Gallery, Match
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,8 @@ class GalleryStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """This process's threads and other processes, one at a time."""
-        with self._lock, open(self.folder / LOCK_FILE, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with self._lock, file_lock(self.folder / LOCK_FILE):
+            yield
 
     @property
     def gallery(self) -> Gallery:

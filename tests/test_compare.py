@@ -8,7 +8,8 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 
-from training.compare import Row, comparison_table, format_table, plot_heatmap, write_tables
+from training.compare import (Row, comparison_table, format_table, mean_over_seeds, plot_heatmap,
+                              to_markdown, write_tables)
 
 METRIC = "test_map_at_r"
 
@@ -166,3 +167,32 @@ def test_heatmap_without_values(tmp_path: Path) -> None:
     only_base = [Row.baseline("pixels", {METRIC: 0.4}), Row.baseline("pca", {})]
     assert plot_heatmap(only_base, "test_nmi", tmp_path / "base.png").exists()
     assert plot_heatmap([], METRIC, tmp_path / "empty.png").exists()
+
+
+def test_mean_over_seeds_gives_one_row_per_combination_with_its_spread() -> None:
+    seeds = [Row("vgg", "arcface", "FINISHED", {METRIC: v, "train_time_s": t}, run_id=f"r{i}",
+                 seed=i) for i, (v, t) in enumerate([(0.80, 10.0), (0.90, 20.0), (0.85, 30.0)])]
+    rows = seeds + [
+        Row("vgg", "arcface", "FAILED", {}, run_id="bad", error="boom", seed=3),
+        _run("resnet18", "arcface", 0.70),  # run once: unchanged
+        Row.baseline("pixels", {METRIC: 0.70}, seed=0), Row.baseline("pixels", {METRIC: 0.74}, seed=1),
+    ]
+    merged = mean_over_seeds(rows)
+    assert [(r.model, r.status) for r in merged] == [
+        ("vgg", "FINISHED"), ("vgg", "FAILED"), ("resnet18", "FINISHED"), ("pixels", "baseline")]
+    vgg = merged[0].metrics
+    assert vgg[METRIC] == pytest.approx(0.85) and vgg["runs"] == 3
+    assert vgg[METRIC + "_std"] == pytest.approx(pd.Series([0.8, 0.9, 0.85]).std(ddof=0))
+    assert vgg["train_time_s"] == pytest.approx(20.0)
+    assert merged[2] is rows[4]
+    assert merged[3].metrics[METRIC] == pytest.approx(0.72) and merged[3].metrics["runs"] == 2
+
+    df = comparison_table(merged, METRIC)
+    assert list(df.columns)[3:-2] == [METRIC, METRIC + "_std", "test_precision_at_1",
+                                      "test_accuracy", "train_time_s", "train_time_s_std", "runs"]
+    assert list(df["runs"]) == [3, 2, 1, 1]  # a single run counts one
+    markdown = to_markdown(df)
+    assert "| vgg | arcface | FINISHED | 0.8500 ± 0.0408 |" in markdown
+    assert "| resnet18 | arcface | FINISHED | 0.7000 |" in markdown
+    text = format_table(df)
+    assert "0.8500 ± 0.0408" in text and "20.0 ± 8.2" in text

@@ -44,13 +44,18 @@ def real_inputs() -> dict[str, tuple[torch.Tensor, list[str]]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "mobilenetv3_small_100",
-                                  "residual_mlp", "ft_transformer", "timm/efficientvit_m0"])
-def test_every_format_answers_like_eager(name: str, real_inputs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, options", [
+    *((name, {}) for name in ("resnet18", "convnext_atto", "mobilenetv3_small_100",
+                              "residual_mlp", "ft_transformer", "timm/efficientvit_m0")),
+    ("timm/vgg11_bn", {"stage": 2, "grid": 2}),  # the faces-small read-out
+])
+def test_every_format_answers_like_eager(name: str, options: dict, real_inputs,
+                                         tmp_path: Path) -> None:
     kind = "tabular" if name in ("residual_mlp", "ft_transformer") else "image"
     x, classes, pre = real_inputs[kind]
     torch.manual_seed(0)
-    model = create_model(name, len(classes), 32, image_size=32, num_features=x.shape[1]).eval()
+    model = create_model(name, len(classes), 32, image_size=32, num_features=x.shape[1],
+                         **options).eval()
     model.zoo_meta["preprocessing"] = pre
     reference = reference_outputs(eager_runner(model), x, batch_size=32)
     for fmt in FORMATS:

@@ -190,7 +190,7 @@ def test_bad_combined_specs_name_the_problem(spec: str, message: str) -> None:
 
 def test_sweep_takes_combined_losses() -> None:
     sweep = SweepConfig(models="residual_mlp", losses="arcface,triplet+center:0.3")
-    grid = sweep.grid("tabular")
+    grid = sweep.combinations("tabular")
     assert grid == [("residual_mlp", "arcface"), ("residual_mlp", "triplet+center:0.3")]
     for model, loss in grid:
         check_names(sweep.child(model, loss))

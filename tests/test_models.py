@@ -81,3 +81,44 @@ def test_one_training_step(model_name: str, loss_name: str) -> None:
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     opt.step()
+
+
+def test_stage_and_grid_read_an_earlier_feature_map_cell_by_cell() -> None:
+    model = create_model("timm/vgg11_bn", 3, 16, in_chans=1, image_size=32, stage=2, grid=2)
+    x = torch.randn(4, 1, 32, 32)
+    feature_map = model.backbone.body(x)
+    assert feature_map.shape == (4, 256, 8, 8)  # stage 2 of VGG-11: 256 channels, stride 4
+    # 2x2 grid: each cell is the mean of one 4x4 quadrant of the map, the cells concatenated
+    cells = torch.stack([feature_map[:, :, :4, :4], feature_map[:, :, :4, 4:],
+                         feature_map[:, :, 4:, :4], feature_map[:, :, 4:, 4:]], dim=-1)
+    expected = cells.mean(dim=(2, 3)).flatten(1)
+    assert torch.allclose(model.backbone(x), expected, atol=1e-6)
+    assert model.neck.fc.in_features == 256 * 4
+    assert model.zoo_meta["stage"] == 2 and model.zoo_meta["grid"] == 2
+    out = model.eval()(x)
+    assert out["embedding"].shape == (4, 16) and out["logits"].shape == (4, 3)
+    # the network stops at the stage it is read from: no later VGG layers are kept
+    assert sum(p.numel() for p in model.backbone.parameters()) < 1_000_000
+
+
+def test_grid_alone_pools_the_last_stage() -> None:
+    model = create_model("resnet18", 2, 8, image_size=64, grid=2)  # layer4: 2x2 at 64 px
+    assert model.neck.fc.in_features == 512 * 4
+    assert model.backbone.body(torch.randn(2, 3, 64, 64)).shape == (2, 512, 2, 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stage=9), r"no feature stage 9; its stages are 0 \(64 channels, stride 2\)"),
+    (dict(stage=4, grid=2), "grid=2 needs a feature map of at least 2x2, but at image_size=32 "
+                            "it is 1x1"),
+    (dict(grid=0), "grid must be at least 1"),
+])
+def test_bad_stage_or_grid_says_what_exists(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_model("resnet18", 2, 8, image_size=32, **kwargs)
+
+
+def test_tabular_models_refuse_a_feature_map_read_out() -> None:
+    with pytest.raises(ValueError, match="tabular model 'residual_mlp' has none"):
+        create_model("residual_mlp", 2, 8, num_features=7, grid=2)
+    assert create_model("residual_mlp", 2, 8, num_features=7, grid=1, stage=None)

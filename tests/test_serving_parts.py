@@ -79,6 +79,17 @@ def test_gradcam_layer_has_a_map_of_at_least_4x4(name: str, size: int, layer: st
     assert default_target_layer(model, (3, size, size)).name == layer
 
 
+def test_gradcam_explains_a_stage_read_out_with_that_stage() -> None:
+    model = create_model("timm/vgg11_bn", num_classes=3, embedding_dim=8, in_chans=1,
+                         image_size=32, stage=2, grid=2).eval()
+    explainer = Explainer(model, (1, 32, 32))
+    assert explainer.layer.name == "backbone.body"  # the 8x8 map the grid pools
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8))
+    result = explainer.explain(torch.randn(1, 1, 32, 32), image, "gradcam",
+                               class_names=["a", "b", "c"])
+    assert result.overlay.size == (256, 256) and result.target in "abc"
+
+
 def test_gradcam_on_a_vision_transformer_reshapes_tokens() -> None:
     model = create_model("timm/vit_tiny_patch16_224", num_classes=3, embedding_dim=8,
                          image_size=32).eval()

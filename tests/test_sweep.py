@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import requests
 
@@ -34,11 +36,11 @@ def _parent(experiment: str):
 
 def test_grid_defaults_follow_the_data_kind() -> None:
     cfg = SweepConfig()
-    image = cfg.grid("image")
+    image = cfg.combinations("image")
     assert {m for m, _ in image} == {"resnet18", "convnext_atto", "mobilenetv3_small_100"}
     assert len(image) == 3 * 11
-    assert {m for m, _ in cfg.grid("tabular")} == {"residual_mlp", "ft_transformer"}
-    picked = SweepConfig(models="resnet18", losses="arcface, triplet").grid("image")
+    assert {m for m, _ in cfg.combinations("tabular")} == {"residual_mlp", "ft_transformer"}
+    picked = SweepConfig(models="resnet18", losses="arcface, triplet").combinations("image")
     assert picked == [("resnet18", "arcface"), ("resnet18", "triplet")]
 
 
@@ -96,6 +98,36 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
     version = client.get_model_version_by_alias("zoo-emitters", "champion")
     assert version.run_id in {r.info.run_id for r in children}
     assert client.get_model_version_by_alias("zoo-emitters", "supcon-best")
+
+
+def test_seeds_train_each_combination_per_split_and_the_table_averages_them(
+    tracking_uri: str, capsys: pytest.CaptureFixture
+) -> None:
+    cfg = SweepConfig(models="residual_mlp", losses="softmax", seeds="0,1", experiment="seeds",
+                      workers=1, register=False, **TINY)
+    first = run_sweep(cfg)
+    assert sorted(o.job.seed for o in first) == [0, 1]
+    parent = _parent("seeds")
+    children = _children(parent.info.run_id)
+    assert sorted(r.info.run_name for r in children) == ["residual_mlp-softmax-seed0",
+                                                          "residual_mlp-softmax-seed1"]
+    values = [r.data.metrics["test_precision_at_1"] for r in children]
+    client = mlflow.MlflowClient()
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "comparison/comparison.csv"))
+    row = table[table["model"] == "residual_mlp"].iloc[0]
+    assert row["runs"] == 2
+    assert row["test_precision_at_1"] == pytest.approx(np.mean(values))
+    assert row["test_precision_at_1_std"] == pytest.approx(np.std(values))
+    pixels = table[table["model"] == "pixels"].iloc[0]
+    assert pixels["runs"] == 2  # the baselines are measured on both splits too
+    assert parent.data.params["seeds"] == "0,1"
+    assert "mean ± std over seeds 0,1" in capsys.readouterr().out
+
+    # resume with one more seed: only that one is trained
+    second = run_sweep(SweepConfig(**{**cfg.__dict__, "seeds": "0,1,2",
+                                      "resume": parent.info.run_id}))
+    assert sorted(o.job.seed for o in second) == [0, 1, 2]
+    assert len(_children(parent.info.run_id)) == 3
 
 
 @pytest.mark.slow

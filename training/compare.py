@@ -36,6 +36,8 @@ METRIC_COLUMNS = (
 TEXT_COLUMNS = ("model", "loss", "status")
 TAIL_COLUMNS = ("run_id", "error")
 MISSING = "—"
+STD = "_std"  # suffix of a metric's standard deviation over seeds
+RUNS = "runs"  # how many runs (seeds) a row is the mean of
 
 
 @dataclass
@@ -48,11 +50,12 @@ class Row:
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     error: str | None = None
+    seed: int | None = None  # the split seed of a run (None: a mean over seeds, or unknown)
 
     @classmethod
-    def baseline(cls, name: str, metrics: dict[str, float]) -> "Row":
+    def baseline(cls, name: str, metrics: dict[str, float], seed: int | None = None) -> "Row":
         """A baseline row: ``model`` is the baseline's name, ``loss`` is "-"."""
-        return cls(model=name, loss="-", status=BASELINE, metrics=dict(metrics))
+        return cls(model=name, loss="-", status=BASELINE, metrics=dict(metrics), seed=seed)
 
     @property
     def is_baseline(self) -> bool:
@@ -78,6 +81,37 @@ def first_line(text: str | None, limit: int = 120) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def mean_over_seeds(rows: Sequence[Row]) -> list[Row]:
+    """One row per model × loss (and per baseline) whose runs finished: each metric's mean
+    over them, with ``<metric>_std`` (population std) and ``runs`` beside it. A combination
+    with one run, and every failed run, stays a row of its own. First-seen order."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    out: list[Row | tuple[str, str, str]] = []
+    for row in rows:
+        if row.failed:
+            out.append(row)
+            continue
+        key = (row.model, row.loss, BASELINE if row.is_baseline else "run")
+        if key not in groups:
+            groups[key] = []
+            out.append(key)
+        groups[key].append(row)
+    return [item if isinstance(item, Row) else _mean_row(groups[item]) for item in out]
+
+
+def _mean_row(runs: list[Row]) -> Row:
+    if len(runs) == 1:
+        return runs[0]
+    metrics: dict[str, float] = {}
+    for key in dict.fromkeys(k for r in runs for k in r.metrics):
+        values = [v for r in runs if not math.isnan(v := r.value(key))]
+        metrics[key] = float(np.mean(values)) if values else math.nan
+        metrics[key + STD] = float(np.std(values)) if values else math.nan
+    metrics[RUNS] = float(len(runs))
+    first = runs[0]
+    return Row(model=first.model, loss=first.loss, status=first.status, metrics=metrics)
+
+
 # --------------------------------------------------------------------------- table
 def comparison_table(rows: Sequence[Row], metric: str) -> pd.DataFrame:
     """One row per run and per baseline, best first by ``metric``.
@@ -87,7 +121,9 @@ def comparison_table(rows: Sequence[Row], metric: str) -> pd.DataFrame:
     then failed rows with their error. Ties keep the input order. Missing values are NaN.
     """
     present = {k for row in rows for k in row.metrics}
-    metric_cols = [metric] + [c for c in METRIC_COLUMNS if c != metric and c in present]
+    shown = [metric] + [c for c in METRIC_COLUMNS if c != metric and c in present]
+    metric_cols = [c for m in shown for c in (m, m + STD) if c == m or c in present]
+    metric_cols += [RUNS] if RUNS in present else []
     columns = [*TEXT_COLUMNS, *metric_cols, *TAIL_COLUMNS]
     records = []
     for row in rows:
@@ -102,6 +138,8 @@ def comparison_table(rows: Sequence[Row], metric: str) -> pd.DataFrame:
     df = pd.DataFrame.from_records(records, columns=columns)
     for c in metric_cols:
         df[c] = df[c].astype(float)
+    if RUNS in df:
+        df[RUNS] = df[RUNS].fillna(1.0)
     if len(df):
         higher = higher_is_better(metric)
         failed = np.array([row.failed for row in rows])
@@ -119,7 +157,18 @@ def _is_failed(status: object) -> bool:
 
 
 def _metric_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c not in (*TEXT_COLUMNS, *TAIL_COLUMNS)]
+    """The metric columns a person reads: each std is shown in its metric's cell."""
+    return [c for c in df.columns if c not in (*TEXT_COLUMNS, *TAIL_COLUMNS)
+            and not c.endswith(STD)]
+
+
+def _cell(rec: dict, column: str, decimals: int = 4) -> str:
+    """``0.8531 ± 0.0270`` where the row is a mean over seeds, else the number; runs as an int."""
+    if column == RUNS:
+        return _number(rec[column], 0)
+    text = _number(rec[column], decimals)
+    std = _number(rec.get(column + STD), decimals)
+    return text if std == MISSING or text == MISSING else f"{text} ± {std}"
 
 
 def _number(value: object, decimals: int = 4) -> str:
@@ -146,7 +195,7 @@ def to_markdown(df: pd.DataFrame) -> str:
             reason = first_line(_text(rec.get("error")))
             status = f"failed: {reason}" if reason else "failed"
         cells = [_text(rec["model"]), _text(rec["loss"]), status,
-                 *(_number(rec[c]) for c in metric_cols), _text(rec.get("run_id"))]
+                 *(_cell(rec, c) for c in metric_cols), _text(rec.get("run_id"))]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -176,7 +225,7 @@ def format_table(df: pd.DataFrame) -> str:
             rank += 1
         cells = [str(rank) if has_value and not failed else "-", _text(rec["model"]),
                  _text(rec["loss"]), _text(rec["status"]).lower() if failed else _text(rec["status"])]
-        cells += [_number(rec[c], 1 if c.endswith("_time_s") else 4) for c in metric_cols]
+        cells += [_cell(rec, c, 1 if c.endswith("_time_s") else 4) for c in metric_cols]
         body.append(cells)
         if failed:
             errors.append(f"  {rec['model']}-{rec['loss']}: {first_line(_text(rec.get('error')))}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Optional, get_args, get_origin, get_type_hints
+
+from training.presets import apply_preset, preset_fields, preset_names
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -19,6 +21,11 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
 class TrainConfig:
     """One model × loss training run."""
 
+    #: Fields a preset leaves alone in this class (a sweep sets model and loss per child).
+    PRESET_SKIP: ClassVar[tuple[str, ...]] = ()
+
+    preset: str = _f("none", "a named recipe that fills in the parameters left at their "
+                             "defaults (docs/results.md)", preset_names())
     model: str = _f("resnet18", "model name (python -m zoo list) or timm/<any timm model>")
     loss: str = _f("arcface", "loss name (python -m zoo list)")
     data: str = _f("digits", "data source name, a folder-per-class image tree, or a .csv file")
@@ -27,6 +34,10 @@ class TrainConfig:
     lr: float = _f(2e-3, "peak learning rate of AdamW")
     weight_decay: float = _f(0.05, "AdamW weight decay")
     embedding_dim: int = _f(128, "embedding width")
+    stage: Optional[int] = _f(None, "image models: the timm feature stage the embedding is read "
+                                    "from (python -m zoo stages MODEL; auto: the whole network)")
+    grid: int = _f(1, "image models: average-pool the feature map to grid x grid cells, "
+                      "concatenated before the neck (keeps where features are; 1: global pool)")
     image_size: int = _f(32, "images are resized to image_size x image_size")
     channels: int = _f(3, "image channels (grey images are replicated)")
     seed: int = _f(0, "seed of the split, the initialisation and the batches")
@@ -41,7 +52,8 @@ class TrainConfig:
     grad_clip: float = _f(5.0, "max gradient norm (0 disables clipping)")
     patience: int = _f(0, "stop after this many epochs without a better monitor value (0: off)")
     monitor: str = _f("val_map_at_r", "validation metric that picks the best epoch (ties: the "
-                                      "later one) and drives early stopping")
+                                      "later one) and drives early stopping; none: keep the "
+                                      "last epoch")
     augment: str = _f("light", "image augmentation strength", ("none", "light", "strong"))
     hflip: bool = _f(False, "random horizontal flips (good for faces, wrong for digits)")
     margin: Optional[float] = _f(None, "margin of margin/triplet losses (auto: the loss default)")
@@ -73,14 +85,30 @@ class TrainConfig:
         """Every field as an MLflow parameter string (None as ``auto``)."""
         return {k: format_value(v) for k, v in dataclasses.asdict(self).items()}
 
+    @property
+    def preset_changed(self) -> tuple[str, ...]:
+        """The fields whose value the preset set (see ``training.presets.preset_fields``)."""
+        return preset_fields(self, skip=self.PRESET_SKIP)
+
+    def as_applied(self, cls: type["TrainConfig"], **changes: Any) -> "TrainConfig":
+        """This config's values (preset already applied) as a ``cls``, with ``changes``;
+        the preset is recorded but not applied again (it would overwrite ``changes`` that
+        happen to equal a default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        out = cls(**{**values, **changes, "preset": "none"})
+        out.preset = self.preset
+        return out
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from strings or typed values; unknown keys are an error that names them."""
         return config_from_dict(cls, values, "training")
 
     def __post_init__(self) -> None:
+        apply_preset(self, skip=self.PRESET_SKIP)
         check_choices(self)
-        for name in ("epochs", "batch_size", "embedding_dim", "image_size", "channels"):
+        for name in ("epochs", "batch_size", "embedding_dim", "image_size", "channels", "grid"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.open_set is not None and not 0 <= self.open_set < 1:

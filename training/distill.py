@@ -46,6 +46,8 @@ SPLIT_FIELDS = ("data", "seed", "val_fraction", "test_fraction", "open_set", "la
 class DistillConfig(TrainConfig):
     """A student ``TrainConfig`` plus its teacher and the weights of the distillation terms."""
 
+    PRESET_SKIP = FROM_TEACHER  # the split and input are the teacher's, whatever the recipe
+
     model: str = _f("mobilenetv3_small_100", "student model (python -m zoo list)")
     teacher: str = _f("models:/zoo-digits@champion", "teacher model URI (models:/<name>@<alias>, "
                                                     "models:/<name>/<version>, ...)")

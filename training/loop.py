@@ -264,7 +264,7 @@ def fit(
     mix_rng = np.random.default_rng(cfg.seed)
     trained = [p for g in groups for p in g["params"]]
     history = History()
-    better = higher_is_better(cfg.monitor)
+    better = cfg.monitor == "none" or higher_is_better(cfg.monitor)
     best_state: dict[str, Any] | None = None
     since_best, step = 0, 0
 
@@ -341,10 +341,7 @@ def fit(
         metrics.update(validate(evaluated["model"], evaluated["loss"], train, val, device,
                                 num_classes, dtype, cfg.tta))
         history.epochs.append(metrics)
-        value = metrics.get(cfg.monitor)
-        if value is None:
-            raise ValueError(f"monitor={cfg.monitor!r} is not a validation metric; "
-                             f"choose from: {', '.join(k for k in metrics if k.startswith('val_'))}")
+        value = monitored(cfg, metrics, epoch, len(val), num_classes)
         strictly = history.best_epoch == 0 or (value > history.best_value if better
                                                else value < history.best_value)
         since_best = 0 if strictly else since_best + 1
@@ -368,6 +365,26 @@ def fit(
     if best_state is not None:
         pair.load_state_dict(best_state)
     return history
+
+
+def monitored(cfg: TrainConfig, metrics: dict[str, float], epoch: int, val_samples: int,
+              num_classes: int) -> float:
+    """The value that picks the best epoch: the monitor metric, or the epoch itself for
+    ``monitor=none`` (the last epoch is kept). A metric that is absent or NaN is an error
+    that says what to change, rather than a silent 'best epoch 1'."""
+    if cfg.monitor == "none":
+        return float(epoch)
+    value = metrics.get(cfg.monitor)
+    if value is None:
+        raise ValueError(f"monitor={cfg.monitor!r} is not a validation metric; choose none or "
+                         f"one of: {', '.join(k for k in metrics if k.startswith('val_'))}")
+    if math.isnan(value):
+        raise ValueError(
+            f"monitor={cfg.monitor} is NaN at epoch {epoch}: the validation split "
+            f"({val_samples} samples of {num_classes} classes) is too small for it (retrieval "
+            "metrics need two samples of a class); raise val_fraction, use "
+            "monitor=val_accuracy, or monitor=none to keep the last epoch")
+    return value
 
 
 def validate(

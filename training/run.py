@@ -105,10 +105,11 @@ def train(
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     name = dataset_name(cfg.data)
-    run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name, **(tags or {})}
+    run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name,
+                **({"zoo.preset": cfg.preset} if cfg.preset != "none" else {}), **(tags or {})}
     with training_run(run_name or f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}", run_tags,
                       parent_run_id=parent_run_id) as run:
-        log_params_once(cfg.to_params())
+        log_params_once(cfg.to_params(), resolved_keys=cfg.preset_changed)
         check_names(cfg)
         device = pick_device(cfg.device)
         data = data or load_config_data(cfg)
@@ -118,6 +119,7 @@ def train(
         model = create_model(
             cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
             image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
+            stage=cfg.stage, grid=cfg.grid,
         )
         loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
                               scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner)

@@ -10,7 +10,6 @@ missing or failed.
 from __future__ import annotations
 
 import concurrent.futures as futures
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -58,21 +57,40 @@ class SweepConfig(TrainConfig):
     register: bool = _f(True, "register the best child in the model registry")
     export: bool = _f(True, "export the champion to ONNX, TorchScript and .pt2 with a parity "
                             "check (when registering)")
+    seeds: str = _f("", "comma list of split seeds: each combination is trained once per seed "
+                        "and the table shows mean ± std over them (empty: just seed)")
 
     #: TrainConfig fields a sweep sets per child rather than taking from the user.
     PER_CHILD = ("model", "loss")
+    PRESET_SKIP = PER_CHILD
 
-    def grid(self, data_kind: str) -> list[tuple[str, str]]:
+    def combinations(self, data_kind: str) -> list[tuple[str, str]]:
         """The (model, loss) combinations, models outermost."""
         models = _names(self.models, default=list(CURATED_IMAGE_MODELS) if data_kind == "image"
                         else models_for(data_kind))
         losses = _names(self.losses, default=LOSSES.names())
         return [(m, l) for m in models for l in losses]
 
-    def child(self, model: str, loss: str) -> TrainConfig:
-        """The TrainConfig of one combination."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{**fields, "model": model, "loss": loss})
+    def seed_list(self) -> list[int]:
+        """The split seeds every combination is trained on."""
+        if not self.seeds.strip():
+            return [self.seed]
+        try:
+            seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"seeds={self.seeds!r} is not a comma list of integers") from None
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds={self.seeds!r} repeats a seed")
+        return seeds
+
+    def jobs(self, data_kind: str) -> list[Job]:
+        """Every (model, loss, seed) to train: the grid, once per seed."""
+        return [Job(m, l, s) for m, l in self.combinations(data_kind) for s in self.seed_list()]
+
+    def child(self, model: str, loss: str, seed: int | None = None) -> TrainConfig:
+        """The TrainConfig of one combination (on one seed)."""
+        return self.as_applied(TrainConfig, model=model, loss=loss,
+                               seed=self.seed if seed is None else seed)
 
     def sweep_params(self) -> dict[str, str]:
         return {k: v for k, v in self.to_params().items() if k not in self.PER_CHILD}
@@ -84,15 +102,34 @@ def _names(spec: str, default: list[str]) -> list[str]:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-@dataclass
-class Outcome:
-    """One combination's result (or error)."""
+@dataclass(frozen=True)
+class Job:
+    """One child run of a sweep: a model × loss combination on one split seed."""
 
     model: str
     loss: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.model}-{self.loss}"
+
+
+@dataclass
+class Outcome:
+    """One child's result (or error)."""
+
+    job: Job
     run_id: str | None
     metrics: dict[str, float]
     error: str | None = None
+
+    @property
+    def model(self) -> str:
+        return self.job.model
+
+    @property
+    def loss(self) -> str:
+        return self.job.loss
 
 
 def run_sweep(cfg: SweepConfig) -> list[Outcome]:
@@ -100,48 +137,53 @@ def run_sweep(cfg: SweepConfig) -> list[Outcome]:
     configure_tracking()
     name = dataset_name(cfg.data)
     data = load_config_data(cfg)
-    grid = cfg.grid(data.kind)
-    for model, loss in grid:
+    jobs = cfg.jobs(data.kind)
+    for model, loss in cfg.combinations(data.kind):
         check_names(cfg.child(model, loss))
+    several_seeds = len(cfg.seed_list()) > 1
     tags = {SWEEP_TAG: "parent", "zoo.dataset": name, "zoo.metric": cfg.metric}
     with training_run(f"sweep-{name}", cfg.experiment or f"zoo-{name}", tags,
                       run_id=cfg.resume) as parent:
         parent_id = parent.info.run_id
         _note_resume(cfg)
-        log_params_once({**cfg.sweep_params(), "grid_size": str(len(grid))} if not cfg.resume
-                        else {"grid_size": str(len(grid))})
+        log_params_once({**cfg.sweep_params(), "grid_size": str(len(jobs))} if not cfg.resume
+                        else {"grid_size": str(len(jobs))})
         done = _finished_children(parent_id) if cfg.resume else {}
-        todo = [(m, l) for m, l in grid if (m, l) not in done]
-        log.info("sweep %s: %d combinations on %s, %d already finished, %d to train, %d worker(s)",
-                 parent_id, len(grid), name, len(done), len(todo), cfg.workers)
-        outcomes = list(done.values()) + _train_all(cfg, todo, parent_id, data)
-        rows = [_row(o) for o in outcomes] + _baseline_rows(cfg, data)
-        _log_comparison(rows, cfg.metric)
+        todo = [job for job in jobs if job not in done]
+        log.info("sweep %s: %d runs on %s, %d already finished, %d to train, %d worker(s)",
+                 parent_id, len(jobs), name, len(done), len(todo), cfg.workers)
+        outcomes = list(done.values()) + _train_all(cfg, todo, parent_id, data, several_seeds)
+        runs = [_row(o) for o in outcomes]
+        baseline_rows = _baseline_rows(cfg, data)
+        rows = compare.mean_over_seeds(runs) + baseline_rows
+        _log_comparison(rows, runs + baseline_rows, cfg.metric)
         failed = [o for o in outcomes if o.error]
         mlflow.log_metrics({"combinations_finished": float(len(outcomes) - len(failed)),
                             "combinations_failed": float(len(failed))})
-        print(f"\nsweep {parent_id} on {name}, ranked by {cfg.metric}:\n")
+        over = f" (mean ± std over seeds {cfg.seeds})" if several_seeds else ""
+        print(f"\nsweep {parent_id} on {name}, ranked by {cfg.metric}{over}:\n")
         print(compare.format_table(compare.comparison_table(rows, cfg.metric)))
         if cfg.register and len(failed) < len(outcomes):
             result = register_best(runs_of_sweep(parent_id), cfg.metric, force=cfg.force)
             print("\n" + result.summary())
             if cfg.export:
-                _export_champion(result, data)
+                _export_champion(result, None if several_seeds else data)
         if failed:
             print(f"\n{len(failed)} of {len(outcomes)} combinations failed:")
             for o in failed:
-                print(f"  {o.model}-{o.loss}: {o.error}")
+                print(f"  {_label(o.job, several_seeds)}: {o.error}")
             print(f"re-run only those with: mlflow run . -e sweep -P resume={parent_id}")
         if outcomes and len(failed) == len(outcomes):
             raise RuntimeError(f"every combination failed (first: {failed[0].error})")
         return outcomes
 
 
-def _export_champion(result: RegistrationResult, data: LoadedData) -> None:
+def _export_champion(result: RegistrationResult, data: LoadedData | None) -> None:
     """Export the champion unless it is an earlier, already exported version.
 
     A champion that moved was trained in this sweep, so its parity check reuses the loaded
-    data; an older one is checked on its own run's data.
+    data (``data``; None when the sweep ran several seeds, whose data may differ); an older
+    one is checked on its own run's data.
     """
     version = mlflow.MlflowClient().get_model_version(result.name, result.champion_version)
     if not result.champion_moved and (version.tags or {}).get(EXPORTED_TAG) == "true":
@@ -159,22 +201,29 @@ def _note_resume(cfg: SweepConfig) -> None:
         mlflow.MlflowClient().set_tag(own, "zoo.resumed", cfg.resume)
 
 
-def _finished_children(parent_id: str) -> dict[tuple[str, str], Outcome]:
-    """FINISHED children of a sweep, by (model, loss): they are not trained again."""
-    done: dict[tuple[str, str], Outcome] = {}
+def _finished_children(parent_id: str) -> dict[Job, Outcome]:
+    """FINISHED children of a sweep, by (model, loss, seed): they are not trained again."""
+    done: dict[Job, Outcome] = {}
     try:
         children = runs_of_sweep(parent_id)
     except ValueError:  # stopped before its first child: nothing to skip
         return done
     for run in children:
         model, loss = run.data.tags.get("zoo.model"), run.data.tags.get("zoo.loss")
-        if run.info.status == "FINISHED" and model and loss:
-            done[(model, loss)] = Outcome(model, loss, run.info.run_id, dict(run.data.metrics))
+        seed = run.data.params.get("seed")
+        if run.info.status == "FINISHED" and model and loss and seed is not None:
+            job = Job(model, loss, int(float(seed)))
+            done[job] = Outcome(job, run.info.run_id, dict(run.data.metrics))
     return done
 
 
-def _train_all(cfg: SweepConfig, todo: list[tuple[str, str]], parent_id: str,
-               data: LoadedData) -> list[Outcome]:
+def _label(job: Job, several_seeds: bool) -> str:
+    """A child's run name: ``<model>-<loss>``, with ``-seed<N>`` when there are several."""
+    return f"{job}-seed{job.seed}" if several_seeds else str(job)
+
+
+def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedData,
+               several_seeds: bool) -> list[Outcome]:
     """Train the combinations in this process (workers=1) or in a pool of processes."""
     if not todo:
         return []
@@ -186,21 +235,23 @@ def _train_all(cfg: SweepConfig, todo: list[tuple[str, str]], parent_id: str,
         outcomes.append(outcome)
         bar.update(1)
         status = "failed" if outcome.error else f"{cfg.metric}={outcome.metrics.get(cfg.metric, float('nan')):.4f}"
-        bar.write(f"[{len(outcomes)}/{len(todo)}] {outcome.model}-{outcome.loss}: {status} "
+        bar.write(f"[{len(outcomes)}/{len(todo)}] {_label(outcome.job, several_seeds)}: {status} "
                   f"({time.perf_counter() - started:.0f}s elapsed)")
 
     if cfg.workers <= 1:
-        for model, loss in todo:
-            bar.set_postfix_str(f"{model}-{loss}")
-            done(_train_one(cfg.child(model, loss), parent_id, data))
+        for job in todo:
+            bar.set_postfix_str(_label(job, several_seeds))
+            done(_train_one(cfg, job, parent_id, several_seeds,
+                            data if job.seed == cfg.seed else None))
     else:
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
         with futures.ProcessPoolExecutor(cfg.workers, mp_context=context,
                                          initializer=_init_worker, initargs=(threads,)) as pool:
-            jobs = [pool.submit(_train_one, cfg.child(m, l), parent_id, None) for m, l in todo]
-            for job in futures.as_completed(jobs):
-                done(job.result())
+            running = [pool.submit(_train_one, cfg, job, parent_id, several_seeds, None)
+                       for job in todo]
+            for future in futures.as_completed(running):
+                done(future.result())
     bar.close()
     return outcomes
 
@@ -213,44 +264,53 @@ def _init_worker(threads: int) -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
-def _train_one(cfg: TrainConfig, parent_id: str, data: LoadedData | None) -> Outcome:
+def _train_one(cfg: SweepConfig, job: Job, parent_id: str, several_seeds: bool,
+               data: LoadedData | None) -> Outcome:
     """One child run; an error is recorded (the run is already FAILED), not raised."""
     try:
-        result: RunResult = train(cfg, parent_run_id=parent_id, data=data,
+        result: RunResult = train(cfg.child(job.model, job.loss, job.seed),
+                                  parent_run_id=parent_id, data=data,
+                                  run_name=_label(job, several_seeds),
                                   tags={SWEEP_TAG: parent_id})
-        return Outcome(cfg.model, cfg.loss, result.run_id, result.metrics)
+        return Outcome(job, result.run_id, result.metrics)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - one failure must not stop the sweep
-        log.warning("%s-%s failed: %s", cfg.model, cfg.loss, exc)
+        log.warning("%s failed: %s", _label(job, several_seeds), exc)
         run = mlflow.last_active_run()
-        return Outcome(cfg.model, cfg.loss, run.info.run_id if run else None, {},
+        return Outcome(job, run.info.run_id if run else None, {},
                        error=f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
 def _row(o: Outcome) -> compare.Row:
     return compare.Row(model=o.model, loss=o.loss, status="FAILED" if o.error else "FINISHED",
-                       metrics=o.metrics, run_id=o.run_id, error=o.error)
+                       metrics=o.metrics, run_id=o.run_id, error=o.error, seed=o.job.seed)
 
 
 def _baseline_rows(cfg: SweepConfig, data: LoadedData) -> list[compare.Row]:
-    """Pixels and PCA on the children's split, logged on the parent as ``baseline_*``."""
-    splits = config_splits(cfg, data)
-    rows = []
-    for name in baselines.BASELINES:
-        metrics = baselines.baseline_metrics(splits, name)
-        mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in metrics.items()
+    """Pixels and PCA on each seed's split (the children's), averaged over the seeds and
+    logged on the parent as ``baseline_<name>_<metric>``."""
+    per_seed = []
+    for seed in cfg.seed_list():
+        child = cfg.child(cfg.model, cfg.loss, seed)
+        # synthetic sources draw their samples from the seed too
+        splits = config_splits(child, data if seed == cfg.seed else load_config_data(child))
+        per_seed += [compare.Row.baseline(name, baselines.baseline_metrics(splits, name), seed)
+                     for name in baselines.BASELINES]
+    rows = compare.mean_over_seeds(per_seed)
+    for row in rows:
+        mlflow.log_metrics({f"baseline_{row.model}_{k}": v for k, v in row.metrics.items()
                             if v == v})  # NaN-free
-        rows.append(compare.Row(model=name, loss="-", status="baseline", metrics=metrics))
     return rows
 
 
-def _log_comparison(rows: list[compare.Row], metric: str) -> None:
+def _log_comparison(rows: list[compare.Row], runs: list[compare.Row], metric: str) -> None:
+    """The table of ``rows`` (one per combination) and the heatmap of every run."""
     table = compare.comparison_table(rows, metric)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         compare.write_tables(table, folder)
-        compare.plot_heatmap(rows, metric, folder / "heatmap.png")
+        compare.plot_heatmap(runs, metric, folder / "heatmap.png")
         mlflow.log_artifacts(str(folder), artifact_path="comparison")
 
 

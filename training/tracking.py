@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,7 @@ import mlflow
 from mlflow.entities import RunStatus
 
 from training.config import AUTO
+from zoo.file_lock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,31 @@ def configure_tracking() -> str:
         (Path.cwd() / STORE_DIR).mkdir(parents=True, exist_ok=True)
         uri = embedded_store_uri()
         mlflow.set_tracking_uri(uri)
+    prepare_sqlite_store(uri)
     return uri
+
+
+_PREPARED: set[str] = set()
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Build a SQLite store's schema once, under a file lock, and put it in WAL mode.
+
+    Processes that open a new store at the same moment (sweep workers) race in MLflow's
+    schema migration ("table _alembic_tmp_metrics already exists", "duplicate column name:
+    step"); here the first builds it while the others wait. In WAL mode readers do not block
+    the writer, so workers that log and read at once do not run into "database is locked"
+    (MLflow already waits up to 20 s for a busy database). Other stores are left alone.
+    """
+    if not uri.startswith("sqlite:///") or uri in _PREPARED:
+        return
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(database.with_name(database.name + ".lock")):
+        with contextlib.closing(sqlite3.connect(database, timeout=60)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates the tables
+    _PREPARED.add(uri)
 
 
 def ensure_experiment(name: str) -> str:
@@ -114,11 +140,13 @@ def training_run(
 RESOLVED_TAG_PREFIX = "zoo.resolved."
 
 
-def log_params_once(params: dict[str, str]) -> None:
+def log_params_once(params: dict[str, str], resolved_keys: tuple[str, ...] = ()) -> None:
     """Log parameters, skipping those the run already holds (``mlflow run`` logs its -P values).
 
     MLflow refuses to change a logged parameter ("7" vs "7.0"), so values already present
-    are left as they are; a real disagreement is reported, not silently overwritten.
+    are left as they are. Where the run holds ``auto``, or a key of ``resolved_keys`` (the
+    fields a preset set), what the value became is tagged ``zoo.resolved.<param>``; any other
+    disagreement is reported, not silently overwritten.
     """
     run = mlflow.active_run()
     existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
@@ -126,7 +154,7 @@ def log_params_once(params: dict[str, str]) -> None:
     for key in sorted(set(params) & set(existing)):
         if _same(existing[key], params[key]):
             continue
-        if existing[key].lower() == AUTO:  # -P x=auto, then the code chose: say what
+        if existing[key].lower() == AUTO or key in resolved_keys:  # the code chose: say what
             resolved[f"{RESOLVED_TAG_PREFIX}{key}"] = params[key]
         else:
             log.warning("parameter %s: run has %r, config has %r", key, existing[key], params[key])

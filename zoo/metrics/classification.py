@@ -82,7 +82,6 @@ def expected_calibration_error(logits: Any, labels: Any, n_bins: int = 15) -> fl
     correct = (probs.argmax(axis=1) == y).astype(np.float64)
     # Bin b holds conf in (b/n, (b+1)/n]; ceil(conf*n)-1 does that, conf=0 joins bin 0.
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
     conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
     # sum_b |B|/N * |acc_b - conf_b| == sum_b |acc_sum_b - conf_sum_b| / N

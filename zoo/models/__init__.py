@@ -15,6 +15,7 @@ from zoo.models.image import CURATED_IMAGE_MODELS, create_image_model
 from zoo.models.registry import MODELS
 
 TIMM_PREFIX = "timm/"
+IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid")
 
 
 def model_modality(name: str) -> str:
@@ -32,18 +33,22 @@ def models_for(modality: str) -> list[str]:
 def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any) -> EmbeddingModel:
     """Build a registered model, or any timm model given as ``timm/<name>``.
 
-    Image models take ``in_chans`` and ``image_size``; tabular ones ``num_features``.
-    Keyword arguments a family does not use are ignored, so one call site serves all.
+    Image models take ``in_chans``, ``image_size``, ``stage`` and ``grid``; tabular ones
+    ``num_features``. Keyword arguments a family does not use are ignored, so one call site
+    serves all, except a feature-map read-out asked of a model that has no feature maps.
     """
     if name.startswith(TIMM_PREFIX):
-        kwargs = {k: kwargs[k] for k in ("in_chans", "image_size", "dropout") if k in kwargs}
+        kwargs = {k: kwargs[k] for k in IMAGE_KWARGS if k in kwargs}
         return create_image_model(name[len(TIMM_PREFIX):], num_classes, embedding_dim,
                                   name=name, **kwargs)
     modality = model_modality(name)
     if modality == "image":
         kwargs.pop("num_features", None)
     else:
-        for key in ("in_chans", "image_size"):
+        if kwargs.get("stage") is not None or kwargs.get("grid", 1) != 1:
+            raise ValueError(f"stage and grid read image feature maps; tabular model {name!r} "
+                             "has none (leave stage=auto and grid=1)")
+        for key in ("in_chans", "image_size", "stage", "grid"):
             kwargs.pop(key, None)
         if kwargs.get("num_features") is None:
             raise ValueError(f"tabular model {name!r} needs num_features (the row width)")

@@ -1,0 +1,77 @@
+"""Named training recipes: ``-P preset=faces-small`` fills in many parameters at once.
+
+A preset changes only the fields left at their defaults, so any parameter given with another
+value wins (``-P preset=faces-small -P epochs=30``). The values a preset set are logged as
+the run's parameters like any others (under ``mlflow run``, whose own parameters hold the
+defaults it was given, as ``zoo.resolved.<param>`` tags), and the run is tagged ``zoo.preset``.
+Each recipe's measurements are in docs/results.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A recipe: what it is for, and the field values it sets."""
+
+    doc: str
+    values: dict[str, Any]
+
+
+PRESETS: dict[str, Preset] = {
+    "faces-small": Preset(
+        doc="face identities from a few hundred images (ORL-sized): a VGG-11 cut after its "
+            "third stage, read on a 2x2 grid, grey 32 px, ArcFace, 60 epochs, flips",
+        values=dict(
+            model="timm/vgg11_bn", stage=2, grid=2, loss="arcface", channels=1, image_size=32,
+            embedding_dim=128, epochs=60, batch_size=32, lr=2e-3, augment="light", hflip=True,
+            tta="flip", val_fraction=0.1, monitor="none",
+        ),
+    ),
+}
+
+
+def preset_names() -> tuple[str, ...]:
+    """``none`` and every preset, for the ``preset`` field's choices."""
+    return (NONE, *PRESETS)
+
+
+def _preset_of(config: Any) -> Preset | None:
+    name = getattr(config, "preset", NONE)
+    if name == NONE:
+        return None
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not one of {', '.join(preset_names())}")
+    return PRESETS[name]
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(config)}
+
+
+def apply_preset(config: Any, skip: tuple[str, ...] = ()) -> None:
+    """Set the preset's values on the fields of ``config`` that hold their class default
+    (except ``skip``). Applying it twice changes nothing more."""
+    preset = _preset_of(config)
+    if preset is None:
+        return
+    defaults = _defaults(config)
+    for key, value in preset.values.items():
+        if key not in skip and getattr(config, key) == defaults[key]:
+            setattr(config, key, value)
+
+
+def preset_fields(config: Any, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The fields that hold a value of the preset's other than their class default: under
+    ``mlflow run``, whose parameters hold the defaults, these are logged as resolved."""
+    preset = _preset_of(config)
+    if preset is None:
+        return ()
+    defaults = _defaults(config)
+    return tuple(k for k, v in preset.values.items()
+                 if k not in skip and v != defaults[k] and getattr(config, k) == v)
