@@ -3,11 +3,14 @@ and any failure as one ``error: ...`` line on stderr with exit status 1."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
@@ -32,19 +35,44 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``kill``'s stop), handled like Ctrl-C."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports a process it terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises ``Terminated``, so runs end KILLED, not RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(fn: Callable[[Any], Any], config_cls: type, argv: list[str] | None = None) -> int:
     """Parse ``argv`` into ``config_cls``, run ``fn(config)``; failures → one line, exit 1.
 
-    ``ZOO_DEBUG=1`` re-raises for the full traceback.
+    Ctrl-C and SIGTERM → one line (saying how to resume, where there is a run to resume) and
+    exit 130 / 143. ``ZOO_DEBUG=1`` re-raises for the full traceback.
     """
     setup_logging()
     doc = sys.modules[fn.__module__].__doc__
     args = build_parser(config_cls, doc).parse_args(argv)
     try:
-        fn(config_cls.from_dict({k: v for k, v in vars(args).items() if v is not None}))
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        with sigterm_as_interrupt():
+            fn(config_cls.from_dict({k: v for k, v in vars(args).items() if v is not None}))
+    except KeyboardInterrupt as exc:
+        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     except Exception as exc:  # one line for users
         if os.environ.get("ZOO_DEBUG"):
             raise

@@ -80,6 +80,11 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     num_threads: int = _f(0, "torch CPU threads (0: torch's default)")
     log_model: bool = _f(True, "log the trained model to MLflow")
+    checkpoint: bool = _f(True, "write a resumable checkpoint every epoch (logged to the run "
+                                "under checkpoints/, deleted when the run finishes)")
+    resume_run: Optional[str] = _f(None, "id of a run that stopped (killed, failed, Ctrl-C) to "
+                                         "continue from its last checkpoint, in that same run "
+                                         "and with that run's parameters")
 
     def to_params(self) -> dict[str, str]:
         """Every field as an MLflow parameter string (None as ``auto``)."""
@@ -104,6 +109,17 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from strings or typed values; unknown keys are an error that names them."""
         return config_from_dict(cls, values, "training")
+
+    @classmethod
+    def from_run(cls, params: dict[str, str], tags: dict[str, str]) -> "TrainConfig":
+        """The config a run was trained with, from its parameters (other keys ignored) and
+        its ``zoo.resolved.<param>`` tags (what ``auto`` or a preset made of a parameter
+        that ``mlflow run`` had logged)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in params.items() if k in known}
+        values.update({k[len(RESOLVED_PREFIX):]: v for k, v in tags.items()
+                       if k.startswith(RESOLVED_PREFIX) and k[len(RESOLVED_PREFIX):] in known})
+        return cls.from_dict(values)
 
     def __post_init__(self) -> None:
         apply_preset(self, skip=self.PRESET_SKIP)
@@ -143,6 +159,9 @@ def config_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
 
 
 AUTO = "auto"  # an optional field left to its component's own default
+#: Tags ``zoo.resolved.<param>`` hold what an ``auto`` parameter (or a preset) made of a
+#: parameter that ``mlflow run`` had already logged.
+RESOLVED_PREFIX = "zoo.resolved."
 
 
 def format_value(value: Any) -> str:

@@ -122,11 +122,8 @@ class ExportResult:
 
 def source_config(run: mlflow.entities.Run, data: str = "") -> TrainConfig:
     """The training config of ``run``, from its parameters (``data`` overrides its data)."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    params = {k: v for k, v in run.data.params.items() if k in fields}
-    if data:
-        params["data"] = data
-    return TrainConfig.from_dict(params)
+    cfg = TrainConfig.from_run(run.data.params, run.data.tags)
+    return dataclasses.replace(cfg, data=data) if data else cfg
 
 
 def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None = None

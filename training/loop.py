@@ -6,6 +6,7 @@ is an index tensor: no per-sample decoding on every epoch, no DataLoader workers
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.checkpoint import FORMAT as CHECKPOINT_FORMAT, restore_rng, rng_state
 from training.config import TrainConfig
 from training.mixing import MixedBatch, mix_batch
 from training.optim import centralize_gradients, frozen_norm_stats, make_optimizer
@@ -43,6 +45,7 @@ class History:
     best_epoch: int = 0
     best_value: float = float("nan")
     stopped_early: bool = False
+    train_time_s: float = 0.0  # wall time of the epochs (training and validation), resumes too
 
 
 def pick_device(name: str) -> torch.device:
@@ -236,11 +239,15 @@ def fit(
     num_classes: int,
     on_epoch: EpochCallback | None = None,
     aux: AuxiliaryLoss | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> History:
     """Train, validate every epoch, keep the best epoch's weights (restored at the end).
 
     With ``ema_decay`` the moving average of model and loss weights is what is validated,
     kept and returned; with ``sam_rho`` every step takes a second pass at perturbed weights.
+    ``on_checkpoint`` receives the loop's whole state after every epoch; ``resume`` (such a
+    state) continues after its epoch exactly as the uninterrupted run would have.
     """
     check_methods(cfg, model, loss_fn, device)
     model.to(device)
@@ -266,7 +273,35 @@ def fit(
     history = History()
     better = cfg.monitor == "none" or higher_is_better(cfg.monitor)
     best_state: dict[str, Any] | None = None
-    since_best, step = 0, 0
+    since_best, step, first_epoch = 0, 0, 1
+
+    def checkpoint(epoch: int) -> dict[str, Any]:
+        model.set_head(None)
+        evaluated["model"].set_head(None)
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "since_best": since_best,
+            "weights": pair.state_dict(), "best_weights": best_state,
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "aux": aux.state_dict() if aux is not None else None,
+            "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "history": dataclasses.asdict(history),
+            "rng": rng_state(mix_rng),
+        }
+
+    if resume is not None:
+        pair.load_state_dict(resume["weights"])
+        if ema is not None:
+            ema.module.load_state_dict(resume["ema"])
+        if aux is not None:
+            aux.load_state_dict(resume["aux"])
+        opt.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        history = History(**resume["history"])
+        best_state, since_best, step = resume["best_weights"], resume["since_best"], resume["step"]
+        first_epoch = int(resume["epoch"]) + 1
+        restore_rng(resume["rng"], mix_rng)
+        log.info("resuming after epoch %d of %d", first_epoch - 1, cfg.epochs)
 
     def forward_backward(mixed: MixedBatch) -> tuple[torch.Tensor, dict]:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -292,7 +327,8 @@ def fit(
             centralize_gradients(model.parameters())
         return loss.detach(), parts
 
-    for epoch in range(1, cfg.epochs + 1):
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.set_head(None)
         evaluated["model"].set_head(None)
         model.train()
@@ -341,6 +377,7 @@ def fit(
         metrics.update(validate(evaluated["model"], evaluated["loss"], train, val, device,
                                 num_classes, dtype, cfg.tta))
         history.epochs.append(metrics)
+        history.train_time_s += time.perf_counter() - started
         value = monitored(cfg, metrics, epoch, len(val), num_classes)
         strictly = history.best_epoch == 0 or (value > history.best_value if better
                                                else value < history.best_value)
@@ -355,6 +392,8 @@ def fit(
                  ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if on_checkpoint is not None:
+            on_checkpoint(checkpoint(epoch))
         if cfg.patience and since_best >= cfg.patience:
             history.stopped_early = True
             log.info("early stop: no better %s for %d epochs", cfg.monitor, cfg.patience)

@@ -25,6 +25,15 @@ class Optimizer:
     outer: torch.optim.Optimizer
     inner: torch.optim.AdamW
     sam: SAM | None = None
+    lookahead: Lookahead | None = None
+
+    def state_dict(self) -> dict:
+        """What outlives a step: AdamW's moments, and Lookahead's slow weights when on (SAM's
+        perturbation only lives inside a step)."""
+        return (self.lookahead or self.inner).state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        (self.lookahead or self.inner).load_state_dict(state)
 
 
 def make_optimizer(groups: list[dict], lr: float, sam_rho: float = 0.0,
@@ -36,13 +45,14 @@ def make_optimizer(groups: list[dict], lr: float, sam_rho: float = 0.0,
         made["inner"] = torch.optim.AdamW(param_groups, **kw)
         if not lookahead:
             return made["inner"]
-        return Lookahead(made["inner"], k=LOOKAHEAD_K, alpha=LOOKAHEAD_ALPHA)
+        made["lookahead"] = Lookahead(made["inner"], k=LOOKAHEAD_K, alpha=LOOKAHEAD_ALPHA)
+        return made["lookahead"]
 
     if sam_rho > 0:
         sam = SAM(groups, base, rho=sam_rho, lr=lr)
-        return Optimizer(sam, made["inner"], sam)
+        return Optimizer(sam, made["inner"], sam, made.get("lookahead"))
     outer = base(groups, lr=lr)
-    return Optimizer(outer, made["inner"])
+    return Optimizer(outer, made["inner"], lookahead=made.get("lookahead"))
 
 
 def centralize_gradients(params: Iterable[nn.Parameter]) -> None:

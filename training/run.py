@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 
 from training import plots
+from training.checkpoint import RunCheckpoints
 from training.config import TrainConfig
 from training.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
                            pick_device)
@@ -99,60 +101,125 @@ def train(
     With ``parent_run_id`` the run is a nested child of that run (a sweep's combination);
     ``data`` reuses an already loaded data set (it must have been loaded from ``cfg``);
     ``aux`` adds loss terms that need the input batch (a teacher's, when distilling).
+    ``cfg.resume_run`` continues that run from its last checkpoint, with its own config.
+    Ctrl-C or SIGTERM ends the run KILLED with its checkpoint kept and raises
+    ``TrainingInterrupted``, whose message says how to resume.
     """
     configure_tracking()
+    resume_id, state = cfg.resume_run, None
+    if resume_id:
+        cfg, state = resume_point(resume_id)
     seed_everything(cfg.seed)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     name = dataset_name(cfg.data)
     run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name,
                 **({"zoo.preset": cfg.preset} if cfg.preset != "none" else {}), **(tags or {})}
-    with training_run(run_name or f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}", run_tags,
-                      parent_run_id=parent_run_id) as run:
+    progress: dict[str, Any] = {"epoch": int(state["epoch"]) if state else 0}
+    try:
+        with training_run(run_name or f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}",
+                          run_tags, parent_run_id=parent_run_id, run_id=resume_id) as run:
+            progress["run_id"] = run.info.run_id
+            return _train_in_run(cfg, run, name, data, aux, state, progress)
+    except KeyboardInterrupt as exc:
+        if "run_id" not in progress:
+            raise
+        raise TrainingInterrupted(progress["run_id"], progress["epoch"], cfg.checkpoint,
+                                  exc) from None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run: the run is KILLED, its last checkpoint kept."""
+
+    def __init__(self, run_id: str, epoch: int, checkpointed: bool,
+                 cause: KeyboardInterrupt) -> None:
+        self.run_id, self.epoch = run_id, epoch
+        self.exit_code = getattr(cause, "exit_code", 130)
+        if checkpointed and epoch > 0:
+            how = (f"its checkpoint of epoch {epoch} is kept; resume it with: mlflow run . -e "
+                   f"train --env-manager local -P resume_run={run_id}")
+        else:
+            how = "no epoch had finished, so there is no checkpoint to resume from"
+        super().__init__(f"interrupted: run {run_id} is KILLED; {how}")
+
+
+def resume_point(run_id: str) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config a stopped run was trained with, and its newest checkpoint."""
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"resume_run={run_id}: no such run in {mlflow.get_tracking_uri()}"
+                         ) from None
+    if run.info.status == "FINISHED":
+        raise ValueError(f"resume_run={run_id}: that run is FINISHED; there is nothing to resume")
+    if "zoo.teacher" in run.data.tags:
+        raise ValueError(f"resume_run={run_id} is a distillation run, whose teacher a resumed "
+                         "run would not have; train the student again")
+    cfg = TrainConfig.from_run(run.data.params, run.data.tags)
+    state = RunCheckpoints(run_id).latest()
+    log.info("resuming run %s (%s) after epoch %d", run_id, run.info.run_name, state["epoch"])
+    return cfg, state
+
+
+def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: LoadedData | None,
+                  aux: AuxFactory | None, state: dict[str, Any] | None,
+                  progress: dict[str, Any]) -> RunResult:
+    if os.environ.get("MLFLOW_RUN_ID") not in (None, run.info.run_id):
+        # under `mlflow run -P resume_run=...`: the run mlflow made says where the work went
+        mlflow.MlflowClient().set_tag(os.environ["MLFLOW_RUN_ID"], "zoo.resumed", run.info.run_id)
+    if state is None:
         log_params_once(cfg.to_params(), resolved_keys=cfg.preset_changed)
-        check_names(cfg)
-        device = pick_device(cfg.device)
-        data = data or load_config_data(cfg)
-        check_modality(cfg, data)
-        splits = config_splits(cfg, data)
-        num_classes = len(splits.class_names)
-        model = create_model(
-            cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
-            image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
-            stage=cfg.stage, grid=cfg.grid,
-        )
-        loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
-                              scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner)
+    check_names(cfg)
+    device = pick_device(cfg.device)
+    data = data or load_config_data(cfg)
+    check_modality(cfg, data)
+    splits = config_splits(cfg, data)
+    num_classes = len(splits.class_names)
+    model = create_model(
+        cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
+        image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
+        stage=cfg.stage, grid=cfg.grid,
+    )
+    loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
+                          scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner)
+    if state is None:
         log_params_once(describe(splits, model, device))
-        log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",
-                 cfg.model, cfg.loss, name, num_classes, len(splits.train), len(splits.val),
-                 len(splits.test), device)
+    log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",
+             cfg.model, cfg.loss, name, num_classes, len(splits.train), len(splits.val),
+             len(splits.test), device)
 
-        started = time.perf_counter()
-        history = fit(model, loss_fn, splits.train, splits.val, cfg, device, num_classes,
-                      on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-                      aux=aux(splits, model, loss_fn, device) if aux else None)
-        train_time = time.perf_counter() - started
+    checkpoints = RunCheckpoints(run.info.run_id) if cfg.checkpoint else None
 
-        metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
-                                                       cfg.tta)
-        metrics.update(best_epoch=float(history.best_epoch), train_time_s=train_time)
-        mlflow.log_metrics(metrics)
-        log_figures(history, splits, test_emb, test_logits, cfg.seed)
-        model_uri = None
-        if cfg.log_model:
-            meta = {
-                "preprocessing": splits.preprocessing.to_dict(), "loss": cfg.loss,
-                "dataset": name, "run_id": run.info.run_id,
-                "open_class_names": splits.open_class_names,
-            }
-            info = log_trained_model(model, splits.test.x[torch.arange(min(2, len(splits.test)))],
-                                     meta, metrics)
-            model_uri = info.model_uri
-            mlflow.set_tag("zoo.model_uri", model_uri)
-        summary = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
-        log.info("run %s finished: %s", run.info.run_id, summary)
-        return RunResult(run.info.run_id, metrics, model_uri, history)
+    def save(checkpoint: dict[str, Any]) -> None:
+        checkpoints.save(checkpoint)
+        progress["epoch"] = int(checkpoint["epoch"])
+
+    history = fit(model, loss_fn, splits.train, splits.val, cfg, device, num_classes,
+                  on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                  aux=aux(splits, model, loss_fn, device) if aux else None,
+                  on_checkpoint=save if checkpoints else None, resume=state)
+
+    metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
+                                                   cfg.tta)
+    metrics.update(best_epoch=float(history.best_epoch), train_time_s=history.train_time_s)
+    mlflow.log_metrics(metrics)
+    log_figures(history, splits, test_emb, test_logits, cfg.seed)
+    model_uri = None
+    if cfg.log_model:
+        meta = {
+            "preprocessing": splits.preprocessing.to_dict(), "loss": cfg.loss,
+            "dataset": name, "run_id": run.info.run_id,
+            "open_class_names": splits.open_class_names,
+        }
+        info = log_trained_model(model, splits.test.x[torch.arange(min(2, len(splits.test)))],
+                                 meta, metrics)
+        model_uri = info.model_uri
+        mlflow.set_tag("zoo.model_uri", model_uri)
+    if checkpoints is not None:
+        checkpoints.delete()
+    summary = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
+    log.info("run %s finished: %s", run.info.run_id, summary)
+    return RunResult(run.info.run_id, metrics, model_uri, history)
 
 
 SUMMARY_KEYS = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi",

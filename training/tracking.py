@@ -17,7 +17,7 @@ from typing import Iterator
 import mlflow
 from mlflow.entities import RunStatus
 
-from training.config import AUTO
+from training.config import AUTO, RESOLVED_PREFIX
 from zoo.file_lock import file_lock
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,6 @@ def training_run(
         mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
 
 
-#: Tags ``zoo.resolved.<param>`` hold what an ``auto`` parameter became (e.g. a distilled
-#: student's data, taken from its teacher).
-RESOLVED_TAG_PREFIX = "zoo.resolved."
 
 
 def log_params_once(params: dict[str, str], resolved_keys: tuple[str, ...] = ()) -> None:
@@ -155,7 +152,7 @@ def log_params_once(params: dict[str, str], resolved_keys: tuple[str, ...] = ())
         if _same(existing[key], params[key]):
             continue
         if existing[key].lower() == AUTO or key in resolved_keys:  # the code chose: say what
-            resolved[f"{RESOLVED_TAG_PREFIX}{key}"] = params[key]
+            resolved[f"{RESOLVED_PREFIX}{key}"] = params[key]
         else:
             log.warning("parameter %s: run has %r, config has %r", key, existing[key], params[key])
     if resolved:

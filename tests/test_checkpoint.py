@@ -1,0 +1,170 @@
+"""Crash safety of a training run: killed at any moment, it resumes to the result it would
+have had; Ctrl-C and SIGTERM end it KILLED with a line saying how to resume."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from tests.conftest import REPO
+from training.checkpoint import (SLOTS, CheckpointError, RunCheckpoints, load_checkpoint,
+                                 save_atomic, slot_name)
+
+# Every stateful part of the loop is on: EMA, Lookahead, mixing (its own generator),
+# augmentation (torch's generator), the cosine schedule.
+ARGS = ["--data", "digits", "--model", "mobilenetv3_small_100", "--image_size", "16",
+        "--epochs", "4", "--embedding_dim", "32",
+        "--ema_decay", "0.9", "--lookahead", "true", "--mix", "mixup", "--log_model", "false",
+        "--experiment", "crash"]
+COMPARED = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi", "best_epoch")
+TOLERANCE = 1e-6  # the same arithmetic in the same order: equal up to float printing
+
+
+def _env(tracking_uri: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "ZOO_LOG_LEVEL": "WARNING",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _train(tracking_uri: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "training.train", *ARGS, *args], cwd=REPO,
+                            env=_env(tracking_uri), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _runs() -> list:
+    return mlflow.search_runs(experiment_names=["crash"], output_format="list",
+                              order_by=["attributes.start_time ASC"])
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, epoch: int, timeout: float = 300) -> str:
+    """The id of the run ``proc`` trains, once its checkpoint of ``epoch`` is logged."""
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        running = [r for r in _runs() if r.info.status == "RUNNING"]
+        if running:
+            run_id = running[-1].info.run_id
+            logged = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
+            if slot_name(epoch) in logged:
+                return run_id
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint of epoch {epoch} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def reference(module_tracking_uri: str) -> dict[str, float]:
+    """The uninterrupted run's final metrics."""
+    proc = _train(module_tracking_uri)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    run = _runs()[-1]
+    assert run.info.status == "FINISHED"
+    # a finished run's checkpoints are deleted
+    assert mlflow.MlflowClient().list_artifacts(run.info.run_id, "checkpoints") == []
+    return run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_second_epoch_resumes_to_the_same_result(
+        reference: dict[str, float], module_tracking_uri: str) -> None:
+    proc = _train(module_tracking_uri)
+    run_id = _wait_for_checkpoint(proc, epoch=2)
+    proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: the run stays RUNNING
+    proc.wait()
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    resumed = subprocess.run([sys.executable, "-m", "training.train", "--resume_run", run_id],
+                             cwd=REPO, env=_env(module_tracking_uri), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in COMPARED:
+        assert run.data.metrics[key] == pytest.approx(reference[key], abs=TOLERANCE), key
+    # every epoch is in the history, each step once or (the epoch being killed) twice
+    steps = {m.step for m in client.get_metric_history(run_id, "val_map_at_r")}
+    assert steps == {1, 2, 3, 4}
+    assert client.list_artifacts(run_id, "checkpoints") == []
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed_and_mlflow_run_resumes_it(
+        reference: dict[str, float], module_tracking_uri: str, tmp_path: Path) -> None:
+    proc = _train(module_tracking_uri)
+    run_id = _wait_for_checkpoint(proc, epoch=1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    last = err.strip().splitlines()[-1]
+    match = re.fullmatch(rf"error: interrupted: run {run_id} is KILLED; its checkpoint of epoch "
+                         rf"(\d) is kept; resume it with: mlflow run \. -e train --env-manager "
+                         rf"local -P resume_run={run_id}", last)
+    assert match, last
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.list_artifacts(run_id, "checkpoints")
+
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    resumed = subprocess.run(
+        [str(mlflow_cli), "run", str(REPO), "-e", "train", "--env-manager", "local",
+         "--experiment-name", "crash", "-P", f"resume_run={run_id}"],
+        cwd=tmp_path, env=_env(module_tracking_uri), capture_output=True, text=True,
+        timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in COMPARED:
+        assert run.data.metrics[key] == pytest.approx(reference[key], abs=TOLERANCE), key
+    wrapper = [r for r in _runs() if r.data.tags.get("zoo.resumed") == run_id]
+    assert len(wrapper) == 1  # the run `mlflow run` made points to where the work went
+
+
+def test_resume_refuses_finished_runs_and_names_bad_checkpoints(tracking_uri: str,
+                                                                tmp_path: Path) -> None:
+    from training.run import resume_point
+
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("crash")
+    finished = client.create_run(experiment)
+    client.set_terminated(finished.info.run_id)
+    with pytest.raises(ValueError, match="that run is FINISHED; there is nothing to resume"):
+        resume_point(finished.info.run_id)
+    with pytest.raises(ValueError, match="resume_run=nope: no such run"):
+        resume_point("nope")
+
+    stopped = client.create_run(experiment).info.run_id
+    with pytest.raises(CheckpointError, match=f"run {stopped} has no checkpoint under "
+                                              "checkpoints/"):
+        RunCheckpoints(stopped).latest()
+    # a truncated newest slot: the older one is used; both truncated: both named
+    good = save_atomic({"format": 1, "epoch": 1}, tmp_path / SLOTS[0])
+    client.log_artifact(stopped, str(good), "checkpoints")
+    torn = tmp_path / SLOTS[1]
+    torn.write_bytes(good.read_bytes()[:40])
+    client.log_artifact(stopped, str(torn), "checkpoints")
+    assert RunCheckpoints(stopped).latest()["epoch"] == 1
+    good.write_bytes(b"not a checkpoint")
+    client.log_artifact(stopped, str(good), "checkpoints")
+    with pytest.raises(CheckpointError, match=rf"checkpoint .*{SLOTS[0]} is unreadable.*; "
+                                              rf"checkpoint .*{SLOTS[1]} is unreadable"):
+        RunCheckpoints(stopped).latest()
+
+
+def test_checkpoint_files_are_replaced_whole(tmp_path: Path) -> None:
+    path = save_atomic({"format": 1, "epoch": 3, "w": torch.ones(3)}, tmp_path / "c.pt")
+    assert load_checkpoint(path)["epoch"] == 3 and not list(tmp_path.glob("*.tmp"))
+    torch.save({"epoch": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt is not a model-zoo training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="missing.pt does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")

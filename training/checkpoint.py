@@ -1,0 +1,133 @@
+"""Per-epoch checkpoints: written atomically, logged to the run, read back to resume it.
+
+Every epoch the loop's whole state (model and loss weights, EMA, optimiser, schedule, AMP
+scaler, history, best epoch and every random generator) is saved to a local file under a
+temporary name and renamed into place, so a process killed mid-write leaves the previous
+file whole. The file is then logged to the run's artifacts under ``checkpoints/``, in one of
+two slots taken in turn (``epoch-odd.pt``, ``epoch-even.pt``): a kill while one slot is being
+copied leaves the other, one epoch older, readable. Resuming reads every slot and continues
+from the newest one that loads. A finished run's checkpoints are deleted (they are several
+times the model's size); a failed or killed run keeps them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "checkpoints"
+SLOTS = ("epoch-odd.pt", "epoch-even.pt")
+FORMAT = 1  # bumped when the state's layout changes
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or of another run's shape; names the file."""
+
+
+def slot_name(epoch: int) -> str:
+    return SLOTS[epoch % 2 == 0]
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` to ``<path>.tmp``, flushed to disk, then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state saved in ``path``; a missing, truncated or foreign file is a
+    ``CheckpointError`` that names it."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a "
+                              f"checkpoint): {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "epoch" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a model-zoo training checkpoint "
+                              f"(format {FORMAT})")
+    return state
+
+
+class RunCheckpoints:
+    """The checkpoints of one MLflow run: written by the loop, read to resume."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.folder = Path(tempfile.mkdtemp(prefix=f"zoo-checkpoint-{run_id[:8]}-"))
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the epoch's state atomically, then log it to the run."""
+        path = save_atomic(state, self.folder / slot_name(int(state["epoch"])))
+        mlflow.MlflowClient().log_artifact(self.run_id, str(path), ARTIFACT_DIR)
+        log.debug("checkpoint of epoch %d logged to run %s", state["epoch"], self.run_id)
+
+    def latest(self) -> dict[str, Any]:
+        """The newest readable checkpoint logged to the run."""
+        client = mlflow.MlflowClient()
+        logged = {Path(a.path).name for a in client.list_artifacts(self.run_id, ARTIFACT_DIR)}
+        names = [name for name in SLOTS if name in logged]
+        if not names:
+            raise CheckpointError(f"run {self.run_id} has no checkpoint under "
+                                  f"{ARTIFACT_DIR}/ (it was trained with checkpoint=false, "
+                                  "finished, or stopped before its first epoch ended)")
+        states, errors = [], []
+        for name in names:
+            try:
+                local = client.download_artifacts(self.run_id, f"{ARTIFACT_DIR}/{name}",
+                                                  str(self.folder))
+                states.append(load_checkpoint(Path(local)))
+            except CheckpointError as exc:
+                errors.append(str(exc))
+        if not states:
+            raise CheckpointError("; ".join(errors))
+        for error in errors:
+            log.warning("%s; resuming from the other slot", error)
+        return max(states, key=lambda s: int(s["epoch"]))
+
+    def delete(self) -> None:
+        """Drop the run's logged checkpoints (where the artifact store can delete)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = mlflow.MlflowClient().get_run(self.run_id)
+        try:
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts(ARTIFACT_DIR)
+        except Exception as exc:  # noqa: BLE001 - some stores cannot delete; keep going
+            log.info("checkpoints of run %s kept: the artifact store cannot delete (%s)",
+                     self.run_id, exc)
+        for path in self.folder.glob("*"):
+            path.unlink(missing_ok=True)
+
+
+def rng_state(generator: np.random.Generator) -> dict[str, Any]:
+    """Every random stream the loop draws from (augmentation and dropout use torch's)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate(), "loop": generator.bit_generator.state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    generator.bit_generator.state = state["loop"]
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
