@@ -238,3 +238,40 @@ def test_cli_end_to_end(store: str) -> None:
     assert bad.returncode == 1 and bad.stdout == ""
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert errors == [errors[0]] and "no-such-experiment" in errors[0]
+
+
+def _register_slowly(uri: str, run_id: str, delay: float) -> str:
+    """Another process's registration whose reading of the champion and moving of it are
+    ``delay`` seconds apart: wide enough for a concurrent registration to interleave."""
+    import time
+
+    import training.registration as registration
+
+    mlflow.set_tracking_uri(uri)
+    place = registration._place_alias
+
+    def slow_place(*args, **kwargs):
+        time.sleep(delay)
+        return place(*args, **kwargs)
+
+    registration._place_alias = slow_place
+    result = registration.register_best([mlflow.MlflowClient().get_run(run_id)], P1)
+    return result.champion_version
+
+
+def test_two_registrations_at_once_leave_the_better_champion(store: str) -> None:
+    """Two sweeps finishing together: both read "no champion", both want to move it. Under the
+    registry lock the second waits and compares against the first one's champion."""
+    import multiprocessing
+
+    better, worse = make_run(0.9), make_run(0.6)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        # the worse run's process reads first and writes last: without the lock it would win
+        slow = pool.apply_async(_register_slowly, (store, worse.info.run_id, 3.0))
+        fast = pool.apply_async(_register_slowly, (store, better.info.run_id, 0.5))
+        slow.get(timeout=120), fast.get(timeout=120)
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(registered_name("digits"), "champion")
+    assert champion.run_id == better.info.run_id
+    assert len(client.search_model_versions(f"name='{registered_name('digits')}'")) == 2

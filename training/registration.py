@@ -25,6 +25,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS, MLFLOW_PARENT_RUN_ID
 
+from training.tracking import registry_lock
 from zoo.metrics import higher_is_better
 
 log = logging.getLogger(__name__)
@@ -402,6 +403,14 @@ def register_best(runs: list[Run], metric: str = DEFAULT_METRIC, *, force: bool 
         raise ValueError(f"runs of {len(datasets)} data sets ({', '.join(datasets)}): register "
                          "one data set at a time (one experiment or sweep per data set)")
     dataset = datasets[0]
+    with registry_lock(client.tracking_uri):
+        return _register_locked(client, candidates, dataset, metric, force)
+
+
+def _register_locked(client: mlflow.MlflowClient, candidates: list[Run], dataset: str,
+                     metric: str, force: bool) -> RegistrationResult:
+    """``register_best`` while holding the registry lock: the aliases read here are the ones
+    compared against, and no other registration moves them in between."""
     name = registered_name(dataset)
     _ensure_registered_model(client, name, dataset)
     versions = _Versions(client, name, metric)

@@ -8,9 +8,11 @@ server works by setting the variable.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -89,6 +91,22 @@ def sqlite_artifact_root(uri: str) -> str | None:
         return None
     folder = Path(uri[len("sqlite:///"):]).resolve().parent
     return (folder if folder.name == STORE_DIR.name else folder / STORE_DIR).as_uri()
+
+
+@contextlib.contextmanager
+def registry_lock(uri: str) -> Iterator[None]:
+    """One registration at a time per store: two sweeps that finish together would otherwise
+    both read the same champion, both move the alias, and the later one win, better or not.
+    The lock file sits beside a SQLite store; for a tracking server it is in the temporary
+    folder, so it serialises the registrations made from this machine."""
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///"):])
+        lock = database.with_name(database.name + ".registry.lock")
+    else:
+        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        lock = Path(tempfile.gettempdir()) / f"zoo-registry-{digest}.lock"
+    with file_lock(lock):
+        yield
 
 
 @contextlib.contextmanager
