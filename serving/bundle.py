@@ -100,9 +100,9 @@ class Bundle:
 
     def load_pytorch(self) -> Any:
         """The eager ``EmbeddingModel`` (CPU, eval mode) for GradCAM."""
-        import mlflow.pytorch
+        from training.model_source import load_pytorch_model
 
-        return mlflow.pytorch.load_model(str(self.pytorch_path), map_location="cpu").eval()
+        return load_pytorch_model(str(self.pytorch_path), f"the PyTorch model of {self.info.uri}")
 
 
 def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:

@@ -168,3 +168,39 @@ def test_checkpoint_files_are_replaced_whole(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="missing.pt does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: Path) -> None:
+    """A model artifact or gallery file cut short gives one line naming it, not a trace from
+    inside torch or faiss."""
+    import numpy as np
+
+    from training.config import TrainConfig
+    from training.run import train
+    from zoo.gallery import INDEX_FILE, META_FILE, Gallery
+
+    result = train(TrainConfig(model="residual_mlp", data="emitters", epochs=1,
+                               embedding_dim=8, experiment="damaged"))
+    model_id = result.model_uri.split("/")[-1]
+    folder = Path(mlflow.MlflowClient().get_logged_model(model_id).artifact_location
+                  .removeprefix("file://"))
+    weights = folder / "data" / "model.pth"
+    weights.write_bytes(weights.read_bytes()[:500])
+    proc = subprocess.run([sys.executable, "-m", "training.export", "--model_uri",
+                           result.model_uri], cwd=REPO, env=_env(tracking_uri),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the model of {result.model_uri}")
+    assert f"its files under file://{folder} are missing or damaged" in last
+
+    gallery = Gallery(4)
+    gallery.add(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
+    gallery.save(tmp_path / "g")
+    index = tmp_path / "g" / INDEX_FILE
+    index.write_bytes(index.read_bytes()[:30])
+    with pytest.raises(ValueError, match=f"gallery file {index} is not a readable faiss index"):
+        Gallery.load(tmp_path / "g")
+    (tmp_path / "g" / META_FILE).write_text("{ not json")
+    with pytest.raises(ValueError, match=f"gallery file {tmp_path / 'g' / META_FILE} is damaged"):
+        Gallery.load(tmp_path / "g")

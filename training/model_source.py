@@ -91,8 +91,39 @@ def load_source(uri: str) -> tuple[ModelSource, mlflow.entities.Run, torch.nn.Mo
     """Resolve ``uri``, fetch its training run, and load its module on the CPU in eval mode."""
     source = resolve_model(uri)
     run = mlflow.MlflowClient().get_run(source.run_id)
-    model = mlflow.pytorch.load_model(source.load_uri, map_location="cpu").eval()
+    model = load_pytorch_model(source.load_uri, f"the model of {source.describe()}",
+                               artifact_location(source))
     return source, run, model
+
+
+class ModelFileError(RuntimeError):
+    """A logged model whose files are missing or damaged; the message names where."""
+
+
+def load_pytorch_model(location: str, what: str, files: str | None = None) -> torch.nn.Module:
+    """``mlflow.pytorch.load_model`` on the CPU in eval mode; a missing or damaged file is a
+    ``ModelFileError`` naming ``files`` (where the model's files are), not a library trace."""
+    try:
+        return mlflow.pytorch.load_model(location, map_location="cpu").eval()
+    except Exception as exc:  # noqa: BLE001 - torch, zipfile, pickle and mlflow all raise
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0].split(". ")[0][:300]
+        raise ModelFileError(f"{what} cannot be loaded: its files under {files or location} are "
+                             f"missing or damaged ({reason}); train and register it again, or "
+                             "point the alias at another version") from None
+
+
+def artifact_location(source: ModelSource) -> str:
+    """Where the model's files are stored (the logged model's artifact folder)."""
+    uri = source.version.source if source.version is not None else source.uri
+    client = mlflow.MlflowClient()
+    if match := _LOGGED.match(uri or ""):
+        try:
+            return client.get_logged_model(match["id"]).artifact_location
+        except MlflowException:
+            return uri
+    if match := _RUN.match(uri or ""):
+        return f"{client.get_run(match['run_id']).info.artifact_uri}/{match['path']}"
+    return uri or source.uri
 
 
 def _run_of(version: ModelVersion, uri: str) -> str:

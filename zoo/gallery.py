@@ -83,17 +83,26 @@ class Gallery:
         missing = [n for n in (INDEX_FILE, META_FILE) if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"gallery in {folder} lacks {', '.join(missing)}")
-        meta = json.loads((folder / META_FILE).read_text())
-        index = faiss.read_index(str(folder / INDEX_FILE))
-        count = int(meta["count"])
-        if index.ntotal < count or index.d != int(meta["dim"]):
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            count, dim, labels = int(meta["count"]), int(meta["dim"]), meta["labels"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"gallery file {folder / META_FILE} is damaged ({type(exc).__name__}: "
+                             f"{exc}); restore it or export the model again") from None
+        try:
+            index = faiss.read_index(str(folder / INDEX_FILE))
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1][:200]
+            raise ValueError(f"gallery file {folder / INDEX_FILE} is not a readable faiss index "
+                             f"({reason}); restore it or export the model again") from None
+        if index.ntotal < count or index.d != dim:
             raise ValueError(f"gallery in {folder}: index has {index.ntotal} vectors of dim "
-                             f"{index.d}, {META_FILE} expects {count} of dim {meta['dim']}")
-        gallery = cls(int(meta["dim"]), meta.get("threshold"), meta.get("far"))
+                             f"{index.d}, {META_FILE} expects {count} of dim {dim}")
+        gallery = cls(dim, meta.get("threshold"), meta.get("far"))
         if index.ntotal > count:  # a save that stopped before its commit: keep the old rows
             index = faiss.IndexFlatIP(gallery.dim)
             index.add(faiss.read_index(str(folder / INDEX_FILE)).reconstruct_n(0, count))
-        gallery.index, gallery.labels = index, [str(x) for x in meta["labels"][:count]]
+        gallery.index, gallery.labels = index, [str(x) for x in labels[:count]]
         return gallery
 
 
