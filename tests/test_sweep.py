@@ -130,6 +130,38 @@ def test_seeds_train_each_combination_per_split_and_the_table_averages_them(
     assert len(_children(parent.info.run_id)) == 3
 
 
+def test_resume_continues_a_killed_child_from_its_checkpoint(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fit = training.run.fit
+
+    def interrupted_fit(*args, on_checkpoint=None, **kwargs):
+        def save_then_stop(state):
+            on_checkpoint(state)
+            if state["epoch"] == 1:
+                raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+        return real_fit(*args, on_checkpoint=save_then_stop, **kwargs)
+
+    monkeypatch.setattr(training.run, "fit", interrupted_fit)
+    cfg = SweepConfig(models="residual_mlp", losses="arcface", experiment="killed", workers=1,
+                      register=False, **{**TINY, "epochs": 3})
+    with pytest.raises(KeyboardInterrupt, match="its checkpoint of epoch 1 is kept"):
+        run_sweep(cfg)
+    parent = mlflow.search_runs(experiment_names=["killed"], output_format="list",
+                                filter_string="tags.`zoo.sweep` = 'parent'")[0]
+    assert parent.info.status == "KILLED"
+    [child] = _children(parent.info.run_id)
+    assert child.info.status == "KILLED"
+
+    monkeypatch.setattr(training.run, "fit", real_fit)
+    [outcome] = run_sweep(SweepConfig(**{**cfg.__dict__, "resume": parent.info.run_id}))
+    assert outcome.run_id == child.info.run_id and not outcome.error
+    [again] = _children(parent.info.run_id)  # the same run went on; no second child
+    assert again.info.status == "FINISHED"
+    history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_sweep_against_a_real_mlflow_server(tmp_path: Path) -> None:
     """2 models × 2 losses, 1 epoch, over HTTP; checked through the REST API."""

@@ -120,6 +120,10 @@ def train(
         with training_run(run_name or f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}",
                           run_tags, parent_run_id=parent_run_id, run_id=resume_id) as run:
             progress["run_id"] = run.info.run_id
+            wrapper = os.environ.get("MLFLOW_RUN_ID")
+            if resume_id and not parent_run_id and wrapper not in (None, resume_id):
+                # under `mlflow run -P resume_run=...`: the run mlflow made says where it went
+                mlflow.MlflowClient().set_tag(wrapper, "zoo.resumed", resume_id)
             return _train_in_run(cfg, run, name, data, aux, state, progress)
     except KeyboardInterrupt as exc:
         if "run_id" not in progress:
@@ -164,9 +168,6 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict[str, Any]]:
 def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: LoadedData | None,
                   aux: AuxFactory | None, state: dict[str, Any] | None,
                   progress: dict[str, Any]) -> RunResult:
-    if os.environ.get("MLFLOW_RUN_ID") not in (None, run.info.run_id):
-        # under `mlflow run -P resume_run=...`: the run mlflow made says where the work went
-        mlflow.MlflowClient().set_tag(os.environ["MLFLOW_RUN_ID"], "zoo.resumed", run.info.run_id)
     if state is None:
         log_params_once(cfg.to_params(), resolved_keys=cfg.preset_changed)
     check_names(cfg)

@@ -28,6 +28,7 @@ from training import baselines, compare
 from training.cli import run_cli
 from training.config import TrainConfig, _f
 from training.export import ExportConfig, export_model
+from training.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
 from training.export_logging import EXPORTED_TAG
 from training.registration import CHAMPION, RegistrationResult, register_best, runs_of_sweep
 from training.run import RunResult, check_names, config_splits, dataset_name, load_config_data, train
@@ -148,11 +149,14 @@ def run_sweep(cfg: SweepConfig) -> list[Outcome]:
         _note_resume(cfg)
         log_params_once({**cfg.sweep_params(), "grid_size": str(len(jobs))} if not cfg.resume
                         else {"grid_size": str(len(jobs))})
-        done = _finished_children(parent_id) if cfg.resume else {}
+        done, stopped = _children_by_job(parent_id) if cfg.resume else ({}, {})
         todo = [job for job in jobs if job not in done]
+        if stopped:
+            log.info("%d stopped run(s) continue from their checkpoints", len(stopped))
         log.info("sweep %s: %d runs on %s, %d already finished, %d to train, %d worker(s)",
                  parent_id, len(jobs), name, len(done), len(todo), cfg.workers)
-        outcomes = list(done.values()) + _train_all(cfg, todo, parent_id, data, several_seeds)
+        outcomes = list(done.values()) + _train_all(cfg, todo, parent_id, data, several_seeds,
+                                                    stopped)
         runs = [_row(o) for o in outcomes]
         baseline_rows = _baseline_rows(cfg, data)
         rows = compare.mean_over_seeds(runs) + baseline_rows
@@ -201,20 +205,29 @@ def _note_resume(cfg: SweepConfig) -> None:
         mlflow.MlflowClient().set_tag(own, "zoo.resumed", cfg.resume)
 
 
-def _finished_children(parent_id: str) -> dict[Job, Outcome]:
-    """FINISHED children of a sweep, by (model, loss, seed): they are not trained again."""
+def _children_by_job(parent_id: str) -> tuple[dict[Job, Outcome], dict[Job, str]]:
+    """A sweep's FINISHED children by (model, loss, seed), which are not trained again, and
+    the stopped ones (KILLED, or left RUNNING by a killed process) that have a checkpoint,
+    which continue from it."""
     done: dict[Job, Outcome] = {}
+    stopped: dict[Job, str] = {}
     try:
         children = runs_of_sweep(parent_id)
     except ValueError:  # stopped before its first child: nothing to skip
-        return done
-    for run in children:
+        return done, stopped
+    client = mlflow.MlflowClient()
+    for run in sorted(children, key=lambda r: r.info.start_time or 0):
         model, loss = run.data.tags.get("zoo.model"), run.data.tags.get("zoo.loss")
         seed = run.data.params.get("seed")
-        if run.info.status == "FINISHED" and model and loss and seed is not None:
-            job = Job(model, loss, int(float(seed)))
+        if not (model and loss and seed is not None):
+            continue
+        job = Job(model, loss, int(float(seed)))
+        if run.info.status == "FINISHED":
             done[job] = Outcome(job, run.info.run_id, dict(run.data.metrics))
-    return done
+        elif run.info.status in ("KILLED", "RUNNING") and client.list_artifacts(
+                run.info.run_id, CHECKPOINT_DIR):
+            stopped[job] = run.info.run_id
+    return done, {job: run_id for job, run_id in stopped.items() if job not in done}
 
 
 def _label(job: Job, several_seeds: bool) -> str:
@@ -223,7 +236,7 @@ def _label(job: Job, several_seeds: bool) -> str:
 
 
 def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedData,
-               several_seeds: bool) -> list[Outcome]:
+               several_seeds: bool, stopped: dict[Job, str]) -> list[Outcome]:
     """Train the combinations in this process (workers=1) or in a pool of processes."""
     if not todo:
         return []
@@ -242,14 +255,14 @@ def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedDa
         for job in todo:
             bar.set_postfix_str(_label(job, several_seeds))
             done(_train_one(cfg, job, parent_id, several_seeds,
-                            data if job.seed == cfg.seed else None))
+                            data if job.seed == cfg.seed else None, stopped.get(job)))
     else:
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
         with futures.ProcessPoolExecutor(cfg.workers, mp_context=context,
                                          initializer=_init_worker, initargs=(threads,)) as pool:
-            running = [pool.submit(_train_one, cfg, job, parent_id, several_seeds, None)
-                       for job in todo]
+            running = [pool.submit(_train_one, cfg, job, parent_id, several_seeds, None,
+                                   stopped.get(job)) for job in todo]
             for future in futures.as_completed(running):
                 done(future.result())
     bar.close()
@@ -265,10 +278,14 @@ def _init_worker(threads: int) -> None:
 
 
 def _train_one(cfg: SweepConfig, job: Job, parent_id: str, several_seeds: bool,
-               data: LoadedData | None) -> Outcome:
-    """One child run; an error is recorded (the run is already FAILED), not raised."""
+               data: LoadedData | None, resume_run: str | None = None) -> Outcome:
+    """One child run (or the continuation of a stopped one); an error is recorded (the run
+    is already FAILED), not raised."""
+    child = cfg.child(job.model, job.loss, job.seed)
+    if resume_run:
+        child.resume_run = resume_run
     try:
-        result: RunResult = train(cfg.child(job.model, job.loss, job.seed),
+        result: RunResult = train(child,
                                   parent_run_id=parent_id, data=data,
                                   run_name=_label(job, several_seeds),
                                   tags={SWEEP_TAG: parent_id})

@@ -120,22 +120,22 @@ def training_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Open the run; on any error tag it and end it FAILED (KILLED on Ctrl-C), then re-raise.
 
+    - ``run_id``: reopen that run (a resumed sweep, or a resumed run: a sweep's child too);
     - ``parent_run_id``: a new child run of that run, in its experiment (sweep children,
       whether trained in this process or in a worker process);
-    - ``run_id``: reopen that run (a resumed sweep);
     - else, under ``mlflow run``, attach to the run it made (``MLFLOW_RUN_ID``; the experiment
       is whatever ``mlflow run`` chose); otherwise a new run in ``experiment``.
     """
     client = mlflow.MlflowClient()
-    if parent_run_id:
+    if run_id:
+        run = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    elif parent_run_id:
         parent = client.get_run(parent_run_id)
         child = client.create_run(
             parent.info.experiment_id, run_name=run_name,
             tags={"mlflow.parentRunId": parent_run_id},
         )
         run = mlflow.start_run(run_id=child.info.run_id, nested=mlflow.active_run() is not None)
-    elif run_id:
-        run = mlflow.start_run(run_id=run_id)
     elif os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()
     else:
