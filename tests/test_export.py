@@ -47,7 +47,8 @@ def real_inputs() -> dict[str, tuple[torch.Tensor, list[str]]]:
 @pytest.mark.parametrize("name, options", [
     *((name, {}) for name in ("resnet18", "convnext_atto", "mobilenetv3_small_100",
                               "residual_mlp", "ft_transformer", "timm/efficientvit_m0")),
-    ("timm/vgg11_bn", {"stage": 2, "grid": 2}),  # the faces-small read-out
+    ("timm/vgg11_bn", {"stage": 2, "grid": 2}),  # a stage read on a grid
+    ("timm/vgg11_bn", {"stage": 2, "grid": 2, "parts": True}),  # one embedding per cell
 ])
 def test_every_format_answers_like_eager(name: str, options: dict, real_inputs,
                                          tmp_path: Path) -> None:

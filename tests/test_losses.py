@@ -299,3 +299,42 @@ def test_center_loss_reports_its_parts() -> None:
     # Centers start at zero, so the center term is 1/2 |x|^2 = 1/2 on unit embeddings.
     assert parts["center"] == pytest.approx(0.5, rel=1e-5)
     assert create_loss("softmax", C, D).last_components == {}
+
+
+@pytest.mark.parametrize("name", ["arcface", "softmax", "triplet"])
+def test_part_loss_is_the_mean_of_each_parts_own_loss(name: str) -> None:
+    torch.manual_seed(0)
+    loss = create_loss(name, 5, 32, parts=4)
+    assert len(loss.terms) == 4 and all(t.embedding_dim == 8 for t in loss.terms)
+    emb = F.normalize(torch.randn(20, 32), dim=1)
+    labels = torch.arange(20) % 5
+    chunks = [F.normalize(c, dim=1) for c in emb.chunk(4, dim=1)]
+    torch.manual_seed(1)
+    value = loss(emb, labels)
+    torch.manual_seed(1)  # the miners draw the same triplets
+    separate = torch.stack([t(c, labels) for t, c in zip(loss.terms, chunks)]).mean()
+    assert value.item() == pytest.approx(separate.item(), rel=1e-5)
+    assert loss.needs_pk_batches == (name == "triplet")
+    if name == "triplet":
+        assert not loss.has_classes and loss.classifier() is None and loss.logits(emb) is None
+        return
+    logits = torch.stack([t.logits(c) for t, c in zip(loss.terms, chunks)]).mean(0)
+    assert torch.allclose(loss.logits(emb), logits, atol=1e-5)
+    assert torch.allclose(loss.classifier()(emb), logits, atol=1e-5)
+
+
+def test_part_classifier_has_one_scale_to_calibrate() -> None:
+    from training.loop import calibrate_scale
+
+    loss = create_loss("cosface", 3, 16, parts=4)
+    head = loss.classifier()
+    emb = F.normalize(torch.randn(30, 16), dim=1)
+    labels = torch.arange(30) % 3
+    before = head(emb).argmax(1)
+    scale = calibrate_scale(head, emb, labels)
+    assert scale is not None and float(head.scale) == pytest.approx(scale)
+    assert torch.equal(head(emb).argmax(1), before)  # predictions unchanged
+    with pytest.raises(ValueError, match="does not split into 3 equal parts"):
+        create_loss("arcface", 3, 16, parts=3)
+    with pytest.raises(ValueError, match="AdaFaceLoss reads the embedding's length"):
+        create_loss("adaface", 3, 16, parts=4)

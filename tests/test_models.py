@@ -122,3 +122,24 @@ def test_tabular_models_refuse_a_feature_map_read_out() -> None:
     with pytest.raises(ValueError, match="tabular model 'residual_mlp' has none"):
         create_model("residual_mlp", 2, 8, num_features=7, grid=2)
     assert create_model("residual_mlp", 2, 8, num_features=7, grid=1, stage=None)
+
+
+def test_part_neck_embeds_each_grid_cell_on_its_own() -> None:
+    torch.manual_seed(0)
+    model = create_model("timm/vgg11_bn", 5, 32, in_chans=1, image_size=32, stage=2, grid=2,
+                         parts=True)
+    model.train()
+    model(torch.randn(16, 1, 32, 32))  # BatchNorm statistics that are not the identity
+    model.eval()
+    features = model.backbone(torch.randn(3, 1, 32, 32))  # [B, C * 4], channel-major
+    parts = model.neck(features).view(3, 4, 8)
+    assert torch.allclose(parts.norm(dim=2), torch.ones(3, 4), atol=1e-5)
+    moved = features.view(3, 256, 4).clone()
+    moved[:, :, 2] += 1.0  # change the features of cell 2 only
+    after = model.neck(moved.flatten(1)).view(3, 4, 8)
+    changed = (after - parts).abs().amax(dim=(0, 2))
+    assert changed[2] > 1e-3 and torch.all(changed[[0, 1, 3]] < 1e-6)
+    out = model(torch.randn(3, 1, 32, 32))["embedding"]
+    assert torch.allclose(out.view(3, 4, 8).norm(dim=2), torch.full((3, 4), 0.5), atol=1e-5)
+    with pytest.raises(ValueError, match="parts=true embeds each grid cell on its own"):
+        create_model("timm/vgg11_bn", 5, 32, image_size=32, stage=2, parts=True)

@@ -38,6 +38,8 @@ class TrainConfig:
                                     "from (python -m zoo stages MODEL; auto: the whole network)")
     grid: int = _f(1, "image models: average-pool the feature map to grid x grid cells, "
                       "concatenated before the neck (keeps where features are; 1: global pool)")
+    parts: bool = _f(False, "with grid > 1: one embedding and one loss per grid cell, the "
+                            "normalised parts concatenated (part-based model, PCB)")
     image_size: int = _f(32, "images are resized to image_size x image_size")
     channels: int = _f(3, "image channels (grey images are replicated)")
     seed: int = _f(0, "seed of the split, the initialisation and the batches")
@@ -134,6 +136,12 @@ class TrainConfig:
         for name in ("sam_rho", "mix_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.parts and self.grid < 2:
+            raise ValueError("parts=true embeds each grid cell on its own: set grid >= 2")
+        if self.parts and self.embedding_dim % (self.grid * self.grid):
+            raise ValueError(f"parts=true splits embedding_dim={self.embedding_dim} into "
+                             f"{self.grid * self.grid} equal parts: use a multiple of "
+                             f"{self.grid * self.grid}")
         if self.mix != "none" and self.mix_alpha <= 0:
             raise ValueError(f"mix={self.mix} needs mix_alpha > 0, got {self.mix_alpha}")
 

@@ -186,8 +186,9 @@ def calibrate_scale(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) ->
     """Temperature scaling of a cosine head on validation data (lowest NLL on a log grid).
 
     Only the scale changes, so predictions stay the same while probabilities become honest.
+    Any head with a ``scale`` buffer qualifies (cosine heads, and part-based ones).
     """
-    if not isinstance(head, CosineClassifier) or len(labels) == 0:
+    if not isinstance(getattr(head, "scale", None), torch.Tensor) or len(labels) == 0:
         return None
     with torch.no_grad():
         head.scale.fill_(1.0)

@@ -179,10 +179,11 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
     model = create_model(
         cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
         image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
-        stage=cfg.stage, grid=cfg.grid,
+        stage=cfg.stage, grid=cfg.grid, parts=cfg.parts,
     )
     loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
-                          scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner)
+                          scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner,
+                          parts=cfg.grid * cfg.grid if cfg.parts else 1)
     if state is None:
         log_params_once(describe(splits, model, device))
     log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",

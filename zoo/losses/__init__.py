@@ -18,6 +18,7 @@ LOSSES: Registry = Registry("loss")
 
 from zoo.losses.base import EmbeddingLoss  # noqa: E402
 from zoo.losses.combined import CombinedLoss, parse_loss_spec  # noqa: E402
+from zoo.losses.parts import PartLoss  # noqa: E402
 
 # Importing the families registers them (they import LOSSES from here).
 from zoo.losses import margin, pair, classifier  # noqa: E402,F401  isort: skip
@@ -32,16 +33,25 @@ def check_loss(spec: str) -> list[tuple[str, float]]:
     return terms
 
 
-def create_loss(name: str, num_classes: int, embedding_dim: int, **kw: Any) -> EmbeddingLoss:
+def create_loss(name: str, num_classes: int, embedding_dim: int, parts: int = 1,
+                **kw: Any) -> EmbeddingLoss:
     """Build loss ``name`` (or a weighted sum, ``triplet+center:0.3``); kwargs that are None
-    or that a loss does not take are dropped.
+    or that a loss does not take are dropped. ``parts > 1``: the loss of a part-based
+    embedding, one loss of width ``embedding_dim / parts`` per part (``PartLoss``).
 
     Unknown names raise :class:`zoo.registry.UnknownNameError` listing the choices.
     """
     terms = check_loss(name)
     if len(terms) > 1 or terms[0][1] != 1.0:
-        parts = {term: create_loss(term, num_classes, embedding_dim, **kw) for term, _ in terms}
-        return CombinedLoss(parts, dict(terms))
+        losses = {term: create_loss(term, num_classes, embedding_dim, parts, **kw)
+                  for term, _ in terms}
+        return CombinedLoss(losses, dict(terms))
+    if parts > 1:
+        if embedding_dim % parts:
+            raise ValueError(f"embedding_dim={embedding_dim} does not split into {parts} "
+                             "equal parts")
+        return PartLoss([create_loss(name, num_classes, embedding_dim // parts, **kw)
+                         for _ in range(parts)])
     entry = LOSSES.get(name)
     params = inspect.signature(entry.factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -56,4 +66,4 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, **kw: Any) -> E
     return entry.factory(num_classes=num_classes, embedding_dim=embedding_dim, **accepted)
 
 
-__all__ = ["LOSSES", "create_loss", "check_loss", "CombinedLoss", "EmbeddingLoss"]
+__all__ = ["LOSSES", "create_loss", "check_loss", "CombinedLoss", "EmbeddingLoss", "PartLoss"]

@@ -15,7 +15,7 @@ from zoo.models.image import CURATED_IMAGE_MODELS, create_image_model
 from zoo.models.registry import MODELS
 
 TIMM_PREFIX = "timm/"
-IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid")
+IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid", "parts")
 
 
 def model_modality(name: str) -> str:
@@ -45,10 +45,10 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
     if modality == "image":
         kwargs.pop("num_features", None)
     else:
-        if kwargs.get("stage") is not None or kwargs.get("grid", 1) != 1:
-            raise ValueError(f"stage and grid read image feature maps; tabular model {name!r} "
-                             "has none (leave stage=auto and grid=1)")
-        for key in ("in_chans", "image_size", "stage", "grid"):
+        if kwargs.get("stage") is not None or kwargs.get("grid", 1) != 1 or kwargs.get("parts"):
+            raise ValueError(f"stage, grid and parts read image feature maps; tabular model "
+                             f"{name!r} has none (leave stage=auto, grid=1, parts=false)")
+        for key in ("in_chans", "image_size", "stage", "grid", "parts"):
             kwargs.pop(key, None)
         if kwargs.get("num_features") is None:
             raise ValueError(f"tabular model {name!r} needs num_features (the row width)")

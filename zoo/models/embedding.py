@@ -30,6 +30,33 @@ class EmbeddingNeck(nn.Module):
         return self.bn(self.fc(self.dropout(features)))
 
 
+class PartNeck(nn.Module):
+    """One Linear → BatchNorm embedding per grid cell, each L2-normalised, concatenated
+    (the part-based model of PCB, Sun et al. 2018). Takes a grid-pooled map flattened as
+    ``[B, C * P]`` (channel-major, as ``GridPooledBackbone`` gives it)."""
+
+    def __init__(self, in_features: int, parts: int, embedding_dim: int,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if in_features % parts or embedding_dim % parts:
+            raise ValueError(f"{parts} parts need the feature width ({in_features}) and "
+                             f"embedding_dim ({embedding_dim}) to be multiples of {parts}")
+        self.parts, self.channels = parts, in_features // parts
+        self.dropout = nn.Dropout(dropout)
+        width = embedding_dim // parts
+        bound = 1 / self.channels ** 0.5  # nn.Linear's initialisation, per part
+        self.weight = nn.Parameter(torch.empty(parts, self.channels, width).uniform_(-bound, bound))
+        self.bn = nn.BatchNorm1d(embedding_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cells = self.dropout(features).view(features.shape[0], self.channels, self.parts)
+        raw = self.bn(torch.einsum("bcp,pcd->bpd", cells, self.weight).flatten(1))
+        return F.normalize(raw.view(features.shape[0], self.parts, -1), dim=2).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"parts={self.parts}, channels={self.channels}, width={self.weight.shape[2]}"
+
+
 class EmbeddingModel(nn.Module):
     """A backbone with an embedding neck and a cosine classifier head."""
 
@@ -42,10 +69,12 @@ class EmbeddingModel(nn.Module):
         dropout: float = 0.0,
         modality: str = "image",
         name: str = "",
+        parts: int = 1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.neck = EmbeddingNeck(feature_dim, embedding_dim, dropout)
+        self.neck: nn.Module = (PartNeck(feature_dim, parts, embedding_dim, dropout) if parts > 1
+                                else EmbeddingNeck(feature_dim, embedding_dim, dropout))
         self.head: nn.Module | None = (
             CosineClassifier(num_classes, embedding_dim) if num_classes > 0 else None
         )

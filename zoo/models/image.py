@@ -140,17 +140,21 @@ def create_image_model(
     name: str | None = None,
     stage: int | None = None,
     grid: int = 1,
+    parts: bool = False,
     **timm_kwargs: Any,
 ) -> EmbeddingModel:
-    """timm backbone (optionally read at ``stage`` on a ``grid``) + embedding neck + cosine head."""
+    """timm backbone (optionally read at ``stage`` on a ``grid``) + embedding neck + cosine
+    head; ``parts``: one embedding per grid cell (``PartNeck``)."""
+    if parts and grid < 2:
+        raise ValueError("parts=true embeds each grid cell on its own: it needs grid >= 2")
     backbone, width = create_timm_backbone(timm_name, in_chans, image_size, stage, grid,
                                            **timm_kwargs)
     model = EmbeddingModel(
         backbone, width, embedding_dim, num_classes, dropout, modality="image",
-        name=name or timm_name,
+        name=name or timm_name, parts=grid * grid if parts else 1,
     )
     model.zoo_meta.update({"timm_name": timm_name, "feature_dim": width, "stage": stage,
-                           "grid": grid})
+                           "grid": grid, "parts": grid * grid if parts else 1})
     return model
 
 
