@@ -145,10 +145,12 @@ def test_resume_continues_a_killed_child_from_its_checkpoint(
     monkeypatch.setattr(training.run, "fit", interrupted_fit)
     cfg = SweepConfig(models="residual_mlp", losses="arcface", experiment="killed", workers=1,
                       register=False, **{**TINY, "epochs": 3})
-    with pytest.raises(KeyboardInterrupt, match="its checkpoint of epoch 1 is kept"):
+    with pytest.raises(KeyboardInterrupt, match="resume it with: mlflow run . -e sweep "
+                                                "--env-manager local -P resume=") as stopped:
         run_sweep(cfg)
     parent = mlflow.search_runs(experiment_names=["killed"], output_format="list",
                                 filter_string="tags.`zoo.sweep` = 'parent'")[0]
+    assert str(stopped.value).endswith(f"-P resume={parent.info.run_id}")
     assert parent.info.status == "KILLED"
     [child] = _children(parent.info.run_id)
     assert child.info.status == "KILLED"

@@ -143,9 +143,32 @@ def run_sweep(cfg: SweepConfig) -> list[Outcome]:
         check_names(cfg.child(model, loss))
     several_seeds = len(cfg.seed_list()) > 1
     tags = {SWEEP_TAG: "parent", "zoo.dataset": name, "zoo.metric": cfg.metric}
+    started: dict[str, str] = {}
+    try:
+        return _sweep_in_run(cfg, name, data, jobs, several_seeds, tags, started)
+    except KeyboardInterrupt as exc:
+        if "parent" not in started:
+            raise
+        raise SweepInterrupted(started["parent"], exc) from None
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a sweep: the parent and the running children are KILLED."""
+
+    def __init__(self, parent_id: str, cause: KeyboardInterrupt) -> None:
+        self.exit_code = getattr(cause, "exit_code", 130)
+        super().__init__(f"interrupted: sweep {parent_id} is KILLED; its finished runs and the "
+                         "checkpoints of the stopped ones are kept; resume it with: mlflow run . "
+                         f"-e sweep --env-manager local -P resume={parent_id}")
+
+
+def _sweep_in_run(cfg: SweepConfig, name: str, data: LoadedData, jobs: list[Job],
+                  several_seeds: bool, tags: dict[str, str],
+                  started: dict[str, str]) -> list[Outcome]:
     with training_run(f"sweep-{name}", cfg.experiment or f"zoo-{name}", tags,
                       run_id=cfg.resume) as parent:
         parent_id = parent.info.run_id
+        started["parent"] = parent_id
         _note_resume(cfg)
         log_params_once({**cfg.sweep_params(), "grid_size": str(len(jobs))} if not cfg.resume
                         else {"grid_size": str(len(jobs))})
