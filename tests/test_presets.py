@@ -83,6 +83,14 @@ def test_monitor_none_keeps_the_last_epoch_and_nan_monitors_are_refused() -> Non
     with pytest.raises(ValueError, match="monitor=val_map_at_r is NaN at epoch 1: the "
                                          "validation split .* monitor=none"):
         run(one_per_class)
+    no_val = dataclasses.replace(splits, val=dataclasses.replace(
+        splits.val, x=splits.val.x[:0], y=splits.val.y[:0]))
+    splits = no_val
+    history = run(cfg)  # monitor=none: trains without validating
+    assert history.best_epoch == 2 and not any(k.startswith("val_") for k in history.epochs[-1])
+    with pytest.raises(ValueError, match="no validation split .* to pick the best epoch by "
+                                         "val_map_at_r: use monitor=none"):
+        run(one_per_class)
 
 
 @pytest.mark.slow

@@ -172,7 +172,8 @@ def embed_baseline(splits: Splits, name: str) -> dict[str, torch.Tensor]:
     parts: dict[str, Split | None] = {
         "train": splits.train, "val": splits.val, "test": splits.test, "open": splits.open,
     }
-    return {key: embedder(split.x) for key, split in parts.items() if split is not None}
+    return {key: embedder(split.x) for key, split in parts.items()
+            if split is not None and len(split)}
 
 
 def baseline_metrics(splits: Splits, name: str) -> dict[str, float]:
@@ -183,7 +184,7 @@ def baseline_metrics(splits: Splits, name: str) -> dict[str, float]:
     _check(name)
     emb = embed_baseline(splits, name)
     head = CosineClassifier.from_prototypes(emb["train"], splits.train.y, splits.num_classes)
-    scale = calibrate_scale(head, emb["val"], splits.val.y)
+    scale = calibrate_scale(head, emb["val"], splits.val.y) if "val" in emb else None
     with torch.no_grad():
         test_logits = head(emb["test"])
     metrics = evaluate(emb["test"], splits.test.y, test_logits, prefix="test_")

@@ -251,6 +251,10 @@ def fit(
     state) continues after its epoch exactly as the uninterrupted run would have.
     """
     check_methods(cfg, model, loss_fn, device)
+    if len(val) == 0 and cfg.monitor != "none":
+        raise ValueError(f"there is no validation split (val_fraction={cfg.val_fraction}) to "
+                         f"pick the best epoch by {cfg.monitor}: use monitor=none to keep the "
+                         "last epoch, or a val_fraction > 0")
     model.to(device)
     loss_fn.to(device)
     dtype = amp_dtype(cfg, device)
@@ -375,8 +379,9 @@ def fit(
             "epoch_time_s": elapsed,
         }
         metrics.update({f"train_loss_{k}": v / max(1, seen) for k, v in parts.items()})
-        metrics.update(validate(evaluated["model"], evaluated["loss"], train, val, device,
-                                num_classes, dtype, cfg.tta))
+        if len(val):
+            metrics.update(validate(evaluated["model"], evaluated["loss"], train, val, device,
+                                    num_classes, dtype, cfg.tta))
         history.epochs.append(metrics)
         history.train_time_s += time.perf_counter() - started
         value = monitored(cfg, metrics, epoch, len(val), num_classes)

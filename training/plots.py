@@ -18,11 +18,16 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train_loss")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
     ax_loss.grid(alpha=0.3)
-    for key in sorted(k for k in history[0] if k.startswith("val_")):
+    keys = sorted(k for k in history[0] if k.startswith("val_"))
+    for key in keys:
         ax_val.plot(epochs, [h[key] for h in history], marker="o", label=key)
     ax_val.set(xlabel="epoch", title="validation", ylim=(0, 1.02))
     ax_val.grid(alpha=0.3)
-    ax_val.legend(loc="lower right", fontsize=8)
+    if keys:
+        ax_val.legend(loc="lower right", fontsize=8)
+    else:
+        ax_val.text(0.5, 0.5, "no validation split (val_fraction=0)", ha="center",
+                    va="center", transform=ax_val.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -250,8 +250,10 @@ def test_metrics(
     """
     head = build_head(model, loss_fn, splits.train, device, num_classes, tta)
     model.set_head(None)
-    val_emb, _ = embed(model, splits.val.x, device, tta=tta)
-    scale = calibrate_scale(head, val_emb, splits.val.y)
+    scale = None
+    if len(splits.val):  # without a validation split the head keeps its trained scale
+        val_emb, _ = embed(model, splits.val.x, device, tta=tta)
+        scale = calibrate_scale(head, val_emb, splits.val.y)
     model.set_head(head.to(device))
     test_emb, test_logits = embed(model, splits.test.x, device, tta=tta)
     metrics = evaluate(test_emb, splits.test.y, test_logits, prefix="test_")
