@@ -175,7 +175,8 @@ def test_mean_over_seeds_gives_one_row_per_combination_with_its_spread() -> None
     rows = seeds + [
         Row("vgg", "arcface", "FAILED", {}, run_id="bad", error="boom", seed=3),
         _run("resnet18", "arcface", 0.70),  # run once: unchanged
-        Row.baseline("pixels", {METRIC: 0.70}, seed=0), Row.baseline("pixels", {METRIC: 0.74}, seed=1),
+        Row.baseline("pixels", {METRIC: 0.70}, seed=0),
+        Row.baseline("pixels", {METRIC: 0.74}, seed=1),
     ]
     merged = mean_over_seeds(rows)
     assert [(r.model, r.status) for r in merged] == [

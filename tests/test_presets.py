@@ -113,7 +113,7 @@ def test_faces_small_beats_pixels_on_unseen_people(tracking_uri: str, orl_faces:
     assert run.data.tags["zoo.model"] == "timm/vgg11_bn"
     assert run.data.params["epochs"] == "15"  # as `mlflow run` logged the default it passed
     assert run.data.tags["zoo.resolved.epochs"] == str(FACES["epochs"])  # what it trained
-    assert run.data.params["open_classes"] == "20" and run.data.params["train_samples"] == "140"
+    assert run.data.params["open_classes"] == "20" and run.data.params["train_samples"] == "160"
 
     cfg = TrainConfig(preset="faces-small", data=str(orl_faces), open_set=0.5)
     pixels = baseline_metrics(config_splits(cfg, load_config_data(cfg)), "pixels")

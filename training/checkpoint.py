@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,10 @@ class RunCheckpoints:
         except Exception as exc:  # noqa: BLE001 - some stores cannot delete; keep going
             log.info("checkpoints of run %s kept: the artifact store cannot delete (%s)",
                      self.run_id, exc)
-        for path in self.folder.glob("*"):
-            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Remove the local copies (the logged ones are what a resume reads)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def rng_state(generator: np.random.Generator) -> dict[str, Any]:

@@ -42,7 +42,11 @@ class TrainConfig:
                             "normalised parts concatenated (part-based model, PCB)")
     image_size: int = _f(32, "images are resized to image_size x image_size")
     channels: int = _f(3, "image channels (grey images are replicated)")
-    seed: int = _f(0, "seed of the split, the initialisation and the batches")
+    seed: int = _f(0, "seed of the split (and, unless init_seed is set, of the "
+                      "initialisation, batches and augmentation)")
+    init_seed: Optional[int] = _f(None, "seed of the initialisation, batch order and "
+                                        "augmentation (auto: seed); ensemble members on one "
+                                        "split differ in it")
     experiment: Optional[str] = _f(None, "MLflow experiment when run directly (auto: "
                                          "zoo-<dataset>); under `mlflow run` use --experiment-name")
     val_fraction: float = _f(0.15, "fraction of each class held out for validation")
@@ -91,6 +95,11 @@ class TrainConfig:
     def to_params(self) -> dict[str, str]:
         """Every field as an MLflow parameter string (None as ``auto``)."""
         return {k: format_value(v) for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def training_seed(self) -> int:
+        """What seeds the weights, batches and augmentation (not the split)."""
+        return self.seed if self.init_seed is None else self.init_seed
 
     @property
     def preset_changed(self) -> tuple[str, ...]:

@@ -117,13 +117,13 @@ def batches(
     n = len(split)
     if loss_fn.needs_pk_batches:
         sampler = PKBatchSampler(
-            split.y, batch_size=cfg.batch_size, k=cfg.samples_per_class, seed=cfg.seed,
+            split.y, batch_size=cfg.batch_size, k=cfg.samples_per_class, seed=cfg.training_seed,
         )
         sampler.set_epoch(epoch)
         for idx in sampler:
             yield torch.as_tensor(idx, dtype=torch.long)
         return
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    gen = torch.Generator().manual_seed(cfg.training_seed * 1000 + epoch)
     order = torch.randperm(n, generator=gen)
     size = min(cfg.batch_size, n)
     # Drop the ragged tail: a batch of 1 breaks BatchNorm and adds noise.
@@ -273,7 +273,7 @@ def fit(
     ema = (ModelEmaV3(pair, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup,
                       warmup_power=EMA_WARMUP_POWER) if cfg.ema_decay > 0 else None)
     evaluated = ema.module if ema is not None else pair
-    mix_rng = np.random.default_rng(cfg.seed)
+    mix_rng = np.random.default_rng(cfg.training_seed)
     trained = [p for g in groups for p in g["params"]]
     history = History()
     better = cfg.monitor == "none" or higher_is_better(cfg.monitor)
@@ -392,8 +392,9 @@ def fit(
         # but do not reset the early-stopping patience.
         if strictly or value == history.best_value:
             history.best_epoch, history.best_value = epoch, value
-            evaluated["model"].set_head(None)
-            best_state = copy.deepcopy({k: v.cpu() for k, v in evaluated.state_dict().items()})
+            if cfg.monitor != "none":  # else the last epoch is kept: no copy needed
+                evaluated["model"].set_head(None)
+                best_state = copy.deepcopy({k: v.cpu() for k, v in evaluated.state_dict().items()})
         log.info("epoch %d/%d: %s", epoch, cfg.epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:
@@ -407,6 +408,8 @@ def fit(
 
     model.set_head(None)
     evaluated["model"].set_head(None)
+    if cfg.monitor == "none" and ema is not None:
+        best_state = ema.module.state_dict()  # the last epoch's average
     if best_state is not None:
         pair.load_state_dict(best_state)
     return history

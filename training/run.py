@@ -109,7 +109,7 @@ def train(
     resume_id, state = cfg.resume_run, None
     if resume_id:
         cfg, state = resume_point(resume_id)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.training_seed)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     name = dataset_name(cfg.data)
@@ -160,7 +160,11 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict[str, Any]]:
         raise ValueError(f"resume_run={run_id} is a distillation run, whose teacher a resumed "
                          "run would not have; train the student again")
     cfg = TrainConfig.from_run(run.data.params, run.data.tags)
-    state = RunCheckpoints(run_id).latest()
+    checkpoints = RunCheckpoints(run_id)
+    try:
+        state = checkpoints.latest()
+    finally:
+        checkpoints.close()
     log.info("resuming run %s (%s) after epoch %d", run_id, run.info.run_name, state["epoch"])
     return cfg, state
 
@@ -196,10 +200,14 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
         checkpoints.save(checkpoint)
         progress["epoch"] = int(checkpoint["epoch"])
 
-    history = fit(model, loss_fn, splits.train, splits.val, cfg, device, num_classes,
-                  on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-                  aux=aux(splits, model, loss_fn, device) if aux else None,
-                  on_checkpoint=save if checkpoints else None, resume=state)
+    try:
+        history = fit(model, loss_fn, splits.train, splits.val, cfg, device, num_classes,
+                      on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                      aux=aux(splits, model, loss_fn, device) if aux else None,
+                      on_checkpoint=save if checkpoints else None, resume=state)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
 
     metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
                                                    cfg.tta)
