@@ -51,7 +51,8 @@ class Row:
 ROWS = [
     Row("plain", "resnet18, whole network, global average (the usual recipe)",
         dict(model="resnet18", **WHOLE)),
-    Row("vgg", "VGG-11 instead, whole network", dict(model="timm/vgg11_bn", **WHOLE)),
+    Row("vgg", "VGG-11 instead: its last stage (stride 32), global average",
+        dict(model="timm/vgg11_bn", **{**WHOLE, "stage": -1})),
     Row("stage", "read at stage 2 (stride 4), global average",
         dict(model="timm/vgg11_bn", stage=2, grid=1, parts=False, embedding_dim=128)),
     Row("grid", "stage 2 on a 2x2 grid, one neck",
