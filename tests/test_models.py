@@ -201,3 +201,37 @@ def test_zoo_list_shows_each_models_size_at_the_default_input() -> None:
     real = sum(p.numel() for p in create_model("resnet50", 0, 128, image_size=32).parameters())
     assert f"{real / 1e6:.2f}M" in line
     assert "width_multiplier" in text and "drop_path_rate" in text and "seresnet152" in text
+
+
+def test_hybrid_concatenates_a_convnext_and_a_swin_branch_built_for_small_inputs() -> None:
+    """Each branch is its own timm model; the neck reads both, CNN first. It learns: a few
+    steps on a fixed batch bring its ArcFace loss down."""
+    from zoo.losses import create_loss
+
+    torch.manual_seed(0)
+    model = create_model("hybrid", 4, 16, image_size=32)
+    backbone = model.backbone
+    assert type(backbone.cnn).__name__ == "ConvNeXt"
+    assert type(backbone.transformer).__name__ == "SwinTransformerV2"
+    assert backbone.transformer.patch_embed.img_size == (32, 32)  # windows fit 32 px
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    features = backbone(x)
+    assert torch.equal(features[:, :320], backbone.cnn(x))
+    assert model.neck.fc.in_features == 320 + 768 == model.zoo_meta["feature_dim"]
+    loss_fn = create_loss("arcface", 4, 16)
+    opt = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=1e-3)
+    model.set_head(None)
+    losses = []
+    for _ in range(6):
+        loss = loss_fn(model(x)["embedding"], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    other = create_model("hybrid", 4, 16, image_size=64, cnn_branch="convnext_atto",
+                         transformer_branch="swinv2_cr_tiny_ns_224")
+    assert other.zoo_meta["cnn_branch"] == "convnext_atto"
+    assert other(torch.randn(2, 3, 64, 64))["embedding"].shape == (2, 16)
+    with pytest.raises(ValueError, match="hybrid pools each branch on its own"):
+        create_model("hybrid", 4, 16, grid=2)

@@ -50,6 +50,9 @@ class TrainConfig:
                                          "model's own)")
     drop_rate: float = _f(0.0, "image models: timm's dropout before its (empty) head")
     drop_path_rate: float = _f(0.0, "image models: stochastic depth (timm's drop_path_rate)")
+    cnn_branch: str = _f("convnextv2_atto", "model=hybrid: the timm CNN branch")
+    transformer_branch: str = _f("swinv2_tiny_window8_256", "model=hybrid: the timm SwinV2 "
+                                                            "branch (built for image_size)")
     image_size: int = _f(32, "images are resized to image_size x image_size")
     channels: int = _f(3, "image channels (grey images are replicated)")
     seed: int = _f(0, "seed of the split (and, unless init_seed is set, of the "

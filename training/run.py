@@ -184,7 +184,8 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
     model = create_model(
         cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
         image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
-        stage=cfg.stage, grid=cfg.grid, parts=cfg.parts, **architecture_options(cfg),
+        stage=cfg.stage, grid=cfg.grid, parts=cfg.parts, cnn_branch=cfg.cnn_branch,
+        transformer_branch=cfg.transformer_branch, **architecture_options(cfg),
     )
     loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
                           scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.models import image as _image  # noqa: F401  (registers the curated image models)
+from zoo.models import hybrid as _hybrid  # noqa: F401  (registers the hybrid model)
 from zoo.models import tabular as _tabular  # noqa: F401  (registers the tabular encoders)
 from zoo.models.embedding import EmbeddingModel, EmbeddingNeck
 from zoo.models.heads import CosineClassifier
@@ -18,6 +19,7 @@ from zoo.models.registry import MODELS
 TIMM_PREFIX = "timm/"
 IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid", "parts",
                 "width_multiplier", *TIMM_OPTIONS)
+BRANCH_KWARGS = ("cnn_branch", "transformer_branch")  # the hybrid model's only
 
 
 def model_modality(name: str) -> str:
@@ -44,6 +46,9 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
         return create_image_model(name[len(TIMM_PREFIX):], num_classes, embedding_dim,
                                   name=name, **kwargs)
     modality = model_modality(name)
+    if name != "hybrid":
+        for key in BRANCH_KWARGS:
+            kwargs.pop(key, None)
     if modality == "image":
         kwargs.pop("num_features", None)
     else:
