@@ -9,10 +9,13 @@ from zoo.models import CURATED_IMAGE_MODELS, MODELS, create_model, models_for
 from zoo.registry import UnknownNameError
 
 TABULAR = ("residual_mlp", "ft_transformer")
+AUTOENCODERS = ("vae", "sae")
 
 
 def _inputs(name: str, batch: int = 8) -> torch.Tensor:
-    return torch.randn(batch, 7) if name in TABULAR else torch.randn(batch, 3, 32, 32)
+    if name in (*TABULAR, *AUTOENCODERS):
+        return torch.randn(batch, 7)
+    return torch.randn(batch, 3, 32, 32)
 
 
 def _make(name: str, classes: int = 4, dim: int = 32):
@@ -21,7 +24,7 @@ def _make(name: str, classes: int = 4, dim: int = 32):
 
 def test_catalogue_has_curated_and_tabular_models() -> None:
     assert set(CURATED_IMAGE_MODELS) | set(TABULAR) <= set(MODELS.names())
-    assert models_for("tabular") == list(TABULAR)
+    assert models_for("tabular") == [*TABULAR, *AUTOENCODERS]
     assert set(CURATED_IMAGE_MODELS) <= set(models_for("image"))
 
 
@@ -62,8 +65,16 @@ def test_unknown_models_fail_clearly() -> None:
         create_model("residual_mlp", 2, 8)
 
 
-@pytest.mark.parametrize("loss_name", LOSSES.names())
-@pytest.mark.parametrize("model_name", [*CURATED_IMAGE_MODELS, *TABULAR])
+def _trainable_pairs() -> list[tuple[str, str]]:
+    """Every curated model and autoencoder with every loss it can train with."""
+    from zoo.losses import needed_outputs
+    from zoo.models import training_outputs
+
+    return [(m, l) for m in (*CURATED_IMAGE_MODELS, *TABULAR, *AUTOENCODERS)
+            for l in LOSSES.names() if needed_outputs(l) <= training_outputs(m)]
+
+
+@pytest.mark.parametrize("model_name, loss_name", _trainable_pairs())
 def test_one_training_step(model_name: str, loss_name: str) -> None:
     """Every curated model × every loss: forward, backward, a step, finite everywhere."""
     torch.manual_seed(0)
@@ -74,7 +85,8 @@ def test_one_training_step(model_name: str, loss_name: str) -> None:
     params = list(model.parameters()) + list(loss_fn.parameters())
     opt = torch.optim.SGD(params, lr=0.01)
     out = model(x)
-    loss = loss_fn(out["embedding"], y, norms=out["norm"] if loss_fn.uses_norms else None)
+    loss = loss_fn(out["embedding"], y, norms=out["norm"] if loss_fn.uses_norms else None,
+                   outputs=out)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]

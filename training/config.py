@@ -79,6 +79,9 @@ class TrainConfig:
     scale: Optional[float] = _f(None, "logit scale of margin losses (auto: the loss default)")
     temperature: Optional[float] = _f(None, "temperature of supcon/ntxent (auto: the loss default)")
     miner: str = _f("semihard", "triplet miner", ("semihard", "batch_hard", "all"))
+    kl_weight: Optional[float] = _f(None, "elbo: weight of the KL term (beta; auto: 1.0)")
+    sparsity: Optional[float] = _f(None, "sparse_recon: weight of the L1 on the code "
+                                         "(auto: 0.001)")
     samples_per_class: int = _f(4, "K of the class-balanced P x K batches of pair losses")
     dropout: float = _f(0.0, "dropout before the embedding layer")
     ema_decay: float = _f(0.0, "exponential moving average of the weights, validated, tested and "

@@ -189,6 +189,7 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
     )
     loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
                           scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner,
+                          kl_weight=cfg.kl_weight, sparsity=cfg.sparsity,
                           parts=cfg.grid * cfg.grid if cfg.parts else 1)
     if state is None:
         log_params_once(describe(splits, model, device))

@@ -10,6 +10,7 @@ from typing import Any
 from zoo.models import image as _image  # noqa: F401  (registers the curated image models)
 from zoo.models import hybrid as _hybrid  # noqa: F401  (registers the hybrid model)
 from zoo.models import tabular as _tabular  # noqa: F401  (registers the tabular encoders)
+from zoo.models import autoencoder as _autoencoder  # noqa: F401  (registers vae and sae)
 from zoo.models.embedding import EmbeddingModel, EmbeddingNeck
 from zoo.models.heads import CosineClassifier
 from zoo.models.image import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, TIMM_OPTIONS,
@@ -27,6 +28,14 @@ def model_modality(name: str) -> str:
     if name.startswith(TIMM_PREFIX):
         return "image"
     return getattr(MODELS.get(name).factory, "modality", "image")
+
+
+def training_outputs(name: str) -> frozenset[str]:
+    """What model ``name`` adds to its output dict in training (an autoencoder's
+    ``reconstruction``, ...), which some losses read; empty for most models."""
+    if name.startswith(TIMM_PREFIX):
+        return frozenset()
+    return frozenset(getattr(MODELS.get(name).factory, "training_outputs", ()))
 
 
 def models_for(modality: str) -> list[str]:
@@ -69,5 +78,5 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
 __all__ = [
     "MODELS", "CURATED_IMAGE_MODELS", "MORE_IMAGE_MODELS", "TIMM_OPTIONS", "TIMM_PREFIX",
     "CosineClassifier", "EmbeddingModel", "EmbeddingNeck", "create_model", "model_modality",
-    "models_for",
+    "models_for", "training_outputs",
 ]
