@@ -31,6 +31,7 @@ from training.export import ExportConfig, export_model
 from training.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
 from training.export_logging import EXPORTED_TAG
 from training.registration import CHAMPION, RegistrationResult, register_best, runs_of_sweep
+from training.recommend import log_probe
 from training.run import RunResult, check_names, config_splits, dataset_name, load_config_data, train
 from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData
@@ -188,6 +189,8 @@ def _sweep_in_run(cfg: SweepConfig, name: str, data: LoadedData, jobs: list[Job]
         _note_resume(cfg)
         log_params_once({**cfg.sweep_params(), "grid_size": str(len(jobs))} if not cfg.resume
                         else {"grid_size": str(len(jobs))})
+        if not cfg.resume:
+            log_probe(data)  # what the data looks like, for `-e recommend` on new data
         done, stopped = _children_by_job(parent_id) if cfg.resume else ({}, {})
         todo = [job for job in jobs if job not in done]
         if stopped:
