@@ -102,6 +102,11 @@ def _feature_maps(backbone: nn.Module, example: torch.Tensor) -> list[tuple[str,
 def default_target_layer(model: nn.Module, input_size: tuple[int, int, int]) -> TargetLayer:
     """The layer GradCAM explains with for ``model`` at ``input_size`` (see module docstring)."""
     backbone = getattr(model, "backbone", model)
+    branch = getattr(backbone, "explained_by", None)
+    if branch is not None:  # a backbone of several branches names the one to explain with
+        inner = default_target_layer(getattr(backbone, branch), input_size)
+        return TargetLayer(inner.name.replace("backbone", f"backbone.{branch}", 1),
+                           inner.module, inner.reshape)
     example = torch.zeros(1, *input_size)
     maps = _feature_maps(backbone, example)
     if "swin" in type(backbone).__name__.lower() and hasattr(backbone, "layers"):

@@ -47,8 +47,8 @@ def real_inputs() -> dict[str, tuple[torch.Tensor, list[str]]]:
 @pytest.mark.parametrize("name, options", [
     *((name, {}) for name in ("resnet18", "convnext_atto", "mobilenetv3_small_100",
                               "residual_mlp", "ft_transformer", "timm/efficientvit_m0")),
-    ("timm/vgg11_bn", {"stage": 2, "grid": 2}),  # a stage read on a grid
-    ("timm/vgg11_bn", {"stage": 2, "grid": 2, "parts": True}),  # one embedding per cell
+    ("timm/vgg11_bn", {"stage": 2, "grid": 2, "parts": True}),  # a stage on a grid, in parts
+    ("hybrid", {}),  # ConvNeXt-V2 + SwinV2
 ])
 def test_every_format_answers_like_eager(name: str, options: dict, real_inputs,
                                          tmp_path: Path) -> None:

@@ -9,10 +9,13 @@ from zoo.models import CURATED_IMAGE_MODELS, MODELS, create_model, models_for
 from zoo.registry import UnknownNameError
 
 TABULAR = ("residual_mlp", "ft_transformer")
+AUTOENCODERS = ("vae", "sae")
 
 
 def _inputs(name: str, batch: int = 8) -> torch.Tensor:
-    return torch.randn(batch, 7) if name in TABULAR else torch.randn(batch, 3, 32, 32)
+    if name in (*TABULAR, *AUTOENCODERS):
+        return torch.randn(batch, 7)
+    return torch.randn(batch, 3, 32, 32)
 
 
 def _make(name: str, classes: int = 4, dim: int = 32):
@@ -21,7 +24,7 @@ def _make(name: str, classes: int = 4, dim: int = 32):
 
 def test_catalogue_has_curated_and_tabular_models() -> None:
     assert set(CURATED_IMAGE_MODELS) | set(TABULAR) <= set(MODELS.names())
-    assert models_for("tabular") == list(TABULAR)
+    assert models_for("tabular") == [*TABULAR, *AUTOENCODERS]
     assert set(CURATED_IMAGE_MODELS) <= set(models_for("image"))
 
 
@@ -62,8 +65,16 @@ def test_unknown_models_fail_clearly() -> None:
         create_model("residual_mlp", 2, 8)
 
 
-@pytest.mark.parametrize("loss_name", LOSSES.names())
-@pytest.mark.parametrize("model_name", [*CURATED_IMAGE_MODELS, *TABULAR])
+def _trainable_pairs() -> list[tuple[str, str]]:
+    """Every curated model and autoencoder with every loss it can train with."""
+    from zoo.losses import needed_outputs
+    from zoo.models import training_outputs
+
+    return [(m, l) for m in (*CURATED_IMAGE_MODELS, *TABULAR, *AUTOENCODERS)
+            for l in LOSSES.names() if needed_outputs(l) <= training_outputs(m)]
+
+
+@pytest.mark.parametrize("model_name, loss_name", _trainable_pairs())
 def test_one_training_step(model_name: str, loss_name: str) -> None:
     """Every curated model × every loss: forward, backward, a step, finite everywhere."""
     torch.manual_seed(0)
@@ -74,7 +85,8 @@ def test_one_training_step(model_name: str, loss_name: str) -> None:
     params = list(model.parameters()) + list(loss_fn.parameters())
     opt = torch.optim.SGD(params, lr=0.01)
     out = model(x)
-    loss = loss_fn(out["embedding"], y, norms=out["norm"] if loss_fn.uses_norms else None)
+    loss = loss_fn(out["embedding"], y, norms=out["norm"] if loss_fn.uses_norms else None,
+                   outputs=out)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -119,7 +131,7 @@ def test_bad_stage_or_grid_says_what_exists(kwargs: dict, message: str) -> None:
 
 
 def test_tabular_models_refuse_a_feature_map_read_out() -> None:
-    with pytest.raises(ValueError, match="tabular model 'residual_mlp' has none"):
+    with pytest.raises(ValueError, match="grid shape image backbones; tabular model 'residual_mlp'"):
         create_model("residual_mlp", 2, 8, num_features=7, grid=2)
     assert create_model("residual_mlp", 2, 8, num_features=7, grid=1, stage=None)
 
@@ -143,3 +155,95 @@ def test_part_neck_embeds_each_grid_cell_on_its_own() -> None:
     assert torch.allclose(out.view(3, 4, 8).norm(dim=2), torch.full((3, 4), 0.5), atol=1e-5)
     with pytest.raises(ValueError, match="parts=true embeds each grid cell on its own"):
         create_model("timm/vgg11_bn", 5, 32, image_size=32, stage=2, parts=True)
+
+
+def test_architecture_options_go_straight_to_timm() -> None:
+    from torch import nn
+
+    def kinds(model) -> set[str]:
+        return {type(m).__name__ for m in model.modules()}
+
+    plain = create_model("resnet18", 2, 8)
+    assert "ReLU" in kinds(plain) and "BatchNorm2d" in kinds(plain)
+    changed = create_model("resnet18", 2, 8, act_layer="silu", norm_layer="groupnorm")
+    assert "SiLU" in kinds(changed) and "ReLU" not in kinds(changed.backbone)
+    assert "GroupNorm" in kinds(changed) and "BatchNorm2d" not in kinds(changed.backbone)
+    dropped = create_model("convnext_atto", 2, 8, drop_path_rate=0.2)
+    rates = [m.drop_prob for m in dropped.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.2)  # timm's linear ramp over the blocks
+    assert "SqueezeExcite" in kinds(create_model("seresnet18", 2, 8)) or "SEModule" in kinds(
+        create_model("seresnet18", 2, 8))
+    deeper = create_model("resnet34", 2, 8)
+    assert len(deeper.backbone.layer3) == 6 and len(plain.backbone.layer3) == 2
+    assert isinstance(plain.backbone.layer1[0].conv1, nn.Conv2d)
+
+
+@pytest.mark.parametrize("name, multiplier, check", [
+    ("mobilenetv3_small_100", 0.5, lambda m: m.zoo_meta["timm_name"] == "mobilenetv3_small_050"),
+    ("resnet50", 2.0, lambda m: m.backbone.layer1[0].conv2.out_channels == 128),  # base 64
+    ("convnext_atto", 0.5, lambda m: m.backbone.stages[0].blocks[0].conv_dw.out_channels == 20),
+])
+def test_width_multiplier_scales_channels_the_way_timm_offers(name, multiplier, check) -> None:
+    wide = create_model(name, 2, 8, width_multiplier=multiplier)
+    assert check(wide)
+    base = sum(p.numel() for p in create_model(name, 2, 8).parameters())
+    scaled = sum(p.numel() for p in wide.parameters())
+    assert (scaled > base) if multiplier > 1 else (scaled < base)
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("resnet18", dict(width_multiplier=2.0), "timm offers no width multiplier for resnet18"),
+    ("mobilenetv3_small_100", dict(width_multiplier=1.3),
+     "would be mobilenetv3_small_130, which timm does not have; it has mobilenetv3_small_050"),
+    ("convnext_atto", dict(act_layer="nope"), "timm model 'convnext_atto' does not take "
+                                              "act_layer='nope'"),
+    ("residual_mlp", dict(act_layer="silu", num_features=7),
+     "act_layer shape image backbones; tabular model 'residual_mlp' takes none of them"),
+])
+def test_architecture_options_that_cannot_apply_are_named(name, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_model(name, 2, 8, **kwargs)
+
+
+def test_zoo_list_shows_each_models_size_at_the_default_input() -> None:
+    from zoo.__main__ import catalogue
+
+    text = catalogue()
+    line = next(l for l in text.splitlines() if l.strip().startswith("resnet50 "))
+    real = sum(p.numel() for p in create_model("resnet50", 0, 128, image_size=32).parameters())
+    assert f"{real / 1e6:.2f}M" in line
+    assert "width_multiplier" in text and "drop_path_rate" in text and "seresnet152" in text
+
+
+def test_hybrid_concatenates_a_convnext_and_a_swin_branch_built_for_small_inputs() -> None:
+    """Each branch is its own timm model; the neck reads both, CNN first. It learns: a few
+    steps on a fixed batch bring its ArcFace loss down."""
+    from zoo.losses import create_loss
+
+    torch.manual_seed(0)
+    model = create_model("hybrid", 4, 16, image_size=32)
+    backbone = model.backbone
+    assert type(backbone.cnn).__name__ == "ConvNeXt"
+    assert type(backbone.transformer).__name__ == "SwinTransformerV2"
+    assert backbone.transformer.patch_embed.img_size == (32, 32)  # windows fit 32 px
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    features = backbone(x)
+    assert torch.equal(features[:, :320], backbone.cnn(x))
+    assert model.neck.fc.in_features == 320 + 768 == model.zoo_meta["feature_dim"]
+    loss_fn = create_loss("arcface", 4, 16)
+    opt = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=1e-3)
+    model.set_head(None)
+    losses = []
+    for _ in range(6):
+        loss = loss_fn(model(x)["embedding"], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    other = create_model("hybrid", 4, 16, image_size=64, cnn_branch="convnext_atto",
+                         transformer_branch="swinv2_cr_tiny_ns_224")
+    assert other.zoo_meta["cnn_branch"] == "convnext_atto"
+    assert other(torch.randn(2, 3, 64, 64))["embedding"].shape == (2, 16)
+    with pytest.raises(ValueError, match="hybrid pools each branch on its own"):
+        create_model("hybrid", 4, 16, grid=2)

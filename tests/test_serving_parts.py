@@ -73,6 +73,7 @@ def test_batcher_gives_a_failure_to_every_caller_of_the_batch() -> None:
     ("resnet18", 112, "backbone.layer4"),
     ("convnext_atto", 32, "backbone.stages.1"),
     ("mobilenetv3_small_100", 64, "backbone.blocks.3"),
+    ("hybrid", 32, "backbone.cnn.stages.1"),  # the ConvNeXt branch; Swin's maps are NHWC
 ])
 def test_gradcam_layer_has_a_map_of_at_least_4x4(name: str, size: int, layer: str) -> None:
     model = create_model(name, num_classes=3, embedding_dim=8, image_size=size).eval()

@@ -38,8 +38,10 @@ def test_grid_defaults_follow_the_data_kind() -> None:
     cfg = SweepConfig()
     image = cfg.combinations("image")
     assert {m for m, _ in image} == {"resnet18", "convnext_atto", "mobilenetv3_small_100"}
-    assert len(image) == 3 * 11
-    assert {m for m, _ in cfg.combinations("tabular")} == {"residual_mlp", "ft_transformer"}
+    assert len(image) == 3 * 11  # the reconstruction losses are left out for images
+    tabular = cfg.combinations("tabular")
+    assert {m for m, _ in tabular} == {"residual_mlp", "ft_transformer", "vae", "sae"}
+    assert len(tabular) == 2 * 11 + 2 + 1  # vae: elbo, sparse_recon; sae: sparse_recon
     picked = SweepConfig(models="resnet18", losses="arcface, triplet").combinations("image")
     assert picked == [("resnet18", "arcface"), ("resnet18", "triplet")]
 

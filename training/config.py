@@ -40,6 +40,19 @@ class TrainConfig:
                       "concatenated before the neck (keeps where features are; 1: global pool)")
     parts: bool = _f(False, "with grid > 1: one embedding and one loss per grid cell, the "
                             "normalised parts concatenated (part-based model, PCB)")
+    width_multiplier: float = _f(1.0, "image models: scale the channels the way timm offers it "
+                                      "(mobilenetv3 by name, bottleneck resnets by base width, "
+                                      "convnext by dims)")
+    act_layer: Optional[str] = _f(None, "image models: activation passed to timm (relu, silu, "
+                                        "gelu, hard_swish, ...; auto: the model's own)")
+    norm_layer: Optional[str] = _f(None, "image models: normalisation passed to timm "
+                                         "(batchnorm, groupnorm, layernorm2d, ...; auto: the "
+                                         "model's own)")
+    drop_rate: float = _f(0.0, "image models: timm's dropout before its (empty) head")
+    drop_path_rate: float = _f(0.0, "image models: stochastic depth (timm's drop_path_rate)")
+    cnn_branch: str = _f("convnextv2_atto", "model=hybrid: the timm CNN branch")
+    transformer_branch: str = _f("swinv2_tiny_window8_256", "model=hybrid: the timm SwinV2 "
+                                                            "branch (built for image_size)")
     image_size: int = _f(32, "images are resized to image_size x image_size")
     channels: int = _f(3, "image channels (grey images are replicated)")
     seed: int = _f(0, "seed of the split (and, unless init_seed is set, of the "
@@ -66,6 +79,9 @@ class TrainConfig:
     scale: Optional[float] = _f(None, "logit scale of margin losses (auto: the loss default)")
     temperature: Optional[float] = _f(None, "temperature of supcon/ntxent (auto: the loss default)")
     miner: str = _f("semihard", "triplet miner", ("semihard", "batch_hard", "all"))
+    kl_weight: Optional[float] = _f(None, "elbo: weight of the KL term (beta; auto: 1.0)")
+    sparsity: Optional[float] = _f(None, "sparse_recon: weight of the L1 on the code "
+                                         "(auto: 0.001)")
     samples_per_class: int = _f(4, "K of the class-balanced P x K batches of pair losses")
     dropout: float = _f(0.0, "dropout before the embedding layer")
     ema_decay: float = _f(0.0, "exponential moving average of the weights, validated, tested and "
@@ -142,7 +158,7 @@ class TrainConfig:
             raise ValueError(f"open_set must be in [0, 1), got {self.open_set}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("sam_rho", "mix_alpha"):
+        for name in ("sam_rho", "mix_alpha", "drop_rate", "drop_path_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.parts and self.grid < 2:

@@ -216,6 +216,11 @@ class AuxiliaryLoss(nn.Module):
 def check_methods(cfg: TrainConfig, model: EmbeddingModel, loss_fn: EmbeddingLoss,
                   device: torch.device) -> None:
     """Refuse combinations that cannot work, naming the parameter to change."""
+    missing = loss_fn.reads_outputs - getattr(model, "training_outputs", frozenset())
+    if missing:
+        raise ValueError(f"loss {cfg.loss!r} reads the model's {', '.join(sorted(missing))}, "
+                         f"which {cfg.model!r} does not give: it needs an autoencoder "
+                         "(elbo: vae; sparse_recon: vae or sae)")
     if cfg.mix != "none" and (loss_fn.needs_pk_batches or not loss_fn.has_classes):
         raise ValueError(f"mix={cfg.mix} needs a classification-style loss (one with class "
                          f"weights: softmax, focal, center, arcface, ...); {cfg.loss!r} "
@@ -312,11 +317,11 @@ def fit(
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model(mixed.x)
         norms = out["norm"] if loss_fn.uses_norms else None
-        loss = mixed.lam * loss_fn(out["embedding"].float(), mixed.y_a, norms=norms)
+        loss = mixed.lam * loss_fn(out["embedding"].float(), mixed.y_a, norms=norms, outputs=out)
         parts = {k: mixed.lam * v for k, v in loss_fn.last_components.items()}
         if mixed.lam < 1:
             loss = loss + (1 - mixed.lam) * loss_fn(out["embedding"].float(), mixed.y_b,
-                                                    norms=norms)
+                                                    norms=norms, outputs=out)
             for k, v in loss_fn.last_components.items():
                 parts[k] = parts.get(k, 0.0) + (1 - mixed.lam) * v
         if aux is not None:

@@ -12,6 +12,7 @@ from training.config import TrainConfig, field_types, format_value
 from training.distill import DistillConfig
 from training.evaluate import EvaluateConfig
 from training.export import ExportConfig
+from training.recommend import RecommendConfig
 from training.register import RegisterConfig
 from training.sweep import SweepConfig
 from zoo.losses import LOSSES
@@ -64,6 +65,8 @@ def render() -> str:
                         "logits + embedding distance)", "training.distill", {}, DistillConfig))
     parts.append(_entry("evaluate", "evaluate registered models on their test split, several "
                         "as an ensemble", "training.evaluate", {}, EvaluateConfig))
+    parts.append(_entry("recommend", "which model x loss won on the swept data sets most like "
+                        "a new one", "training.recommend", {}, RecommendConfig))
     return "\n".join(parts)
 
 

@@ -26,10 +26,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "faces-small": Preset(
         doc="face identities from a few hundred images (ORL-sized): a VGG-11 cut after its "
-            "third stage, one 64-d ArcFace-trained part per cell of a 2x2 grid, grey 32 px, "
+            "third stage, one 64-d CosFace-trained part per cell of a 2x2 grid, grey 32 px, "
             "60 epochs, flips; no validation split (every image of a person trains)",
         values=dict(
-            model="timm/vgg11_bn", stage=2, grid=2, parts=True, loss="arcface", channels=1,
+            model="timm/vgg11_bn", stage=2, grid=2, parts=True, loss="cosface", channels=1,
             image_size=32, embedding_dim=256, epochs=60, batch_size=32, lr=2e-3,
             augment="light", hflip=True, tta="flip", val_fraction=0.0, monitor="none",
         ),

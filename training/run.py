@@ -24,7 +24,8 @@ from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Splits, load_data, split_data
 from zoo.losses import EmbeddingLoss, check_loss, create_loss
 from zoo.metrics import confusion_matrix, evaluate
-from zoo.models import EmbeddingModel, create_model, model_modality, models_for, MODELS, TIMM_PREFIX
+from zoo.models import (MODELS, TIMM_OPTIONS, TIMM_PREFIX, EmbeddingModel, create_model,
+                        model_modality, models_for)
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,12 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
     model = create_model(
         cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
         image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
-        stage=cfg.stage, grid=cfg.grid, parts=cfg.parts,
+        stage=cfg.stage, grid=cfg.grid, parts=cfg.parts, cnn_branch=cfg.cnn_branch,
+        transformer_branch=cfg.transformer_branch, **architecture_options(cfg),
     )
     loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
                           scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner,
+                          kl_weight=cfg.kl_weight, sparsity=cfg.sparsity,
                           parts=cfg.grid * cfg.grid if cfg.parts else 1)
     if state is None:
         log_params_once(describe(splits, model, device))
@@ -234,6 +237,15 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
 
 SUMMARY_KEYS = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi",
                 "open_precision_at_1", "open_map_at_r", "train_time_s")
+
+
+def architecture_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The timm options a config changes from the model's own (the rest are not passed, so
+    models that lack an option still build when it is left alone)."""
+    options = {k: getattr(cfg, k) for k in TIMM_OPTIONS if getattr(cfg, k) not in (None, 0.0)}
+    if cfg.width_multiplier != 1.0:
+        options["width_multiplier"] = cfg.width_multiplier
+    return options
 
 
 def describe(splits: Splits, model: torch.nn.Module, device: torch.device) -> dict[str, str]:

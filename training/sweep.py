@@ -31,11 +31,12 @@ from training.export import ExportConfig, export_model
 from training.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
 from training.export_logging import EXPORTED_TAG
 from training.registration import CHAMPION, RegistrationResult, register_best, runs_of_sweep
+from training.recommend import log_probe
 from training.run import RunResult, check_names, config_splits, dataset_name, load_config_data, train
 from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData
-from zoo.losses import LOSSES
-from zoo.models import CURATED_IMAGE_MODELS, models_for
+from zoo.losses import LOSSES, needed_outputs
+from zoo.models import CURATED_IMAGE_MODELS, models_for, training_outputs
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,27 @@ class SweepConfig(TrainConfig):
     PRESET_SKIP = PER_CHILD
 
     def combinations(self, data_kind: str) -> list[tuple[str, str]]:
-        """The (model, loss) combinations, models outermost."""
+        """The (model, loss) combinations, models outermost; those that cannot train together
+        (a reconstruction loss on a model that does not reconstruct) are left out, and with
+        ``losses=all`` the autoencoders train with the reconstruction losses only."""
         models = _names(self.models, default=list(CURATED_IMAGE_MODELS) if data_kind == "image"
                         else models_for(data_kind))
         losses = _names(self.losses, default=LOSSES.names())
-        return [(m, l) for m in models for l in losses]
+        grid, skipped = [], []
+        for model in models:
+            for loss in losses:
+                provided, needed = training_outputs(model), needed_outputs(loss)
+                if provided and not needed and self.losses.strip().lower() in ("", "all"):
+                    continue  # by default an autoencoder trains with its own losses only
+                (grid if needed <= provided else skipped).append((model, loss))
+        if skipped:
+            log.info("left out %d combination(s) of a reconstruction loss with a model that "
+                     "does not give what it reads: %s", len(skipped),
+                     ", ".join(f"{m}-{l}" for m, l in skipped))
+        if not grid:
+            raise ValueError(f"no model of {models} can train with any loss of {losses}: "
+                             "elbo needs vae, sparse_recon vae or sae")
+        return grid
 
     def seed_list(self) -> list[int]:
         """The split seeds every combination is trained on."""
@@ -172,6 +189,8 @@ def _sweep_in_run(cfg: SweepConfig, name: str, data: LoadedData, jobs: list[Job]
         _note_resume(cfg)
         log_params_once({**cfg.sweep_params(), "grid_size": str(len(jobs))} if not cfg.resume
                         else {"grid_size": str(len(jobs))})
+        if not cfg.resume:
+            log_probe(data)  # what the data looks like, for `-e recommend` on new data
         done, stopped = _children_by_job(parent_id) if cfg.resume else ({}, {})
         todo = [job for job in jobs if job not in done]
         if stopped:

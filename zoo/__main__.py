@@ -16,14 +16,44 @@ def _section(title: str, registry: Registry, extra=lambda entry: "") -> list[str
     return lines
 
 
+#: The input the parameter counts are for: the training defaults.
+COUNT_AT = dict(image_size=32, in_chans=3, embedding_dim=128, num_features=16)
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of model ``name`` (backbone and neck, no head) at ``COUNT_AT``, built on
+    the meta device: nothing is allocated, so even resnet152 counts in a blink."""
+    import torch
+
+    from zoo.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, 0, COUNT_AT["embedding_dim"], in_chans=COUNT_AT["in_chans"],
+                             image_size=COUNT_AT["image_size"],
+                             num_features=COUNT_AT["num_features"])
+    return sum(p.numel() for p in model.parameters())
+
+
 def catalogue() -> str:
-    """The three registries as text."""
+    """The three registries as text, with each model's size and the image models' options."""
     from zoo.data import DATASETS
     from zoo.losses import LOSSES
-    from zoo.models import MODELS, model_modality
+    from zoo.models import CURATED_IMAGE_MODELS, MODELS, model_modality
 
-    lines = _section("models", MODELS, lambda e: f"[{model_modality(e.name)}] ")
-    lines.append("  timm/<name>  [image] any timm model, e.g. timm/efficientvit_m0")
+    def describe(entry) -> str:
+        modality = model_modality(entry.name)
+        size = f"{parameter_count(entry.name) / 1e6:6.2f}M"
+        sweep = "*" if entry.name in CURATED_IMAGE_MODELS else " "
+        return f"[{modality:<7}] {size} {sweep} "
+
+    lines = _section("models", MODELS, describe)
+    lines.append("  timm/<name>  [image  ] any timm model, e.g. timm/efficientvit_m0")
+    lines.append(f"  (parameters at {COUNT_AT['image_size']} px, 3 channels, a 128-d embedding; "
+                 f"tabular: {COUNT_AT['num_features']} features. * = in the default sweep)")
+    lines.append("  image options (-P name=value): stage, grid, parts, width_multiplier "
+                 "(mobilenetv3, resnet50+, convnext), act_layer, norm_layer, drop_rate, "
+                 "drop_path_rate; depth and squeeze-and-excitation by name (resnet18..152, "
+                 "seresnet18..152)")
     lines += [""] + _section("losses", LOSSES)
     lines += [""] + _section("data sources", DATASETS)
     lines.append("  (a folder path means `folder`, a .csv path means `csv`)")

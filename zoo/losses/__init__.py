@@ -21,7 +21,7 @@ from zoo.losses.combined import CombinedLoss, parse_loss_spec  # noqa: E402
 from zoo.losses.parts import PartLoss  # noqa: E402
 
 # Importing the families registers them (they import LOSSES from here).
-from zoo.losses import margin, pair, classifier  # noqa: E402,F401  isort: skip
+from zoo.losses import margin, pair, classifier, reconstruction  # noqa: E402,F401  isort: skip
 
 
 def check_loss(spec: str) -> list[tuple[str, float]]:
@@ -31,6 +31,12 @@ def check_loss(spec: str) -> list[tuple[str, float]]:
     for name, _ in terms:
         LOSSES.get(name)
     return terms
+
+
+def needed_outputs(spec: str) -> frozenset[str]:
+    """The model outputs a loss spec reads besides the embedding (its terms' union)."""
+    return frozenset().union(*(getattr(LOSSES.get(term).factory, "needs_outputs", frozenset())
+                               for term, _ in check_loss(spec)))
 
 
 def create_loss(name: str, num_classes: int, embedding_dim: int, parts: int = 1,
@@ -66,4 +72,4 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, parts: int = 1,
     return entry.factory(num_classes=num_classes, embedding_dim=embedding_dim, **accepted)
 
 
-__all__ = ["LOSSES", "create_loss", "check_loss", "CombinedLoss", "EmbeddingLoss", "PartLoss"]
+__all__ = ["LOSSES", "create_loss", "check_loss", "needed_outputs", "CombinedLoss", "EmbeddingLoss", "PartLoss"]

@@ -26,6 +26,9 @@ class EmbeddingLoss(nn.Module):
     needs_pk_batches: ClassVar[bool] = False
     #: ``forward`` uses ``norms`` (the feature norm before L2 normalisation).
     uses_norms: ClassVar[bool] = False
+    #: The model's training outputs ``forward`` reads through ``compute_output_loss`` instead
+    #: of the embedding (an autoencoder's ``reconstruction``, ...); empty for most losses.
+    needs_outputs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, num_classes: int, embedding_dim: int) -> None:
         super().__init__()
@@ -39,14 +42,23 @@ class EmbeddingLoss(nn.Module):
         embedding: torch.Tensor,
         labels: torch.Tensor,
         norms: torch.Tensor | None = None,
+        outputs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Scalar loss of a batch of L2-normalised embeddings ``[B, D]`` with labels ``[B]``."""
+        """Scalar loss of a batch of L2-normalised embeddings ``[B, D]`` with labels ``[B]``
+        (``outputs``: the model's whole output dict, for losses that ``needs_outputs``)."""
         with torch.autocast(embedding.device.type, enabled=False):
+            if self.needs_outputs:
+                return self.compute_output_loss(outputs or {})
             return self.compute_loss(
                 embedding.float(),
                 labels.long(),
                 None if norms is None else norms.float(),
             )
+
+    @property
+    def reads_outputs(self) -> frozenset[str]:
+        """The model outputs this loss (or a term of it) reads besides the embedding."""
+        return self.needs_outputs
 
     @property
     def has_classes(self) -> bool:
@@ -75,6 +87,10 @@ class EmbeddingLoss(nn.Module):
     def compute_logits(self, embedding: torch.Tensor) -> torch.Tensor | None:
         """Logits without margin on float32 inputs, autocast off; None when no classes."""
         return None
+
+    def compute_output_loss(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss from the model's outputs, for losses that ``needs_outputs``."""
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"classes={self.num_classes}, dim={self.embedding_dim}"

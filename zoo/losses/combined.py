@@ -45,6 +45,7 @@ class CombinedLoss(EmbeddingLoss):
         self.weights = dict(weights)
         self.needs_pk_batches = any(t.needs_pk_batches for t in terms.values())
         self.uses_norms = any(t.uses_norms for t in terms.values())
+        self.outputs: dict[str, torch.Tensor] | None = None
 
     def _classifying_term(self) -> EmbeddingLoss | None:
         """The first term that owns class weights."""
@@ -54,12 +55,25 @@ class CombinedLoss(EmbeddingLoss):
     def has_classes(self) -> bool:
         return self._classifying_term() is not None
 
+    @property
+    def reads_outputs(self) -> frozenset[str]:
+        return frozenset().union(*(t.reads_outputs for t in self.terms.values()))
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor,
+                norms: torch.Tensor | None = None,
+                outputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        self.outputs = outputs  # for the terms that read the model's outputs
+        try:
+            return super().forward(embedding, labels, norms)
+        finally:
+            self.outputs = None
+
     def compute_loss(self, embedding: torch.Tensor, labels: torch.Tensor,
                      norms: torch.Tensor | None) -> torch.Tensor:
         total = embedding.new_zeros(())
         components = {}
         for name, term in self.terms.items():
-            value = term(embedding, labels, norms if term.uses_norms else None)
+            value = term(embedding, labels, norms if term.uses_norms else None, self.outputs)
             components[name] = float(value.detach())
             total = total + self.weights[name] * value
         self.last_components = components

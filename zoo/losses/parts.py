@@ -45,6 +45,9 @@ class PartLoss(EmbeddingLoss):
 
     def __init__(self, terms: list[EmbeddingLoss]) -> None:
         first = terms[0]
+        if first.needs_outputs:
+            raise ValueError(f"{type(first).__name__} reconstructs a whole input, which no part "
+                             "does; use parts=false")
         if first.uses_norms:
             raise ValueError(f"{type(first).__name__} reads the embedding's length before "
                              "normalisation, which a part-based embedding does not have; "

@@ -8,14 +8,19 @@ from __future__ import annotations
 from typing import Any
 
 from zoo.models import image as _image  # noqa: F401  (registers the curated image models)
+from zoo.models import hybrid as _hybrid  # noqa: F401  (registers the hybrid model)
 from zoo.models import tabular as _tabular  # noqa: F401  (registers the tabular encoders)
+from zoo.models import autoencoder as _autoencoder  # noqa: F401  (registers vae and sae)
 from zoo.models.embedding import EmbeddingModel, EmbeddingNeck
 from zoo.models.heads import CosineClassifier
-from zoo.models.image import CURATED_IMAGE_MODELS, create_image_model
+from zoo.models.image import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, TIMM_OPTIONS,
+                              create_image_model)
 from zoo.models.registry import MODELS
 
 TIMM_PREFIX = "timm/"
-IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid", "parts")
+IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid", "parts",
+                "width_multiplier", *TIMM_OPTIONS)
+BRANCH_KWARGS = ("cnn_branch", "transformer_branch")  # the hybrid model's only
 
 
 def model_modality(name: str) -> str:
@@ -23,6 +28,14 @@ def model_modality(name: str) -> str:
     if name.startswith(TIMM_PREFIX):
         return "image"
     return getattr(MODELS.get(name).factory, "modality", "image")
+
+
+def training_outputs(name: str) -> frozenset[str]:
+    """What model ``name`` adds to its output dict in training (an autoencoder's
+    ``reconstruction``, ...), which some losses read; empty for most models."""
+    if name.startswith(TIMM_PREFIX):
+        return frozenset()
+    return frozenset(getattr(MODELS.get(name).factory, "training_outputs", ()))
 
 
 def models_for(modality: str) -> list[str]:
@@ -42,20 +55,28 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
         return create_image_model(name[len(TIMM_PREFIX):], num_classes, embedding_dim,
                                   name=name, **kwargs)
     modality = model_modality(name)
+    if name != "hybrid":
+        for key in BRANCH_KWARGS:
+            kwargs.pop(key, None)
     if modality == "image":
         kwargs.pop("num_features", None)
     else:
-        if kwargs.get("stage") is not None or kwargs.get("grid", 1) != 1 or kwargs.get("parts"):
-            raise ValueError(f"stage, grid and parts read image feature maps; tabular model "
-                             f"{name!r} has none (leave stage=auto, grid=1, parts=false)")
-        for key in ("in_chans", "image_size", "stage", "grid", "parts"):
-            kwargs.pop(key, None)
+        asked = [k for k in ("stage", "parts", *TIMM_OPTIONS) if kwargs.get(k)]
+        asked += ["width_multiplier"] if kwargs.get("width_multiplier") not in (None, 1.0) else []
+        asked += ["grid"] if kwargs.get("grid", 1) != 1 else []
+        if asked:
+            raise ValueError(f"{', '.join(asked)} shape image backbones; tabular model "
+                             f"{name!r} takes none of them")
+        for key in IMAGE_KWARGS:
+            if key != "dropout":
+                kwargs.pop(key, None)
         if kwargs.get("num_features") is None:
             raise ValueError(f"tabular model {name!r} needs num_features (the row width)")
     return MODELS.create(name, num_classes=num_classes, embedding_dim=embedding_dim, **kwargs)
 
 
 __all__ = [
-    "MODELS", "CURATED_IMAGE_MODELS", "CosineClassifier", "EmbeddingModel", "EmbeddingNeck",
-    "create_model", "model_modality", "models_for",
+    "MODELS", "CURATED_IMAGE_MODELS", "MORE_IMAGE_MODELS", "TIMM_OPTIONS", "TIMM_PREFIX",
+    "CosineClassifier", "EmbeddingModel", "EmbeddingNeck", "create_model", "model_modality",
+    "models_for", "training_outputs",
 ]

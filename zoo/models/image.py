@@ -13,6 +13,7 @@ stage 2 on a 2x2 grid gives open-set MAP@R 0.85, the whole network pooled global
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import timm
@@ -25,6 +26,16 @@ from zoo.models.registry import MODELS
 log = logging.getLogger(__name__)
 
 CURATED_IMAGE_MODELS = ("resnet18", "convnext_atto", "mobilenetv3_small_100")
+#: Registered beside them (by name, not in the default sweep): the other depths of ResNet,
+#: squeeze-and-excitation ResNets, other MobileNetV3 widths, ConvNeXt-V2 and VGG.
+MORE_IMAGE_MODELS = (
+    "resnet34", "resnet50", "resnet101", "resnet152",
+    "seresnet18", "seresnet34", "seresnet50", "seresnet101", "seresnet152",
+    "mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_large_100",
+    "convnextv2_atto", "vgg11_bn",
+)
+#: Options every curated model passes straight to timm (``timm.create_model`` kwargs).
+TIMM_OPTIONS = ("act_layer", "norm_layer", "drop_rate", "drop_path_rate")
 
 
 class StageMap(nn.Module):
@@ -62,8 +73,7 @@ def _features_only(timm_name: str, in_chans: int, stage: int | None,
     """timm's ``features_only`` model, cut after ``stage`` (None: every stage)."""
     extra = {} if stage is None else {"out_indices": (stage,)}
     try:
-        return timm.create_model(timm_name, pretrained=False, features_only=True,
-                                 in_chans=in_chans, **extra, **kwargs)
+        return _timm_model(timm_name, features_only=True, in_chans=in_chans, **extra, **kwargs)
     except IndexError:
         stages = ", ".join(f"{i} ({c} channels, stride {r})"
                            for i, c, r in feature_stages(timm_name, in_chans))
@@ -83,6 +93,31 @@ def _check_timm_name(timm_name: str) -> None:
         )
 
 
+def apply_width(timm_name: str, width: float, in_chans: int = 3) -> tuple[str, dict[str, Any]]:
+    """The timm name and arguments that scale ``timm_name``'s channels by ``width``, the way
+    timm offers it for that family: MobileNetV3 by name (``_050``, ``_075``, ...), bottleneck
+    ResNets by ``base_width``, ConvNeXt by ``dims``. Anything else is refused."""
+    if width == 1.0:
+        return timm_name, {}
+    if width <= 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width}")
+    if match := re.fullmatch(r"(mobilenetv3_(?:small|large))_(\d{3})", timm_name):
+        scaled = f"{match[1]}_{round(width * int(match[2])):03d}"
+        if timm.is_model(scaled):
+            return scaled, {}
+        offered = [n for n in timm.list_models(f"{match[1]}_*")
+                   if re.fullmatch(rf"{match[1]}_\d{{3}}", n)]
+        raise ValueError(f"width_multiplier={width} of {timm_name} would be {scaled}, which "
+                         f"timm does not have; it has {', '.join(offered)}")
+    if re.fullmatch(r"(se)?resnet(50|101|152)", timm_name):
+        return timm_name, {"base_width": round(64 * width)}
+    if timm_name.startswith(("convnext_", "convnextv2_")):
+        dims = [channels for _, channels, _ in feature_stages(timm_name, in_chans)]
+        return timm_name, {"dims": tuple(max(1, round(c * width)) for c in dims)}
+    raise ValueError(f"timm offers no width multiplier for {timm_name}; it has one for "
+                     "mobilenetv3_*, resnet50/101/152, seresnet50/101/152 and convnext*")
+
+
 def create_timm_backbone(
     timm_name: str, in_chans: int = 3, image_size: int = 32, stage: int | None = None,
     grid: int = 1, **kwargs: Any
@@ -91,6 +126,7 @@ def create_timm_backbone(
 
     Default: the model's own globally pooled features. With ``stage`` (an index of
     ``feature_stages``; -1 the last) or ``grid > 1``: that stage's map pooled to a grid.
+    ``kwargs`` go to ``timm.create_model`` (``act_layer``, ``drop_path_rate``, ...).
     """
     _check_timm_name(timm_name)
     if grid < 1:
@@ -108,10 +144,21 @@ def create_timm_backbone(
             **{"img_size": image_size, **kwargs},
         )
     except TypeError:
-        backbone = timm.create_model(
-            timm_name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs
-        )
+        backbone = _timm_model(timm_name, num_classes=0, in_chans=in_chans, **kwargs)
     return backbone, _width(backbone, in_chans, image_size, grid)
+
+
+def _timm_model(timm_name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; options the model does not take are named in the error."""
+    try:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    except (TypeError, AssertionError, KeyError) as exc:
+        options = {k: v for k, v in kwargs.items() if k in (*TIMM_OPTIONS, "base_width", "dims")}
+        if not options:
+            raise
+        raise ValueError(f"timm model {timm_name!r} does not take "
+                         f"{', '.join(f'{k}={v!r}' for k, v in options.items())} "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def _width(backbone: nn.Module, in_chans: int, image_size: int, grid: int) -> int:
@@ -141,20 +188,26 @@ def create_image_model(
     stage: int | None = None,
     grid: int = 1,
     parts: bool = False,
+    width_multiplier: float | None = None,
     **timm_kwargs: Any,
 ) -> EmbeddingModel:
     """timm backbone (optionally read at ``stage`` on a ``grid``) + embedding neck + cosine
-    head; ``parts``: one embedding per grid cell (``PartNeck``)."""
+    head; ``parts``: one embedding per grid cell (``PartNeck``). ``width_multiplier``
+    scales the channels (``apply_width``); other ``timm_kwargs`` (``act_layer``, ``norm_layer``,
+    ``drop_rate``, ``drop_path_rate``) go straight to timm."""
     if parts and grid < 2:
         raise ValueError("parts=true embeds each grid cell on its own: it needs grid >= 2")
-    backbone, width = create_timm_backbone(timm_name, in_chans, image_size, stage, grid,
-                                           **timm_kwargs)
+    timm_name, scaled = apply_width(timm_name, float(width_multiplier or 1.0), in_chans)
+    options = {k: v for k, v in timm_kwargs.items() if v is not None}
+    backbone, features = create_timm_backbone(timm_name, in_chans, image_size, stage, grid,
+                                              **scaled, **options)
     model = EmbeddingModel(
-        backbone, width, embedding_dim, num_classes, dropout, modality="image",
+        backbone, features, embedding_dim, num_classes, dropout, modality="image",
         name=name or timm_name, parts=grid * grid if parts else 1,
     )
-    model.zoo_meta.update({"timm_name": timm_name, "feature_dim": width, "stage": stage,
-                           "grid": grid, "parts": grid * grid if parts else 1})
+    model.zoo_meta.update({"timm_name": timm_name, "feature_dim": features, "stage": stage,
+                           "grid": grid, "parts": grid * grid if parts else 1,
+                           "timm_options": {**scaled, **options}})
     return model
 
 
@@ -168,5 +221,5 @@ def _curated(timm_name: str) -> None:
     MODELS.register(timm_name)(factory)
 
 
-for _name in CURATED_IMAGE_MODELS:
+for _name in (*CURATED_IMAGE_MODELS, *MORE_IMAGE_MODELS):
     _curated(_name)
