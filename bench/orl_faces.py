@@ -18,7 +18,7 @@ import argparse
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class Row:
     change: str
     params: dict[str, Any]
     losses: str = "arcface"
-    results: dict[str, list[float]] = field(default_factory=dict)
 
 
 #: the ablation rows after the recipe change one thing of the part model trained with ArcFace
