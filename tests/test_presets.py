@@ -49,9 +49,10 @@ def test_preset_from_mlproject_strings_that_hold_every_default() -> None:
 def test_sweep_children_keep_the_recipe_and_their_own_model_and_loss() -> None:
     # epochs=15 is TrainConfig's default but not the sweep's (5): it was asked for, and the
     # child must not get the preset's 60 by re-applying it
-    sweep = SweepConfig(preset="faces-small", epochs=15, models="resnet18", losses="cosface")
-    child = sweep.child("resnet18", "cosface")
-    assert (child.model, child.loss, child.epochs) == ("resnet18", "cosface", 15)
+    # (triplet is not the preset's loss, so the child's own loss is not counted as the recipe's)
+    sweep = SweepConfig(preset="faces-small", epochs=15, models="resnet18", losses="triplet")
+    child = sweep.child("resnet18", "triplet")
+    assert (child.model, child.loss, child.epochs) == ("resnet18", "triplet", 15)
     assert child.preset == "faces-small" and child.grid == FACES["grid"]
     assert child.preset_changed == sweep.preset_changed
     assert "model" not in sweep.preset_changed
