@@ -101,6 +101,10 @@ class TrainConfig:
     amp: str = _f("auto", "mixed precision: auto (on with CUDA), on, off", ("auto", "on", "off"))
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     num_threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    nproc: int = _f(1, "data-parallel processes started with torchrun (DDP: gloo on CPU, NCCL "
+                       "with one GPU each); each takes batch_size samples per step")
+    lr_scaling: str = _f("linear", "how lr grows with nproc (linear: lr x nproc, sqrt, none)",
+                         ("linear", "sqrt", "none"))
     log_model: bool = _f(True, "log the trained model to MLflow")
     checkpoint: bool = _f(True, "write a resumable checkpoint every epoch (logged to the run "
                                 "under checkpoints/, deleted when the run finishes)")
@@ -151,7 +155,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         apply_preset(self, skip=self.PRESET_SKIP)
         check_choices(self)
-        for name in ("epochs", "batch_size", "embedding_dim", "image_size", "channels", "grid"):
+        for name in ("epochs", "batch_size", "embedding_dim", "image_size", "channels", "grid",
+                     "nproc"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.open_set is not None and not 0 <= self.open_set < 1:

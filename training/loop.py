@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from training.checkpoint import FORMAT as CHECKPOINT_FORMAT, restore_rng, rng_state
 from training.config import TrainConfig
+from training.distributed import World, unused_parameters, wrap
 from training.mixing import MixedBatch, mix_batch
 from training.optim import centralize_gradients, frozen_norm_stats, make_optimizer
 from zoo.data import ImageAugment, PKBatchSampler, Split
@@ -111,31 +113,45 @@ def make_scheduler(
 
 
 def batches(
-    split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss, epoch: int
+    split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss, epoch: int, world: World = World(),
 ) -> Iterator[torch.Tensor]:
-    """Index batches: class-balanced P×K for pair losses, a seeded shuffle otherwise."""
+    """Index batches: class-balanced P×K for pair losses, a seeded shuffle otherwise.
+
+    Data-parallel, each process gets its own share (``DistributedSampler``, or every
+    ``nproc``-th P×K batch), the same number of batches on every process.
+    """
     n = len(split)
     if loss_fn.needs_pk_batches:
         sampler = PKBatchSampler(
             split.y, batch_size=cfg.batch_size, k=cfg.samples_per_class, seed=cfg.training_seed,
+            num_replicas=world.size, rank=world.rank,
         )
         sampler.set_epoch(epoch)
         for idx in sampler:
             yield torch.as_tensor(idx, dtype=torch.long)
         return
-    gen = torch.Generator().manual_seed(cfg.training_seed * 1000 + epoch)
-    order = torch.randperm(n, generator=gen)
+    if world.distributed:
+        shares = DistributedSampler(range(n), num_replicas=world.size, rank=world.rank,
+                                    shuffle=True, seed=cfg.training_seed, drop_last=True)
+        shares.set_epoch(epoch)
+        order = torch.as_tensor(list(shares), dtype=torch.long)
+    else:
+        gen = torch.Generator().manual_seed(cfg.training_seed * 1000 + epoch)
+        order = torch.randperm(n, generator=gen)
+    n = len(order)
     size = min(cfg.batch_size, n)
     # Drop the ragged tail: a batch of 1 breaks BatchNorm and adds noise.
     for start in range(0, n - size + 1, size):
         yield order[start:start + size]
 
 
-def steps_per_epoch(split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss) -> int:
-    """How many batches one epoch has (for the schedule and the progress bar)."""
+def steps_per_epoch(split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss,
+                    world: World = World()) -> int:
+    """How many batches one epoch has on each process (for the schedule and progress bar)."""
     if loss_fn.needs_pk_batches:
-        return max(1, len(split) // cfg.batch_size)
-    return max(1, len(split) // min(cfg.batch_size, len(split)))
+        return max(1, len(split) // (cfg.batch_size * world.size))
+    share = len(split) // world.size
+    return max(1, share // min(cfg.batch_size, share))
 
 
 @torch.no_grad()
@@ -235,6 +251,38 @@ def check_methods(cfg: TrainConfig, model: EmbeddingModel, loss_fn: EmbeddingLos
                          "bfloat16): use amp=off")
 
 
+class TrainStep(nn.Module):
+    """The model, its loss and any auxiliary terms as one module whose forward is a training
+    step's loss: what DistributedDataParallel wraps, so the gradients of all of them (a
+    margin loss's class weights too) are averaged over the processes."""
+
+    def __init__(self, pair: nn.ModuleDict, aux: AuxiliaryLoss | None,
+                 dtype: torch.dtype | None, device_type: str) -> None:
+        super().__init__()
+        self.pair, self.aux = pair, aux
+        self.dtype, self.device_type = dtype, device_type
+
+    def forward(self, x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
+                lam: float) -> tuple[torch.Tensor, dict[str, Any]]:
+        model, loss_fn = self.pair["model"], self.pair["loss"]
+        with torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            out = model(x)
+        norms = out["norm"] if loss_fn.uses_norms else None
+        emb = out["embedding"].float()
+        loss = lam * loss_fn(emb, y_a, norms=norms, outputs=out)
+        parts = {k: lam * v for k, v in loss_fn.last_components.items()}
+        if lam < 1:
+            loss = loss + (1 - lam) * loss_fn(emb, y_b, norms=norms, outputs=out)
+            for k, v in loss_fn.last_components.items():
+                parts[k] = parts.get(k, 0.0) + (1 - lam) * v
+        if self.aux is not None:
+            for name, value in self.aux(x, out).items():
+                loss = loss + self.aux.weights[name] * value
+                parts[name] = float(value.detach())
+        return loss, parts
+
+
 def fit(
     model: EmbeddingModel,
     loss_fn: EmbeddingLoss,
@@ -247,6 +295,7 @@ def fit(
     aux: AuxiliaryLoss | None = None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    world: World = World(),
 ) -> History:
     """Train, validate every epoch, keep the best epoch's weights (restored at the end).
 
@@ -254,6 +303,9 @@ def fit(
     kept and returned; with ``sam_rho`` every step takes a second pass at perturbed weights.
     ``on_checkpoint`` receives the loop's whole state after every epoch; ``resume`` (such a
     state) continues after its epoch exactly as the uninterrupted run would have.
+    With a ``world`` of several processes the step runs inside DistributedDataParallel on
+    each process's share of the batches, the training metrics are summed over the processes,
+    and rank 0 validates and tells the others the result (only rank 0 passes callbacks).
     """
     check_methods(cfg, model, loss_fn, device)
     if len(val) == 0 and cfg.monitor != "none":
@@ -269,12 +321,17 @@ def fit(
         aux.to(device)
         groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
                        "weight_decay": cfg.weight_decay})
-    opt = make_optimizer([g for g in groups if g["params"]], cfg.lr, cfg.sam_rho, cfg.lookahead)
-    n_steps = steps_per_epoch(train, cfg, loss_fn)
+    lr = cfg.lr * world.lr_factor(cfg.lr_scaling)
+    opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.sam_rho, cfg.lookahead)
+    n_steps = steps_per_epoch(train, cfg, loss_fn, world)
     scheduler = make_scheduler(opt.inner, cfg, n_steps)
     augment = make_augment(cfg) if model.modality == "image" else None
     model.set_head(None)  # logits are not trained through the model; skip them
     pair = nn.ModuleDict({"model": model, "loss": loss_fn})
+    step_module: nn.Module = TrainStep(pair, aux, dtype, device.type)
+    if world.distributed:
+        step_module = wrap(step_module, world, device,
+                           find_unused=_any_unused(step_module, train, cfg, loss_fn, device, world))
     ema = (ModelEmaV3(pair, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup,
                       warmup_power=EMA_WARMUP_POWER) if cfg.ema_decay > 0 else None)
     evaluated = ema.module if ema is not None else pair
@@ -314,20 +371,7 @@ def fit(
         log.info("resuming after epoch %d of %d", first_epoch - 1, cfg.epochs)
 
     def forward_backward(mixed: MixedBatch) -> tuple[torch.Tensor, dict]:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(mixed.x)
-        norms = out["norm"] if loss_fn.uses_norms else None
-        loss = mixed.lam * loss_fn(out["embedding"].float(), mixed.y_a, norms=norms, outputs=out)
-        parts = {k: mixed.lam * v for k, v in loss_fn.last_components.items()}
-        if mixed.lam < 1:
-            loss = loss + (1 - mixed.lam) * loss_fn(out["embedding"].float(), mixed.y_b,
-                                                    norms=norms, outputs=out)
-            for k, v in loss_fn.last_components.items():
-                parts[k] = parts.get(k, 0.0) + (1 - mixed.lam) * v
-        if aux is not None:
-            for name, value in aux(mixed.x, out).items():
-                loss = loss + aux.weights[name] * value
-                parts[name] = float(value.detach())
+        loss, parts = step_module(mixed.x, mixed.y_a, mixed.y_b, mixed.lam)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{cfg.loss} loss became {loss.item()} at epoch {epoch}; lower lr or check the data"
@@ -344,8 +388,9 @@ def fit(
         model.train()
         loss_fn.train()
         started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
-        bar = tqdm(batches(train, cfg, loss_fn, epoch), total=n_steps,
-                   desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+        bar = tqdm(batches(train, cfg, loss_fn, epoch, world), total=n_steps,
+                   desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                   dynamic_ncols=True, disable=not world.is_main)
         for idx in bar:
             xb = train.x[idx].to(device, non_blocking=True)
             yb = train.y[idx].to(device, non_blocking=True)
@@ -377,16 +422,23 @@ def fit(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         elapsed = time.perf_counter() - started
+        totals = world.sum({"seen": seen, "loss": total_loss,
+                            **{f"part_{k}": v for k, v in parts.items()}})
+        seen, total_loss = int(totals.pop("seen")), totals.pop("loss")
         metrics = {
             "train_loss": total_loss / max(1, seen),
             "lr": opt.inner.param_groups[0]["lr"],
             "samples_per_s": seen / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
-        metrics.update({f"train_loss_{k}": v / max(1, seen) for k, v in parts.items()})
+        metrics.update({f"train_loss_{k[5:]}": v / max(1, seen) for k, v in totals.items()})
+        world.sync_buffers(pair)
+        if ema is not None:
+            world.sync_buffers(ema.module)
         if len(val):
-            metrics.update(validate(evaluated["model"], evaluated["loss"], train, val, device,
-                                    num_classes, dtype, cfg.tta))
+            metrics.update(world.broadcast(
+                validate(evaluated["model"], evaluated["loss"], train, val, device,
+                         num_classes, dtype, cfg.tta) if world.is_main else None))
         history.epochs.append(metrics)
         history.train_time_s += time.perf_counter() - started
         value = monitored(cfg, metrics, epoch, len(val), num_classes)
@@ -400,8 +452,9 @@ def fit(
             if cfg.monitor != "none":  # else the last epoch is kept: no copy needed
                 evaluated["model"].set_head(None)
                 best_state = copy.deepcopy({k: v.cpu() for k, v in evaluated.state_dict().items()})
-        log.info("epoch %d/%d: %s", epoch, cfg.epochs,
-                 ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if world.is_main:
+            log.info("epoch %d/%d: %s", epoch, cfg.epochs,
+                     ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if on_checkpoint is not None:
@@ -418,6 +471,22 @@ def fit(
     if best_state is not None:
         pair.load_state_dict(best_state)
     return history
+
+
+def _any_unused(step: TrainStep, train: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss,
+                device: torch.device, world: World) -> bool:
+    """Whether one training step leaves parameters without a gradient (rank 0 tries a real
+    first batch on a copy and tells the others)."""
+    unused = None
+    if world.is_main:
+        idx = next(batches(train, cfg, loss_fn, 1))
+        xb, yb = train.x[idx].to(device), train.y[idx].to(device)
+        unused = [n.removeprefix("pair.") for n in unused_parameters(step, xb, yb, yb, 1.0)]
+        if unused:
+            log.info("%d parameter tensors take no part in the loss (%s%s): DDP looks for "
+                     "unused parameters every step", len(unused), ", ".join(unused[:3]),
+                     ", ..." if len(unused) > 3 else "")
+    return bool(world.broadcast(unused))
 
 
 def monitored(cfg: TrainConfig, metrics: dict[str, float], epoch: int, val_samples: int,

@@ -13,10 +13,12 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
+from torch import nn
 
 from training import plots
 from training.checkpoint import RunCheckpoints
 from training.config import TrainConfig
+from training.distributed import World, checksum, current_world, process_group
 from training.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
                            pick_device)
 from training.model_logging import log_trained_model
@@ -96,20 +98,58 @@ def train(
     data: LoadedData | None = None,
     run_name: str | None = None,
     aux: AuxFactory | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RunResult:
     """Train one model × loss combination and log everything to MLflow.
 
     With ``parent_run_id`` the run is a nested child of that run (a sweep's combination);
     ``data`` reuses an already loaded data set (it must have been loaded from ``cfg``);
-    ``aux`` adds loss terms that need the input batch (a teacher's, when distilling).
+    ``aux`` adds loss terms that need the input batch (a teacher's, when distilling);
+    ``on_epoch(epoch, metrics)`` is called after each epoch is logged (a tuner's pruning).
     ``cfg.resume_run`` continues that run from its last checkpoint, with its own config.
     Ctrl-C or SIGTERM ends the run KILLED with its checkpoint kept and raises
     ``TrainingInterrupted``, whose message says how to resume.
+
+    Under torchrun (``nproc`` > 1) every process calls this: rank 0 runs it as above, the
+    others train their share of each step and leave MLflow alone.
     """
+    world = current_world()
+    check_world(cfg, world, parent_run_id=parent_run_id, aux=aux)
+    device = world.place(pick_device(cfg.device))
+    with process_group(world, device):
+        if world.is_main:
+            return _train_main(cfg, world, device, parent_run_id=parent_run_id, tags=tags,
+                               data=data, run_name=run_name, aux=aux, on_epoch=on_epoch)
+        return _train_replica(cfg, world, device)
+
+
+def check_world(cfg: TrainConfig, world: World, *, parent_run_id: str | None,
+                aux: AuxFactory | None) -> None:
+    """``nproc`` > 1 needs torchrun, and is for single runs (not sweep children or students)."""
+    if world.distributed and (parent_run_id or aux):
+        raise ValueError("data-parallel training (torchrun) is for single runs (-e train); a "
+                         "sweep trains `workers` combinations at once instead")
+    if cfg.nproc > 1 and not world.distributed:
+        raise ValueError(f"nproc={cfg.nproc} trains with {cfg.nproc} processes, started by "
+                         f"torchrun: use `python -m training.train --nproc {cfg.nproc} ...`, "
+                         f"`mlflow run . -e train -P nproc={cfg.nproc}` or `torchrun "
+                         f"--nproc_per_node={cfg.nproc} -m training.train ...` (a sweep or "
+                         "distillation runs in one process each)")
+    if world.distributed:
+        cfg.nproc = world.size  # what torchrun started, whatever the parameter said
+
+
+def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
+                parent_run_id: str | None, tags: dict[str, str] | None,
+                data: LoadedData | None, run_name: str | None,
+                aux: AuxFactory | None,
+                on_epoch: Callable[[int, dict[str, float]], None] | None) -> RunResult:
     configure_tracking()
     resume_id, state = cfg.resume_run, None
     if resume_id:
         cfg, state = resume_point(resume_id)
+    if resume_id:
+        world.broadcast((cfg, state))  # the other processes resume from the same point
     seed_everything(cfg.training_seed)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -125,7 +165,8 @@ def train(
             if resume_id and not parent_run_id and wrapper not in (None, resume_id):
                 # under `mlflow run -P resume_run=...`: the run mlflow made says where it went
                 mlflow.MlflowClient().set_tag(wrapper, "zoo.resumed", resume_id)
-            return _train_in_run(cfg, run, name, data, aux, state, progress)
+            return _train_in_run(cfg, run, name, data, aux, state, progress, world, device,
+                                 on_epoch)
     except KeyboardInterrupt as exc:
         if "run_id" not in progress:
             raise
@@ -170,16 +211,44 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict[str, Any]]:
     return cfg, state
 
 
-def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: LoadedData | None,
-                  aux: AuxFactory | None, state: dict[str, Any] | None,
-                  progress: dict[str, Any]) -> RunResult:
-    if state is None:
-        log_params_once(cfg.to_params(), resolved_keys=cfg.preset_changed)
+def _train_replica(cfg: TrainConfig, world: World, device: torch.device) -> RunResult:
+    """A process other than rank 0 of a data-parallel run: the same model on the same split,
+    its share of every step, and no MLflow (rank 0 sends the resumed config and state)."""
+    cfg, state = world.broadcast(None) if cfg.resume_run else (cfg, None)
+    seed_everything(cfg.training_seed)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
     check_names(cfg)
-    device = pick_device(cfg.device)
-    data = data or load_config_data(cfg)
+    data = load_config_data(cfg)
     check_modality(cfg, data)
     splits = config_splits(cfg, data)
+    model, loss_fn = build_model_and_loss(cfg, splits)
+    history = fit(model, loss_fn, splits.train, splits.val, cfg, device,
+                  len(splits.class_names), resume=state, world=_reseeded(cfg, world))
+    world.gather(checksum(nn.ModuleDict({"model": model, "loss": loss_fn})))
+    return RunResult(world.broadcast(""), {}, None, history)
+
+
+def _reseeded(cfg: TrainConfig, world: World) -> World:
+    """Each process draws its own augmentation and dropout (the weights are rank 0's: DDP
+    copies them to every process before the first step)."""
+    if world.rank:
+        torch.manual_seed(cfg.training_seed * 1_000_003 + world.rank)
+    return world
+
+
+def check_replicas(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World) -> None:
+    """Every process must end with the same weights; tag their digests on the run."""
+    digests = world.gather(checksum(nn.ModuleDict({"model": model, "loss": loss_fn})))
+    mlflow.set_tag("zoo.ddp.replica_checksums", ",".join(digests))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the {world.size} data-parallel processes ended with different "
+                           f"weights ({', '.join(digests)}): a DDP bug; please report it")
+
+
+def build_model_and_loss(cfg: TrainConfig, splits: Splits) -> tuple[EmbeddingModel,
+                                                                     EmbeddingLoss]:
+    """The model and loss a config names, sized for its split."""
     num_classes = len(splits.class_names)
     model = create_model(
         cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
@@ -191,13 +260,33 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
                           scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner,
                           kl_weight=cfg.kl_weight, sparsity=cfg.sparsity,
                           parts=cfg.grid * cfg.grid if cfg.parts else 1)
+    return model, loss_fn
+
+
+def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: LoadedData | None,
+                  aux: AuxFactory | None, state: dict[str, Any] | None,
+                  progress: dict[str, Any], world: World, device: torch.device,
+                  on_epoch: Callable[[int, dict[str, float]], None] | None) -> RunResult:
     if state is None:
-        log_params_once(describe(splits, model, device))
+        log_params_once(cfg.to_params(), resolved_keys=cfg.preset_changed)
+    check_names(cfg)
+    data = data or load_config_data(cfg)
+    check_modality(cfg, data)
+    splits = config_splits(cfg, data)
+    num_classes = len(splits.class_names)
+    model, loss_fn = build_model_and_loss(cfg, splits)
+    if state is None:
+        log_params_once(describe(splits, model, device, world))
     log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",
              cfg.model, cfg.loss, name, num_classes, len(splits.train), len(splits.val),
              len(splits.test), device)
 
     checkpoints = RunCheckpoints(run.info.run_id) if cfg.checkpoint else None
+
+    def logged(epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
 
     def save(checkpoint: dict[str, Any]) -> None:
         checkpoints.save(checkpoint)
@@ -205,12 +294,15 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
 
     try:
         history = fit(model, loss_fn, splits.train, splits.val, cfg, device, num_classes,
-                      on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                      on_epoch=logged,
                       aux=aux(splits, model, loss_fn, device) if aux else None,
-                      on_checkpoint=save if checkpoints else None, resume=state)
+                      on_checkpoint=save if checkpoints else None, resume=state, world=world)
     finally:
         if checkpoints is not None:
             checkpoints.close()
+    if world.distributed:
+        check_replicas(model, loss_fn, world)
+        world.broadcast(run.info.run_id)
 
     metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
                                                    cfg.tta)
@@ -248,7 +340,8 @@ def architecture_options(cfg: TrainConfig) -> dict[str, Any]:
     return options
 
 
-def describe(splits: Splits, model: torch.nn.Module, device: torch.device) -> dict[str, str]:
+def describe(splits: Splits, model: torch.nn.Module, device: torch.device,
+             world: World = World()) -> dict[str, str]:
     """Facts of the run that are not configuration, logged as parameters."""
     return {
         "num_classes": str(len(splits.class_names)),
@@ -258,6 +351,7 @@ def describe(splits: Splits, model: torch.nn.Module, device: torch.device) -> di
         "open_classes": str(len(splits.open_class_names)),
         "num_parameters": str(sum(p.numel() for p in model.parameters())),
         "device_used": str(device),
+        "world_size": str(world.size),
     }
 
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import mlflow
 import torch
@@ -54,6 +54,12 @@ class SweepConfig(TrainConfig):
     metric: str = _f("test_precision_at_1", "metric that ranks the combinations")
     workers: int = _f(2, "combinations trained at once, each in its own process with its "
                          "share of the cores (2 measured faster than 1 on 2 cores)")
+    backend: str = _f("local", "where the combinations train: local (worker processes on this "
+                               "machine) or ray (Ray tasks: a local Ray instance, or the cluster "
+                               "at RAY_ADDRESS)", ("local", "ray"))
+    task_cpus: int = _f(0, "backend=ray: CPUs each task asks for (0: this machine's cores / "
+                           "workers)")
+    task_gpus: float = _f(0.0, "backend=ray: GPUs each task asks for (e.g. 1 on a GPU cluster)")
     resume: Optional[str] = _f(None, "parent run id of a sweep to complete (auto: a new sweep)")
     force: bool = _f(False, "move the champion alias even to a worse model")
     register: bool = _f(True, "register the best child in the model registry")
@@ -152,6 +158,9 @@ class Outcome:
 
 def run_sweep(cfg: SweepConfig) -> list[Outcome]:
     """Train the grid, compare, register; returns every combination's outcome."""
+    if cfg.nproc > 1:
+        raise ValueError(f"nproc={cfg.nproc} is for single runs (-e train); a sweep trains "
+                         f"`workers` combinations at once (workers={cfg.workers})")
     configure_tracking()
     name = dataset_name(cfg.data)
     data = load_config_data(cfg)
@@ -293,7 +302,9 @@ def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedDa
         bar.write(f"[{len(outcomes)}/{len(todo)}] {_label(outcome.job, several_seeds)}: {status} "
                   f"({time.perf_counter() - started:.0f}s elapsed)")
 
-    if cfg.workers <= 1:
+    if cfg.backend == "ray":
+        _train_on_ray(cfg, todo, parent_id, several_seeds, stopped, done)
+    elif cfg.workers <= 1:
         for job in todo:
             bar.set_postfix_str(_label(job, several_seeds))
             done(_train_one(cfg, job, parent_id, several_seeds,
@@ -309,6 +320,59 @@ def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedDa
                 done(future.result())
     bar.close()
     return outcomes
+
+
+def _train_on_ray(cfg: SweepConfig, todo: list[Job], parent_id: str, several_seeds: bool,
+                  stopped: dict[Job, str], done: Callable[[Outcome], None]) -> None:
+    """Each combination as a Ray task (on the Ray instance at ``RAY_ADDRESS``, else a local
+    one started for the sweep); every task logs its child run to this sweep's tracking URI."""
+    import ray
+
+    uri = mlflow.get_tracking_uri()
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address and uri.startswith("sqlite"):
+        log.warning("Ray tasks on other machines cannot write to the embedded store %s: set "
+                    "MLFLOW_TRACKING_URI to a tracking server (README: scaling out)", uri)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    cpus = cfg.task_cpus or max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+    log.info("ray: %s, %d CPU(s)%s per task", ray.cluster_resources(), cpus,
+             f" and {cfg.task_gpus:g} GPU(s)" if cfg.task_gpus else "")
+    task = ray.remote(num_cpus=cpus, num_gpus=cfg.task_gpus, max_retries=0)(_ray_task)
+    here = str(Path.cwd())
+    pending = {task.remote(cfg, job, parent_id, several_seeds, stopped.get(job), uri, cpus,
+                           here): job for job in todo}
+    try:
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready)
+            try:
+                outcome = ray.get(ready)
+            except ray.exceptions.RayError as exc:  # the task's process died (out of memory...)
+                outcome = Outcome(job, None, {}, error=f"{type(exc).__name__}: "
+                                                       f"{str(exc).splitlines()[0]}")
+            done(outcome)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_task(cfg: SweepConfig, job: Job, parent_id: str, several_seeds: bool,
+              resume_run: str | None, tracking_uri: str, threads: int, cwd: str) -> Outcome:
+    """One child run in a Ray worker: the sweep's tracking URI, its working directory when
+    this machine has it (relative data paths), its share of the cores, no progress bars."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ["TQDM_DISABLE"] = "1"
+    if Path(cwd).is_dir():
+        os.chdir(cwd)
+    mlflow.set_tracking_uri(tracking_uri)
+    _init_worker(threads)
+    return _train_one(cfg, job, parent_id, several_seeds, None, resume_run)
 
 
 def _init_worker(threads: int) -> None:

@@ -144,7 +144,9 @@ def training_run(
         mlflow.set_tags({"mlflow.runName": run_name, **tags})
         yield run
     except BaseException as exc:  # KeyboardInterrupt too: never leave a run RUNNING
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        # an exception may say how the run ended (a pruned trial: KILLED, not FAILED)
+        status = getattr(exc, "run_status", None) or (
+            "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         with contextlib.suppress(Exception):
             mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
         mlflow.end_run(status=status)

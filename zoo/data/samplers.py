@@ -24,6 +24,10 @@ class PKBatchSampler(Sampler[list[int]]):
     class has fewer than ``k``. When there are fewer classes than P, every class is in every
     batch and K grows to fill ``batch_size``. An epoch is ``len(labels) // batch_size``
     batches (at least one).
+
+    Data-parallel training: with ``num_replicas`` processes each takes every
+    ``num_replicas``-th batch of the one sequence all of them draw from the same seed, so
+    their batches are disjoint, each class-balanced, and as many on every process.
     """
 
     def __init__(
@@ -32,6 +36,8 @@ class PKBatchSampler(Sampler[list[int]]):
         batch_size: int = 64,
         k: int = 4,
         seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         super().__init__()
         y = torch.as_tensor(labels).cpu().numpy().astype(np.int64).ravel()
@@ -52,7 +58,10 @@ class PKBatchSampler(Sampler[list[int]]):
             )
         self.batch_size = self.p * self.k
         self.num_samples = len(y)
-        self.num_batches = max(1, len(y) // batch_size)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas, got {rank} of {num_replicas}")
+        self.num_replicas, self.rank = num_replicas, rank
+        self.num_batches = max(1, len(y) // (batch_size * num_replicas))
         self.seed = seed
         self.epoch = 0
 
@@ -69,7 +78,7 @@ class PKBatchSampler(Sampler[list[int]]):
         queue: list[int] = []
         pools = [rng.permutation(m) for m in self.members]
         cursors = [0] * n_classes
-        for _ in range(self.num_batches):
+        for step in range(self.num_batches * self.num_replicas):
             chosen: list[int] = []
             deferred: list[int] = []
             while len(chosen) < self.p:
@@ -88,4 +97,5 @@ class PKBatchSampler(Sampler[list[int]]):
                     pools[c], cursors[c] = rng.permutation(members), 0
                 batch += pools[c][cursors[c]:cursors[c] + self.k].tolist()
                 cursors[c] += self.k
-            yield batch
+            if step % self.num_replicas == self.rank:
+                yield batch
