@@ -15,6 +15,7 @@ from training.export import ExportConfig
 from training.recommend import RecommendConfig
 from training.register import RegisterConfig
 from training.sweep import SweepConfig
+from training.tune import TuneConfig
 from zoo.losses import LOSSES
 
 HEADER = """\
@@ -57,6 +58,9 @@ def render() -> str:
         parts.append(_entry(loss, f"train with the {loss} loss", "training.train", {"loss": loss}))
     parts.append(_entry("sweep", "every model x loss as nested runs; compare, register the best",
                         "training.sweep", {}, SweepConfig, skip=SweepConfig.PER_CHILD))
+    parts.append(_entry("tune", "search a loss's margin, scale or temperature, embedding size "
+                        "and lr with Optuna; every trial a nested run", "training.tune", {},
+                        TuneConfig))
     parts.append(_entry("register", "register the best run of an experiment or sweep",
                         "training.register", {}, RegisterConfig))
     parts.append(_entry("export", "a registered model to ONNX, TorchScript and .pt2, with a "

@@ -1,0 +1,244 @@
+"""``python -m training.tune``: search one loss's hyperparameters with Optuna.
+
+Every trial is a nested run of one parent run (``zoo.tune``), trained like ``-e train`` with
+the values Optuna's TPE sampler suggests for the loss's margin, scale or temperature, the
+embedding size and the learning rate. Trials are compared on the validation ``monitor``
+(never the test split, which stays an unbiased estimate of the winner), reported every epoch
+so that Optuna's median pruner stops trials that fall behind the earlier ones; a pruned
+trial's run ends KILLED with ``zoo.trial_state=pruned``. The best trial's parameters are
+printed and logged on the parent as ``best_<name>`` parameters, with a table of all trials.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import mlflow
+import optuna
+import pandas as pd
+
+from training.cli import run_cli
+from training.config import TrainConfig, _f, format_value
+from training.run import check_names, dataset_name, load_config_data, train
+from training.tracking import configure_tracking, log_params_once, training_run
+from zoo.data import LoadedData
+from zoo.losses import LOSSES, check_loss
+from zoo.metrics import higher_is_better
+
+log = logging.getLogger(__name__)
+
+TUNE_TAG = "zoo.tune"
+TRIAL_STATE_TAG = "zoo.trial_state"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searchable parameter: a range (log-uniform when ``log``), or a set of choices."""
+
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple[int, ...] = ()
+    integer: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        """Optuna's suggestion; floats to 3 significant digits, so the parameters a trial
+        logs are ones a person can type (``-P lr=0.00213``)."""
+        if self.choices:
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return float(f"{trial.suggest_float(name, self.low, self.high, log=self.log):.3g}")
+
+
+#: What ``search`` may name, and the range searched. Margins are in radians for the angular
+#: losses, a cosine offset for CosFace and a similarity gap for triplet.
+KNOBS: dict[str, Knob] = {
+    "margin": Knob(0.2, 0.7),
+    "scale": Knob(16.0, 64.0),
+    "temperature": Knob(0.03, 0.5, log=True),
+    "embedding_dim": Knob(choices=(32, 64, 128, 256)),
+    "lr": Knob(1e-4, 1e-2, log=True),
+    "weight_decay": Knob(1e-3, 0.2, log=True),
+    "dropout": Knob(0.0, 0.5),
+}
+MARGIN_RANGES = {"cosface": Knob(0.1, 0.5), "triplet": Knob(0.02, 0.5)}
+#: The loss parameters ``search=auto`` tunes when the loss takes them.
+LOSS_KNOBS = ("margin", "scale", "temperature")
+
+
+@dataclass
+class TuneConfig(TrainConfig):
+    """A hyperparameter search of one model × loss; every ``TrainConfig`` field is each
+    trial's starting point."""
+
+    #: Trials are compared on a validation split, which a preset may give up (faces-small
+    #: trains on everything and keeps the last epoch): tuning keeps one.
+    PRESET_SKIP: ClassVar[tuple[str, ...]] = ("monitor", "val_fraction")
+
+    trials: int = _f(20, "trials (each one training run)")
+    search: str = _f("auto", "comma list of parameters to search among margin, scale, "
+                             "temperature, embedding_dim, lr, weight_decay, dropout (auto: the "
+                             "loss's margin, scale or temperature, embedding_dim and lr)")
+    pruner: str = _f("median", "stop a trial whose monitor is below the median of earlier "
+                               "trials at the same epoch (none: train every trial to the end)",
+                     ("median", "none"))
+    prune_after: int = _f(2, "epochs a trial always trains before it may be pruned")
+    startup_trials: int = _f(3, "trials that are never pruned and sampled at random, before "
+                                "TPE takes over")
+    timeout_s: float = _f(0.0, "stop starting trials after this many seconds (0: no limit)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trials < 1:
+            raise ValueError(f"trials must be at least 1, got {self.trials}")
+        if self.monitor == "none":
+            raise ValueError("tune compares trials on the validation monitor: set monitor to a "
+                             "val_ metric (e.g. val_map_at_r), not none")
+        if self.nproc > 1:
+            raise ValueError(f"nproc={self.nproc} is for single runs (-e train); tune trains "
+                             "one trial at a time")
+
+    def space(self) -> dict[str, Knob]:
+        """The parameters searched and their ranges."""
+        takes = loss_parameters(self.loss)
+        names = ([k for k in LOSS_KNOBS if k in takes] + ["embedding_dim", "lr"]
+                 if self.search.strip().lower() in ("", "auto")
+                 else [s.strip() for s in self.search.split(",") if s.strip()])
+        unknown = [n for n in names if n not in KNOBS]
+        if unknown:
+            raise ValueError(f"search={self.search!r}: cannot search {', '.join(unknown)}; "
+                             f"choose among {', '.join(KNOBS)}")
+        missing = [n for n in names if n in LOSS_KNOBS and n not in takes]
+        if missing:
+            own = [k for k in LOSS_KNOBS if k in takes]
+            raise ValueError(f"loss {self.loss!r} has no {', '.join(missing)} to search "
+                             f"(its own: {', '.join(own) or 'none'})")
+        first = check_loss(self.loss)[0][0]
+        return {n: MARGIN_RANGES.get(first, KNOBS[n]) if n == "margin" else KNOBS[n]
+                for n in names}
+
+    def trial_config(self, values: dict[str, Any]) -> TrainConfig:
+        """One trial's ``TrainConfig``: this config with the suggested ``values``; trials are
+        not resumable, so they write no checkpoints."""
+        changes = dict(values)
+        if self.parts and "embedding_dim" in changes:  # each part keeps an equal share
+            cells = self.grid * self.grid
+            changes["embedding_dim"] = max(cells, changes["embedding_dim"] // cells * cells)
+        return self.as_applied(TrainConfig, **changes, checkpoint=False)
+
+
+def loss_parameters(loss: str) -> set[str]:
+    """The keyword parameters the loss (each term of a combined one) takes."""
+    names: set[str] = set()
+    for term, _ in check_loss(loss):
+        names |= set(inspect.signature(LOSSES.get(term).factory).parameters)
+    return names
+
+
+class TrialPruned(optuna.TrialPruned):
+    """Optuna stopped the trial; its run ends KILLED (it did not fail)."""
+
+    run_status = "KILLED"
+
+
+def run_tune(cfg: TuneConfig) -> optuna.Study:
+    """Search, one nested run per trial; returns the Optuna study."""
+    configure_tracking()
+    check_names(cfg)
+    space = cfg.space()
+    name = dataset_name(cfg.data)
+    data = load_config_data(cfg)
+    tags = {TUNE_TAG: "parent", "zoo.dataset": name, "zoo.model": cfg.model,
+            "zoo.loss": cfg.loss, "zoo.metric": cfg.monitor}
+    with training_run(f"tune-{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}",
+                      tags) as parent:
+        parent_id = parent.info.run_id
+        log_params_once({**cfg.to_params(), "searched": ",".join(space)},
+                        resolved_keys=cfg.preset_changed)
+        direction = "maximize" if higher_is_better(cfg.monitor) else "minimize"
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
+                                              n_warmup_steps=cfg.prune_after)
+                  if cfg.pruner == "median" else optuna.pruners.NopPruner())
+        study = optuna.create_study(
+            direction=direction, pruner=pruner, study_name=f"tune-{parent_id}",
+            sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials))
+        study.optimize(_objective(cfg, space, parent_id, data), n_trials=cfg.trials,
+                       timeout=cfg.timeout_s or None, catch=(Exception,),
+                       show_progress_bar=True)
+        _report(cfg, study)
+        return study
+
+
+def _objective(cfg: TuneConfig, space: dict[str, Knob], parent_id: str,
+               data: LoadedData) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        values = {n: knob.suggest(trial, n) for n, knob in space.items()}
+        child = cfg.trial_config(values)
+        trial.set_user_attr("values", values)
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch == 1:
+                trial.set_user_attr("run_id", mlflow.active_run().info.run_id)
+            value = metrics.get(cfg.monitor, math.nan)
+            if not math.isnan(value):
+                trial.report(value, epoch)
+            if epoch < child.epochs and trial.should_prune():  # the last epoch is done anyway
+                mlflow.set_tag(TRIAL_STATE_TAG, "pruned")
+                raise TrialPruned(f"pruned after epoch {epoch}: {cfg.monitor}={value:.4f} "
+                                  "is below the median of the earlier trials")
+
+        result = train(child, parent_run_id=parent_id, data=data,
+                       run_name=f"trial-{trial.number}", on_epoch=report,
+                       tags={TUNE_TAG: parent_id, "zoo.trial": str(trial.number),
+                             TRIAL_STATE_TAG: "complete"})
+        return result.history.best_value
+
+    return objective
+
+
+def _report(cfg: TuneConfig, study: optuna.Study) -> None:
+    """The trials table and the best trial, printed and logged on the parent run."""
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "user_attrs"))
+    values = pd.DataFrame([t.user_attrs.get("values", {}) for t in study.trials])
+    frame = pd.concat([frame.drop(columns=["user_attrs_values"], errors="ignore"), values],
+                      axis=1).rename(columns={"user_attrs_run_id": "run_id"})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials.csv"
+        frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="tune")
+    states = [t.state for t in study.trials]
+    counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if s in states}
+    mlflow.log_metrics({f"trials_{k}": float(v) for k, v in counts.items()})
+    print(f"\n{len(study.trials)} trials: "
+          + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(frame.to_string(index=False))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"no trial of {len(study.trials)} completed; see the trial runs' "
+                           "zoo.error tags")
+    best = study.best_trial
+    chosen = best.user_attrs["values"]  # what the trial trained with (rounded)
+    mlflow.log_params({f"best_{k}": format_value(v) for k, v in chosen.items()})
+    mlflow.log_metric(f"best_{cfg.monitor}", float(best.value))
+    mlflow.set_tags({"zoo.best_trial": str(best.number),
+                     "zoo.best_run_id": str(best.user_attrs.get("run_id", ""))})
+    flags = " ".join(f"-P {k}={format_value(v)}" for k, v in chosen.items())
+    print(f"\nbest: trial {best.number} (run {best.user_attrs.get('run_id')}), "
+          f"{cfg.monitor}={best.value:.4f}\n  {flags}\n"
+          f"train it: mlflow run . -e train --env-manager local -P model={cfg.model} "
+          f"-P loss={cfg.loss} -P data={cfg.data} {flags}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run_tune, TuneConfig, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
