@@ -21,7 +21,7 @@ from training.checkpoint import (SLOTS, CheckpointError, RunCheckpoints, load_ch
 # Every stateful part of the loop is on: EMA, Lookahead, mixing (its own generator),
 # augmentation (torch's generator), the cosine schedule.
 ARGS = ["--data", "digits", "--model", "mobilenetv3_small_100", "--image_size", "16",
-        "--epochs", "4", "--embedding_dim", "32",
+        "--epochs", "3", "--embedding_dim", "32",
         "--ema_decay", "0.9", "--lookahead", "true", "--mix", "mixup", "--log_model", "false",
         "--experiment", "crash"]
 COMPARED = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi", "best_epoch")
@@ -93,7 +93,7 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_same_result(
         assert run.data.metrics[key] == pytest.approx(reference[key], abs=TOLERANCE), key
     # every epoch is in the history, each step once or (the epoch being killed) twice
     steps = {m.step for m in client.get_metric_history(run_id, "val_map_at_r")}
-    assert steps == {1, 2, 3, 4}
+    assert steps == {1, 2, 3}
     assert client.list_artifacts(run_id, "checkpoints") == []
 
 

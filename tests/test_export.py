@@ -46,7 +46,7 @@ def real_inputs() -> dict[str, tuple[torch.Tensor, list[str]]]:
 
 @pytest.mark.parametrize("name, options", [
     *((name, {}) for name in ("resnet18", "convnext_atto", "mobilenetv3_small_100",
-                              "residual_mlp", "ft_transformer", "timm/efficientvit_m0")),
+                              "residual_mlp", "ft_transformer")),
     ("timm/vgg11_bn", {"stage": 2, "grid": 2, "parts": True}),  # a stage on a grid, in parts
     ("hybrid", {}),  # ConvNeXt-V2 + SwinV2
 ])

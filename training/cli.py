@@ -71,7 +71,7 @@ def run_cli(fn: Callable[[Any], Any], config_cls: type, argv: list[str] | None =
         with sigterm_as_interrupt():
             fn(config_cls.from_dict({k: v for k, v in vars(args).items() if v is not None}))
     except KeyboardInterrupt as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"error: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     except Exception as exc:  # one line for users
         if os.environ.get("ZOO_DEBUG"):

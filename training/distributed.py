@@ -172,6 +172,7 @@ def launch(nproc: int, module: str, argv: list[str]) -> int:
     """Run ``python -m module argv`` as ``nproc`` processes on this machine with torchrun's
     launcher (its ``--standalone`` rendezvous), each with its share of the CPU cores;
     returns 0, or 1 when a process failed (its error is printed above)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -183,6 +184,8 @@ def launch(nproc: int, module: str, argv: list[str]) -> int:
     log.info("starting %d data-parallel processes of %s", nproc, module)
     try:
         elastic_launch(config, sys.executable)("-u", "-m", module, *argv)
+    except SignalException as exc:  # Ctrl-C / SIGTERM: the processes got it too and said why
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         codes = sorted({failure.exitcode for failure in exc.failures.values()})
         print(f"error: {len(exc.failures)} of {nproc} data-parallel processes failed (exit "

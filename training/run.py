@@ -148,7 +148,9 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
     resume_id, state = cfg.resume_run, None
     if resume_id:
         cfg, state = resume_point(resume_id)
-    if resume_id:
+        if cfg.nproc != world.size:  # the learning rate and batches depend on it
+            raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.nproc}: resume it "
+                             f"with the same number of processes (-P nproc={cfg.nproc})")
         world.broadcast((cfg, state))  # the other processes resume from the same point
     seed_everything(cfg.training_seed)
     if cfg.num_threads > 0:
@@ -171,19 +173,20 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
         if "run_id" not in progress:
             raise
         raise TrainingInterrupted(progress["run_id"], progress["epoch"], cfg.checkpoint,
-                                  exc) from None
+                                  exc, nproc=world.size) from None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during a run: the run is KILLED, its last checkpoint kept."""
 
     def __init__(self, run_id: str, epoch: int, checkpointed: bool,
-                 cause: KeyboardInterrupt) -> None:
+                 cause: KeyboardInterrupt, nproc: int = 1) -> None:
         self.run_id, self.epoch = run_id, epoch
         self.exit_code = getattr(cause, "exit_code", 130)
         if checkpointed and epoch > 0:
             how = (f"its checkpoint of epoch {epoch} is kept; resume it with: mlflow run . -e "
-                   f"train --env-manager local -P resume_run={run_id}")
+                   f"train --env-manager local -P resume_run={run_id}"
+                   + (f" -P nproc={nproc}" if nproc > 1 else ""))
         else:
             how = "no epoch had finished, so there is no checkpoint to resume from"
         super().__init__(f"interrupted: run {run_id} is KILLED; {how}")
@@ -214,6 +217,15 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict[str, Any]]:
 def _train_replica(cfg: TrainConfig, world: World, device: torch.device) -> RunResult:
     """A process other than rank 0 of a data-parallel run: the same model on the same split,
     its share of every step, and no MLflow (rank 0 sends the resumed config and state)."""
+    try:
+        return _train_share(cfg, world, device)
+    except KeyboardInterrupt as exc:  # rank 0 says what became of the run
+        stopped = KeyboardInterrupt(f"process {world.rank} of {world.size} stopped")
+        stopped.exit_code = getattr(exc, "exit_code", 130)  # type: ignore[attr-defined]
+        raise stopped from None
+
+
+def _train_share(cfg: TrainConfig, world: World, device: torch.device) -> RunResult:
     cfg, state = world.broadcast(None) if cfg.resume_run else (cfg, None)
     seed_everything(cfg.training_seed)
     if cfg.num_threads > 0:
