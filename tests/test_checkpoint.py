@@ -23,6 +23,7 @@ from training.checkpoint import (SLOTS, CheckpointError, RunCheckpoints, load_ch
 ARGS = ["--data", "digits", "--model", "mobilenetv3_small_100", "--image_size", "16",
         "--epochs", "3", "--embedding_dim", "32",
         "--ema_decay", "0.9", "--lookahead", "true", "--mix", "mixup", "--log_model", "false",
+        "--plots", "false",
         "--experiment", "crash"]
 COMPARED = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi", "best_epoch")
 TOLERANCE = 1e-6  # the same arithmetic in the same order: equal up to float printing
@@ -180,7 +181,7 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     from zoo.gallery import INDEX_FILE, META_FILE, Gallery
 
     result = train(TrainConfig(model="residual_mlp", data="emitters", epochs=1,
-                               embedding_dim=8, experiment="damaged"))
+                               embedding_dim=8, experiment="damaged", plots=False))
     model_id = result.model_uri.split("/")[-1]
     folder = Path(mlflow.MlflowClient().get_logged_model(model_id).artifact_location
                   .removeprefix("file://"))

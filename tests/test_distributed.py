@@ -65,7 +65,7 @@ def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
 
 
 ARGS = dict(model="mobilenetv3_small_100", loss="arcface", image_size=16, embedding_dim=32,
-            epochs=1, log_model=False)
+            epochs=1, log_model=False, plots=False)
 
 
 @pytest.mark.slow

@@ -98,27 +98,31 @@ def test_monitor_none_keeps_the_last_epoch_and_nan_monitors_are_refused() -> Non
 def test_faces_small_beats_pixels_on_unseen_people(tracking_uri: str, orl_faces: Path,
                                                    tmp_path: Path) -> None:
     """`mlflow run . -e train -P preset=faces-small` on ORL with 20 of 40 people never seen:
-    the learned embedding ranks the unseen people's faces well above the raw pixels."""
+    the learned embedding ranks the unseen people's faces well above the raw pixels. Half the
+    recipe's epochs (an explicit -P wins over the preset) keep the test at 20 s of training."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(
         [str(bin_dir / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
          "--experiment-name", "faces", "-P", "preset=faces-small", "-P", f"data={orl_faces}",
-         "-P", "open_set=0.5"],
+         "-P", "open_set=0.5", "-P", "epochs=30"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = mlflow.search_runs(experiment_names=["faces"], output_format="list")[0]
     assert run.data.tags["zoo.preset"] == "faces-small"
     assert run.data.tags["zoo.model"] == "timm/vgg11_bn"
-    assert run.data.params["epochs"] == "15"  # as `mlflow run` logged the default it passed
-    assert run.data.tags["zoo.resolved.epochs"] == str(FACES["epochs"])  # what it trained
+    assert run.data.params["epochs"] == "30" and "zoo.resolved.epochs" not in run.data.tags
+    # `mlflow run` logged the default model it passed; the tag says what the preset made of it
+    assert (run.data.params["model"], run.data.tags["zoo.resolved.model"]) == (
+        "resnet18", FACES["model"])
     assert run.data.params["open_classes"] == "20" and run.data.params["train_samples"] == "160"
 
     cfg = TrainConfig(preset="faces-small", data=str(orl_faces), open_set=0.5)
     pixels = baseline_metrics(config_splits(cfg, load_config_data(cfg)), "pixels")
     learned = run.data.metrics
-    # measured: 0.86 vs 0.70 on this split (seed 0; docs/results.md has seeds 0-4)
+    # measured: 0.84 vs 0.70 on this split at 30 epochs (0.86 at the recipe's 60; seed 0;
+    # docs/results.md has seeds 0-4)
     assert learned["open_map_at_r"] > pixels["open_map_at_r"] + 0.06
     assert learned["open_precision_at_1"] >= 0.98

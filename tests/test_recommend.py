@@ -12,7 +12,7 @@ from training.recommend import RecommendConfig, recommend
 from training.sweep import SweepConfig, run_sweep
 from zoo.probe import frechet_distance, probe_images
 
-TINY = dict(models="mobilenetv3_small_100", epochs=1, image_size=16, batch_size=32,
+TINY = dict(models="mobilenetv3_small_100", epochs=1, image_size=16, batch_size=32, plots=False,
             embedding_dim=16, workers=1, register=False, experiment="swept")
 
 

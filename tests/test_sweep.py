@@ -11,7 +11,8 @@ import pytest
 import training.run
 from training.sweep import SweepConfig, run_sweep
 
-TINY = dict(data="emitters", epochs=1, batch_size=64, embedding_dim=16, log_model=True)
+TINY = dict(data="emitters", epochs=1, batch_size=64, embedding_dim=16, log_model=True,
+            plots=False)
 
 
 def _children(parent_id: str) -> list:

@@ -42,7 +42,8 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
         proc = subprocess.run(
             [sys.executable, "-m", "training.sweep", "--backend", "ray", "--data", "emitters",
              "--models", "residual_mlp,ft_transformer", "--losses", "arcface,triplet",
-             "--epochs", "1", "--embedding_dim", "16", "--experiment", "server-sweep"],
+             "--epochs", "1", "--embedding_dim", "16", "--plots", "false",
+             "--experiment", "server-sweep"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -40,7 +40,7 @@ def test_trials_are_nested_runs_and_the_best_is_logged_on_the_parent(
         tracking_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = TuneConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=3,
                      batch_size=64, trials=5, startup_trials=1, prune_after=1,
-                     log_model=False, experiment="tune")
+                     log_model=False, plots=False, experiment="tune")
     study = run_tune(cfg)
     [parent] = mlflow.search_runs(experiment_names=["tune"], output_format="list",
                                   filter_string="tags.`zoo.tune` = 'parent'")

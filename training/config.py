@@ -106,6 +106,8 @@ class TrainConfig:
     lr_scaling: str = _f("linear", "how lr grows with nproc (linear: lr x nproc, sqrt, none)",
                          ("linear", "sqrt", "none"))
     log_model: bool = _f(True, "log the trained model to MLflow")
+    plots: bool = _f(True, "log the learning curves, confusion matrix and t-SNE embedding map "
+                           "(about 3 s per run on a small test split)")
     checkpoint: bool = _f(True, "write a resumable checkpoint every epoch (logged to the run "
                                 "under checkpoints/, deleted when the run finishes)")
     resume_run: Optional[str] = _f(None, "id of a run that stopped (killed, failed, Ctrl-C) to "

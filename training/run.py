@@ -320,7 +320,7 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
                                                    cfg.tta)
     metrics.update(best_epoch=float(history.best_epoch), train_time_s=history.train_time_s)
     mlflow.log_metrics(metrics)
-    log_figures(history, splits, test_emb, test_logits, cfg.seed)
+    log_figures(history, splits, test_emb, test_logits, cfg.seed, cfg.plots)
     model_uri = None
     if cfg.log_model:
         meta = {
@@ -392,17 +392,19 @@ def test_metrics(
 
 
 def log_figures(history: History, splits: Splits, test_emb: torch.Tensor,
-                test_logits: torch.Tensor | None, seed: int) -> None:
-    """Curves, confusion matrix, embedding map and metrics.json as run artifacts."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        plots.plot_curves(history.epochs, out / "curves.png")
-        if test_logits is not None:
-            matrix = confusion_matrix(test_logits, splits.test.y, len(splits.class_names))
-            plots.plot_confusion(matrix, splits.class_names, out / "confusion_matrix.png")
-        plots.plot_embedding_map(test_emb.numpy(), splits.test.y.numpy(), splits.class_names,
-                                 out / "embeddings.png", seed=seed)
-        mlflow.log_artifacts(str(out), artifact_path="plots")
+                test_logits: torch.Tensor | None, seed: int, figures: bool = True) -> None:
+    """Curves, confusion matrix and embedding map (when ``figures``), history.json and
+    metrics.json as run artifacts."""
+    if figures:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            plots.plot_curves(history.epochs, out / "curves.png")
+            if test_logits is not None:
+                matrix = confusion_matrix(test_logits, splits.test.y, len(splits.class_names))
+                plots.plot_confusion(matrix, splits.class_names, out / "confusion_matrix.png")
+            plots.plot_embedding_map(test_emb.numpy(), splits.test.y.numpy(),
+                                     splits.class_names, out / "embeddings.png", seed=seed)
+            mlflow.log_artifacts(str(out), artifact_path="plots")
     mlflow.log_dict({"history": history.epochs, "best_epoch": history.best_epoch,
                      "stopped_early": history.stopped_early}, "history.json")
     run = mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id)
