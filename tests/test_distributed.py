@@ -62,6 +62,16 @@ def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
     with pytest.raises(ValueError, match=r"python -m training\.train --nproc 2"):
         train(TrainConfig(nproc=2, epochs=1))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
+    # entry points whose runs train in one process each refuse it as they are configured
+    from training.distill import DistillConfig
+    from training.sweep import SweepConfig
+    from training.tune import TuneConfig
+
+    for cls, why in ((SweepConfig, "a sweep trains `workers` combinations at once"),
+                     (TuneConfig, "tune trains one trial at a time"),
+                     (DistillConfig, "a student trains in one process")):
+        with pytest.raises(ValueError, match=f"nproc=2 is for single runs .-e train.; {why}"):
+            cls(nproc=2)
 
 
 ARGS = dict(model="mobilenetv3_small_100", loss="arcface", image_size=16, embedding_dim=32,

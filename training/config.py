@@ -13,6 +13,11 @@ from typing import Any, ClassVar, Optional, get_args, get_origin, get_type_hints
 from training.presets import apply_preset, preset_fields, preset_names
 
 
+#: How the peak learning rate grows with the number of data-parallel processes (each takes
+#: its own ``batch_size`` samples per step, so one step sees ``nproc x batch_size``).
+LR_SCALING = ("linear", "sqrt", "none")
+
+
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -23,6 +28,9 @@ class TrainConfig:
 
     #: Fields a preset leaves alone in this class (a sweep sets model and loss per child).
     PRESET_SKIP: ClassVar[tuple[str, ...]] = ()
+    #: Why ``nproc`` > 1 is refused, for entry points whose runs train in one process each
+    #: (empty: data-parallel training is allowed).
+    ONE_PROCESS_PER_RUN: ClassVar[str] = ""
 
     preset: str = _f("none", "a named recipe that fills in the parameters left at their "
                              "defaults (docs/results.md)", preset_names())
@@ -104,7 +112,7 @@ class TrainConfig:
     nproc: int = _f(1, "data-parallel processes started with torchrun (DDP: gloo on CPU, NCCL "
                        "with one GPU each); each takes batch_size samples per step")
     lr_scaling: str = _f("linear", "how lr grows with nproc (linear: lr x nproc, sqrt, none)",
-                         ("linear", "sqrt", "none"))
+                         LR_SCALING)
     log_model: bool = _f(True, "log the trained model to MLflow")
     plots: bool = _f(True, "log the learning curves, confusion matrix and t-SNE embedding map "
                            "(about 3 s per run on a small test split)")
@@ -161,6 +169,9 @@ class TrainConfig:
                      "nproc"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.nproc > 1 and self.ONE_PROCESS_PER_RUN:
+            raise ValueError(f"nproc={self.nproc} is for single runs (-e train); "
+                             f"{self.ONE_PROCESS_PER_RUN}")
         if self.open_set is not None and not 0 <= self.open_set < 1:
             raise ValueError(f"open_set must be in [0, 1), got {self.open_set}")
         if not 0 <= self.ema_decay < 1:

@@ -47,6 +47,7 @@ class DistillConfig(TrainConfig):
     """A student ``TrainConfig`` plus its teacher and the weights of the distillation terms."""
 
     PRESET_SKIP = FROM_TEACHER  # the split and input are the teacher's, whatever the recipe
+    ONE_PROCESS_PER_RUN = "a student trains in one process, beside its teacher"
 
     model: str = _f("mobilenetv3_small_100", "student model (python -m zoo list)")
     teacher: str = _f("models:/zoo-digits@champion", "teacher model URI (models:/<name>@<alias>, "

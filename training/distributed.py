@@ -24,13 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from training.config import LR_SCALING
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How the peak learning rate grows with the number of processes (each takes its own
-#: ``batch_size`` samples per step, so one step sees ``nproc x batch_size``).
-LR_SCALING = ("linear", "sqrt", "none")
 
 
 @dataclass(frozen=True)

@@ -422,16 +422,17 @@ def fit(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         elapsed = time.perf_counter() - started
-        totals = world.sum({"seen": seen, "loss": total_loss,
-                            **{f"part_{k}": v for k, v in parts.items()}})
-        seen, total_loss = int(totals.pop("seen")), totals.pop("loss")
+        # sample-weighted loss sums (and samples seen) over every process's share
+        sums = world.sum({"train_loss": total_loss, "samples": seen,
+                          **{f"train_loss_{k}": v for k, v in parts.items()}})
+        seen = int(sums.pop("samples"))
         metrics = {
-            "train_loss": total_loss / max(1, seen),
+            "train_loss": sums.pop("train_loss") / max(1, seen),
             "lr": opt.inner.param_groups[0]["lr"],
             "samples_per_s": seen / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
-        metrics.update({f"train_loss_{k[5:]}": v / max(1, seen) for k, v in totals.items()})
+        metrics.update({k: v / max(1, seen) for k, v in sums.items()})
         world.sync_buffers(pair)
         if ema is not None:
             world.sync_buffers(ema.module)

@@ -152,9 +152,7 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
             raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.nproc}: resume it "
                              f"with the same number of processes (-P nproc={cfg.nproc})")
         world.broadcast((cfg, state))  # the other processes resume from the same point
-    seed_everything(cfg.training_seed)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    seed_and_threads(cfg)
     name = dataset_name(cfg.data)
     run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name,
                 **({"zoo.preset": cfg.preset} if cfg.preset != "none" else {}), **(tags or {})}
@@ -227,31 +225,43 @@ def _train_replica(cfg: TrainConfig, world: World, device: torch.device) -> RunR
 
 def _train_share(cfg: TrainConfig, world: World, device: torch.device) -> RunResult:
     cfg, state = world.broadcast(None) if cfg.resume_run else (cfg, None)
-    seed_everything(cfg.training_seed)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    check_names(cfg)
-    data = load_config_data(cfg)
-    check_modality(cfg, data)
-    splits = config_splits(cfg, data)
-    model, loss_fn = build_model_and_loss(cfg, splits)
+    seed_and_threads(cfg)
+    splits, model, loss_fn = prepare(cfg)
+    # its own augmentation and dropout draws; the weights are rank 0's (DDP copies them to
+    # every process before the first step)
+    torch.manual_seed(cfg.training_seed * 1_000_003 + world.rank)
     history = fit(model, loss_fn, splits.train, splits.val, cfg, device,
-                  len(splits.class_names), resume=state, world=_reseeded(cfg, world))
-    world.gather(checksum(nn.ModuleDict({"model": model, "loss": loss_fn})))
+                  len(splits.class_names), resume=state, world=world)
+    replica_digests(model, loss_fn, world)
     return RunResult(world.broadcast(""), {}, None, history)
 
 
-def _reseeded(cfg: TrainConfig, world: World) -> World:
-    """Each process draws its own augmentation and dropout (the weights are rank 0's: DDP
-    copies them to every process before the first step)."""
-    if world.rank:
-        torch.manual_seed(cfg.training_seed * 1_000_003 + world.rank)
-    return world
+def seed_and_threads(cfg: TrainConfig) -> None:
+    """The run's random seed and torch's CPU threads, before anything is built."""
+    seed_everything(cfg.training_seed)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+
+
+def prepare(cfg: TrainConfig, data: LoadedData | None = None
+            ) -> tuple[Splits, EmbeddingModel, EmbeddingLoss]:
+    """The config's split of ``data`` (loaded when None) and a fresh model and loss, after
+    the names and the model's modality are checked."""
+    check_names(cfg)
+    data = data or load_config_data(cfg)
+    check_modality(cfg, data)
+    splits = config_splits(cfg, data)
+    return (splits, *build_model_and_loss(cfg, splits))
+
+
+def replica_digests(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World) -> list[str]:
+    """Every process's digest of its final model and loss weights, in rank order."""
+    return world.gather(checksum(nn.ModuleDict({"model": model, "loss": loss_fn})))
 
 
 def check_replicas(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World) -> None:
     """Every process must end with the same weights; tag their digests on the run."""
-    digests = world.gather(checksum(nn.ModuleDict({"model": model, "loss": loss_fn})))
+    digests = replica_digests(model, loss_fn, world)
     mlflow.set_tag("zoo.ddp.replica_checksums", ",".join(digests))
     if len(set(digests)) > 1:
         raise RuntimeError(f"the {world.size} data-parallel processes ended with different "
@@ -281,12 +291,8 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
                   on_epoch: Callable[[int, dict[str, float]], None] | None) -> RunResult:
     if state is None:
         log_params_once(cfg.to_params(), resolved_keys=cfg.preset_changed)
-    check_names(cfg)
-    data = data or load_config_data(cfg)
-    check_modality(cfg, data)
-    splits = config_splits(cfg, data)
+    splits, model, loss_fn = prepare(cfg, data)
     num_classes = len(splits.class_names)
-    model, loss_fn = build_model_and_loss(cfg, splits)
     if state is None:
         log_params_once(describe(splits, model, device, world))
     log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",

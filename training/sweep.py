@@ -71,6 +71,7 @@ class SweepConfig(TrainConfig):
     #: TrainConfig fields a sweep sets per child rather than taking from the user.
     PER_CHILD = ("model", "loss")
     PRESET_SKIP = PER_CHILD
+    ONE_PROCESS_PER_RUN = "a sweep trains `workers` combinations at once, one process each"
 
     def combinations(self, data_kind: str) -> list[tuple[str, str]]:
         """The (model, loss) combinations, models outermost; those that cannot train together
@@ -158,9 +159,6 @@ class Outcome:
 
 def run_sweep(cfg: SweepConfig) -> list[Outcome]:
     """Train the grid, compare, register; returns every combination's outcome."""
-    if cfg.nproc > 1:
-        raise ValueError(f"nproc={cfg.nproc} is for single runs (-e train); a sweep trains "
-                         f"`workers` combinations at once (workers={cfg.workers})")
     configure_tracking()
     name = dataset_name(cfg.data)
     data = load_config_data(cfg)

@@ -45,15 +45,12 @@ class Knob:
     high: float = 0.0
     log: bool = False
     choices: tuple[int, ...] = ()
-    integer: bool = False
 
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         """Optuna's suggestion; floats to 3 significant digits, so the parameters a trial
         logs are ones a person can type (``-P lr=0.00213``)."""
         if self.choices:
             return trial.suggest_categorical(name, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return float(f"{trial.suggest_float(name, self.low, self.high, log=self.log):.3g}")
 
 
@@ -81,6 +78,7 @@ class TuneConfig(TrainConfig):
     #: Trials are compared on a validation split, which a preset may give up (faces-small
     #: trains on everything and keeps the last epoch): tuning keeps one.
     PRESET_SKIP: ClassVar[tuple[str, ...]] = ("monitor", "val_fraction")
+    ONE_PROCESS_PER_RUN: ClassVar[str] = "tune trains one trial at a time, in one process"
 
     trials: int = _f(20, "trials (each one training run)")
     search: str = _f("auto", "comma list of parameters to search among margin, scale, "
@@ -101,9 +99,6 @@ class TuneConfig(TrainConfig):
         if self.monitor == "none":
             raise ValueError("tune compares trials on the validation monitor: set monitor to a "
                              "val_ metric (e.g. val_map_at_r), not none")
-        if self.nproc > 1:
-            raise ValueError(f"nproc={self.nproc} is for single runs (-e train); tune trains "
-                             "one trial at a time")
 
     def space(self) -> dict[str, Knob]:
         """The parameters searched and their ranges."""
