@@ -148,7 +148,7 @@ def ensemble_row(seeds: str, experiment: str, members: int) -> dict[str, list[fl
                                      experiment=experiment, **RECIPE))
                    for i in range(members)]
         metrics = evaluate_models(EvaluateConfig(
-            model_uris=",".join(r.model_uri for r in results), tta=RECIPE["tta"],
+            model_uri=",".join(r.model_uri for r in results), tta=RECIPE["tta"],
             experiment=experiment))
         for key in METRICS:
             values[key].append(metrics[key])

@@ -124,7 +124,8 @@ def images_to_array(uploads: Sequence[Upload], pre: Preprocessing,
     check_count(len(uploads), "images", settings)
     images = [open_image(upload, i, settings) for i, upload in enumerate(uploads)]
     channels, height, width = pre.input_size
-    return np.stack([image_to_array(im, channels, (height, width)) for im in images]), images
+    return np.stack([image_to_array(im, channels, (height, width), pre.interpolation)
+                     for im in images]), images
 
 
 def rows_to_array(rows: Sequence[Sequence[float]], pre: Preprocessing,

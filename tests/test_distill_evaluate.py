@@ -95,12 +95,12 @@ def test_mlflow_run_distill_entry_point(teacher, module_tracking_uri: str, tmp_p
 
 
 def test_evaluate_reproduces_a_run_and_scores_an_ensemble(teacher) -> None:
-    alone = evaluate_models(EvaluateConfig(model_uris=TEACHER))
+    alone = evaluate_models(EvaluateConfig(model_uri=TEACHER))
     for key in ("test_precision_at_1", "test_map_at_r", "test_accuracy", "open_map_at_r"):
         assert alone[key] == pytest.approx(teacher.metrics[key], abs=1e-6), key
     other = train(TrainConfig(model="residual_mlp", loss="softmax", data="emitters", epochs=2,
                               embedding_dim=32, open_set=0.3, seed=1, experiment="other"))
-    both = evaluate_models(EvaluateConfig(model_uris=f"{TEACHER},{other.model_uri}"))
+    both = evaluate_models(EvaluateConfig(model_uri=f"{TEACHER},{other.model_uri}"))
     runs = mlflow.search_runs(experiment_names=["zoo-emitters"], output_format="list",
                               filter_string="tags.`zoo.evaluation` = 'ensemble'")
     assert len(runs) == 1 and runs[0].data.tags["zoo.members"] == f"{TEACHER},{other.model_uri}"
@@ -115,4 +115,4 @@ def test_ensemble_needs_one_split(teacher) -> None:
                               embedding_dim=32, open_set=0.3, seed=2, experiment="other",
                               log_model=True))
     with pytest.raises(ValueError, match="seed=1.*seed=2"):
-        evaluate_models(EvaluateConfig(model_uris=f"{TEACHER},{other.model_uri}"))
+        evaluate_models(EvaluateConfig(model_uri=f"{TEACHER},{other.model_uri}"))

@@ -76,7 +76,7 @@ def test_names_and_direction() -> None:
 def test_register_config_parses_mlproject_strings() -> None:
     cfg = RegisterConfig.from_dict({"experiment": "e", "sweep": "", "metric": "",
                                     "force": "true"})
-    assert (cfg.experiment, cfg.sweep, cfg.metric, cfg.force) == ("e", "", P1, True)
+    assert (cfg.experiment, cfg.sweep, cfg.metric, cfg.force) == ("e", "", "auto", True)
     with pytest.raises(ValueError, match="exactly one of --experiment"):
         RegisterConfig.from_dict({"experiment": "", "sweep": ""})
     with pytest.raises(ValueError, match="exactly one of --experiment"):

@@ -200,13 +200,14 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(df: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
-    """``comparison.csv`` (full precision, for machines) and ``comparison.md`` (for people)."""
+def write_tables(df: pd.DataFrame, folder: Path, note: str = "") -> tuple[Path, Path]:
+    """``comparison.csv`` (full precision, for machines) and ``comparison.md`` (for people,
+    with ``note`` under the table: how the ranking chose)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / "comparison.csv", folder / "comparison.md"
     df.to_csv(csv_path, index=False)
-    md_path.write_text(to_markdown(df), encoding="utf-8")
+    md_path.write_text(to_markdown(df) + (f"\n{note}\n" if note else ""), encoding="utf-8")
     log.info("comparison table written to %s and %s", csv_path, md_path)
     return csv_path, md_path
 

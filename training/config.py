@@ -58,6 +58,28 @@ class TrainConfig:
                                          "model's own)")
     drop_rate: float = _f(0.0, "image models: timm's dropout before its (empty) head")
     drop_path_rate: float = _f(0.0, "image models: stochastic depth (timm's drop_path_rate)")
+    pretrained: Optional[str] = _f(None, "start the timm backbone from pretrained weights: true "
+                                         "(timm's own, from the Hugging Face hub cache; "
+                                         "HF_HUB_OFFLINE honoured) or a checkpoint file "
+                                         "(.safetensors, .pth, .bin); auto: from scratch")
+    init: Optional[str] = _f(None, "start from a zoo model trained earlier (models:/<name>@<alias>, "
+                                   "models:/<name>/<version> or runs:/<id>/model): its "
+                                   "architecture, preprocessing and backbone and neck weights; "
+                                   "new classes get a new loss and head")
+    freeze_epochs: Optional[int] = _f(None, "epochs the neck and head train alone, the backbone "
+                                            "and its BatchNorm statistics frozen (auto: 1 when "
+                                            "pretrained or init is set, else 0)")
+    backbone_lr: Optional[float] = _f(None, "the backbone's learning rate as a factor of lr (auto: "
+                                            "0.1 when pretrained or init is set, else 1)")
+    lr_decay: Optional[float] = _f(None, "layer-wise learning-rate decay of timm backbones in "
+                                         "(0, 1]: each layer down gets this factor more "
+                                         "(timm's param_groups_layer_decay; auto: 1, off)")
+    mean: Optional[str] = _f(None, "image normalisation mean per channel, comma list (auto: the "
+                                   "pretrained or init model's, else fitted on the training split)")
+    std: Optional[str] = _f(None, "normalisation std per channel, comma list (auto: as mean)")
+    interpolation: Optional[str] = _f(None, "image resize filter: bilinear, bicubic, nearest, "
+                                            "lanczos, box or hamming (auto: the pretrained or init "
+                                            "model's, else bilinear)")
     cnn_branch: str = _f("convnextv2_atto", "model=hybrid: the timm CNN branch")
     transformer_branch: str = _f("swinv2_tiny_window8_256", "model=hybrid: the timm SwinV2 "
                                                             "branch (built for image_size)")
@@ -127,6 +149,11 @@ class TrainConfig:
         return {k: format_value(v) for k, v in dataclasses.asdict(self).items()}
 
     @property
+    def fine_tuning(self) -> bool:
+        """Whether the run starts from trained weights (pretrained or init)."""
+        return bool(self.pretrained or self.init)
+
+    @property
     def training_seed(self) -> int:
         """What seeds the weights, batches and augmentation (not the split)."""
         return self.seed if self.init_seed is None else self.init_seed
@@ -187,6 +214,59 @@ class TrainConfig:
                              f"{self.grid * self.grid}")
         if self.mix != "none" and self.mix_alpha <= 0:
             raise ValueError(f"mix={self.mix} needs mix_alpha > 0, got {self.mix_alpha}")
+        check_fine_tuning(self)
+
+
+#: What the fine-tuning controls become when a run starts from trained weights: the new
+#: neck and head train alone for an epoch first (linear probing, then fine-tuning: Kumar et
+#: al. 2022, LP-FT; FastReID's freeze_iters), and the pretrained backbone learns at a tenth of
+#: the new layers' rate (discriminative fine-tuning: Howard & Ruder 2018). Layer-wise decay
+#: (BEiT, MAE: 0.65-0.75 for ViTs) stays off unless asked for.
+FINE_TUNING_DEFAULTS = {"freeze_epochs": 1, "backbone_lr": 0.1, "lr_decay": 1.0}
+FROM_SCRATCH_DEFAULTS = {"freeze_epochs": 0, "backbone_lr": 1.0, "lr_decay": 1.0}
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+def check_fine_tuning(cfg: Any) -> None:
+    """Fill the fine-tuning controls left to ``auto`` and check all of them."""
+    if isinstance(cfg.pretrained, str) and cfg.pretrained.strip().lower() in ("false", "no", "0",
+                                                                              "off"):
+        cfg.pretrained = None
+    defaults = FINE_TUNING_DEFAULTS if cfg.fine_tuning else FROM_SCRATCH_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+    if cfg.freeze_epochs < 0:
+        raise ValueError(f"freeze_epochs must be >= 0, got {cfg.freeze_epochs}")
+    if cfg.backbone_lr < 0:
+        raise ValueError(f"backbone_lr must be >= 0 (a factor of lr), got {cfg.backbone_lr}")
+    if not 0 < cfg.lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1], got {cfg.lr_decay}")
+    if cfg.pretrained and cfg.width_multiplier != 1.0:
+        raise ValueError(f"pretrained weights are for the model's own width; "
+                         f"width_multiplier={cfg.width_multiplier} would not fit them")
+    if cfg.pretrained and cfg.init:
+        raise ValueError("pretrained and init both name the starting weights: give one (init "
+                         "already carries the weights its model started from)")
+    if cfg.interpolation is not None and cfg.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation={cfg.interpolation!r} is not one of "
+                         f"{', '.join(INTERPOLATIONS)}")
+    for name in ("mean", "std"):
+        values = channel_values(getattr(cfg, name), name)
+        if values is not None and name == "std" and min(values) <= 0:
+            raise ValueError(f"std must be > 0 per channel, got {getattr(cfg, name)}")
+    if (cfg.mean is None) != (cfg.std is None):
+        raise ValueError("set mean and std together (one value per channel each), or neither")
+
+
+def channel_values(text: str | None, name: str = "mean") -> list[float] | None:
+    """``"0.5,0.5,0.5"`` → ``[0.5, 0.5, 0.5]``; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in str(text).replace(" ", "").strip("[]()").split(",") if v]
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a comma list of numbers") from None
 
 
 def check_choices(config: Any) -> None:

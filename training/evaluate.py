@@ -1,7 +1,11 @@
 """``python -m training.evaluate``: evaluate registered models, alone or as an ensemble.
 
 Every model is run on the test (and open-set) split of the run that trained it, rebuilt from
-that run's parameters, optionally with flip test-time augmentation. Several models form an
+that run's parameters, optionally with flip test-time augmentation. Given ``data`` with other
+classes than the model was trained on, the evaluation is zero-shot: every sample of that data
+counts as a class the model never saw, read with the model's own preprocessing, and scored
+by the retrieval, clustering and verification metrics (``open_*``): how a face model trained
+on one set of people does on another. Several models form an
 ensemble: their logits are averaged, and their L2-normalised embeddings are concatenated
 and divided by √n, so the ensemble's cosine similarity between two samples is the mean of
 the members' similarities. (Averaging the vectors themselves would mix embedding spaces
@@ -27,9 +31,11 @@ from training.distill import SPLIT_FIELDS
 from training.export import source_config, source_splits
 from training.loop import embed, pick_device
 from training.model_source import load_source
-from training.run import SUMMARY_KEYS, dataset_name
+from training.run import SUMMARY_KEYS, dataset_name, load_config_data
 from training.tracking import configure_tracking, log_params_once, training_run
-from zoo.data import Split
+from zoo.data import LoadedData, Preprocessing, Split
+from zoo.data.lazy import LazyImages
+from zoo.data.preprocessing import normalise
 from zoo.metrics import evaluate
 
 log = logging.getLogger(__name__)
@@ -39,9 +45,11 @@ log = logging.getLogger(__name__)
 class EvaluateConfig:
     """Which models, on what data, with which test-time augmentation."""
 
-    model_uris: str = _f("models:/zoo-digits@champion", "comma list of model URIs; two or "
-                                                        "more are evaluated as an ensemble")
-    data: str = _f("", "where the models' training data is now, if it has moved")
+    model_uri: str = _f("models:/zoo-digits@champion", "model URI, or a comma list of them: two "
+                                                       "or more are evaluated as an ensemble")
+    data: str = _f("", "data to evaluate on (empty: the models' own test split): the "
+                       "training data where it is now, if it has moved, or a data set of "
+                       "other classes, evaluated zero-shot (every sample unseen)")
     tta: str = _f("none", "test-time augmentation: flip averages each image with its mirror",
                   ("none", "flip"))
     batch_size: int = _f(256, "samples per forward pass")
@@ -50,12 +58,12 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if not self.uris:
-            raise ValueError("model_uris is empty: give one or more model URIs, comma separated")
+            raise ValueError("model_uri is empty: give one or more model URIs, comma separated")
         check_choices(self)
 
     @property
     def uris(self) -> list[str]:
-        return [u.strip() for u in self.model_uris.split(",") if u.strip()]
+        return [u.strip() for u in self.model_uri.split(",") if u.strip()]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EvaluateConfig":
@@ -64,28 +72,59 @@ class EvaluateConfig:
 
 @dataclass
 class Member:
-    """One loaded model with its run's config and the splits it is evaluated on."""
+    """One loaded model with its run's config and the splits it is evaluated on (zero-shot:
+    no test split, and all of the new data as the open one)."""
 
     uri: str
     model: torch.nn.Module
     config: Any
-    test: Split
+    test: Split | None
     open: Split | None
     tags: dict[str, str]
+    zero_shot: bool = False
 
 
 def load_member(uri: str, data: str) -> Member:
     source, run, model = load_source(uri)
-    cfg = source_config(run, data)
-    splits = source_splits(cfg, model)
+    cfg = source_config(run)
     version = f"v{source.version.version}" if source.version is not None else source.run_id
-    return Member(uri, model, cfg, splits.test, splits.open,
-                  {"experiment_id": run.info.experiment_id, "version": version})
+    tags = {"experiment_id": run.info.experiment_id, "version": version,
+            "dataset": dataset_name(cfg.data)}
+    if not data:
+        splits = source_splits(cfg, model)
+        return Member(uri, model, cfg, splits.test, splits.open, tags)
+    cfg = dataclasses.replace(cfg, data=data)
+    loaded = load_config_data(cfg)  # the model's input size, channels and resize filter
+    meta = model.zoo_meta
+    trained = list(meta.get("preprocessing", {}).get("class_names", []))
+    if sorted(loaded.class_names) == sorted(trained + list(meta.get("open_class_names", []))):
+        splits = source_splits(cfg, model, loaded)  # the training data, moved
+        return Member(uri, model, cfg, splits.test, splits.open, tags)
+    return Member(uri, model, cfg, None, unseen_split(loaded, model), tags, zero_shot=True)
+
+
+def unseen_split(data: LoadedData, model: torch.nn.Module) -> Split:
+    """All of ``data``, normalised as the model's training data was (its own mean and std,
+    never the new data's)."""
+    pre = Preprocessing.from_dict(model.zoo_meta["preprocessing"])
+    if data.kind != pre.kind:
+        raise ValueError(f"the model takes {pre.kind} data but {data.name!r} is {data.kind} data")
+    if pre.kind == "tabular" and list(data.feature_names or []) != list(pre.feature_names or []):
+        raise ValueError(f"{data.name!r} has features {data.feature_names} but the model was "
+                         f"trained on {pre.feature_names}")
+    x = (data.x.normalised(pre.mean, pre.std) if isinstance(data.x, LazyImages)
+         else normalise(data.x, pre.mean, pre.std))
+    return Split(x, data.y, torch.arange(len(data)))
 
 
 def check_same_split(members: list[Member]) -> None:
     """Members must share the data and split, or their test samples differ."""
     first = members[0]
+    if any(m.zero_shot != first.zero_shot for m in members):
+        raise ValueError("data holds the training classes of some members and not of others: "
+                         "an ensemble is evaluated on one kind of split")
+    if first.zero_shot:
+        return
     for other in members[1:]:
         for name in SPLIT_FIELDS:
             a, b = getattr(first.config, name), getattr(other.config, name)
@@ -117,29 +156,44 @@ def evaluate_models(cfg: EvaluateConfig) -> dict[str, float]:
     device = pick_device(cfg.device)
     members = [load_member(uri, cfg.data) for uri in cfg.uris]
     check_same_split(members)
-    if cfg.tta != "none" and members[0].test.x.dim() != 4:
-        raise ValueError(f"tta={cfg.tta} flips images; these models take tabular rows")
     first = members[0]
+    if cfg.tta != "none" and (first.open if first.zero_shot else first.test).x.dim() != 4:
+        raise ValueError(f"tta={cfg.tta} flips images; these models take tabular rows")
     name = dataset_name(first.config.data)
-    experiment = cfg.experiment or mlflow.MlflowClient().get_experiment(
-        first.tags["experiment_id"]).name
-    kind = "ensemble" if len(members) > 1 else "evaluate"
+    if first.zero_shot:  # a run about the new data, in its own experiment
+        experiment = cfg.experiment or f"zoo-{name}"
+        kind = "zero-shot"
+    else:
+        experiment = cfg.experiment or mlflow.MlflowClient().get_experiment(
+            first.tags["experiment_id"]).name
+        kind = "ensemble" if len(members) > 1 else "evaluate"
+    models = "+".join(str(m.model.zoo_meta.get("model", "?")) for m in members)
     tags = {"zoo.dataset": name, "zoo.evaluation": kind, "zoo.members": ",".join(cfg.uris),
-            "zoo.model": "+".join(str(m.model.zoo_meta.get("model", "?")) for m in members),
-            "zoo.loss": "+".join(str(m.model.zoo_meta.get("loss", "?")) for m in members)}
-    with training_run(f"{kind}-{len(members)}", experiment, tags):
+            "zoo.model": models,
+            "zoo.loss": "+".join(str(m.model.zoo_meta.get("loss", "?")) for m in members),
+            **({"zoo.trained_on": ",".join(sorted({m.tags["dataset"] for m in members}))}
+               if first.zero_shot else {})}
+    run_name = f"zero-shot-{models}" if first.zero_shot else f"{kind}-{len(members)}"
+    with training_run(run_name, experiment, tags):
         log_params_once({f.name: str(getattr(cfg, f.name))
                          for f in dataclasses.fields(cfg)})
         log_params_once({f"member_{i}": f"{m.uri} ({m.tags['version']})"
                          for i, m in enumerate(members)})
-        emb, logits = combined_outputs(members, "test", cfg, device)
-        metrics = evaluate(emb, first.test.y, logits, prefix="test_")
+        metrics: dict[str, float] = {}
+        if not first.zero_shot:
+            emb, logits = combined_outputs(members, "test", cfg, device)
+            metrics = evaluate(emb, first.test.y, logits, prefix="test_")
         if first.open is not None and len(first.open):
             open_emb, _ = combined_outputs(members, "open", cfg, device)
             metrics.update(evaluate(open_emb, first.open.y, None, prefix="open_"))
         mlflow.log_metrics(metrics)
     summary = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
-    print(f"{kind} of {len(members)} on {name} ({len(first.test)} test samples): {summary}")
+    if first.zero_shot:
+        print(f"zero-shot: {models} ({', '.join(cfg.uris)}) on {name}, all "
+              f"{len(first.open)} samples of {len(first.open.y.unique())} classes it never saw: "
+              f"{summary}")
+    else:
+        print(f"{kind} of {len(members)} on {name} ({len(first.test)} test samples): {summary}")
     return metrics
 
 

@@ -26,6 +26,7 @@ from training.config import TrainConfig
 from training.distributed import World, unused_parameters, wrap
 from training.mixing import MixedBatch, mix_batch
 from training.optim import centralize_gradients, frozen_norm_stats, make_optimizer
+from training.param_groups import backbone_groups, param_groups
 from zoo.data import ImageAugment, PKBatchSampler, Split
 from zoo.losses import EmbeddingLoss
 from zoo.metrics import evaluate, higher_is_better
@@ -74,22 +75,6 @@ def make_augment(cfg: TrainConfig) -> ImageAugment | None:
     if cfg.augment == "strong":
         return ImageAugment.preset("faces", hflip=cfg.hflip, strength=1.5)
     return ImageAugment.preset("default", hflip=cfg.hflip)
-
-
-def param_groups(model: nn.Module, loss_fn: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices of the model only; biases, norms and loss weights are not decayed."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "weight_decay": 0.0})
-    return groups
 
 
 def make_scheduler(
@@ -316,12 +301,12 @@ def fit(
     loss_fn.to(device)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
-    groups = param_groups(model, loss_fn, cfg.weight_decay)
+    lr = cfg.lr * world.lr_factor(cfg.lr_scaling)
+    groups = param_groups(model, loss_fn, cfg.weight_decay, lr, cfg.backbone_lr, cfg.lr_decay)
     if aux is not None:
         aux.to(device)
         groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
-                       "weight_decay": cfg.weight_decay})
-    lr = cfg.lr * world.lr_factor(cfg.lr_scaling)
+                       "weight_decay": cfg.weight_decay, "lr": lr})
     opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.sam_rho, cfg.lookahead)
     n_steps = steps_per_epoch(train, cfg, loss_fn, world)
     scheduler = make_scheduler(opt.inner, cfg, n_steps)
@@ -329,9 +314,9 @@ def fit(
     model.set_head(None)  # logits are not trained through the model; skip them
     pair = nn.ModuleDict({"model": model, "loss": loss_fn})
     step_module: nn.Module = TrainStep(pair, aux, dtype, device.type)
-    if world.distributed:
-        step_module = wrap(step_module, world, device,
-                           find_unused=_any_unused(step_module, train, cfg, loss_fn, device, world))
+    if world.distributed:  # a frozen backbone gives no gradients for its first epochs
+        step_module = wrap(step_module, world, device, find_unused=cfg.freeze_epochs > 0
+                           or _any_unused(step_module, train, cfg, loss_fn, device, world))
     ema = (ModelEmaV3(pair, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup,
                       warmup_power=EMA_WARMUP_POWER) if cfg.ema_decay > 0 else None)
     evaluated = ema.module if ema is not None else pair
@@ -387,6 +372,7 @@ def fit(
         evaluated["model"].set_head(None)
         model.train()
         loss_fn.train()
+        frozen = freeze_backbone(model, epoch <= cfg.freeze_epochs)
         started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
         bar = tqdm(batches(train, cfg, loss_fn, epoch, world), total=n_steps,
                    desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
@@ -433,6 +419,9 @@ def fit(
             "epoch_time_s": elapsed,
         }
         metrics.update({k: v / max(1, seen) for k, v in sums.items()})
+        if cfg.fine_tuning or cfg.backbone_lr != 1.0 or cfg.freeze_epochs:
+            metrics["lr_backbone"] = 0.0 if frozen else max(
+                (g["lr"] for g in backbone_groups(opt.inner)), default=0.0)
         world.sync_buffers(pair)
         if ema is not None:
             world.sync_buffers(ema.module)
@@ -465,6 +454,7 @@ def fit(
             log.info("early stop: no better %s for %d epochs", cfg.monitor, cfg.patience)
             break
 
+    freeze_backbone(model, False)
     model.set_head(None)
     evaluated["model"].set_head(None)
     if cfg.monitor == "none" and ema is not None:
@@ -472,6 +462,20 @@ def fit(
     if best_state is not None:
         pair.load_state_dict(best_state)
     return history
+
+
+def freeze_backbone(model: EmbeddingModel, frozen: bool) -> bool:
+    """Freeze (or thaw) the backbone: no gradients, and its BatchNorm layers keep their
+    running statistics, so the new neck and head learn on stable features first."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return False
+    backbone.requires_grad_(not frozen)
+    if frozen:
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return frozen
 
 
 def _any_unused(step: TrainStep, train: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss,

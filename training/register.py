@@ -31,8 +31,10 @@ class RegisterConfig:
     sweep: str = field(default="", metadata={"help": "register from the child runs of this "
                                                      "sweep's parent run id"})
     metric: str = field(default=DEFAULT_METRIC, metadata={
-        "help": "metric that ranks runs; lower is better when a word of its name is loss, "
-                "ece or error"})
+        "help": "metric that ranks runs (auto: each run's validation monitor at its kept "
+                "epoch, best_val_map_at_r by default, or its test counterpart for runs "
+                "without a validation split); lower is better when a word of its name is "
+                "loss, ece or error"})
     force: bool = field(default=False, metadata={
         "help": "move champion and <loss>-best even to a worse model"})
 

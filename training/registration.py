@@ -31,7 +31,11 @@ from zoo.metrics import higher_is_better
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-DEFAULT_METRIC = "test_precision_at_1"
+#: Rank by the validation figures of each run's kept epoch (``best_<monitor>``), so that the
+#: test split stays an honest estimate of the winner; runs without a validation split are
+#: ranked by the monitor's test counterpart, and everything that reports it says so.
+DEFAULT_METRIC = "auto"
+FALLBACK_METRIC = "test_map_at_r"
 MODEL_URI_TAG = "zoo.model_uri"
 # Run metrics copied onto every version as tags, so the registry alone compares versions.
 VERSION_METRIC_PREFIXES = ("test_", "open_")
@@ -55,6 +59,42 @@ def loss_alias(loss: str) -> str:
 def lower_is_better(metric: str) -> bool:
     """The opposite of ``zoo.metrics.higher_is_better`` (the one definition)."""
     return not higher_is_better(metric)
+
+
+def metric_for(monitor: str, has_validation: bool) -> str:
+    """The ranking metric ``auto`` stands for: ``best_<monitor>`` (the kept epoch's
+    validation value) with a validation split, else the monitor's test counterpart."""
+    if has_validation:
+        return f"best_{monitor}" if monitor.startswith("val_") else "best_val_map_at_r"
+    return f"test_{monitor[len('val_'):]}" if monitor.startswith("val_") else FALLBACK_METRIC
+
+
+def uses_test(metric: str) -> bool:
+    """Whether ranking by ``metric`` chooses on the test split (optimistic figures)."""
+    return metric.startswith(("test_", "open_"))
+
+
+def selection_note(metric: str) -> str:
+    """One sentence on what ranking by ``metric`` means for the winner's test figures."""
+    if uses_test(metric):
+        return (f"chosen by {metric}, on the test split (these runs have no validation "
+                "split): the winner's test figures are optimistic")
+    return (f"chosen by {metric}, on the validation split: the test figures are an honest "
+            "estimate")
+
+
+def selection_metric(runs: list[Run]) -> str:
+    """``auto`` for these runs: ``best_<monitor>`` where every finished run with a model has
+    it (they all kept a validated epoch), else the monitor's test counterpart."""
+    monitors = [r.data.tags.get("zoo.resolved.monitor") or r.data.params.get("monitor", "")
+                for r in runs]
+    monitor = max(set(monitors), key=monitors.count) if monitors else ""
+    finished = [r for r in runs if r.info.status == RunStatus.to_string(RunStatus.FINISHED)
+                and r.data.tags.get(MODEL_URI_TAG)]
+    validated = metric_for(monitor, True)
+    if finished and all(_metric(r, validated) is not None for r in finished):
+        return validated
+    return metric_for(monitor, False)
 
 
 def beats(candidate: float, incumbent: float, metric: str) -> bool:
@@ -126,7 +166,8 @@ class RegistrationResult:
         reused = ", ".join(f"v{v}" for v in self.reused_versions) or "none"
         lines = [
             f"registered model {self.name} (by {self.metric}, "
-            f"{'lower' if lower_is_better(self.metric) else 'higher'} is better)",
+            f"{'lower' if lower_is_better(self.metric) else 'higher'} is better; "
+            f"{selection_note(self.metric)})",
             f"  new versions: {new}; reused: {reused}",
             f"  {self.champion.describe(self.metric)}",
         ]
@@ -275,15 +316,27 @@ def _version_tags(run: Run, metric: str) -> dict[str, str]:
     tags[metric] = str(run.data.metrics[metric])
     for key in ("zoo.model", "zoo.loss", "zoo.dataset"):
         tags[key] = run.data.tags.get(key, "")
-    tags.update({"zoo.metric": metric, "zoo.run_id": run.info.run_id})
+    tags.update({"zoo.metric": metric, "zoo.run_id": run.info.run_id,
+                 "zoo.selected_on": "test" if uses_test(metric) else "validation"})
+    tags.update({k: run.data.tags[k] for k in ("zoo.init", "zoo.pretrained.source",
+                                                "zoo.pretrained.sha256") if k in run.data.tags})
     return tags
 
 
 def _version_description(run: Run, metric: str) -> str:
     tags = run.data.tags
+    test = {k: run.data.metrics[k] for k in ("test_precision_at_1", "test_map_at_r")
+            if k in run.data.metrics}
+    started = (f" Started from {tags['zoo.init']} (run {tags.get('zoo.init.run_id', '?')})."
+               if tags.get("zoo.init") else
+               f" Started from pretrained weights {tags['zoo.pretrained.source']} (sha256 "
+               f"{tags.get('zoo.pretrained.sha256', '?')[:12]})."
+               if tags.get("zoo.pretrained.source") else "")
     return (f"{tags.get('zoo.model', '?')} trained with {tags.get('zoo.loss', '?')} on "
             f"{tags.get('zoo.dataset', '?')}: {metric} = {run.data.metrics[metric]:.4f} "
-            f"(run {run.info.run_id}).")
+            f"(run {run.info.run_id}); {selection_note(metric)}"
+            + (f" ({', '.join(f'{k} = {v:.4f}' for k, v in test.items())})" if test and
+               not uses_test(metric) else "") + f".{started}")
 
 
 def _link_logged_model(client: mlflow.MlflowClient, model_id: str, mv: ModelVersion) -> None:
@@ -397,6 +450,8 @@ def register_best(runs: list[Run], metric: str = DEFAULT_METRIC, *, force: bool 
     current holder is better (to roll back, or after changing the metric's meaning).
     """
     client = client or mlflow.MlflowClient()
+    if metric == DEFAULT_METRIC:
+        metric = selection_metric(runs)
     candidates = eligible_runs(runs, metric)
     datasets = sorted({r.data.tags["zoo.dataset"] for r in candidates})
     if len(datasets) > 1:

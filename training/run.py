@@ -17,13 +17,15 @@ from torch import nn
 
 from training import plots
 from training.checkpoint import RunCheckpoints
-from training.config import TrainConfig
+from training.config import TrainConfig, channel_values
 from training.distributed import World, checksum, current_world, process_group
 from training.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
                            pick_device)
 from training.model_logging import log_trained_model
 from training.tracking import configure_tracking, log_params_once, training_run
+from training.transfer import INIT_TAG, InitSource, Start, apply_init, resolve_start
 from zoo.data import LoadedData, Splits, load_data, split_data
+from zoo.data.preprocessing import DEFAULT_INTERPOLATION
 from zoo.losses import EmbeddingLoss, check_loss, create_loss
 from zoo.metrics import confusion_matrix, evaluate
 from zoo.models import (MODELS, TIMM_OPTIONS, TIMM_PREFIX, EmbeddingModel, create_model,
@@ -58,15 +60,18 @@ def dataset_name(data: str) -> str:
 
 
 def load_config_data(cfg: TrainConfig) -> LoadedData:
-    """The data set a config names, at its image size and channels."""
+    """The data set a config names, at its image size, channels and resize filter."""
     return load_data(cfg.data, image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
-                     label_column=cfg.label_column)
+                     label_column=cfg.label_column,
+                     interpolation=cfg.interpolation or DEFAULT_INTERPOLATION)
 
 
 def config_splits(cfg: TrainConfig, data: LoadedData) -> Splits:
-    """The deterministic split a config names (the same for every run with the same seed)."""
+    """The deterministic split a config names (the same for every run with the same seed),
+    normalised by the config's mean and std when set (else the training split's)."""
     return split_data(data, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                      test_fraction=cfg.test_fraction, open_set=cfg.open_set)
+                      test_fraction=cfg.test_fraction, open_set=cfg.open_set,
+                      mean=channel_values(cfg.mean, "mean"), std=channel_values(cfg.std, "std"))
 
 
 def check_names(cfg: TrainConfig) -> None:
@@ -153,9 +158,11 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
                              f"with the same number of processes (-P nproc={cfg.nproc})")
         world.broadcast((cfg, state))  # the other processes resume from the same point
     seed_and_threads(cfg)
+    init, from_init = apply_init(cfg)  # the init model's architecture, before the run is named
     name = dataset_name(cfg.data)
     run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name,
-                **({"zoo.preset": cfg.preset} if cfg.preset != "none" else {}), **(tags or {})}
+                **({"zoo.preset": cfg.preset} if cfg.preset != "none" else {}),
+                **({INIT_TAG: cfg.init} if cfg.init else {}), **(tags or {})}
     progress: dict[str, Any] = {"epoch": int(state["epoch"]) if state else 0}
     try:
         with training_run(run_name or f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}",
@@ -166,7 +173,7 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
                 # under `mlflow run -P resume_run=...`: the run mlflow made says where it went
                 mlflow.MlflowClient().set_tag(wrapper, "zoo.resumed", resume_id)
             return _train_in_run(cfg, run, name, data, aux, state, progress, world, device,
-                                 on_epoch)
+                                 on_epoch, init, from_init)
     except KeyboardInterrupt as exc:
         if "run_id" not in progress:
             raise
@@ -226,7 +233,7 @@ def _train_replica(cfg: TrainConfig, world: World, device: torch.device) -> RunR
 def _train_share(cfg: TrainConfig, world: World, device: torch.device) -> RunResult:
     cfg, state = world.broadcast(None) if cfg.resume_run else (cfg, None)
     seed_and_threads(cfg)
-    splits, model, loss_fn = prepare(cfg)
+    splits, model, loss_fn, _ = prepare(cfg)
     # its own augmentation and dropout draws; the weights are rank 0's (DDP copies them to
     # every process before the first step)
     torch.manual_seed(cfg.training_seed * 1_000_003 + world.rank)
@@ -243,15 +250,19 @@ def seed_and_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.num_threads)
 
 
-def prepare(cfg: TrainConfig, data: LoadedData | None = None
-            ) -> tuple[Splits, EmbeddingModel, EmbeddingLoss]:
-    """The config's split of ``data`` (loaded when None) and a fresh model and loss, after
-    the names and the model's modality are checked."""
+def prepare(cfg: TrainConfig, data: LoadedData | None = None, init: InitSource | None = None
+            ) -> tuple[Splits, EmbeddingModel, EmbeddingLoss, Start]:
+    """The config's split of ``data`` (loaded when None, or when read with another resize
+    filter than the starting weights want) and a model and loss, from scratch or from the
+    weights ``pretrained`` or ``init`` name, after the names and modality are checked."""
     check_names(cfg)
-    data = data or load_config_data(cfg)
+    start = resolve_start(cfg, init)
+    wanted = cfg.interpolation or DEFAULT_INTERPOLATION
+    if data is None or (data.kind == "image" and data.interpolation != wanted):
+        data = load_config_data(cfg)
     check_modality(cfg, data)
     splits = config_splits(cfg, data)
-    return (splits, *build_model_and_loss(cfg, splits))
+    return (splits, *build_model_and_loss(cfg, splits, start), start)
 
 
 def replica_digests(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World) -> list[str]:
@@ -268,16 +279,19 @@ def check_replicas(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World) 
                            f"weights ({', '.join(digests)}): a DDP bug; please report it")
 
 
-def build_model_and_loss(cfg: TrainConfig, splits: Splits) -> tuple[EmbeddingModel,
-                                                                     EmbeddingLoss]:
-    """The model and loss a config names, sized for its split."""
+def build_model_and_loss(cfg: TrainConfig, splits: Splits, start: Start | None = None
+                         ) -> tuple[EmbeddingModel, EmbeddingLoss]:
+    """The model and loss a config names, sized for its split, with the starting weights."""
     num_classes = len(splits.class_names)
     model = create_model(
         cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
         image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
         stage=cfg.stage, grid=cfg.grid, parts=cfg.parts, cnn_branch=cfg.cnn_branch,
-        transformer_branch=cfg.transformer_branch, **architecture_options(cfg),
+        transformer_branch=cfg.transformer_branch,
+        weights=start.weights if start is not None else None, **architecture_options(cfg),
     )
+    if start is not None:
+        start.apply(model)
     loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
                           scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner,
                           kl_weight=cfg.kl_weight, sparsity=cfg.sparsity,
@@ -288,13 +302,18 @@ def build_model_and_loss(cfg: TrainConfig, splits: Splits) -> tuple[EmbeddingMod
 def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: LoadedData | None,
                   aux: AuxFactory | None, state: dict[str, Any] | None,
                   progress: dict[str, Any], world: World, device: torch.device,
-                  on_epoch: Callable[[int, dict[str, float]], None] | None) -> RunResult:
+                  on_epoch: Callable[[int, dict[str, float]], None] | None,
+                  init: InitSource | None = None, from_init: tuple[str, ...] = ()) -> RunResult:
+    resolved = (*cfg.preset_changed, *from_init)
     if state is None:
-        log_params_once(cfg.to_params(), resolved_keys=cfg.preset_changed)
-    splits, model, loss_fn = prepare(cfg, data)
+        log_params_once(cfg.to_params(), resolved_keys=resolved)
+    splits, model, loss_fn, start = prepare(cfg, data, init)
     num_classes = len(splits.class_names)
     if state is None:
+        # what the starting weights made of mean, std and interpolation
+        log_params_once(cfg.to_params(), resolved_keys=resolved)
         log_params_once(describe(splits, model, device, world))
+        start.log()
     log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",
              cfg.model, cfg.loss, name, num_classes, len(splits.train), len(splits.val),
              len(splits.test), device)
@@ -324,7 +343,8 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
 
     metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
                                                    cfg.tta)
-    metrics.update(best_epoch=float(history.best_epoch), train_time_s=history.train_time_s)
+    metrics.update(best_epoch=float(history.best_epoch), train_time_s=history.train_time_s,
+                   **kept_validation(history))
     mlflow.log_metrics(metrics)
     log_figures(history, splits, test_emb, test_logits, cfg.seed, cfg.plots)
     model_uri = None
@@ -343,6 +363,15 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
     summary = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
     log.info("run %s finished: %s", run.info.run_id, summary)
     return RunResult(run.info.run_id, metrics, model_uri, history)
+
+
+def kept_validation(history: History) -> dict[str, float]:
+    """The validation metrics of the epoch whose weights the run kept, as ``best_val_*``
+    (what a sweep ranks by: the test split stays an honest estimate of the winner)."""
+    if not history.best_epoch or history.best_epoch > len(history.epochs):
+        return {}
+    kept = history.epochs[history.best_epoch - 1]
+    return {f"best_{k}": v for k, v in kept.items() if k.startswith("val_")}
 
 
 SUMMARY_KEYS = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi",

@@ -30,10 +30,12 @@ from training.config import TrainConfig, _f
 from training.export import ExportConfig, export_model
 from training.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
 from training.export_logging import EXPORTED_TAG
-from training.registration import CHAMPION, RegistrationResult, register_best, runs_of_sweep
+from training.registration import (CHAMPION, DEFAULT_METRIC, RegistrationResult, metric_for,
+                                   register_best, runs_of_sweep, selection_note)
 from training.recommend import log_probe
 from training.run import RunResult, check_names, config_splits, dataset_name, load_config_data, train
 from training.tracking import configure_tracking, log_params_once, training_run
+from training.transfer import InitSource, architecture_conflicts, resolve_init
 from zoo.data import LoadedData
 from zoo.losses import LOSSES, needed_outputs
 from zoo.models import CURATED_IMAGE_MODELS, models_for, training_outputs
@@ -51,7 +53,10 @@ class SweepConfig(TrainConfig):
     models: str = _f("all", "comma list of models (all: the curated image models, or the "
                             "tabular encoders on tabular data)")
     losses: str = _f("all", "comma list of losses (all: every loss in the catalogue)")
-    metric: str = _f("test_precision_at_1", "metric that ranks the combinations")
+    metric: str = _f("auto", "metric that ranks the combinations and picks the champion (auto: "
+                             "the monitor at each run's kept epoch, best_val_map_at_r by "
+                             "default; without a validation split its test counterpart, and "
+                             "the table says selection used test)")
     workers: int = _f(2, "combinations trained at once, each in its own process with its "
                          "share of the cores (2 measured faster than 1 on 2 cores)")
     backend: str = _f("local", "where the combinations train: local (worker processes on this "
@@ -73,12 +78,16 @@ class SweepConfig(TrainConfig):
     PRESET_SKIP = PER_CHILD
     ONE_PROCESS_PER_RUN = "a sweep trains `workers` combinations at once, one process each"
 
-    def combinations(self, data_kind: str) -> list[tuple[str, str]]:
+    def combinations(self, data_kind: str, init: InitSource | None = None
+                     ) -> list[tuple[str, str]]:
         """The (model, loss) combinations, models outermost; those that cannot train together
         (a reconstruction loss on a model that does not reconstruct) are left out, and with
-        ``losses=all`` the autoencoders train with the reconstruction losses only."""
+        ``losses=all`` the autoencoders train with the reconstruction losses only. With an
+        ``init`` model, ``models=all`` is that model's; other models named are refused."""
         models = _names(self.models, default=list(CURATED_IMAGE_MODELS) if data_kind == "image"
                         else models_for(data_kind))
+        if init is not None:
+            models = _init_models(self.models, models, init)
         losses = _names(self.losses, default=LOSSES.names())
         grid, skipped = [], []
         for model in models:
@@ -96,6 +105,13 @@ class SweepConfig(TrainConfig):
                              "elbo needs vae, sparse_recon vae or sae")
         return grid
 
+    @property
+    def ranking_metric(self) -> str:
+        """What ``metric`` ranks by (``auto`` resolved from the monitor and the split)."""
+        if self.metric.strip().lower() in ("", DEFAULT_METRIC):
+            return metric_for(self.monitor, self.val_fraction > 0)
+        return self.metric
+
     def seed_list(self) -> list[int]:
         """The split seeds every combination is trained on."""
         if not self.seeds.strip():
@@ -108,9 +124,10 @@ class SweepConfig(TrainConfig):
             raise ValueError(f"seeds={self.seeds!r} repeats a seed")
         return seeds
 
-    def jobs(self, data_kind: str) -> list[Job]:
+    def jobs(self, data_kind: str, init: InitSource | None = None) -> list[Job]:
         """Every (model, loss, seed) to train: the grid, once per seed."""
-        return [Job(m, l, s) for m, l in self.combinations(data_kind) for s in self.seed_list()]
+        return [Job(m, l, s) for m, l in self.combinations(data_kind, init)
+                for s in self.seed_list()]
 
     def child(self, model: str, loss: str, seed: int | None = None) -> TrainConfig:
         """The TrainConfig of one combination (on one seed)."""
@@ -119,6 +136,23 @@ class SweepConfig(TrainConfig):
 
     def sweep_params(self) -> dict[str, str]:
         return {k: v for k, v in self.to_params().items() if k not in self.PER_CHILD}
+
+
+def _init_models(spec: str, models: list[str], init: InitSource) -> list[str]:
+    """The models a sweep from ``init`` trains: the init model's own architecture. Each
+    other model named is refused with one line; none left is an error."""
+    own = init.config.model
+    if spec.strip().lower() in ("", "all"):
+        return [own]
+    for model in models:
+        if model != own:
+            line = (f"{model}: refused: init={init.uri} is a {own} model, whose weights "
+                    f"{model} cannot start from")
+            print(line)
+    if own not in models:
+        raise ValueError(f"none of models={spec} can start from init={init.uri}, a {own} model: "
+                         f"use models={own} (or all)")
+    return [own]
 
 
 def _names(spec: str, default: list[str]) -> list[str]:
@@ -161,12 +195,18 @@ def run_sweep(cfg: SweepConfig) -> list[Outcome]:
     """Train the grid, compare, register; returns every combination's outcome."""
     configure_tracking()
     name = dataset_name(cfg.data)
+    init = resolve_init(cfg.init) if cfg.init else None
+    if init is not None:
+        conflicts = [c for c in architecture_conflicts(cfg, init) if not c.startswith("model=")]
+        if conflicts:
+            raise ValueError(f"init={cfg.init} is a {init.config.model} model; its sweep cannot "
+                             f"train with {', '.join(conflicts)}: leave those unset")
     data = load_config_data(cfg)
-    jobs = cfg.jobs(data.kind)
-    for model, loss in cfg.combinations(data.kind):
+    jobs = cfg.jobs(data.kind, init)
+    for model, loss in dict.fromkeys((job.model, job.loss) for job in jobs):
         check_names(cfg.child(model, loss))
     several_seeds = len(cfg.seed_list()) > 1
-    tags = {SWEEP_TAG: "parent", "zoo.dataset": name, "zoo.metric": cfg.metric}
+    tags = {SWEEP_TAG: "parent", "zoo.dataset": name, "zoo.metric": cfg.ranking_metric}
     started: dict[str, str] = {}
     try:
         return _sweep_in_run(cfg, name, data, jobs, several_seeds, tags, started)
@@ -209,15 +249,16 @@ def _sweep_in_run(cfg: SweepConfig, name: str, data: LoadedData, jobs: list[Job]
         runs = [_row(o) for o in outcomes]
         baseline_rows = _baseline_rows(cfg, data)
         rows = compare.mean_over_seeds(runs) + baseline_rows
-        _log_comparison(rows, runs + baseline_rows, cfg.metric)
+        metric = cfg.ranking_metric
+        _log_comparison(rows, runs + baseline_rows, metric)
         failed = [o for o in outcomes if o.error]
         mlflow.log_metrics({"combinations_finished": float(len(outcomes) - len(failed)),
                             "combinations_failed": float(len(failed))})
         over = f" (mean ± std over seeds {cfg.seeds})" if several_seeds else ""
-        print(f"\nsweep {parent_id} on {name}, ranked by {cfg.metric}{over}:\n")
-        print(compare.format_table(compare.comparison_table(rows, cfg.metric)))
+        print(f"\nsweep {parent_id} on {name}, ranked by {metric}{over} ({selection_note(metric)}):\n")
+        print(compare.format_table(compare.comparison_table(rows, metric)))
         if cfg.register and len(failed) < len(outcomes):
-            result = register_best(runs_of_sweep(parent_id), cfg.metric, force=cfg.force)
+            result = register_best(runs_of_sweep(parent_id), metric, force=cfg.force)
             print("\n" + result.summary())
             if cfg.export:
                 _export_champion(result, None if several_seeds else data)
@@ -296,7 +337,8 @@ def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedDa
     def done(outcome: Outcome) -> None:
         outcomes.append(outcome)
         bar.update(1)
-        status = "failed" if outcome.error else f"{cfg.metric}={outcome.metrics.get(cfg.metric, float('nan')):.4f}"
+        metric = cfg.ranking_metric
+        status = "failed" if outcome.error else f"{metric}={outcome.metrics.get(metric, float('nan')):.4f}"
         bar.write(f"[{len(outcomes)}/{len(todo)}] {_label(outcome.job, several_seeds)}: {status} "
                   f"({time.perf_counter() - started:.0f}s elapsed)")
 
@@ -430,7 +472,7 @@ def _log_comparison(rows: list[compare.Row], runs: list[compare.Row], metric: st
     table = compare.comparison_table(rows, metric)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        compare.write_tables(table, folder)
+        compare.write_tables(table, folder, note=f"Ranked by {metric}: {selection_note(metric)}.")
         compare.plot_heatmap(runs, metric, folder / "heatmap.png")
         mlflow.log_artifacts(str(folder), artifact_path="comparison")
 

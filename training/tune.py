@@ -27,6 +27,7 @@ from training.cli import run_cli
 from training.config import TrainConfig, _f, format_value
 from training.run import check_names, dataset_name, load_config_data, train
 from training.tracking import configure_tracking, log_params_once, training_run
+from training.transfer import apply_init
 from zoo.data import LoadedData
 from zoo.losses import LOSSES, check_loss
 from zoo.metrics import higher_is_better
@@ -103,9 +104,14 @@ class TuneConfig(TrainConfig):
     def space(self) -> dict[str, Knob]:
         """The parameters searched and their ranges."""
         takes = loss_parameters(self.loss)
-        names = ([k for k in LOSS_KNOBS if k in takes] + ["embedding_dim", "lr"]
+        # a run from an init model keeps that model's embedding width
+        names = ([k for k in LOSS_KNOBS if k in takes]
+                 + (["lr"] if self.init else ["embedding_dim", "lr"])
                  if self.search.strip().lower() in ("", "auto")
                  else [s.strip() for s in self.search.split(",") if s.strip()])
+        if self.init and "embedding_dim" in names:
+            raise ValueError(f"search={self.search!r}: init={self.init} fixes embedding_dim (the "
+                             "init model's width); leave it out of the search")
         unknown = [n for n in names if n not in KNOBS]
         if unknown:
             raise ValueError(f"search={self.search!r}: cannot search {', '.join(unknown)}; "
@@ -147,6 +153,7 @@ def run_tune(cfg: TuneConfig) -> optuna.Study:
     """Search, one nested run per trial; returns the Optuna study."""
     configure_tracking()
     check_names(cfg)
+    _, from_init = apply_init(cfg)  # trials start from the init model's architecture
     space = cfg.space()
     name = dataset_name(cfg.data)
     data = load_config_data(cfg)
@@ -156,7 +163,7 @@ def run_tune(cfg: TuneConfig) -> optuna.Study:
                       tags) as parent:
         parent_id = parent.info.run_id
         log_params_once({**cfg.to_params(), "searched": ",".join(space)},
-                        resolved_keys=cfg.preset_changed)
+                        resolved_keys=(*cfg.preset_changed, *from_init))
         direction = "maximize" if higher_is_better(cfg.monitor) else "minimize"
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
                                               n_warmup_steps=cfg.prune_after)

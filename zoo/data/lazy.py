@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .preprocessing import image_to_array, normalise, to_unit
+from .preprocessing import DEFAULT_INTERPOLATION, image_to_array, normalise, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,12 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def decode_file(path: str | Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+def decode_file(path: str | Path, channels: int, size: tuple[int, int],
+                interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
     """Decode one image file to uint8 ``[C, H, W]``; a broken file names itself."""
     try:
         with Image.open(path) as img:
-            return image_to_array(img, channels, size)
+            return image_to_array(img, channels, size, interpolation)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot decode image {path}: {err}") from None
 
@@ -79,12 +80,14 @@ def decode_files(
     *,
     workers: int | None = None,
     desc: str | None = None,
+    interpolation: str = DEFAULT_INTERPOLATION,
 ) -> torch.Tensor:
     """Decode files into one float32 ``[N, C, H, W]`` tensor in [0, 1]."""
     height, width = size
     out = torch.empty((len(paths), channels, height, width), dtype=torch.float32)
     arrays = thread_map(
-        lambda p: decode_file(p, channels, size), paths, workers=workers, desc=desc
+        lambda p: decode_file(p, channels, size, interpolation), paths, workers=workers,
+        desc=desc,
     )
     for i, arr in enumerate(arrays):
         out[i] = to_unit(arr)
@@ -104,8 +107,10 @@ class LazyImages:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         workers: int | None = None,
+        interpolation: str = DEFAULT_INTERPOLATION,
     ) -> None:
         self.paths = [str(p) for p in paths]
+        self.interpolation = interpolation
         self.channels = int(channels)
         self.image_size = (int(size[0]), int(size[1]))
         self.mean = None if mean is None else [float(m) for m in mean]
@@ -154,7 +159,8 @@ class LazyImages:
         picked = self._indices(index)
         single = isinstance(picked, int)
         chosen = [self.paths[picked]] if single else [self.paths[i] for i in picked]
-        x = decode_files(chosen, self.channels, self.image_size, workers=self.workers)
+        x = decode_files(chosen, self.channels, self.image_size, workers=self.workers,
+                         interpolation=self.interpolation)
         if self.mean is not None and self.std is not None:
             x = normalise(x, self.mean, self.std)
         return x[0] if single else x
@@ -165,16 +171,18 @@ class LazyImages:
         picked = [picked] if isinstance(picked, int) else picked
         return LazyImages(
             [self.paths[i] for i in picked], self.channels, self.image_size, self.mean, self.std,
-            self.workers,
+            self.workers, self.interpolation,
         )
 
     def normalised(self, mean: Sequence[float], std: Sequence[float]) -> "LazyImages":
         """A copy that normalises with ``mean``/``std`` on access."""
-        return LazyImages(self.paths, self.channels, self.image_size, mean, std, self.workers)
+        return LazyImages(self.paths, self.channels, self.image_size, mean, std, self.workers,
+                          self.interpolation)
 
     def load(self, desc: str | None = None) -> torch.Tensor:
         """Everything as one tensor (only when it fits in memory)."""
         x = decode_files(
-            self.paths, self.channels, self.image_size, workers=self.workers, desc=desc
+            self.paths, self.channels, self.image_size, workers=self.workers, desc=desc,
+            interpolation=self.interpolation,
         )
         return x if self.mean is None else normalise(x, self.mean, self.std)

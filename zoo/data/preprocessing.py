@@ -15,6 +15,11 @@ from PIL import Image, ImageOps
 
 IMAGE_CHANNEL_MODES = {1: "L", 3: "RGB"}
 _EXIF_ORIENTATION = 0x0112
+#: Resize filters by the names timm's ``pretrained_cfg`` uses.
+INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                 "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+                 "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+DEFAULT_INTERPOLATION = "bilinear"
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Preprocessing:
     std: list[float]
     class_names: list[str]
     feature_names: list[str] | None = None  # tabular only
+    interpolation: str = DEFAULT_INTERPOLATION  # images: the resize filter
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "tabular"):
@@ -49,6 +55,7 @@ class Preprocessing:
             )
         if self.kind == "image" and width not in IMAGE_CHANNEL_MODES:
             raise ValueError(f"images must have 1 or 3 channels, got {width}")
+        resample_filter(self.interpolation)
 
     @property
     def channels(self) -> int:
@@ -84,8 +91,19 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
 
-def image_to_array(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """One PIL image to uint8 ``[C, H, W]``: EXIF orientation, to L/RGB, bilinear resize.
+def resample_filter(name: str) -> Image.Resampling:
+    """Pillow's filter for an interpolation name; an unknown name lists the known ones."""
+    try:
+        return INTERPOLATION[name]
+    except KeyError:
+        raise ValueError(f"interpolation {name!r} is not one of {', '.join(INTERPOLATION)}"
+                         ) from None
+
+
+def image_to_array(img: Image.Image, channels: int, size: tuple[int, int],
+                   interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
+    """One PIL image to uint8 ``[C, H, W]``: EXIF orientation, to L/RGB, resize (bilinear,
+    or the model's ``interpolation``).
 
     Transparent images are composited onto white (what an image viewer shows).
     """
@@ -103,7 +121,7 @@ def image_to_array(img: Image.Image, channels: int, size: tuple[int, int]) -> np
     if img.mode != mode:
         img = img.convert(mode)
     if img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
+        img = img.resize((width, height), resample_filter(interpolation))
     arr = np.array(img, dtype=np.uint8)  # a writable copy, detached from PIL's buffer
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -113,9 +131,10 @@ def to_unit(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div_(255.0)
 
 
-def image_to_tensor(img: Image.Image, channels: int, size: tuple[int, int]) -> torch.Tensor:
+def image_to_tensor(img: Image.Image, channels: int, size: tuple[int, int],
+                    interpolation: str = DEFAULT_INTERPOLATION) -> torch.Tensor:
     """One PIL image to float32 ``[C, H, W]`` in [0, 1], not normalised."""
-    return to_unit(image_to_array(img, channels, size))
+    return to_unit(image_to_array(img, channels, size, interpolation))
 
 
 def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -138,7 +157,8 @@ def preprocess_images(images: Sequence[Image.Image], pre: Preprocessing) -> torc
         images = [images]
     if len(images) == 0:
         return torch.empty((0, channels, height, width), dtype=torch.float32)
-    x = torch.stack([image_to_tensor(im, channels, (height, width)) for im in images])
+    x = torch.stack([image_to_tensor(im, channels, (height, width), pre.interpolation)
+                     for im in images])
     return normalise(x, pre.mean, pre.std)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..registry import Registry
 from .lazy import LazyImages, check_file, decode_files, thread_map
-from .preprocessing import image_to_tensor
+from .preprocessing import DEFAULT_INTERPOLATION, image_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class LoadedData:
     class_names: list[str]
     feature_names: list[str] | None = None
     paths: list[str] | None = None  # for image folders
+    interpolation: str = DEFAULT_INTERPOLATION  # images: the resize filter they were read with
 
     def __len__(self) -> int:
         return len(self.y)
@@ -69,7 +70,8 @@ def memory_budget_bytes(fraction: float = 0.25) -> int:
 
 # --------------------------------------------------------------------------- digits
 @DATASETS.register("digits")
-def digits(*, image_size: int | tuple[int, int] = 32, channels: int = 3) -> LoadedData:
+def digits(*, image_size: int | tuple[int, int] = 32, channels: int = 3,
+           interpolation: str = DEFAULT_INTERPOLATION) -> LoadedData:
     """scikit-learn's 8x8 handwritten digits (1,797 images), upsampled; ships offline.
 
     Each digit becomes an 8-bit greyscale PIL image and goes through the same resize code as
@@ -82,10 +84,12 @@ def digits(*, image_size: int | tuple[int, int] = 32, channels: int = 3) -> Load
     bunch = load_digits()
     grey = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 16 levels -> 0..255
     x = torch.stack(
-        [image_to_tensor(Image.fromarray(img, mode="L"), channels, size) for img in grey]
+        [image_to_tensor(Image.fromarray(img, mode="L"), channels, size, interpolation)
+         for img in grey]
     )
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    return LoadedData("digits", "image", x, y, [str(c) for c in range(10)])
+    return LoadedData("digits", "image", x, y, [str(c) for c in range(10)],
+                      interpolation=interpolation)
 
 
 # --------------------------------------------------------------------------- folder
@@ -149,6 +153,7 @@ def folder(
     channels: int = 3,
     memory_budget: int | None = None,
     workers: int | None = None,
+    interpolation: str = DEFAULT_INTERPOLATION,
 ) -> LoadedData:
     """A folder-per-class image tree (anything PIL reads); class = subfolder name, sorted.
 
@@ -165,7 +170,8 @@ def folder(
     name = root.resolve().name
     if need <= budget:
         x: torch.Tensor | LazyImages = decode_files(
-            paths, channels, size, workers=workers, desc=f"decoding {name}"
+            paths, channels, size, workers=workers, desc=f"decoding {name}",
+            interpolation=interpolation,
         )
     else:
         log.info(
@@ -174,9 +180,9 @@ def folder(
         )
         for _ in thread_map(check_file, paths, workers=workers, desc=f"checking {name}"):
             pass
-        x = LazyImages(paths, channels, size, workers=workers)
+        x = LazyImages(paths, channels, size, workers=workers, interpolation=interpolation)
     log.info("%s: %d images, %d classes, %s", root, len(paths), len(class_names), tuple(x.shape))
-    return LoadedData(name, "image", x, y, class_names, paths=paths)
+    return LoadedData(name, "image", x, y, class_names, paths=paths, interpolation=interpolation)
 
 
 # --------------------------------------------------------------------------- csv
@@ -254,7 +260,7 @@ def csv(
 
 
 # --------------------------------------------------------------------------- dispatch
-_COMMON = ("image_size", "channels", "seed", "label_column")
+_COMMON = ("image_size", "channels", "seed", "label_column", "interpolation")
 
 
 def _call(name: str, factory: Callable[..., LoadedData], args: tuple, common: dict, kw: dict):
@@ -279,15 +285,18 @@ def load_data(
     channels: int = 3,
     seed: int = 0,
     label_column: str = "label",
+    interpolation: str = DEFAULT_INTERPOLATION,
     **kw: Any,
 ) -> LoadedData:
     """Load a data set by registry name (``digits``, ``emitters``) or path.
 
     A directory is an image ``folder``, a ``.csv`` file a ``csv`` table; ``folder:PATH`` and
-    ``csv:PATH`` say so explicitly. ``kw`` goes to the source (e.g. ``num_emitters=5``).
+    ``csv:PATH`` say so explicitly. ``interpolation`` is the resize filter of images.
+    ``kw`` goes to the source (e.g. ``num_emitters=5``).
     """
     data = str(data)
-    common = dict(image_size=image_size, channels=channels, seed=seed, label_column=label_column)
+    common = dict(image_size=image_size, channels=channels, seed=seed, label_column=label_column,
+                  interpolation=interpolation)
     prefix, sep, rest = data.partition(":")
     if sep and prefix in DATASETS and prefix in ("folder", "csv"):
         return _call(prefix, DATASETS.get(prefix).factory, (rest,), common, kw)

@@ -105,12 +105,15 @@ def split_data(
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     open_set: float = 0.0,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> Splits:
     """Split per class (every class with >=3 samples lands in train, val and test).
 
     ``open_set`` is the fraction of classes (picked by ``seed``) held out of training: all
     their samples go to ``open``, labelled after the trained classes. The same seed always
-    gives the same split; indices within each split are in data order.
+    gives the same split; indices within each split are in data order. ``mean``/``std``
+    normalise instead of the training split's statistics (a pretrained model's own).
     """
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
                     ("open_set", open_set)):
@@ -164,12 +167,17 @@ def split_data(
         remap[old] = new
     y_all = remap[data.y.long()]
 
-    if data.kind == "image":
+    input_size = tuple(int(s) for s in data.x.shape[1:])
+    if mean is not None and std is not None:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+        if len(mean) != input_size[0] or len(std) != input_size[0]:
+            what = "channel" if data.kind == "image" else "feature"
+            raise ValueError(f"mean and std need one value per {what} ({input_size[0]}), got "
+                             f"{len(mean)} and {len(std)}")
+    elif data.kind == "image":
         mean, std = _image_stats(_select(data.x, index["train"]), seed)
-        input_size = tuple(int(s) for s in data.x.shape[1:])
     else:
         mean, std = _tabular_stats(data.x[index["train"]])
-        input_size = (int(data.x.shape[1]),)
     class_names = [data.class_names[c] for c in trained]
     open_names = [data.class_names[c] for c in open_classes]
     pre = Preprocessing(
@@ -179,6 +187,7 @@ def split_data(
         std=std,
         class_names=class_names,
         feature_names=list(data.feature_names) if data.feature_names else None,
+        interpolation=data.interpolation,
     )
 
     def make(idx: torch.Tensor) -> Split:

@@ -19,7 +19,7 @@ from zoo.models.registry import MODELS
 
 TIMM_PREFIX = "timm/"
 IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid", "parts",
-                "width_multiplier", *TIMM_OPTIONS)
+                "width_multiplier", "weights", *TIMM_OPTIONS)
 BRANCH_KWARGS = ("cnn_branch", "transformer_branch")  # the hybrid model's only
 
 
@@ -38,6 +38,21 @@ def training_outputs(name: str) -> frozenset[str]:
     return frozenset(getattr(MODELS.get(name).factory, "training_outputs", ()))
 
 
+def is_timm_backed(name: str) -> bool:
+    """Whether model ``name`` is one timm backbone (``timm/<name>`` or a curated one), the
+    kind that timm's pretrained weights load into."""
+    if name.startswith(TIMM_PREFIX):
+        return True
+    return getattr(MODELS.get(name).factory, "timm_name", None) is not None
+
+
+def timm_name_of(name: str) -> str:
+    """The timm architecture (with any pretrained tag) behind a timm-backed zoo model."""
+    if name.startswith(TIMM_PREFIX):
+        return name[len(TIMM_PREFIX):]
+    return MODELS.get(name).factory.timm_name  # type: ignore[attr-defined]
+
+
 def models_for(modality: str) -> list[str]:
     """Registered model names for one modality, in registration order."""
     return [n for n in MODELS.names() if model_modality(n) == modality]
@@ -46,15 +61,21 @@ def models_for(modality: str) -> list[str]:
 def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any) -> EmbeddingModel:
     """Build a registered model, or any timm model given as ``timm/<name>``.
 
-    Image models take ``in_chans``, ``image_size``, ``stage`` and ``grid``; tabular ones
+    Image models take ``in_chans``, ``image_size``, ``stage`` and ``grid``, and timm-backed
+    ones pretrained ``weights`` (``zoo.models.pretrained.resolve_weights``); tabular ones
     ``num_features``. Keyword arguments a family does not use are ignored, so one call site
-    serves all, except a feature-map read-out asked of a model that has no feature maps.
+    serves all, except a feature-map read-out or weights asked of a model that has neither.
     """
     if name.startswith(TIMM_PREFIX):
         kwargs = {k: kwargs[k] for k in IMAGE_KWARGS if k in kwargs}
         return create_image_model(name[len(TIMM_PREFIX):], num_classes, embedding_dim,
                                   name=name, **kwargs)
     modality = model_modality(name)
+    if kwargs.get("weights") is not None and not is_timm_backed(name):
+        raise ValueError(f"pretrained weights load into one timm backbone; {name!r} is not "
+                         "one (start it from an earlier zoo model with init=<model uri>)")
+    if kwargs.get("weights") is None:
+        kwargs.pop("weights", None)
     if name != "hybrid":
         for key in BRANCH_KWARGS:
             kwargs.pop(key, None)
@@ -77,6 +98,6 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
 
 __all__ = [
     "MODELS", "CURATED_IMAGE_MODELS", "MORE_IMAGE_MODELS", "TIMM_OPTIONS", "TIMM_PREFIX",
-    "CosineClassifier", "EmbeddingModel", "EmbeddingNeck", "create_model", "model_modality",
-    "models_for", "training_outputs",
+    "CosineClassifier", "EmbeddingModel", "EmbeddingNeck", "create_model", "is_timm_backed",
+    "model_modality", "models_for", "timm_name_of", "training_outputs",
 ]

@@ -1,4 +1,5 @@
-"""Image backbones from timm (``pretrained=False``: nothing is downloaded) with the zoo neck.
+"""Image backbones from timm with the zoo neck: from scratch by default (nothing is
+downloaded), or from checked pretrained weights (``zoo.models.pretrained``).
 
 The curated names are small and fast on CPU; any other timm model is reachable as
 ``timm/<name>``. The neck is sized from a dummy forward pass because timm's
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from zoo.models.embedding import EmbeddingModel
+from zoo.models.pretrained import PretrainedWeights
 from zoo.models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ def feature_stages(timm_name: str, in_chans: int = 3) -> list[tuple[int, int, in
 
 def _features_only(timm_name: str, in_chans: int, stage: int | None,
                    kwargs: dict[str, Any]) -> nn.Module:
-    """timm's ``features_only`` model, cut after ``stage`` (None: every stage)."""
+    """timm's ``features_only`` model, cut after ``stage`` (None: every stage); ``kwargs``
+    may carry pretrained weights (timm loads them into the whole model, then cuts it)."""
     extra = {} if stage is None else {"out_indices": (stage,)}
     try:
         return _timm_model(timm_name, features_only=True, in_chans=in_chans, **extra, **kwargs)
@@ -120,18 +123,21 @@ def apply_width(timm_name: str, width: float, in_chans: int = 3) -> tuple[str, d
 
 def create_timm_backbone(
     timm_name: str, in_chans: int = 3, image_size: int = 32, stage: int | None = None,
-    grid: int = 1, **kwargs: Any
+    grid: int = 1, weights: PretrainedWeights | None = None, **kwargs: Any
 ) -> tuple[nn.Module, int]:
     """A headless timm model and the width of its flat output.
 
     Default: the model's own globally pooled features. With ``stage`` (an index of
     ``feature_stages``; -1 the last) or ``grid > 1``: that stage's map pooled to a grid.
-    ``kwargs`` go to ``timm.create_model`` (``act_layer``, ``drop_path_rate``, ...).
+    ``weights``: built by timm from those checked pretrained weights. ``kwargs`` go to
+    ``timm.create_model`` (``act_layer``, ``drop_path_rate``, ...).
     """
     _check_timm_name(timm_name)
     if grid < 1:
         raise ValueError(f"grid must be at least 1, got {grid}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if weights is not None:
+        kwargs.update(weights.timm_kwargs())
     if stage is not None or grid > 1:
         body = StageMap(_features_only(timm_name, in_chans, -1 if stage is None else stage,
                                        kwargs))
@@ -140,8 +146,8 @@ def create_timm_backbone(
     try:
         # Transformers need the input size for position embeddings and windows; CNNs refuse it.
         backbone = timm.create_model(
-            timm_name, pretrained=False, num_classes=0, in_chans=in_chans,
-            **{"img_size": image_size, **kwargs},
+            timm_name, num_classes=0, in_chans=in_chans,
+            **{"pretrained": False, "img_size": image_size, **kwargs},
         )
     except TypeError:
         backbone = _timm_model(timm_name, num_classes=0, in_chans=in_chans, **kwargs)
@@ -150,8 +156,9 @@ def create_timm_backbone(
 
 def _timm_model(timm_name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model``; options the model does not take are named in the error."""
+    kwargs.setdefault("pretrained", False)
     try:
-        return timm.create_model(timm_name, pretrained=False, **kwargs)
+        return timm.create_model(timm_name, **kwargs)
     except (TypeError, AssertionError, KeyError) as exc:
         options = {k: v for k, v in kwargs.items() if k in (*TIMM_OPTIONS, "base_width", "dims")}
         if not options:
@@ -189,18 +196,20 @@ def create_image_model(
     grid: int = 1,
     parts: bool = False,
     width_multiplier: float | None = None,
+    weights: PretrainedWeights | None = None,
     **timm_kwargs: Any,
 ) -> EmbeddingModel:
     """timm backbone (optionally read at ``stage`` on a ``grid``) + embedding neck + cosine
     head; ``parts``: one embedding per grid cell (``PartNeck``). ``width_multiplier``
-    scales the channels (``apply_width``); other ``timm_kwargs`` (``act_layer``, ``norm_layer``,
+    scales the channels (``apply_width``); ``weights``: pretrained backbone weights (from
+    ``resolve_weights``); other ``timm_kwargs`` (``act_layer``, ``norm_layer``,
     ``drop_rate``, ``drop_path_rate``) go straight to timm."""
     if parts and grid < 2:
         raise ValueError("parts=true embeds each grid cell on its own: it needs grid >= 2")
     timm_name, scaled = apply_width(timm_name, float(width_multiplier or 1.0), in_chans)
     options = {k: v for k, v in timm_kwargs.items() if v is not None}
     backbone, features = create_timm_backbone(timm_name, in_chans, image_size, stage, grid,
-                                              **scaled, **options)
+                                              weights, **scaled, **options)
     model = EmbeddingModel(
         backbone, features, embedding_dim, num_classes, dropout, modality="image",
         name=name or timm_name, parts=grid * grid if parts else 1,
@@ -208,6 +217,8 @@ def create_image_model(
     model.zoo_meta.update({"timm_name": timm_name, "feature_dim": features, "stage": stage,
                            "grid": grid, "parts": grid * grid if parts else 1,
                            "timm_options": {**scaled, **options}})
+    if weights is not None:
+        model.zoo_meta["pretrained"] = {"source": weights.source, "sha256": weights.sha256}
     return model
 
 
@@ -218,6 +229,7 @@ def _curated(timm_name: str) -> None:
     factory.__name__ = timm_name
     factory.__doc__ = f"timm {timm_name} (pretrained=False) + embedding neck"
     factory.modality = "image"  # type: ignore[attr-defined]
+    factory.timm_name = timm_name  # type: ignore[attr-defined]
     MODELS.register(timm_name)(factory)
 
 

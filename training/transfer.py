@@ -1,0 +1,184 @@
+"""Where a run's weights start: from scratch, timm's pretrained weights, or a zoo model.
+
+``pretrained`` (``true`` or a file) loads a timm backbone's weights through
+``zoo.models.pretrained``, and the run takes the weights' preprocessing (mean, std,
+interpolation) unless it sets its own. ``init`` (a model URI) starts from a zoo model
+trained earlier: its architecture and preprocessing, and its backbone and neck weights (parts
+too); the new run's classes get a new loss and head. Either way the run records where it
+started: tags, the weights' sha256, a load report, and for ``init`` MLflow's model lineage.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import torch
+
+from training.config import TrainConfig
+from training.model_source import ModelSource, load_source
+from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
+                        is_timm_backed, timm_name_of)
+from zoo.models.pretrained import PretrainedWeights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+#: What an ``init`` model decides: the shape of its weights and the input it was trained on.
+ARCHITECTURE = ("model", "embedding_dim", "stage", "grid", "parts", "width_multiplier",
+                "act_layer", "norm_layer", "cnn_branch", "transformer_branch", "channels",
+                "image_size")
+#: The parts of a zoo model that carry over to a run with new classes (the head does not).
+CARRIED = ("backbone.", "neck.")
+INIT_TAG = "zoo.init"
+REPORT_ARTIFACT = "pretrained/load_report.json"
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """The zoo model an ``init`` run starts from, and what it trained with."""
+
+    uri: str
+    source: ModelSource
+    config: TrainConfig
+
+    def describe(self) -> str:
+        return f"{self.uri} ({self.source.describe()})"
+
+
+def resolve_init(uri: str) -> InitSource:
+    """The model ``uri`` names and the config of the run that trained it (no weights yet)."""
+    from training.model_source import resolve_model
+
+    source = resolve_model(uri)
+    run = mlflow.MlflowClient().get_run(source.run_id)
+    return InitSource(uri, source, TrainConfig.from_run(run.data.params, run.data.tags))
+
+
+def architecture_conflicts(cfg: TrainConfig, init: InitSource) -> list[str]:
+    """The architecture fields ``cfg`` sets to something other than the init model's."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return [f"{name}={getattr(cfg, name)!r} (it has {getattr(init.config, name)!r})"
+            for name in ARCHITECTURE
+            if getattr(cfg, name) not in (defaults[name], getattr(init.config, name))]
+
+
+def apply_init(cfg: TrainConfig) -> tuple[InitSource | None, tuple[str, ...]]:
+    """With ``cfg.init``: set the init model's architecture on ``cfg`` (the fields left at
+    their defaults take its values; any other value must agree) and return the source and
+    the fields it changed. A conflict is an error that names each field."""
+    if not cfg.init:
+        return None, ()
+    init = resolve_init(cfg.init)
+    conflicts = architecture_conflicts(cfg, init)
+    if conflicts:
+        raise ValueError(f"init={cfg.init} is a {init.config.model} model; it cannot start a run "
+                         f"with {', '.join(conflicts)}: leave those unset")
+    changed = tuple(n for n in ARCHITECTURE if getattr(cfg, n) != getattr(init.config, n))
+    for name in changed:
+        setattr(cfg, name, getattr(init.config, name))
+    if changed:
+        log.info("init=%s: %s from that model", cfg.init,
+                 ", ".join(f"{n}={getattr(cfg, n)}" for n in changed))
+    return init, changed
+
+
+@dataclass
+class Start:
+    """A run's starting weights (none: from scratch) and the preprocessing they come with."""
+
+    weights: PretrainedWeights | None = None
+    init: InitSource | None = None
+    init_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    init_preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def preprocessing(self, channels: int) -> dict[str, Any]:
+        """The mean, std and interpolation the starting weights were trained with."""
+        if self.weights is not None:
+            return self.weights.preprocessing(channels)
+        pre = self.init_preprocessing
+        return {k: pre[k] for k in ("mean", "std", "interpolation") if k in pre}
+
+    def apply(self, model: EmbeddingModel) -> None:
+        """Copy the init model's backbone and neck weights into ``model`` (all of them:
+        the architecture is the same)."""
+        if not self.init_state:
+            return
+        result = model.load_state_dict(self.init_state, strict=False)
+        missing = [k for k in result.missing_keys if k.startswith(CARRIED)]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"init={self.init.uri} does not fit the model built from its own "
+                             f"config (missing {missing[:3]}, unexpected "
+                             f"{result.unexpected_keys[:3]}): was it trained with another zoo "
+                             "version?")
+        log.info("started from %s: %d tensors of its backbone and neck", self.init.describe(),
+                 len(self.init_state))
+
+    def tags(self) -> dict[str, str]:
+        if self.weights is not None:
+            return {"zoo.pretrained.source": self.weights.source,
+                    "zoo.pretrained.sha256": self.weights.sha256}
+        if self.init is not None:
+            source = self.init.source
+            tags = {INIT_TAG: self.init.uri, f"{INIT_TAG}.run_id": source.run_id}
+            if source.version is not None:
+                tags[f"{INIT_TAG}.version"] = f"{source.version.name}/{source.version.version}"
+            return tags
+        return {}
+
+    def log(self) -> None:
+        """Tags, the load report, and MLflow's lineage from the init model."""
+        mlflow.set_tags(self.tags())
+        if self.weights is not None:
+            mlflow.log_dict({"source": self.weights.source, "sha256": self.weights.sha256,
+                             "architecture": self.weights.timm_name,
+                             **self.weights.report.to_dict()}, REPORT_ARTIFACT)
+        if self.init is not None:
+            model_id = logged_model_id(self.init.source)
+            if model_id:
+                from mlflow.entities import LoggedModelInput
+
+                try:
+                    mlflow.log_input(model=LoggedModelInput(model_id))
+                except Exception as exc:  # noqa: BLE001 - lineage is a convenience
+                    log.warning("could not record %s as the run's input model: %s", model_id, exc)
+
+
+def logged_model_id(source: ModelSource) -> str | None:
+    """The MLflow 3 logged model behind a registry version or ``models:/m-...`` URI."""
+    uri = source.uri
+    if source.version is not None:
+        if getattr(source.version, "model_id", None):
+            return source.version.model_id
+        uri = source.version.source or ""
+    return uri[len("models:/"):] if uri.startswith("models:/m-") else None
+
+
+def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
+    """Load what ``cfg.pretrained`` or ``cfg.init`` names (``init``: already resolved by
+    ``apply_init``), and fill ``cfg.mean``/``std``/``interpolation`` from it where unset."""
+    start = Start()
+    if cfg.pretrained:
+        if not is_timm_backed(cfg.model):
+            raise ValueError(f"pretrained={cfg.pretrained} loads timm weights into one timm "
+                             f"backbone; {cfg.model!r} is not one (use a curated image model or "
+                             "timm/<name>, or start from a zoo model with init=<model uri>)")
+        start.weights = resolve_weights(
+            timm_name_of(cfg.model), cfg.pretrained, in_chans=cfg.channels,
+            image_size=cfg.image_size, candidates=(*CURATED_IMAGE_MODELS, *MORE_IMAGE_MODELS),
+            **{k: getattr(cfg, k) for k in ("act_layer", "norm_layer") if getattr(cfg, k)})
+    elif cfg.init:
+        init = init or apply_init(cfg)[0]
+        _, _, model = load_source(init.uri)
+        start.init = init
+        start.init_state = {k: v for k, v in model.state_dict().items() if k.startswith(CARRIED)}
+        start.init_preprocessing = dict(model.zoo_meta.get("preprocessing", {}))
+    if start.weights is not None or start.init is not None:
+        own = start.preprocessing(cfg.channels)
+        if cfg.mean is None and "mean" in own:
+            cfg.mean = ",".join(f"{v:.6g}" for v in own["mean"])
+            cfg.std = ",".join(f"{v:.6g}" for v in own["std"])
+        if cfg.interpolation is None and "interpolation" in own:
+            cfg.interpolation = own["interpolation"]
+    return start
