@@ -145,6 +145,15 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     model = mlflow.pytorch.load_model(tags["zoo.model_uri"])
     assert model.zoo_meta["preprocessing"]["interpolation"] == cfg.interpolation
     assert model.zoo_meta["preprocessing"]["mean"] == pytest.approx(list(cfg.mean))
+    # export and evaluate rebuild the run's inputs from its parameters and resolved tags
+    from training.export import source_config
+    from training.run import config_splits, load_config_data
+
+    rebuilt = source_config(finished)
+    splits = config_splits(rebuilt, load_config_data(rebuilt))
+    assert splits.preprocessing.interpolation == cfg.interpolation
+    assert splits.preprocessing.mean == pytest.approx(model.zoo_meta["preprocessing"]["mean"])
+    assert splits.preprocessing.std == pytest.approx(model.zoo_meta["preprocessing"]["std"])
 
 
 # --- init: a zoo model as the start --------------------------------------------------------
@@ -201,6 +210,35 @@ def test_init_carries_architecture_weights_and_preprocessing(source: dict) -> No
                           **FROM_INIT))
     with pytest.raises(LookupError, match="registered model 'zoo-first' has no alias @nope"):
         train(TrainConfig(data=str(source["second"]), init="models:/zoo-first@nope", **FROM_INIT))
+
+
+@pytest.mark.slow
+def test_a_per_loss_entry_point_starts_from_init_and_exports(source: dict, tmp_path: Path) -> None:
+    """Under `mlflow run` the parameters hold the defaults mlflow passed; what init made of
+    them is in zoo.resolved.* tags, so export rebuilds the right model and split."""
+    from training.export import ExportConfig, export_model
+    from training.registration import register_best, runs_of_experiment
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [str(bin_dir / "mlflow"), "run", str(REPO), "-e", "softmax", "--env-manager", "local",
+         "--experiment-name", "entry-init", "-P", f"init={source['uri']}", "-P",
+         f"data={source['second']}", "-P", "epochs=2", "-P", "plots=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run] = mlflow.search_runs(experiment_names=["entry-init"], output_format="list")
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "resnet18"
+    assert run.data.tags["zoo.resolved.model"] == "residual_mlp"
+    assert run.data.tags["zoo.resolved.embedding_dim"] == "24"
+    assert run.data.tags["zoo.init"] == source["uri"]
+    result = register_best(runs_of_experiment("entry-init"))
+    version = mlflow.MlflowClient().get_model_version(result.name, result.champion_version)
+    assert f"Started from {source['uri']}" in version.description
+    assert version.tags["zoo.init"] == source["uri"]
+    exported = export_model(ExportConfig(model_uri=f"models:/{result.name}/{version.version}",
+                                         formats="onnx"))
+    assert exported.ok and exported.parities[0].samples > 0
 
 
 def test_sweep_children_start_from_init_and_other_models_are_refused(
