@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ORL = REPO.parent / "shared" / "data" / "orl_faces"
+from orl_faces import ORL, cell  # noqa: E402  (bench/, beside this script)
+
 METRICS = ("open_map_at_r", "open_precision_at_1")
 NAME = "zoo-orl-first"
 
@@ -44,12 +42,6 @@ def people(root: Path, numbers: range, into: Path) -> Path:
     for n in numbers:
         (into / f"s{n}").symlink_to(root / f"s{n}", target_is_directory=True)
     return into
-
-
-def cell(values: list[float]) -> str:
-    if not values or any(math.isnan(v) for v in values):
-        return "—"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
 def main() -> int:
