@@ -49,7 +49,7 @@ def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_pa
     assert run.data.tags["zoo.model"] == "resnet18"
     assert run.data.tags["zoo.loss"] == "arcface"
     assert run.data.tags["zoo.dataset"] == "digits"
-    assert run.data.params["epochs"] == "1" and run.data.params["lr"] == "0.002"
+    assert run.data.params["epochs"] == "1" and run.data.params["lr"] == "0.004"
     assert set(TrainConfig().to_params()) <= set(run.data.params)
     for key in ("test_accuracy", "test_top5_accuracy", "test_ece", "test_precision_at_1",
                 "test_r_precision", "test_map_at_r", "test_nmi", "test_cluster_accuracy"):

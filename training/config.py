@@ -39,7 +39,7 @@ class TrainConfig:
     data: str = _f("digits", "data source name, a folder-per-class image tree, or a .csv file")
     epochs: int = _f(15, "training epochs (the best validation epoch is kept)")
     batch_size: int = _f(32, "samples per batch (P classes x samples_per_class for pair losses)")
-    lr: float = _f(2e-3, "peak learning rate of AdamW")
+    lr: float = _f(4e-3, "peak learning rate of AdamW (the new layers' when fine-tuning)")
     weight_decay: float = _f(0.05, "AdamW weight decay")
     embedding_dim: int = _f(128, "embedding width")
     stage: Optional[int] = _f(None, "image models: the timm feature stage the embedding is read "
