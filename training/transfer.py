@@ -18,7 +18,8 @@ import mlflow
 import torch
 
 from training.config import TrainConfig
-from training.model_source import ModelSource, load_source
+from training.model_source import (ModelSource, artifact_location, load_pytorch_model,
+                                   resolve_model)
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
                         is_timm_backed, timm_name_of)
 from zoo.models.pretrained import PretrainedWeights, resolve_weights
@@ -49,8 +50,6 @@ class InitSource:
 
 def resolve_init(uri: str) -> InitSource:
     """The model ``uri`` names and the config of the run that trained it (no weights yet)."""
-    from training.model_source import resolve_model
-
     source = resolve_model(uri)
     run = mlflow.MlflowClient().get_run(source.run_id)
     return InitSource(uri, source, TrainConfig.from_run(run.data.params, run.data.tags))
@@ -170,7 +169,9 @@ def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
             **{k: getattr(cfg, k) for k in ("act_layer", "norm_layer") if getattr(cfg, k)})
     elif cfg.init:
         init = init or apply_init(cfg)[0]
-        _, _, model = load_source(init.uri)
+        # the version resolved above, even if its alias moves meanwhile
+        model = load_pytorch_model(init.source.load_uri, f"init model {init.describe()}",
+                                   artifact_location(init.source))
         start.init = init
         start.init_state = {k: v for k, v in model.state_dict().items() if k.startswith(CARRIED)}
         start.init_preprocessing = dict(model.zoo_meta.get("preprocessing", {}))
