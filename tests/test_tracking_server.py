@@ -47,7 +47,7 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "ranked by test_precision_at_1" in proc.stdout
+        assert "ranked by best_val_map_at_r" in proc.stdout  # the default: validation
         assert "[4/4]" in proc.stdout  # the progress lines of the four Ray tasks
         # nothing was written beside the working directory: all went to the server
         assert not (tmp_path / "mlruns").exists()

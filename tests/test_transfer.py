@@ -98,29 +98,28 @@ def test_a_file_made_for_another_model_is_refused_naming_that_model(tmp_path: Pa
 
 # --- pretrained=true: the hub cache, offline ---------------------------------------------
 
-def _train_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
-        tracking_uri: str, tmp_path: Path) -> None:
-    cache = tmp_path / "hub"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
-           "PYTHONPATH": str(REPO)}
+        tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from huggingface_hub import constants
+
+    from training.train import main
+
+    cache = tmp_path / "hub"  # what HF_HUB_CACHE and HF_HUB_OFFLINE=1 set at import
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     args = ["--model", "timm/mobilenetv3_small_100.lamb_in1k", "--pretrained", "true",
             "--epochs", "2", "--embedding_dim", "16", "--plots", "false", "--experiment", "hub"]
-    missing = _train_cli(args, env, tmp_path)
-    assert missing.returncode == 1
-    [line] = [ln for ln in missing.stderr.splitlines() if ln.startswith("error:")]
+    assert main(args) == 1
+    [line] = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert "timm/mobilenetv3_small_100.lamb_in1k" in line and str(cache) in line
+    assert "HF_HUB_OFFLINE=1" in line
     assert "run once online" in line and "pretrained=<file>" in line
 
     file = hub_cache(cache, "timm/mobilenetv3_small_100.lamb_in1k",
                      timm.create_model("mobilenetv3_small_100").state_dict())
-    done = _train_cli(args, env, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(args) == 0
 
     failed, finished = sorted(mlflow.search_runs(experiment_names=["hub"], output_format="list"),
                               key=lambda r: r.info.start_time)
