@@ -57,7 +57,7 @@ class ServedModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.batcher = Batcher(self.run, settings.max_batch_size, on_batch)
-        dim = int(self.session.get_outputs()[0].shape[-1])
+        dim = self.embedding_dim = int(self.session.get_outputs()[0].shape[-1])
         self.gallery = GalleryStore(settings.gallery_path(self.info.key), bundle.gallery_path, dim)
         self._explainer: Explainer | None = None
         # Torch only preprocesses (on the event loop) and runs GradCAM here: one thread, or its
@@ -138,8 +138,7 @@ class ServedModel:
             "uri": info.uri, "name": info.name, "version": info.version, "alias": info.alias,
             "run_id": info.run_id, "model": info.meta.get("model"), "loss": info.meta.get("loss"),
             "kind": pre.kind, "input_size": list(pre.input_size),
-            "feature_names": pre.feature_names, "embedding_dim": int(
-                self.session.get_outputs()[0].shape[-1]),
+            "feature_names": pre.feature_names, "embedding_dim": self.embedding_dim,
             "classes": self.class_names, "metrics": info.metrics,
             "gallery": {"entries": len(gallery), "identities": len(gallery.identities),
                         "threshold": gallery.threshold, "far": gallery.far,

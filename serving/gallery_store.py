@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -100,11 +101,27 @@ class GalleryStore:
             results.append(list(seen.values())[:k])
         return results
 
-    def enroll(self, embeddings: np.ndarray, name: str) -> int:
-        """Add ``embeddings`` under ``name`` and save; returns that identity's entry count."""
+    def enroll(self, embeddings: np.ndarray, name: str,
+               digests: list[str] | None = None) -> int:
+        """Add ``embeddings`` under ``name`` (``digests``: each source's sha256) and save;
+        returns that identity's entry count."""
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        entries = [{"enrolled_at": when, "sha256": d} for d in (digests or
+                                                                 [None] * len(embeddings))]
         with self._locked():
             gallery = self._load()
-            gallery.add(embeddings, [name] * len(embeddings))
+            gallery.add(embeddings, [name] * len(embeddings), entries)
             gallery.save(self.folder)
             self._gallery, self._stamp = gallery, self._mtime()
         return sum(label == name for label in gallery.labels)
+
+    def remove(self, name: str) -> int:
+        """Remove every entry of ``name`` and save; returns how many there were (0: none,
+        and nothing is written)."""
+        with self._locked():
+            gallery = self._load()
+            removed = gallery.remove(name)
+            if removed:
+                gallery.save(self.folder)
+                self._gallery, self._stamp = gallery, self._mtime()
+        return removed

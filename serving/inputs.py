@@ -56,8 +56,10 @@ def _to_upload(obj: Any) -> Upload:
 
 
 # Declared as a Path so BentoML takes the field from multipart file parts; validated to raw bytes.
+# Its schema says "file", as BentoML's own file types do: BentoML's clients then send a Path
+# or a PIL image given for it as a multipart file.
 ImageFile = Annotated[Path, PlainValidator(_to_upload),
-                      WithJsonSchema({"type": "string", "format": "binary"})]
+                      WithJsonSchema({"type": "file", "format": "binary"})]
 
 
 def _as_text(value: Any) -> str:

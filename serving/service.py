@@ -10,17 +10,21 @@ tabular rows as JSON ``{"rows": [[...], ...]}``. Bad input gets a 400 or 413 who
 missing model stops ``bentoml serve`` before any worker starts.
 """
 import functools
+import hashlib
+import json
 import logging
 from typing import Annotated, Any, Awaitable, Callable, Literal
 
 import bentoml
 import numpy as np
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Query
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
+from serving import openai_api
+from serving.auth import RequireKeys
 from serving.bundle import Bundle, fetch_bundle
 from serving.engine import ServedModel
 from serving.inputs import ImageFile, RequestError, Text, Upload, model_input, open_image
@@ -34,19 +38,26 @@ log = logging.getLogger("serving")
 
 try:  # fail here, before any worker starts, with one line that says what is missing
     SETTINGS = ServeSettings.from_env()
+    KEYS = SETTINGS.keys()
     PACKED = bento_model(SETTINGS)
     BUNDLE = None if PACKED is not None else fetch_bundle(SETTINGS.model_uri,
                                                           SETTINGS.cache_path())
 except (LookupError, FileNotFoundError, ValueError) as exc:
     raise SystemExit(f"error: cannot serve: {exc}") from None
 
-Images = Annotated[list[ImageFile] | None, Field(description="image files (multipart)")]
+# Schemas of type "file": BentoML's clients send such fields as multipart files (a Path, a
+# PIL image opened from a file, a binary file object), not as JSON.
+_FILES = {"type": "array", "items": {"type": "file", "format": "binary"}}
+Images = Annotated[list[ImageFile] | None, Field(description="image files (multipart)"),
+                   WithJsonSchema({**_FILES, "description": "image files (multipart)"})]
 Rows = Annotated[list[list[float]] | None, Field(description="rows of raw features (JSON)")]
 Reference = Annotated[list[ImageFile] | None, Field(
-    max_length=1, description="an image to explain the similarity to (instead of a class)")]
+    max_length=1, description="an image to explain the similarity to (instead of a class)"),
+    WithJsonSchema({**_FILES, "maxItems": 1, "description": "an image to explain the "
+                    "similarity to (instead of a class)"})]
 TopK = Annotated[int | None, Field(ge=1, le=1000, description="how many answers per input")]
 
-MODEL_ROUTES = ("embed", "classify", "identify", "enroll", "gradcam")
+MODEL_ROUTES = ("embed", "classify", "identify", "enroll", "gradcam", "v1/embeddings")
 # Inputs per ONNX Runtime call, on /metrics: how well concurrent requests are batched.
 BATCH_SIZES = bentoml.metrics.Histogram(
     name="zoo_batch_size", documentation="inputs per model call (adaptive batching)",
@@ -56,7 +67,8 @@ info_app = FastAPI(title="model-zoo model info")
 
 
 def answers_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """``RequestError`` becomes its status with ``{"error": message}``."""
+    """``RequestError`` becomes its status with ``{"error": message}`` (OpenAI's error shape
+    for an ``OpenAIError``)."""
     @functools.wraps(method)
     async def wrapper(self: "ZooService", *args: Any, **kwargs: Any) -> Any:
         try:
@@ -66,7 +78,9 @@ def answers_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
             ctx = kwargs.get("ctx")
             if ctx is not None:  # BentoML copies the context's status onto the response
                 ctx.response.status_code = exc.status
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            body = (exc.body() if isinstance(exc, openai_api.OpenAIError)
+                    else {"error": str(exc)})
+            return JSONResponse(body, status_code=exc.status)
     return wrapper
 
 
@@ -143,7 +157,9 @@ class ZooService:
             raise RequestError(f"identity is {len(name)} characters long, over the limit of 200")
         x, _ = await self._inputs(images, rows)
         out = await self.model.infer(x)
-        entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name)
+        digests = ([hashlib.sha256(upload.data).hexdigest() for upload in images] if images
+                   else [hashlib.sha256(json.dumps(row).encode()).hexdigest() for row in rows])
+        entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name, digests)
         return EnrollResponse(**self.served, identity=name, added=len(x), entries=entries,
                               gallery_size=len(self.model.gallery.gallery))
 
@@ -187,13 +203,71 @@ class ZooService:
         result.overlay.format = "PNG"
         return result.overlay
 
+    @bentoml.api(route="/v1/embeddings")
+    @answers_errors
+    async def v1_embeddings(self, input: Any = None, model: str | None = None,
+                            encoding_format: str | None = None, dimensions: int | None = None,
+                            user: str | None = None) -> dict[str, Any]:
+        """OpenAI's embeddings API: data URLs of images (or rows of numbers) in, embeddings
+        in OpenAI's answer out (``openai.OpenAI(base_url=.../v1).embeddings.create``)."""
+        info = self.model.info
+        encoding = openai_api.check_request(model, encoding_format, dimensions,
+                                            self.served_names, self.model.embedding_dim)
+        images, rows = openai_api.parse_input(input, self.model.pre.kind)
+        try:
+            x, _ = await self._inputs(images, rows)
+        except RequestError as exc:
+            raise openai_api.OpenAIError(str(exc), exc.status, "input") from None
+        out = await self.model.infer(x)
+        return openai_api.embedding_response(out["embedding"], info.name, encoding)
+
+    @property
+    def served_names(self) -> set[str]:
+        """What ``model`` may say in an OpenAI request."""
+        info = self.model.info
+        return {info.name, info.uri, f"{info.name}/{info.version}",
+                f"models:/{info.name}/{info.version}"}
+
+    @info_app.get("/v1/models")
+    def v1_models(self) -> dict[str, Any]:
+        """OpenAI's model list: the one served model."""
+        return {"object": "list", "data": [{"id": self.model.info.name, "object": "model",
+                                            "created": 0, "owned_by": "model-zoo"}]}
+
     @info_app.get("/model")
     def describe(self) -> dict[str, Any]:
         """Model URI, version, classes, input size, metrics and gallery of the served version."""
         return self.model.describe()
 
+    @info_app.get("/identities")
+    def identities(self, page: int = Query(1, ge=1),
+                   page_size: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        """Enrolled identities with their entry counts, by name, one page at a time (admin)."""
+        counts = self.model.gallery.gallery.counts()
+        names = list(counts)[(page - 1) * page_size:page * page_size]
+        return {"identities": [{"name": n, "entries": counts[n]} for n in names],
+                "page": page, "page_size": page_size, "total": len(counts)}
+
+    @info_app.get("/identities/{name:path}")
+    def identity(self, name: str) -> dict[str, Any]:
+        """One identity's enrollments: when, and each image's sha256 (admin)."""
+        entries = self.model.gallery.gallery.enrollments(name)
+        if not entries:
+            raise HTTPException(404, f"no identity {name!r} in the gallery")
+        return {"name": name, "entries": len(entries), "enrollments": entries}
+
+    @info_app.delete("/identities/{name:path}")
+    def remove_identity(self, name: str) -> dict[str, Any]:
+        """Remove every entry of one identity from the gallery, for every worker (admin)."""
+        removed = self.model.gallery.remove(name)
+        if not removed:
+            raise HTTPException(404, f"no identity {name!r} in the gallery")
+        return {"name": name, "removed": removed,
+                "gallery_size": len(self.model.gallery.gallery)}
+
 
 ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
+ZooService.add_asgi_middleware(RequireKeys, keys=KEYS)
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:

@@ -7,7 +7,7 @@ default and meaning in one place.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from training.model_source import DEFAULT_MODEL_URI
@@ -44,6 +44,12 @@ class ServeSettings:
     trace: bool = False  # OpenTelemetry spans for the model endpoints (BentoML's tracing)
     top_k: int = 5  # default of /classify and /identify
     device: str = "auto"  # auto (CUDA when there is a GPU), cpu, cuda or cuda:N
+    # keys (serving/auth.py): never printed, never in an answer
+    api_key: str = field(default="", repr=False)  # model routes need Bearer <key> (empty: open)
+    api_key_file: str = ""  # a file holding the API key (instead of ZOO_API_KEY)
+    admin_key: str = field(default="", repr=False)  # /enroll and /identities need Bearer <key>
+    admin_key_file: str = ""  # a file holding the admin key
+    open_enroll: bool = False  # without an admin key, let anyone enroll and remove identities
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServeSettings":
@@ -79,6 +85,31 @@ class ServeSettings:
         for name in ("threads", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be 0 (auto) or more")
+        self.keys()
+
+    def keys(self) -> "Keys":
+        """The API and admin keys, from the variables or the files they name."""
+        from serving.auth import Keys
+
+        found = {}
+        for name in ("api_key", "admin_key"):
+            value, file = getattr(self, name), getattr(self, f"{name}_file")
+            if value and file:
+                raise ValueError(f"set {ENV_PREFIX}{name.upper()} or "
+                                 f"{ENV_PREFIX}{name.upper()}_FILE, not both")
+            if file:
+                try:
+                    value = Path(file).expanduser().read_text().strip()
+                except OSError as exc:
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}_FILE={file}: cannot read it "
+                                     f"({exc.strerror})") from None
+                if not value:
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}_FILE={file} is empty")
+            found[name] = value
+        if found["api_key"] and found["api_key"] == found["admin_key"]:
+            raise ValueError(f"{ENV_PREFIX}API_KEY and {ENV_PREFIX}ADMIN_KEY are the same key: "
+                             "give the admin key only to those who may change the gallery")
+        return Keys(found["api_key"], found["admin_key"], self.open_enroll)
 
     @property
     def worker_count(self) -> int:

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.slow
 
 IMAGE_URI = "models:/zoo-digits@champion"
 TABULAR_URI = "models:/zoo-emitters@champion"
+ADMIN_KEY = "admin-key-for-tests"  # the image server's: its gallery can be changed with it
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,8 @@ def files(pngs: list[bytes], field: str = "images") -> list[tuple[str, tuple[str
 
 @pytest.fixture(scope="module")
 def image_server(store: dict[str, str]):
-    with Server("serving.service:ZooService", _env(store, IMAGE_URI, "gallery-digits")) as server:
+    env = _env(store, IMAGE_URI, "gallery-digits", ZOO_ADMIN_KEY=ADMIN_KEY)
+    with Server("serving.service:ZooService", env) as server:
         yield server
 
 
@@ -180,7 +183,7 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
 
     stranger = png(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
     enrolled = httpx.post(f"{image_server.url}/enroll", files=files([stranger, stranger]),
-                          data={"identity": " Ada Lovelace "}, timeout=60)
+                          data={"identity": " Ada Lovelace "}, headers=ADMIN, timeout=60)
     assert enrolled.status_code == 200, enrolled.text
     assert enrolled.json()["identity"] == "Ada Lovelace" and enrolled.json()["entries"] == 2
 
@@ -190,7 +193,7 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
 
     assert who()["identity"] == "Ada Lovelace" and who()["similarity"] > 0.999
     # The enrollment is on disk: a new server with the same gallery folder knows her.
-    env = _env(store, IMAGE_URI, "gallery-digits")
+    env = _env(store, IMAGE_URI, "gallery-digits", ZOO_ADMIN_KEY=ADMIN_KEY)
     with Server("serving.service:ZooService", env) as again:
         answer = httpx.post(f"{again.url}/identify", files=files([stranger]), timeout=60).json()
         assert answer["results"][0]["identity"] == "Ada Lovelace"
@@ -212,8 +215,8 @@ def test_bad_input_gets_a_4xx_and_the_server_stays_up(image_server: Server, digi
         ("unknown GradCAM class", "/gradcam",
          {"files": files(digit_pngs[:1], "image"), "data": {"target": "eleven"}}, 400,
          "unknown class 'eleven'"),
-        ("empty identity", "/enroll", {"files": files(digit_pngs[:1]), "data": {"identity": " "}},
-         400, "identity is empty"),
+        ("empty identity", "/enroll", {"files": files(digit_pngs[:1]), "data": {"identity": " "},
+                                       "headers": ADMIN}, 400, "identity is empty"),
         ("bad top_k", "/classify", {"files": files(digit_pngs[:1]), "data": {"top_k": "0"}}, 400,
          "top_k"),
         ("truncated image", "/embed", {"files": files([digit_pngs[0][:40]])}, 400, "image 0"),
@@ -290,7 +293,8 @@ def test_tabular_server(store) -> None:
     rows = data.x[:10].tolist()
     expected = ref.rows(rows)
     # a small request limit too (the image pixel limit is tested in test_serving_parts.py)
-    env = _env(store, TABULAR_URI, "gallery-em", ZOO_MAX_REQUEST_BYTES="20000")
+    env = _env(store, TABULAR_URI, "gallery-em", ZOO_MAX_REQUEST_BYTES="20000",
+               ZOO_OPEN_ENROLL="true")
     with Server("serving.service:ZooService", env) as server:
         got = httpx.post(f"{server.url}/embed", json={"rows": rows * 100}, timeout=60)
         assert got.status_code == 413 and "ZOO_MAX_REQUEST_BYTES" in got.json()["error"]
@@ -317,6 +321,16 @@ def test_tabular_server(store) -> None:
         ok = httpx.post(f"{server.url}/enroll", json={"rows": rows[:2], "identity": "radar-7"},
                         timeout=60)
         assert ok.status_code == 200 and ok.json()["entries"] == 2
+        # the OpenAI client with rows of numbers (ZOO_OPEN_ENROLL opens the gallery, no keys)
+        import openai
+
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
+        answer = client.embeddings.create(model="zoo-emitters", input=rows[:3])
+        assert np.abs(np.asarray([d.embedding for d in answer.data])
+                      - expected["embedding"][:3]).max() <= 1e-5
+        single = client.embeddings.create(model="zoo-emitters", input=rows[0],
+                                          encoding_format="float")
+        assert np.abs(np.asarray(single.data[0].embedding) - expected["embedding"][0]).max() <= 1e-5
 
 
 def test_missing_model_stops_the_server(store) -> None:
@@ -374,4 +388,224 @@ def test_built_bento_serves_without_the_store(store, digit_pngs, tmp_path: Path)
         expected = Reference(store, IMAGE_URI).images(digit_pngs[:4])["embedding"]
         got = httpx.post(f"{server.url}/embed", files=files(digit_pngs[:4]), timeout=60).json()
         assert np.abs(np.asarray(got["embeddings"]) - expected).max() <= 1e-5
+        # no admin key here: the gallery is read-only
+        refused = httpx.post(f"{server.url}/enroll", files=files(digit_pngs[:1]),
+                             data={"identity": "x"}, timeout=60)
+        assert refused.status_code == 403 and "read-only" in refused.json()["error"]
     assert not (tmp_path / "no-such-store.db").exists()
+
+
+# --- real clients: BentoML's, OpenAI's, MLflow's scoring server; keys; identities ---------
+
+def test_bentoml_clients_call_every_endpoint(image_server: Server, store, digit_pngs,
+                                             tmp_path: Path) -> None:
+    """BentoML's own clients, with pathlib.Path and PIL images as BentoML documents them."""
+    import asyncio
+
+    import bentoml
+
+    paths = []
+    for i, data in enumerate(digit_pngs[:3]):
+        paths.append(tmp_path / f"digit-{i}.png")
+        paths[-1].write_bytes(data)
+    expected = Reference(store, IMAGE_URI).images(digit_pngs[:3])
+    with bentoml.SyncHTTPClient(image_server.url, token=ADMIN_KEY, timeout=120) as client:
+        embedded = client.embed(images=paths)
+        assert np.abs(np.asarray(embedded["embeddings"]) - expected["embedding"]).max() <= 1e-5
+        pictures = [Image.open(path) for path in paths]
+        same = client.embed(images=pictures)
+        assert np.abs(np.asarray(same["embeddings"]) - expected["embedding"]).max() <= 1e-5
+        classes = client.classify(images=paths[:1], top_k=2)["predictions"][0]
+        assert classes[0]["label"] == str(int(expected["logits"][0].argmax()))
+        assert len(client.identify(images=paths, top_k=1)["results"]) == 3
+        heatmap = client.gradcam(image=paths[0])
+        assert isinstance(heatmap, Image.Image) and heatmap.size == (256, 256)
+        enrolled = client.enroll(identity="client-test", images=[Image.open(paths[2])])
+        assert enrolled["identity"] == "client-test" and enrolled["added"] == 1
+
+    async def asynchronous() -> dict:
+        async with bentoml.AsyncHTTPClient(image_server.url, timeout=120) as client:
+            return await client.embed(images=[paths[0], Image.open(paths[1])])
+
+    answer = asyncio.run(asynchronous())
+    assert np.abs(np.asarray(answer["embeddings"]) - expected["embedding"][:2]).max() <= 1e-5
+
+
+def test_openai_client_gets_embeddings(image_server: Server, store, digit_pngs) -> None:
+    import base64
+
+    import openai
+
+    client = openai.OpenAI(base_url=f"{image_server.url}/v1", api_key="not-checked-here",
+                           max_retries=0, timeout=60)
+    urls = [f"data:image/png;base64,{base64.b64encode(b).decode()}" for b in digit_pngs[:3]]
+    expected = Reference(store, IMAGE_URI).images(digit_pngs[:3])["embedding"]
+    got = client.embeddings.create(model="zoo-digits", input=urls)  # base64, as the client asks
+    assert got.object == "list" and got.model == "zoo-digits"
+    assert [d.index for d in got.data] == [0, 1, 2]
+    assert np.abs(np.asarray([d.embedding for d in got.data]) - expected).max() <= 1e-5
+    one = client.embeddings.create(model="zoo-digits", input=urls[1], encoding_format="float")
+    assert np.abs(np.asarray(one.data[0].embedding) - expected[1]).max() <= 1e-5
+    assert client.models.list().data[0].id == "zoo-digits"
+    for kwargs, error, message in (
+            (dict(model="gpt-4o"), openai.NotFoundError, "not served here"),
+            (dict(dimensions=8), openai.BadRequestError, "dimensions=8"),
+            (dict(input="http://example.com/face.png"), openai.BadRequestError, "never fetched"),
+            (dict(input="data:image/png;base64,%%%"), openai.BadRequestError, "base64"),
+            (dict(input=[1.0, 2.0]), openai.BadRequestError, "embeds images")):
+        with pytest.raises(error, match=message) as caught:
+            client.embeddings.create(**{"model": "zoo-digits", "input": urls[0], **kwargs})
+        assert caught.value.body["type"] == "invalid_request_error"  # OpenAI's error shape
+
+
+def test_keys_guard_the_routes_and_identities_can_be_listed_and_removed(
+        store, digit_pngs, tmp_path: Path) -> None:
+    import hashlib
+
+    import httpx
+    import openai
+
+    admin_file = tmp_path / "admin.key"
+    admin_file.write_text("the-admin-key\n")
+    env = _env(store, IMAGE_URI, "gallery-keys", ZOO_API_KEY="the-api-key",
+               ZOO_ADMIN_KEY_FILE=str(admin_file))
+    api, admin = ({"Authorization": f"Bearer {key}"} for key in ("the-api-key", "the-admin-key"))
+    stranger = png(np.random.default_rng(7).integers(0, 255, (30, 30), dtype=np.uint8))
+    with Server("serving.service:ZooService", env) as server:
+        url = server.url
+        for probe in ("livez", "readyz", "metrics"):
+            assert httpx.get(f"{url}/{probe}", timeout=10).status_code == 200
+        one = {"files": files(digit_pngs[:1]), "timeout": 60}
+        missing = httpx.post(f"{url}/embed", **one)
+        assert missing.status_code == 401 and "needs an API key" in missing.json()["error"]
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.post(f"{url}/embed", headers={"Authorization": "Bearer nope"}, **one)
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid API key"
+        assert httpx.get(f"{url}/model", timeout=10).status_code == 401
+        for key in (api, admin):  # the admin key opens the model routes too
+            assert httpx.post(f"{url}/embed", headers=key, **one).status_code == 200
+        enroll = {"files": files([stranger, stranger]), "data": {"identity": "Grace Hopper"},
+                  "timeout": 60}
+        assert httpx.post(f"{url}/enroll", **enroll).status_code == 401
+        refused = httpx.post(f"{url}/enroll", headers=api, **enroll)
+        assert refused.status_code == 403 and "admin key" in refused.json()["error"]
+        assert httpx.post(f"{url}/enroll", headers=admin, **enroll).status_code == 200
+
+        assert httpx.get(f"{url}/identities", headers=api, timeout=10).status_code == 403
+        listing = httpx.get(f"{url}/identities", params={"page_size": 5}, headers=admin,
+                            timeout=10).json()
+        assert listing["total"] == 11 and len(listing["identities"]) == 5  # 10 digits + Grace
+        last = httpx.get(f"{url}/identities", params={"page": 3, "page_size": 5}, headers=admin,
+                         timeout=10).json()["identities"]
+        assert last == [{"name": "Grace Hopper", "entries": 2}]
+        grace = httpx.get(f"{url}/identities/Grace Hopper", headers=admin, timeout=10).json()
+        assert [e["sha256"] for e in grace["enrollments"]] == [hashlib.sha256(stranger)
+                                                              .hexdigest()] * 2
+        assert all(e["enrolled_at"].endswith("+00:00") for e in grace["enrollments"])
+
+        def who() -> str:
+            return httpx.post(f"{url}/identify", files=files([stranger]), headers=api,
+                              timeout=60).json()["results"][0]["matches"][0]["identity"]
+
+        assert who() == "Grace Hopper"
+        assert httpx.delete(f"{url}/identities/Grace Hopper", headers=api,
+                            timeout=10).status_code == 403
+        gone = httpx.delete(f"{url}/identities/Grace Hopper", headers=admin, timeout=10)
+        assert gone.status_code == 200 and gone.json()["removed"] == 2
+        assert all(who() != "Grace Hopper" for _ in range(6))  # on every worker
+        assert httpx.get(f"{url}/identities/Grace Hopper", headers=admin,
+                         timeout=10).status_code == 404
+
+        data_url = f"data:image/png;base64,{__import__('base64').b64encode(stranger).decode()}"
+        keyed = openai.OpenAI(base_url=f"{url}/v1", api_key="the-api-key", max_retries=0)
+        assert len(keyed.embeddings.create(model="zoo-digits", input=data_url).data) == 1
+        with pytest.raises(openai.AuthenticationError, match="invalid API key"):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).embeddings.create(
+                model="zoo-digits", input=data_url)
+
+
+def readme_client_blocks() -> list[tuple[str, str]]:
+    """(language, code) of every code block in the README's "Clients" section."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Clients", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"```(bash|python)\n(.*?)```", section, re.DOTALL)
+
+
+def test_mlflow_pyfunc_scoring_server_and_the_readme_clients(
+        image_server: Server, store, digit_pngs, tmp_path: Path) -> None:
+    """Every registered version works with MLflow's own tools: the pyfunc and the scoring
+    server (driven by MLflow's own client), preprocessed arrays and encoded images alike;
+    then every client block of the README runs against the live servers."""
+    import base64
+
+    import pandas as pd
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    from serving.process import free_port
+
+    ref = Reference(store, IMAGE_URI)
+    expected = ref.images(digit_pngs[:4])
+    x = preprocess_images([Image.open(io.BytesIO(b)) for b in digit_pngs[:4]], ref.pre).numpy()
+    mlflow.set_tracking_uri(store["MLFLOW_TRACKING_URI"])
+    try:
+        model = mlflow.pyfunc.load_model(IMAGE_URI)
+        tabular = mlflow.pyfunc.load_model(TABULAR_URI)
+    finally:
+        mlflow.set_tracking_uri(None)
+    arrays = model.predict(x)
+    images = model.predict(pd.DataFrame({"image": digit_pngs[:4]}))
+    for answer in (arrays, images):
+        assert np.abs(np.stack(answer["embedding"]) - expected["embedding"]).max() <= 1e-4
+        assert list(answer["label"]) == [ref.pre.class_names[j]
+                                         for j in expected["logits"].argmax(1)]
+    data = emitters()
+    table = pd.DataFrame(data.x[:5].numpy().astype(float), columns=data.feature_names)
+    rows = tabular.predict(table)
+    tab_ref = Reference(store, TABULAR_URI).rows(data.x[:5].tolist())
+    assert np.abs(np.stack(rows["embedding"]) - tab_ref["embedding"]).max() <= 1e-4
+
+    port = free_port()
+    bin_dir = Path(sys.executable).parent  # the scoring server starts uvicorn from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store["MLFLOW_TRACKING_URI"],
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve",
+                             "-m", IMAGE_URI, "--env-manager", "local", "-h", "127.0.0.1", "-p",
+                             str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        client = ScoringServerClient("127.0.0.1", port)
+        try:
+            client.wait_server_ready(timeout=180, scoring_server_proc=proc)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}: {proc.stderr.read()[-3000:]}") from None
+        by_array = client.invoke(x).get_predictions()
+        encoded = pd.DataFrame({"image": [base64.b64encode(b).decode() for b in digit_pngs[:4]]})
+        by_image = client.invoke(encoded).get_predictions()
+        for answer in (by_array, by_image):
+            assert np.abs(np.stack(answer["embedding"].map(np.asarray))
+                          - expected["embedding"]).max() <= 1e-4
+            assert list(answer["label"]) == list(images["label"])
+
+        blocks = readme_client_blocks()
+        assert [lang for lang, _ in blocks].count("python") >= 4 and len(blocks) >= 6
+        (tmp_path / "digit.png").write_bytes(digit_pngs[0])
+        run_env = {**env, "ZOO_ADMIN_KEY": ADMIN_KEY}
+        host = image_server.url.removeprefix("http://")
+        for lang in ("python", "bash"):  # one process per language: the blocks in turn
+            code = "\n\n".join(block for kind, block in blocks if kind == lang)
+            code = (code.replace("localhost:3000", host)
+                    .replace("localhost:5001", f"127.0.0.1:{port}"))
+            command = ([sys.executable, "-c", code] if lang == "python"
+                       else ["bash", "-c", "set -euo pipefail\n" + code])
+            done = subprocess.run(command, cwd=tmp_path, env=run_env, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, (code, done.stderr[-2000:])
+            printed = done.stdout.strip().splitlines()
+            assert printed and '"error"' not in done.stdout, (code, done.stdout)
+            if lang == "python":  # each block prints at least one line
+                assert len(printed) >= sum(kind == lang for kind, _ in blocks), printed
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -167,3 +167,32 @@ def test_gallery_store_sees_other_writers_and_keeps_the_seed(tmp_path) -> None:
     assert [m.label for m in nearest[:2]] == ["a", "ab"] and len({m.label for m in nearest}) == 3
     with pytest.raises(ValueError, match="holds 4-d embeddings but the model makes 8-d"):
         GalleryStore(tmp_path / "state", None, 8)
+
+
+def test_keys_decide_each_route() -> None:
+    from serving.auth import Keys
+
+    keys = Keys(api="a", admin="b")
+    assert keys.refusal("/livez", None) is None and keys.refusal("/metrics", None) is None
+    assert keys.refusal("/embed", None)[0] == 401 and keys.refusal("/embed", "x")[0] == 401
+    assert keys.refusal("/embed", "a") is None and keys.refusal("/v1/embeddings", "b") is None
+    assert keys.refusal("/enroll", "a")[0] == 403 and keys.refusal("/enroll", None)[0] == 401
+    assert keys.refusal("/identities/x/y", "b") is None
+    closed, opened = Keys(), Keys(open_enroll=True)
+    assert closed.refusal("/embed", None) is None  # no API key: the model is open
+    assert closed.refusal("/enroll", "anything")[0] == 403  # no admin key: read-only
+    assert "ZOO_OPEN_ENROLL" in closed.refusal("/identities", None)[1]
+    assert opened.refusal("/enroll", None) is None
+
+
+def test_key_settings_come_from_variables_or_files(tmp_path) -> None:
+    key = tmp_path / "key"
+    key.write_text("  secret\n")
+    keys = ServeSettings.from_env({"ZOO_API_KEY_FILE": str(key), "ZOO_ADMIN_KEY": "other"}).keys()
+    assert (keys.api, keys.admin) == ("secret", "other")
+    assert "secret" not in repr(ServeSettings.from_env({"ZOO_API_KEY": "secret"}))
+    for env, message in (({"ZOO_API_KEY": "a", "ZOO_API_KEY_FILE": str(key)}, "not both"),
+                         ({"ZOO_ADMIN_KEY_FILE": str(tmp_path / "none")}, "cannot read"),
+                         ({"ZOO_API_KEY": "same", "ZOO_ADMIN_KEY": "same"}, "the same key")):
+        with pytest.raises(ValueError, match=message):
+            ServeSettings.from_env(env)

@@ -1,9 +1,12 @@
 """Log a trained model to MLflow so that it can be loaded, served and exported alone.
 
-The model is pickled (not MLflow 3's default ``pt2`` graph) on purpose: the server needs
-the real module structure for GradCAM hooks, and ``mlflow.pytorch.load_model`` then returns
-the same ``EmbeddingModel`` with its preprocessing and class names in ``zoo_meta``. The
-``zoo`` package travels with the model (``code_paths``), so unpickling needs no checkout.
+The module is pickled (not MLflow 3's default ``pt2`` graph) on purpose: GradCAM needs the
+real module structure for its hooks, and ``mlflow.pytorch.load_model`` then returns the same
+``EmbeddingModel`` with its preprocessing and class names in ``zoo_meta``. Beside it,
+``training.model_flavor`` adds a ``python_function`` flavor that MLflow's own tools call
+(``mlflow.pyfunc.load_model``, ``mlflow models serve``): a TorchScript trace, loaded without
+unpickling code. The ``zoo`` package travels with the model (``code_paths``), so neither
+needs a checkout.
 """
 from __future__ import annotations
 
@@ -17,12 +20,15 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
+from mlflow.models import Model
 from mlflow.models.model import ModelInfo
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
 import zoo
+from training import model_flavor
 from zoo.models import EmbeddingModel
 from zoo.quiet import quiet_loggers
 
@@ -53,6 +59,31 @@ def model_signature(input_shape: tuple[int, ...], embedding_dim: int, num_classe
     )
 
 
+def pyfunc_signature(pre: dict[str, Any], num_classes: int) -> ModelSignature:
+    """What ``zoo.pyfunc`` answers: one row per input with ``embedding`` (and ``logits``,
+    ``label``, ``probability`` where the model classifies). Tabular models take their raw
+    feature columns; image models take a preprocessed ndarray batch or a DataFrame ``image``
+    column of encoded files, two forms one input schema cannot hold, so theirs is left open."""
+    outputs = [ColSpec(Array(DataType.float), "embedding")]
+    if num_classes:
+        outputs += [ColSpec(Array(DataType.float), "logits"), ColSpec(DataType.string, "label"),
+                    ColSpec(DataType.double, "probability")]
+    inputs = (Schema([ColSpec(DataType.double, name) for name in pre["feature_names"]])
+              if pre["kind"] == "tabular" and pre.get("feature_names") else None)
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+
+
+def input_example(example: torch.Tensor, pre: dict[str, Any]) -> Any:
+    """Two inputs as ``zoo.pyfunc`` takes them: the preprocessed image batch, or the raw
+    feature rows (the normalisation undone) as a DataFrame."""
+    x = example[:2].cpu().numpy().astype(np.float32)
+    if pre["kind"] != "tabular":
+        return x
+    raw = x * np.asarray(pre["std"], np.float32) + np.asarray(pre["mean"], np.float32)
+    columns = pre.get("feature_names") or [f"f{i}" for i in range(raw.shape[1])]
+    return pd.DataFrame(raw.astype(np.float64), columns=columns)
+
+
 def log_trained_model(
     model: EmbeddingModel, example: torch.Tensor, meta: dict[str, Any], metrics: dict[str, float]
 ) -> ModelInfo:
@@ -60,8 +91,7 @@ def log_trained_model(
     model = model.cpu().eval()
     model.zoo_meta.update(meta)
     pre = meta["preprocessing"]
-    signature = model_signature(tuple(pre["input_size"]), model.embedding_dim,
-                                len(pre["class_names"]))
+    signature = pyfunc_signature(pre, model.num_classes)
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for name, content in (("preprocessing.json", pre),
@@ -70,16 +100,20 @@ def log_trained_model(
             path = Path(tmp) / name
             path.write_text(json.dumps(content, indent=2, default=str))
             files.append(str(path))
-        # mlflow.pytorch's pyfunc wrapper wants one tensor out; ours returns a dict, so its
-        # serving-input check ("Failed to validate serving input example") is noise here.
-        with quiet_loggers("mlflow.pytorch", "mlflow.models.model"):
-            info = mlflow.pytorch.log_model(
-                model,
+        # mlflow.pytorch warns that pickles run code when loaded: the python_function flavor
+        # is the trace, and the module is loaded only from the tracking store one trusts.
+        with quiet_loggers("mlflow.pytorch"):
+            info = Model.log(
+                artifact_path=None,
                 name=ARTIFACT_NAME,
+                flavor=model_flavor,
+                flavor_name=model_flavor.FLAVOR_NAME,
+                pytorch_model=model,
+                example=example[:2].cpu().float().contiguous(),
                 serialization_format="pickle",
                 code_paths=[str(Path(zoo.__file__).parent)],
                 signature=signature,
-                input_example=example[:2].cpu().numpy().astype(np.float32),
+                input_example=input_example(example, pre),
                 pip_requirements=runtime_requirements(),
                 extra_files=files,
                 metadata={"zoo": json.loads(json.dumps(model.zoo_meta, default=str))},

@@ -3,7 +3,8 @@
 Identification is nearest-neighbour search by cosine similarity, with ``unknown`` below the
 verification threshold the evaluation chose (the threshold at a false accept rate of 1e-3
 on the test split). The gallery is two files: ``gallery.faiss`` (the index) and
-``gallery.json`` (labels, count, threshold). Saving writes the index first and the JSON
+``gallery.json`` (labels, count, threshold, and for each entry when it was enrolled and the
+sha256 of the image it came from; images themselves are never kept). Saving writes the index first and the JSON
 last, each to a temporary file that replaces the old one in one ``os.replace``; the JSON's
 ``count`` is the commit: a crash between the two leaves an index with extra rows that
 loading ignores, so a reader always sees the old gallery or the new one, never a mix.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ class Gallery:
         self.dim, self.threshold, self.far = dim, threshold, far
         self.index = faiss.IndexFlatIP(dim)
         self.labels: list[str] = []
+        self.entries: list[dict[str, Any]] = []  # per label: enrolled_at, sha256 (or {})
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,15 +52,41 @@ class Gallery:
     def identities(self) -> list[str]:
         return sorted(set(self.labels))
 
-    def add(self, embeddings: Any, labels: list[str]) -> None:
-        """Enroll ``embeddings`` (``[N, dim]``, normalised here) under ``labels``."""
+    def counts(self) -> dict[str, int]:
+        """Entries per identity, by name."""
+        return dict(sorted(Counter(self.labels).items()))
+
+    def add(self, embeddings: Any, labels: list[str],
+            entries: list[dict[str, Any]] | None = None) -> None:
+        """Enroll ``embeddings`` (``[N, dim]``, normalised here) under ``labels``, with what
+        to remember of each (``entries``: when, the source's sha256)."""
         vectors = _normalised(embeddings, self.dim)
         if len(vectors) != len(labels):
             raise ValueError(f"{len(vectors)} embeddings but {len(labels)} labels")
+        if entries is not None and len(entries) != len(labels):
+            raise ValueError(f"{len(entries)} entries for {len(labels)} labels")
         if any(not str(label).strip() for label in labels):
             raise ValueError("identity names must not be empty")
         self.index.add(vectors)
         self.labels.extend(str(label).strip() for label in labels)
+        self.entries.extend(dict(e) for e in (entries or [{}] * len(labels)))
+
+    def enrollments(self, label: str) -> list[dict[str, Any]]:
+        """What is remembered of each entry of ``label``, in enrollment order."""
+        return [entry for name, entry in zip(self.labels, self.entries) if name == label]
+
+    def remove(self, label: str) -> int:
+        """Remove every entry of ``label``; returns how many there were."""
+        keep = [i for i, name in enumerate(self.labels) if name != label]
+        removed = len(self.labels) - len(keep)
+        if removed:
+            vectors = self.index.reconstruct_n(0, len(self.labels))[keep] if keep else None
+            self.index = faiss.IndexFlatIP(self.dim)
+            if vectors is not None:
+                self.index.add(np.ascontiguousarray(vectors))
+            self.labels = [self.labels[i] for i in keep]
+            self.entries = [self.entries[i] for i in keep]
+        return removed
 
     def search(self, embeddings: Any, k: int = 5) -> list[list[Match]]:
         """The ``k`` most similar gallery entries of each query, most similar first."""
@@ -74,7 +103,7 @@ class Gallery:
         folder.mkdir(parents=True, exist_ok=True)
         _replace(folder / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
         meta = {"dim": self.dim, "count": len(self), "labels": self.labels,
-                "threshold": self.threshold, "far": self.far}
+                "entries": self.entries, "threshold": self.threshold, "far": self.far}
         _replace(folder / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta)))
 
     @classmethod
@@ -103,6 +132,9 @@ class Gallery:
             index = faiss.IndexFlatIP(gallery.dim)
             index.add(faiss.read_index(str(folder / INDEX_FILE)).reconstruct_n(0, count))
         gallery.index, gallery.labels = index, [str(x) for x in labels[:count]]
+        entries = meta.get("entries") or []
+        gallery.entries = [dict(e) if isinstance(e, dict) else {} for e in entries[:count]]
+        gallery.entries += [{}] * (count - len(gallery.entries))  # galleries saved before
         return gallery
 
 
