@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import hashlib
 import io
 import os
 import subprocess
@@ -198,6 +199,26 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
         answer = httpx.post(f"{again.url}/identify", files=files([stranger]), timeout=60).json()
         assert answer["results"][0]["identity"] == "Ada Lovelace"
 
+    # identity management, with the admin key: list, show (when, and each image's sha256), delete
+    url = image_server.url
+    refused = httpx.get(f"{url}/identities", timeout=10)
+    assert refused.status_code == 401 and "admin key" in refused.json()["error"]
+    listing = httpx.get(f"{url}/identities", params={"page_size": 4}, headers=ADMIN,
+                        timeout=10).json()
+    assert listing["total"] >= 11 and len(listing["identities"]) == 4  # 10 digits + Ada (+ ...)
+    every = httpx.get(f"{url}/identities", params={"page_size": 1000}, headers=ADMIN,
+                      timeout=10).json()["identities"]
+    assert {"name": "Ada Lovelace", "entries": 2} in every and len(every) == listing["total"]
+    assert every[:4] == listing["identities"]  # pages in name order
+    ada = httpx.get(f"{url}/identities/Ada Lovelace", headers=ADMIN, timeout=10).json()
+    assert [e["sha256"] for e in ada["enrollments"]] == [hashlib.sha256(stranger).hexdigest()] * 2
+    assert all(e["enrolled_at"].endswith("+00:00") for e in ada["enrollments"])
+    gone = httpx.delete(f"{url}/identities/Ada Lovelace", headers=ADMIN, timeout=10)
+    assert gone.status_code == 200 and gone.json()["removed"] == 2
+    assert all(who()["identity"] != "Ada Lovelace" for _ in range(6))  # on every worker
+    assert httpx.get(f"{url}/identities/Ada Lovelace", headers=ADMIN,
+                     timeout=10).status_code == 404
+
 
 def test_bad_input_gets_a_4xx_and_the_server_stays_up(image_server: Server, digit_pngs) -> None:
     import httpx
@@ -285,7 +306,7 @@ def test_load_64_clients_2000_requests(image_server: Server, store, digit_pngs) 
     assert done == 2000
 
 
-def test_tabular_server(store) -> None:
+def test_tabular_server(store, tmp_path: Path) -> None:
     import httpx
 
     ref = Reference(store, TABULAR_URI)
@@ -293,44 +314,69 @@ def test_tabular_server(store) -> None:
     rows = data.x[:10].tolist()
     expected = ref.rows(rows)
     # a small request limit too (the image pixel limit is tested in test_serving_parts.py)
+    admin_file = tmp_path / "admin.key"
+    admin_file.write_text("the-admin-key\n")
     env = _env(store, TABULAR_URI, "gallery-em", ZOO_MAX_REQUEST_BYTES="20000",
-               ZOO_OPEN_ENROLL="true")
+               ZOO_API_KEY="the-api-key", ZOO_ADMIN_KEY_FILE=str(admin_file))
+    api, admin = ({"Authorization": f"Bearer {key}"} for key in ("the-api-key", "the-admin-key"))
     with Server("serving.service:ZooService", env) as server:
-        got = httpx.post(f"{server.url}/embed", json={"rows": rows * 100}, timeout=60)
+        # keys: the model routes need the API key (or the admin key), the gallery the admin key
+        for probe in ("livez", "readyz", "metrics"):
+            assert httpx.get(f"{server.url}/{probe}", timeout=10).status_code == 200
+        one = {"json": {"rows": rows[:1]}, "timeout": 60}
+        missing = httpx.post(f"{server.url}/embed", **one)
+        assert missing.status_code == 401 and "needs an API key" in missing.json()["error"]
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.post(f"{server.url}/embed", headers={"Authorization": "Bearer no"}, **one)
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid API key"
+        assert httpx.get(f"{server.url}/model", timeout=10).status_code == 401
+        assert httpx.post(f"{server.url}/embed", headers=admin, **one).status_code == 200
+        enroll = {"json": {"rows": rows[:2], "identity": "radar-7"}, "timeout": 60}
+        assert httpx.post(f"{server.url}/enroll", **enroll).status_code == 401
+        refused = httpx.post(f"{server.url}/enroll", headers=api, **enroll)
+        assert refused.status_code == 403 and "admin key" in refused.json()["error"]
+        assert httpx.get(f"{server.url}/identities", headers=api, timeout=10).status_code == 403
+        assert httpx.delete(f"{server.url}/identities/radar-7", headers=api,
+                            timeout=10).status_code == 403
+        got = httpx.post(f"{server.url}/embed", json={"rows": rows * 100}, headers=api, timeout=60)
         assert got.status_code == 413 and "ZOO_MAX_REQUEST_BYTES" in got.json()["error"]
-        got = httpx.post(f"{server.url}/embed", json={"rows": rows}, timeout=60)
+        got = httpx.post(f"{server.url}/embed", json={"rows": rows}, headers=api, timeout=60)
         assert got.status_code == 200, got.text
         assert np.abs(np.asarray(got.json()["embeddings"]) - expected["embedding"]).max() <= 1e-5
         top = httpx.post(f"{server.url}/classify", json={"rows": rows, "top_k": 1},
-                         timeout=60).json()["predictions"]
+                         headers=api, timeout=60).json()["predictions"]
         assert [r[0]["label"] for r in top] == [ref.pre.class_names[j]
                                                 for j in expected["logits"].argmax(1)]
-        who = httpx.post(f"{server.url}/identify", json={"rows": rows[:3]}, timeout=60).json()
+        who = httpx.post(f"{server.url}/identify", json={"rows": rows[:3]}, headers=api,
+                         timeout=60).json()
         assert len(who["results"]) == 3
         width = ref.pre.num_features
         for body, message in (({"rows": [rows[0][:-1]]}, f"row 0 has {width - 1} values"),
                               ({"rows": []}, "no rows"), ({}, "no rows")):
-            bad = httpx.post(f"{server.url}/embed", json=body, timeout=60)
+            bad = httpx.post(f"{server.url}/embed", json=body, headers=api, timeout=60)
             assert bad.status_code == 400 and message in bad.json()["error"], bad.text
         bad = httpx.post(f"{server.url}/embed", files=files([png(np.zeros((8, 8), np.uint8))]),
-                         timeout=60)
+                         headers=api, timeout=60)
         assert bad.status_code == 400 and "not images" in bad.json()["error"]
         bad = httpx.post(f"{server.url}/gradcam", files=files([png(np.zeros((8, 8), np.uint8))],
-                                                              "image"), timeout=60)
+                                                              "image"), headers=api, timeout=60)
         assert bad.status_code == 400 and "image models" in bad.json()["error"]
-        ok = httpx.post(f"{server.url}/enroll", json={"rows": rows[:2], "identity": "radar-7"},
-                        timeout=60)
+        ok = httpx.post(f"{server.url}/enroll", headers=admin, **enroll)
         assert ok.status_code == 200 and ok.json()["entries"] == 2
-        # the OpenAI client with rows of numbers (ZOO_OPEN_ENROLL opens the gallery, no keys)
+        # the OpenAI client with rows of numbers; its api_key is the bearer token
         import openai
 
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0)
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="the-api-key",
+                               max_retries=0)
         answer = client.embeddings.create(model="zoo-emitters", input=rows[:3])
         assert np.abs(np.asarray([d.embedding for d in answer.data])
                       - expected["embedding"][:3]).max() <= 1e-5
         single = client.embeddings.create(model="zoo-emitters", input=rows[0],
                                           encoding_format="float")
         assert np.abs(np.asarray(single.data[0].embedding) - expected["embedding"][0]).max() <= 1e-5
+        with pytest.raises(openai.AuthenticationError, match="invalid API key"):
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong",
+                          max_retries=0).embeddings.create(model="zoo-emitters", input=rows[0])
 
 
 def test_missing_model_stops_the_server(store) -> None:
@@ -456,72 +502,6 @@ def test_openai_client_gets_embeddings(image_server: Server, store, digit_pngs) 
         with pytest.raises(error, match=message) as caught:
             client.embeddings.create(**{"model": "zoo-digits", "input": urls[0], **kwargs})
         assert caught.value.body["type"] == "invalid_request_error"  # OpenAI's error shape
-
-
-def test_keys_guard_the_routes_and_identities_can_be_listed_and_removed(
-        store, digit_pngs, tmp_path: Path) -> None:
-    import hashlib
-
-    import httpx
-    import openai
-
-    admin_file = tmp_path / "admin.key"
-    admin_file.write_text("the-admin-key\n")
-    env = _env(store, IMAGE_URI, "gallery-keys", ZOO_API_KEY="the-api-key",
-               ZOO_ADMIN_KEY_FILE=str(admin_file))
-    api, admin = ({"Authorization": f"Bearer {key}"} for key in ("the-api-key", "the-admin-key"))
-    stranger = png(np.random.default_rng(7).integers(0, 255, (30, 30), dtype=np.uint8))
-    with Server("serving.service:ZooService", env) as server:
-        url = server.url
-        for probe in ("livez", "readyz", "metrics"):
-            assert httpx.get(f"{url}/{probe}", timeout=10).status_code == 200
-        one = {"files": files(digit_pngs[:1]), "timeout": 60}
-        missing = httpx.post(f"{url}/embed", **one)
-        assert missing.status_code == 401 and "needs an API key" in missing.json()["error"]
-        assert missing.headers["www-authenticate"] == "Bearer"
-        wrong = httpx.post(f"{url}/embed", headers={"Authorization": "Bearer nope"}, **one)
-        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid API key"
-        assert httpx.get(f"{url}/model", timeout=10).status_code == 401
-        for key in (api, admin):  # the admin key opens the model routes too
-            assert httpx.post(f"{url}/embed", headers=key, **one).status_code == 200
-        enroll = {"files": files([stranger, stranger]), "data": {"identity": "Grace Hopper"},
-                  "timeout": 60}
-        assert httpx.post(f"{url}/enroll", **enroll).status_code == 401
-        refused = httpx.post(f"{url}/enroll", headers=api, **enroll)
-        assert refused.status_code == 403 and "admin key" in refused.json()["error"]
-        assert httpx.post(f"{url}/enroll", headers=admin, **enroll).status_code == 200
-
-        assert httpx.get(f"{url}/identities", headers=api, timeout=10).status_code == 403
-        listing = httpx.get(f"{url}/identities", params={"page_size": 5}, headers=admin,
-                            timeout=10).json()
-        assert listing["total"] == 11 and len(listing["identities"]) == 5  # 10 digits + Grace
-        last = httpx.get(f"{url}/identities", params={"page": 3, "page_size": 5}, headers=admin,
-                         timeout=10).json()["identities"]
-        assert last == [{"name": "Grace Hopper", "entries": 2}]
-        grace = httpx.get(f"{url}/identities/Grace Hopper", headers=admin, timeout=10).json()
-        assert [e["sha256"] for e in grace["enrollments"]] == [hashlib.sha256(stranger)
-                                                              .hexdigest()] * 2
-        assert all(e["enrolled_at"].endswith("+00:00") for e in grace["enrollments"])
-
-        def who() -> str:
-            return httpx.post(f"{url}/identify", files=files([stranger]), headers=api,
-                              timeout=60).json()["results"][0]["matches"][0]["identity"]
-
-        assert who() == "Grace Hopper"
-        assert httpx.delete(f"{url}/identities/Grace Hopper", headers=api,
-                            timeout=10).status_code == 403
-        gone = httpx.delete(f"{url}/identities/Grace Hopper", headers=admin, timeout=10)
-        assert gone.status_code == 200 and gone.json()["removed"] == 2
-        assert all(who() != "Grace Hopper" for _ in range(6))  # on every worker
-        assert httpx.get(f"{url}/identities/Grace Hopper", headers=admin,
-                         timeout=10).status_code == 404
-
-        data_url = f"data:image/png;base64,{__import__('base64').b64encode(stranger).decode()}"
-        keyed = openai.OpenAI(base_url=f"{url}/v1", api_key="the-api-key", max_retries=0)
-        assert len(keyed.embeddings.create(model="zoo-digits", input=data_url).data) == 1
-        with pytest.raises(openai.AuthenticationError, match="invalid API key"):
-            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).embeddings.create(
-                model="zoo-digits", input=data_url)
 
 
 def readme_client_blocks() -> list[tuple[str, str]]:

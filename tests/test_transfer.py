@@ -110,7 +110,8 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     args = ["--model", "timm/mobilenetv3_small_100.lamb_in1k", "--pretrained", "true",
-            "--epochs", "2", "--embedding_dim", "16", "--plots", "false", "--experiment", "hub"]
+            "--epochs", "2", "--embedding_dim", "16", "--image_size", "16", "--plots", "false",
+            "--experiment", "hub"]
     assert main(args) == 1
     [line] = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert "timm/mobilenetv3_small_100.lamb_in1k" in line and str(cache) in line

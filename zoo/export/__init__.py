@@ -6,12 +6,24 @@ Every format has the same inputs and outputs as the eager model (one float32 bat
 class names, so a server needs nothing else. ``zoo.export`` knows nothing of MLflow;
 ``training.export`` logs the files and the parity figures.
 """
-from zoo.export.errors import ExportFailure
-from zoo.export.formats import FORMATS, ExportedFile, export_format, load_exported
-from zoo.export.parity import Parity, ParityThresholds, measure_parity
-from zoo.export.runtime import onnx_providers, onnx_session, session_options
+from __future__ import annotations
 
-__all__ = [
-    "FORMATS", "ExportFailure", "ExportedFile", "Parity", "ParityThresholds", "export_format",
-    "load_exported", "measure_parity", "onnx_providers", "onnx_session", "session_options",
-]
+import importlib
+from typing import Any
+
+#: Name → the submodule that defines it. Imported on first use: loading a traced model
+#: (``zoo.pyfunc``, through ``zoo.export.torchscript_format``) needs neither onnx nor
+#: ONNX Runtime, which take a second to import.
+_WHERE = {
+    "ExportFailure": "errors", "FORMATS": "formats", "ExportedFile": "formats",
+    "export_format": "formats", "load_exported": "formats", "Parity": "parity",
+    "ParityThresholds": "parity", "measure_parity": "parity", "onnx_providers": "runtime",
+    "onnx_session": "runtime", "session_options": "runtime",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'zoo.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"zoo.export.{_WHERE[name]}"), name)
