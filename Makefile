@@ -20,7 +20,7 @@ setup: $(STAMP)  ## create .venv and install the project
 run: $(STAMP)    ## train the default model (resnet18 + ArcFace on digits) into mlruns/
 	mlflow run . -e arcface --env-manager local
 
-serve: $(STAMP)  ## serve ZOO_MODEL_URI (default models:/zoo-digits@champion) on http://localhost:3000
+serve: $(STAMP)  ## serve ZOO_MODEL_URI (default models:/zoo-digits@champion) on http://127.0.0.1:3000 (ZOO_HOST)
 	bentoml serve serving.service:ZooService
 
 test: $(STAMP)   ## the whole test suite

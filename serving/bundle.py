@@ -1,8 +1,11 @@
-"""A served model as one folder: the ONNX file, the PyTorch model, the gallery and a manifest.
+"""A served model as one folder: the ONNX file, the PyTorch weights, the gallery and a manifest.
 
 The server needs four things of a registered version: ``model.onnx`` (embeddings and classes,
 what answers requests), the PyTorch module (GradCAM needs hooks and gradients), the default
-identification gallery, and what describes the version (URI, metrics, preprocessing). A
+identification gallery, and what describes the version (URI, metrics, preprocessing). The
+module is rebuilt from the export's ``weights/`` (a JSON recipe and a safetensors state
+dict, ``zoo.models.rebuild``), never unpickled: whoever can write the tracking server's
+artifacts must not be able to run code on the server. A
 bundle holds exactly these, so the same loading code serves from the MLflow store (fetched
 into a cache once per version) and from a built Bento (packed as a BentoML model), where no
 MLflow store exists.
@@ -28,6 +31,7 @@ MANIFEST = "bundle.json"
 ONNX_FILE = "model.onnx"
 PYTORCH_DIR = "pytorch"
 GALLERY_DIR = "gallery"
+WEIGHTS_DIR = "weights"  # training.export_logging.WEIGHTS_DIR: recipe.json + model.safetensors
 BENTO_LABEL = "zoo-bundle"
 _METRIC_PREFIXES = ("test_", "export_", "open_")
 
@@ -85,6 +89,10 @@ class Bundle:
     def gallery_path(self) -> Path:
         return self.path / GALLERY_DIR
 
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_DIR
+
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Bundle":
         path = Path(path)
@@ -99,10 +107,24 @@ class Bundle:
         return cls(path, info)
 
     def load_pytorch(self) -> Any:
-        """The eager ``EmbeddingModel`` (CPU, eval mode) for GradCAM."""
-        from training.model_source import load_pytorch_model
+        """The eager ``EmbeddingModel`` (CPU, eval mode) for GradCAM, rebuilt from
+        ``weights/recipe.json`` with ``weights/model.safetensors`` loaded strictly: nothing
+        is unpickled. ``LookupError`` when the version was exported without them."""
+        from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE, load_weights
 
-        return load_pytorch_model(str(self.pytorch_path), f"the PyTorch model of {self.info.uri}")
+        folder = self.weights_path
+        if not ((folder / RECIPE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):
+            raise LookupError(
+                f"{self.info.uri} was exported before GradCAM weights were saved (its bundle "
+                f"{self.path} has no {WEIGHTS_DIR}/{RECIPE_FILE} and "
+                f"{WEIGHTS_DIR}/{WEIGHTS_FILE}): export it again with `mlflow run . -e export --env-manager local "
+                f"-P model_uri={self.info.uri}`, then restart the server (or rebuild the Bento)")
+        try:
+            return load_weights(folder)
+        except Exception as exc:  # noqa: BLE001 - json, safetensors, timm and torch all raise
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            raise ValueError(f"the PyTorch weights of {self.info.uri} under {folder} cannot be "
+                             f"loaded ({reason}); export the version again") from None
 
 
 def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
@@ -133,15 +155,17 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
         metrics={k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(_METRIC_PREFIXES)},
     )
     dest = cache_root / f"{info.key}-{source.run_id[:12]}"
+    artifacts = f"runs:/{source.run_id}/{ARTIFACT_DIR}"
     if (dest / MANIFEST).exists():
         bundle = Bundle.open(dest)
         bundle.info.uri, bundle.info.alias = model_uri, source.alias
+        if _explainable(bundle.info.meta) and not bundle.weights_path.exists():
+            _add_weights(artifacts, dest, source.describe())  # fetched before an export had them
         return bundle
     cache_root.mkdir(parents=True, exist_ok=True)
     log.info("fetching %s into %s", source.describe(), dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{info.key}-", dir=cache_root))
     try:
-        artifacts = f"runs:/{source.run_id}/{ARTIFACT_DIR}"
         try:
             mlflow.artifacts.download_artifacts(f"{artifacts}/{ONNX_FILE}", dst_path=str(tmp))
         except Exception as exc:  # noqa: BLE001 - any store error means the same to the user
@@ -155,6 +179,8 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
             log.warning("%s has no exported gallery; /identify starts empty", source.describe())
         mlflow.artifacts.download_artifacts(source.load_uri, dst_path=str(tmp / PYTORCH_DIR))
         info.meta = _meta_of(tmp / PYTORCH_DIR)
+        if _explainable(info.meta):
+            _download_weights(artifacts, tmp, source.describe())
         (tmp / MANIFEST).write_text(info.to_json())
         try:
             os.replace(tmp, dest)
@@ -164,6 +190,44 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Bundle.open(dest)
+
+
+def _explainable(meta: dict[str, Any]) -> bool:
+    """Whether GradCAM (and so the weights) applies: image models only."""
+    return (meta.get("preprocessing") or {}).get("kind") == "image"
+
+
+def _download_weights(artifacts: str, folder: Path, what: str) -> bool:
+    """``export/weights`` into ``folder/weights``; an older export has none (GradCAM is then
+    unavailable, and says how to export again): warn and go on."""
+    import mlflow
+
+    from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE
+
+    target = folder / WEIGHTS_DIR
+    try:
+        mlflow.artifacts.download_artifacts(f"{artifacts}/{WEIGHTS_DIR}", dst_path=str(folder))
+    except Exception:  # noqa: BLE001 - any store error means the same: no weights
+        pass
+    if (target / RECIPE_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
+        return True
+    shutil.rmtree(target, ignore_errors=True)
+    log.warning("%s was exported without GradCAM weights (%s/%s); GradCAM is unavailable until "
+                "it is exported again", what, artifacts, WEIGHTS_DIR)
+    return False
+
+
+def _add_weights(artifacts: str, dest: Path, what: str) -> None:
+    """Weights exported since a cached bundle was fetched, moved into it whole or not at all."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-weights-", dir=dest.parent))
+    try:
+        if _download_weights(artifacts, tmp, what):
+            try:
+                os.replace(tmp / WEIGHTS_DIR, dest / WEIGHTS_DIR)
+            except OSError:  # another server added them meanwhile: use theirs
+                pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _meta_of(model_dir: Path) -> dict[str, Any]:

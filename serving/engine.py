@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import torch
 
 from serving.batcher import Batcher, Outputs
 from serving.bundle import Bundle
-from serving.gallery_store import GalleryStore
+from serving.gallery_store import GalleryStore, embedding_contract
 from serving.gradcam import Explainer
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
@@ -58,8 +59,12 @@ class ServedModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.batcher = Batcher(self.run, settings.max_batch_size, on_batch)
         dim = self.embedding_dim = int(self.session.get_outputs()[0].shape[-1])
-        self.gallery = GalleryStore(settings.gallery_path(self.info.key), bundle.gallery_path, dim)
+        self.contract = embedding_contract(bundle, dim)
+        # keyed by the run too: a store made afresh numbers its versions from 1 again
+        folder = settings.gallery_path(f"{self.info.key}-{self.info.run_id[:12]}")
+        self.gallery = GalleryStore(folder, bundle.gallery_path, self.contract)
         self._explainer: Explainer | None = None
+        self._explainer_lock = threading.Lock()
         # Torch only preprocesses (on the event loop) and runs GradCAM here: one thread, or its
         # OpenMP workers fight ONNX Runtime's for the cores (3 ms per request instead of 30 us).
         torch.set_num_threads(1)
@@ -124,10 +129,12 @@ class ServedModel:
     @property
     def explainer(self) -> Explainer:
         """GradCAM on the PyTorch model, loaded on first use (image models only)."""
-        if self._explainer is None:
-            if self.pre.kind != "image":
-                raise ValueError("GradCAM explains image models; this one takes rows")
-            self._explainer = Explainer(self.bundle.load_pytorch(), tuple(self.pre.input_size))
+        with self._explainer_lock:  # one load, however many requests ask at once
+            if self._explainer is None:
+                if self.pre.kind != "image":
+                    raise ValueError("GradCAM explains image models; this one takes rows")
+                self._explainer = Explainer(self.bundle.load_pytorch(),
+                                            tuple(self.pre.input_size))
         return self._explainer
 
     def describe(self) -> dict[str, Any]:
@@ -141,8 +148,7 @@ class ServedModel:
             "feature_names": pre.feature_names, "embedding_dim": self.embedding_dim,
             "classes": self.class_names, "metrics": info.metrics,
             "gallery": {"entries": len(gallery), "identities": len(gallery.identities),
-                        "threshold": gallery.threshold, "far": gallery.far,
-                        "path": str(self.gallery.folder)},
+                        "threshold": gallery.threshold, "far": gallery.far},
             "providers": self.session.get_providers(),
         }
 

@@ -1,7 +1,12 @@
 """The served gallery on disk: seeded from the model's exported gallery, grown by ``/enroll``.
 
 The exported gallery inside a model (or a Bento) is never written; the first start copies it
-to a state folder of its own, and enrollments go there. Every enrollment takes a file lock,
+to a state folder of its own, and enrollments go there. A gallery belongs to one model: its
+folder is named after the model's run as well as its name and version (a store made afresh
+numbers its versions from 1 again), and it records the model's embedding contract (name,
+version, run, weights digest, width, preprocessing digest). Opened by any other model it is
+refused with a line that names its model: embeddings of two models are not comparable, even
+at the same width. Every enrollment takes a file lock,
 re-reads the folder, adds and saves (``zoo.gallery`` saves atomically), so server workers
 never lose each other's identities; searches re-read the folder when another worker changed
 it, so every worker answers with every enrolled identity.
@@ -9,46 +14,112 @@ it, so every worker answers with every enrolled identity.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import threading
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from zoo.file_lock import file_lock
 from zoo.gallery import META_FILE, Gallery, Match
 
+if TYPE_CHECKING:
+    from serving.bundle import Bundle
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+_SAME_SPACE = ("run_id", "dim", "preprocessing_sha256")  # what makes embeddings comparable
+
+
+@dataclass(frozen=True)
+class EmbeddingContract:
+    """Which model's embeddings a gallery holds."""
+
+    name: str
+    version: str | None
+    run_id: str
+    weights_sha256: str
+    dim: int
+    preprocessing_sha256: str
+
+    def describe(self) -> str:
+        version = f" v{self.version}" if self.version else ""
+        return (f"{self.name}{version} (run {self.run_id[:12]}, weights "
+                f"{self.weights_sha256[:12]}, {self.dim}-d)")
+
+    def matches(self, recorded: dict[str, Any]) -> bool:
+        mine = asdict(self)
+        return all(str(recorded.get(k)) == str(mine[k]) for k in _SAME_SPACE)
+
+
+def embedding_contract(bundle: "Bundle", dim: int) -> EmbeddingContract:
+    """The contract of a served bundle: its ONNX file's sha256 stands for the weights."""
+    digest = hashlib.sha256()
+    with open(bundle.onnx_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    pre = json.dumps(bundle.info.preprocessing, sort_keys=True, default=str).encode()
+    info = bundle.info
+    return EmbeddingContract(info.name, info.version, info.run_id, digest.hexdigest(), dim,
+                             hashlib.sha256(pre).hexdigest())
+
+
+def _describe(recorded: dict[str, Any]) -> str:
+    version = f" v{recorded.get('version')}" if recorded.get("version") else ""
+    return (f"{recorded.get('name', '?')}{version} (run {str(recorded.get('run_id', '?'))[:12]}, "
+            f"weights {str(recorded.get('weights_sha256', '?'))[:12]}, {recorded.get('dim')}-d)")
 
 
 class GalleryStore:
-    """A ``Gallery`` kept in step with its folder."""
+    """A ``Gallery`` kept in step with its folder, for one model only."""
 
-    def __init__(self, folder: Path, seed: Path | None, dim: int) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, seed: Path | None, contract: EmbeddingContract) -> None:
+        self.folder, self.contract = Path(folder), contract
         self._lock = threading.Lock()
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._locked():
             if not (self.folder / META_FILE).exists():
-                gallery = self._seed(seed, dim)
+                gallery = self._seed(seed, contract)
                 gallery.save(self.folder)
                 log.info("gallery %s created with %d embeddings of %d identities", self.folder,
                          len(gallery), len(gallery.identities))
         self._stamp = -1
         self._gallery = self._load()
-        if self._gallery.dim != dim:
-            raise ValueError(f"gallery {self.folder} holds {self._gallery.dim}-d embeddings but "
-                             f"the model makes {dim}-d ones: point ZOO_GALLERY_DIR elsewhere")
 
     @staticmethod
-    def _seed(seed: Path | None, dim: int) -> Gallery:
+    def _seed(seed: Path | None, contract: EmbeddingContract) -> Gallery:
+        """The model's exported gallery (made by this very model at export), or an empty one,
+        stamped with the model's contract."""
         if seed is not None and (seed / META_FILE).exists():
-            return Gallery.load(seed)
-        return Gallery(dim)
+            gallery = Gallery.load(seed)
+            if gallery.dim != contract.dim:
+                raise ValueError(f"the exported gallery in {seed} holds {gallery.dim}-d "
+                                 f"embeddings but the model makes {contract.dim}-d ones: "
+                                 "export the model again")
+        else:
+            gallery = Gallery(contract.dim)
+        gallery.model = asdict(contract)
+        return gallery
+
+    def _check_owner(self, gallery: Gallery) -> None:
+        recorded = gallery.model
+        if recorded is None:
+            raise ValueError(f"gallery {self.folder} does not say which model made its "
+                             f"embeddings (written by an older model-zoo), so it is not used with "
+                             f"{self.contract.describe()}: point ZOO_GALLERY_DIR elsewhere, and "
+                             "enroll again with python -m serving.enroll")
+        if not self.contract.matches(recorded) or gallery.dim != self.contract.dim:
+            raise ValueError(f"gallery {self.folder} belongs to {_describe(recorded)}, not to "
+                             f"{self.contract.describe()}: embeddings of two models do not "
+                             "compare. Point ZOO_GALLERY_DIR elsewhere (or unset it), and carry "
+                             "identities over by enrolling their images again: "
+                             "python -m serving.enroll --images DIR")
 
     def _mtime(self) -> int:
         try:
@@ -63,6 +134,7 @@ class GalleryStore:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise RuntimeError(f"gallery {self.folder} cannot be read ({exc}); restore it or "
                                "delete the folder to start from the model's gallery") from None
+        self._check_owner(gallery)
         self._stamp = stamp
         return gallery
 

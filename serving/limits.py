@@ -2,7 +2,9 @@
 
 Starlette reads a whole multipart body before an endpoint runs, so the limit has to sit in
 front of it: the declared ``Content-Length`` is checked first, and a body sent without one
-(chunked) is counted as it streams in.
+(chunked) is counted as it streams in. When the count passes the limit, reading stops, and
+whatever the app then answers (BentoML turns the interrupted read into a 500) is replaced by
+the 413.
 """
 from __future__ import annotations
 
@@ -35,27 +37,31 @@ class RequestSizeLimit:
             await self._refuse(send, int(declared))
             return
         seen = 0
-        started = False
+        started = cut = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, cut
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    cut = True
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if cut and not started:  # the app's answer to a body cut off (its 500): dropped
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(send, seen)
+            pass
+        if cut and not started:
+            await self._refuse(send, seen)
 
     async def _refuse(self, send: Send, size: int) -> None:
         body = json.dumps({"error": f"request body of {size:,}+ bytes is over the limit of "

@@ -21,17 +21,20 @@ def free_port() -> int:
 
 
 class Server:
-    """``bentoml serve TARGET`` with ``env``; ``url`` once ``/readyz`` answers 200."""
+    """``bentoml serve TARGET`` with ``env``; ``url`` once ``/readyz`` answers 200.
+    ``host=None`` leaves the address to the service (``ZOO_HOST``, default 127.0.0.1)."""
 
     def __init__(self, target: str, env: dict[str, str], cwd: Path = REPO,
-                 log: Path | None = None, timeout: float = 120) -> None:
+                 log: Path | None = None, timeout: float = 120,
+                 host: str | None = "127.0.0.1") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or Path(env.get("ZOO_CACHE_DIR", "/tmp")) / f"server-{self.port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.log.open("w")
         self.process = subprocess.Popen(
-            [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            [BENTOML, "serve", target, *(["--host", host] if host else []),
+             "--port", str(self.port)],
             cwd=cwd, env={**os.environ, **env}, stdout=self._handle, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + timeout

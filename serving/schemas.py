@@ -1,6 +1,8 @@
 """The JSON answers of the endpoints (typed, so the OpenAPI page at ``/`` documents them)."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from pydantic import BaseModel
 
 
@@ -44,3 +46,10 @@ class EnrollResponse(Served):
     added: int
     entries: int
     gallery_size: int
+
+
+def header_value(text: str) -> str:
+    """``text`` safe in an HTTP header (a class name in ``X-Zoo-Target``): printable ASCII as
+    is, anything else (and ``%``) percent-encoded UTF-8, which ``urllib.parse.unquote`` reads
+    back."""
+    return quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")

@@ -23,15 +23,16 @@ from PIL import Image
 from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from serving import openai_api
+from serving import multipart, openai_api
 from serving.auth import RequireKeys
 from serving.bundle import Bundle, fetch_bundle
 from serving.engine import ServedModel
-from serving.inputs import ImageFile, RequestError, Text, Upload, model_input, open_image
+from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
+                            check_finite, identity_name, read_inputs)
 from serving.limits import RequestSizeLimit
 from serving.packaging import bento_model
 from serving.schemas import (ClassifyResponse, ClassScore, EmbedResponse, EnrollResponse,
-                             Identification, IdentifyResponse, Match)
+                             Identification, IdentifyResponse, Match, header_value)
 from serving.settings import ServeSettings
 
 log = logging.getLogger("serving")
@@ -44,6 +45,7 @@ try:  # fail here, before any worker starts, with one line that says what is mis
                                                           SETTINGS.cache_path())
 except (LookupError, FileNotFoundError, ValueError) as exc:
     raise SystemExit(f"error: cannot serve: {exc}") from None
+multipart.install(max_files=SETTINGS.max_images + 2)  # never fetch a text value as a URL
 
 # Schemas of type "file": BentoML's clients send such fields as multipart files (a Path, a
 # PIL image opened from a file, a binary file object), not as JSON.
@@ -88,6 +90,7 @@ def answers_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 @bentoml.service(
     name="zoo",
     traffic={"timeout": 300},
+    http={"host": SETTINGS.host},
     workers=SETTINGS.worker_count,
     logging={"access": {"enabled": SETTINGS.access_log}},
     # BentoML samples no traces unless tracing is configured, but its OpenTelemetry middleware
@@ -101,22 +104,32 @@ class ZooService:
 
     def __init__(self) -> None:
         bundle = BUNDLE if BUNDLE is not None else Bundle.open(self.bundle_ref.path)
-        self.model = ServedModel(bundle, SETTINGS, on_batch=BATCH_SIZES.observe)
+        try:
+            self.model = ServedModel(bundle, SETTINGS, on_batch=BATCH_SIZES.observe)
+        except (ValueError, RuntimeError) as exc:  # e.g. a gallery of another model
+            raise SystemExit(f"error: cannot serve: {exc}") from None
         info = self.model.info
         self.served = {"model": info.name, "version": info.version}
+        self.budget = PixelBudget(SETTINGS.max_request_pixels)
         log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
                  info.run_id, len(self.model.gallery.gallery))
 
-    async def _inputs(self, images: list[Upload] | None, rows: list[list[float]] | None
+    async def _inputs(self, images: list[Upload | NotAFile] | None,
+                      rows: list[list[float]] | None, keep: bool = False
                       ) -> tuple[np.ndarray, list[Image.Image]]:
-        return model_input(images, rows, self.model.pre, SETTINGS)
+        return await read_inputs(images, rows, self.model.pre, SETTINGS, self.budget, keep)
+
+    async def _infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        out = await self.model.infer(x)
+        check_finite(out)
+        return out
 
     @bentoml.api
     @answers_errors
     async def embed(self, images: Images = None, rows: Rows = None) -> EmbedResponse:
         """One L2-normalised embedding per image or row."""
         x, _ = await self._inputs(images, rows)
-        out = await self.model.infer(x)
+        out = await self._infer(x)
         return EmbedResponse(**self.served, embeddings=out["embedding"].tolist())
 
     @bentoml.api
@@ -127,7 +140,7 @@ class ZooService:
         if not self.model.has_classes:
             raise RequestError("this model has no classifier head: use /embed or /identify")
         x, _ = await self._inputs(images, rows)
-        out = await self.model.infer(x)
+        out = await self._infer(x)
         top = self.model.top_classes(out["logits"], top_k or SETTINGS.top_k)
         return ClassifyResponse(**self.served, predictions=[
             [ClassScore(label=c.label, probability=c.probability) for c in row] for row in top])
@@ -138,8 +151,8 @@ class ZooService:
                        top_k: TopK = None) -> IdentifyResponse:
         """Nearest gallery identities; ``unknown`` below the FAR 1e-3 threshold."""
         x, _ = await self._inputs(images, rows)
-        out = await self.model.infer(x)
-        answers = self.model.identify(out["embedding"], top_k or SETTINGS.top_k)
+        out = await self._infer(x)
+        answers = await _in_thread(self.model.identify, out["embedding"], top_k or SETTINGS.top_k)
         return IdentifyResponse(**self.served, threshold=self.model.threshold, results=[
             Identification(identity=a.identity, known=a.known,
                            similarity=None if np.isnan(a.similarity) else a.similarity,
@@ -150,15 +163,12 @@ class ZooService:
     async def enroll(self, identity: Text = "", images: Images = None,
                      rows: Rows = None) -> EnrollResponse:
         """Add images (or rows) of ``identity`` to the gallery, saved before answering."""
-        name = identity.strip()
-        if not name:
-            raise RequestError("identity is empty: name the person (or emitter) enrolled")
-        if len(name) > 200:
-            raise RequestError(f"identity is {len(name)} characters long, over the limit of 200")
+        name = identity_name(identity)
         x, _ = await self._inputs(images, rows)
-        out = await self.model.infer(x)
+        out = await self._infer(x)
         digests = ([hashlib.sha256(upload.data).hexdigest() for upload in images] if images
-                   else [hashlib.sha256(json.dumps(row).encode()).hexdigest() for row in rows])
+                   else [hashlib.sha256(json.dumps(row).encode()).hexdigest()
+                         for row in rows or []])
         entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name, digests)
         return EnrollResponse(**self.served, identity=name, added=len(x), entries=entries,
                               gallery_size=len(self.model.gallery.gallery))
@@ -172,9 +182,8 @@ class ZooService:
         given a ``reference`` image, why the two embeddings are similar."""
         if self.model.pre.kind != "image":
             raise RequestError("GradCAM explains image models; this model takes rows")
-        picture = open_image(image, 0, SETTINGS)
-        x = torch.from_numpy(self.model.model_input(
-            model_input([image], None, self.model.pre, SETTINGS)[0]))
+        x_uint8, pictures = await self._inputs([image], None, keep=True)
+        picture, x = pictures[0], torch.from_numpy(self.model.model_input(x_uint8))
         class_index = None
         if target.strip():
             if not self.model.has_classes:
@@ -189,15 +198,21 @@ class ZooService:
         if reference:
             if target.strip():
                 raise RequestError("send a target class or a reference image, not both")
-            ref_x = model_input(reference, None, self.model.pre, SETTINGS)[0]
-            ref = torch.from_numpy((await self.model.infer(ref_x))["embedding"])
+            ref_x, _ = await self._inputs(reference, None)
+            ref = torch.from_numpy((await self._infer(ref_x))["embedding"])
         elif not self.model.has_classes:
             raise RequestError("this model has no classes: send a reference image to explain "
                                "a similarity")
-        explainer = await _in_thread(lambda: self.model.explainer)
+        try:
+            explainer = await _in_thread(lambda: self.model.explainer)
+        except (LookupError, ValueError) as exc:  # the version, not the request: say so, 409
+            log.warning("gradcam: %s", exc)
+            raise RequestError("GradCAM is unavailable for this model version: it was exported "
+                               "without its GradCAM weights, or they cannot be loaded (the "
+                               "server log says which); export the version again", 409) from None
         result = await _in_thread(explainer.explain, x, picture, method, class_index, ref,
                                   self.model.class_names)
-        ctx.response.headers["X-Zoo-Target"] = result.target
+        ctx.response.headers["X-Zoo-Target"] = header_value(result.target)
         ctx.response.headers["X-Zoo-Score"] = f"{result.score:.6g}"
         ctx.response.headers["X-Zoo-Layer"] = result.layer
         result.overlay.format = "PNG"
@@ -218,7 +233,7 @@ class ZooService:
             x, _ = await self._inputs(images, rows)
         except RequestError as exc:
             raise openai_api.OpenAIError(str(exc), exc.status, "input") from None
-        out = await self.model.infer(x)
+        out = await self._infer(x)
         return openai_api.embedding_response(out["embedding"], info.name, encoding)
 
     @property
@@ -251,6 +266,7 @@ class ZooService:
     @info_app.get("/identities/{name:path}")
     def identity(self, name: str) -> dict[str, Any]:
         """One identity's enrollments: when, and each image's sha256 (admin)."""
+        name = _lookup_name(name)
         entries = self.model.gallery.gallery.enrollments(name)
         if not entries:
             raise HTTPException(404, f"no identity {name!r} in the gallery")
@@ -259,6 +275,7 @@ class ZooService:
     @info_app.delete("/identities/{name:path}")
     def remove_identity(self, name: str) -> dict[str, Any]:
         """Remove every entry of one identity from the gallery, for every worker (admin)."""
+        name = _lookup_name(name)
         removed = self.model.gallery.remove(name)
         if not removed:
             raise HTTPException(404, f"no identity {name!r} in the gallery")
@@ -274,3 +291,12 @@ async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     import anyio
 
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+def _lookup_name(name: str) -> str:
+    """An identity name from a URL, normalised as ``/enroll`` stores names."""
+    try:
+        return identity_name(name)
+    except RequestError as exc:
+        raise HTTPException(400, str(exc)) from None
+

@@ -30,11 +30,15 @@ class ServeSettings:
     """Everything the server can be told; each field is ``ZOO_<FIELD>`` in the environment."""
 
     model_uri: str = DEFAULT_MODEL_URI  # registry URI of an exported model
-    gallery_dir: str = ""  # enrolled identities; default <state>/galleries/<model>-v<version>
+    gallery_dir: str = ""  # enrolled identities; default <state>/galleries/<model>-v<version>-<run>
     cache_dir: str = ""  # models fetched from MLflow; default ~/.cache/model-zoo/bundles
     max_images: int = 256  # images (or rows) per request
     max_image_bytes: int = 10 * 2**20  # one uploaded image file
     max_image_pixels: int = 4096 * 4096  # one decoded image (decompression bombs)
+    # all images of one request together, read from their headers before decoding; also what
+    # one worker holds decoded at once, over all requests (serving.inputs.PixelBudget)
+    max_request_pixels: int = 2 * 4096 * 4096
+    image_formats: str = "PNG,JPEG,WEBP,BMP,TIFF,PPM"  # Pillow formats decoded (PPM: PGM too)
     max_request_bytes: int = 64 * 2**20  # one request body
     max_batch_size: int = 64  # inputs per ONNX Runtime call across concurrent requests
     workers: int = 0  # server processes, each with its own model (0: auto, see .worker_count)
@@ -44,6 +48,7 @@ class ServeSettings:
     trace: bool = False  # OpenTelemetry spans for the model endpoints (BentoML's tracing)
     top_k: int = 5  # default of /classify and /identify
     device: str = "auto"  # auto (CUDA when there is a GPU), cpu, cuda or cuda:N
+    host: str = "127.0.0.1"  # where `bentoml serve` listens (0.0.0.0: every interface)
     # keys (serving/auth.py): never printed, never in an answer
     api_key: str = field(default="", repr=False)  # model routes need Bearer <key> (empty: open)
     api_key_file: str = ""  # a file holding the API key (instead of ZOO_API_KEY)
@@ -77,11 +82,20 @@ class ServeSettings:
         return settings
 
     def check(self) -> None:
-        for name in ("max_images", "max_image_bytes", "max_image_pixels", "max_request_bytes",
-                     "max_batch_size", "top_k"):
+        for name in ("max_images", "max_image_bytes", "max_image_pixels", "max_request_pixels",
+                     "max_request_bytes", "max_batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, "
                                  f"got {getattr(self, name)}")
+        from PIL import Image
+
+        Image.init()
+        unknown = [f for f in self.image_formats.upper().replace(" ", "").split(",")
+                   if f and f not in Image.OPEN]
+        if unknown or not self.image_formats.strip(" ,"):
+            raise ValueError(f"{ENV_PREFIX}IMAGE_FORMATS={self.image_formats!r}: "
+                             + (f"Pillow cannot open {', '.join(unknown)}" if unknown else
+                                "name at least one format") + " (e.g. PNG,JPEG,WEBP)")
         for name in ("threads", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be 0 (auto) or more")

@@ -2,7 +2,10 @@
 have had; Ctrl-C and SIGTERM end it KILLED with a line saying how to resume."""
 from __future__ import annotations
 
+import copy
 import os
+import pathlib
+import random
 import re
 import signal
 import subprocess
@@ -11,12 +14,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import REPO
-from training.checkpoint import (SLOTS, CheckpointError, RunCheckpoints, load_checkpoint,
-                                 save_atomic, slot_name)
+from training.checkpoint import (FORMAT, SLOTS, CheckpointError, RunCheckpoints,
+                                 load_checkpoint, restore_rng, save_atomic, slot_name)
 
 # Every stateful part of the loop is on: EMA, Lookahead, mixing (its own generator),
 # augmentation (torch's generator), the cosine schedule.
@@ -148,7 +152,7 @@ def test_resume_refuses_finished_runs_and_names_bad_checkpoints(tracking_uri: st
                                               "checkpoints/"):
         RunCheckpoints(stopped).latest()
     # a truncated newest slot: the older one is used; both truncated: both named
-    good = save_atomic({"format": 1, "epoch": 1}, tmp_path / SLOTS[0])
+    good = save_atomic({"format": FORMAT, "epoch": 1}, tmp_path / SLOTS[0])
     client.log_artifact(stopped, str(good), "checkpoints")
     torn = tmp_path / SLOTS[1]
     torn.write_bytes(good.read_bytes()[:40])
@@ -162,7 +166,7 @@ def test_resume_refuses_finished_runs_and_names_bad_checkpoints(tracking_uri: st
 
 
 def test_checkpoint_files_are_replaced_whole(tmp_path: Path) -> None:
-    path = save_atomic({"format": 1, "epoch": 3, "w": torch.ones(3)}, tmp_path / "c.pt")
+    path = save_atomic({"format": FORMAT, "epoch": 3, "w": torch.ones(3)}, tmp_path / "c.pt")
     assert load_checkpoint(path)["epoch"] == 3 and not list(tmp_path.glob("*.tmp"))
     torch.save({"epoch": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt is not a model-zoo training checkpoint"):
@@ -171,14 +175,98 @@ def test_checkpoint_files_are_replaced_whole(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: Path) -> None:
-    """A model artifact or gallery file cut short gives one line naming it, not a trace from
-    inside torch or faiss."""
-    import numpy as np
+class _Planted:
+    """Unpickled, it would run code: touch ``marker`` through ``how``."""
 
+    def __init__(self, how: str, marker: Path) -> None:
+        self.how, self.marker = how, marker
+
+    def __reduce__(self) -> tuple:
+        if self.how == "os.system":
+            return os.system, (f"touch '{self.marker}'",)
+        return pathlib.Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("how", ["os.system", "Path.touch"])
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path: Path, how: str) -> None:
+    marker = tmp_path / "ran"
+    planted = {"format": FORMAT, "epoch": 1, "rng": {"numpy": _Planted(how, marker)}}
+    path = tmp_path / SLOTS[0]
+    torch.save(planted, path)
+    with pytest.raises(CheckpointError, match=rf"checkpoint .*{SLOTS[0]} is not a model-zoo "
+                                              r"training checkpoint .*refuses to unpickle"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # the payload is live: a full unpickling would have run it
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+    # a checkpoint of format 1 (numpy's random state pickled as an array) is refused by name
+    torch.save({"format": 1, "epoch": 1, "rng": {"numpy": np.random.get_state()}},
+               tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=rf"old.pt is not a model-zoo training checkpoint "
+                                              rf"\(format {FORMAT}\): .*numpy"):
+        load_checkpoint(tmp_path / "old.pt")
+
+
+def _assert_same(saved: object, loaded: object, where: str = "state") -> None:
+    assert type(loaded) is type(saved), where
+    if isinstance(saved, torch.Tensor):
+        assert saved.dtype == loaded.dtype and torch.equal(saved, loaded), where
+    elif isinstance(saved, dict):
+        assert list(saved) == list(loaded), where
+        for key in saved:
+            _assert_same(saved[key], loaded[key], f"{where}[{key!r}]")
+    elif isinstance(saved, (list, tuple)):
+        assert len(saved) == len(loaded), where
+        for i, (a, b) in enumerate(zip(saved, loaded)):
+            _assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(saved, float) and saved != saved:
+        assert loaded != loaded, where  # NaN
+    else:
+        assert saved == loaded, where
+
+
+def test_a_real_checkpoint_round_trips_weights_only(tracking_uri: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state the loop saves (EMA, Lookahead, mixing, cosine schedule) is plain data: a
+    weights-only load gives it back whole, and its random streams continue as they would."""
     from training.config import TrainConfig
     from training.run import train
-    from zoo.gallery import INDEX_FILE, META_FILE, Gallery
+
+    states: list[dict] = []
+    logged = RunCheckpoints.save
+
+    def keep(self: RunCheckpoints, state: dict) -> None:
+        states.append(copy.deepcopy(state))  # training goes on changing the live tensors
+        logged(self, state)
+
+    monkeypatch.setattr(RunCheckpoints, "save", keep)
+    train(TrainConfig(model="residual_mlp", data="emitters", epochs=2, embedding_dim=8,
+                      ema_decay=0.9, lookahead=True, mix="mixup", experiment="plain",
+                      plots=False, log_model=False))
+    assert [s["epoch"] for s in states] == [1, 2]
+    state = states[-1]
+    path = save_atomic(state, tmp_path / slot_name(2))
+    loaded = load_checkpoint(path)
+    _assert_same(state, loaded)
+    _assert_same(state, torch.load(path, map_location="cpu", weights_only=True))
+
+    def draws(rng: dict) -> list:
+        generator = np.random.default_rng(0)
+        restore_rng(rng, generator)
+        return [torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(),
+                generator.random(3).tolist()]
+
+    assert draws(loaded["rng"]) == draws(state["rng"])
+
+
+def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: Path) -> None:
+    """A model artifact or gallery file cut short gives one line naming it, not a trace from
+    inside torch or numpy."""
+    from training.config import TrainConfig
+    from training.run import train
+    from zoo.gallery import META_FILE, VECTORS_FILE, Gallery
 
     result = train(TrainConfig(model="residual_mlp", data="emitters", epochs=1,
                                embedding_dim=8, experiment="damaged", plots=False))
@@ -198,9 +286,9 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     gallery = Gallery(4)
     gallery.add(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
     gallery.save(tmp_path / "g")
-    index = tmp_path / "g" / INDEX_FILE
-    index.write_bytes(index.read_bytes()[:30])
-    with pytest.raises(ValueError, match=f"gallery file {index} is not a readable faiss index"):
+    vectors = tmp_path / "g" / VECTORS_FILE
+    vectors.write_bytes(vectors.read_bytes()[:30])
+    with pytest.raises(ValueError, match=f"gallery file {vectors} is not a readable array"):
         Gallery.load(tmp_path / "g")
     (tmp_path / "g" / META_FILE).write_text("{ not json")
     with pytest.raises(ValueError, match=f"gallery file {tmp_path / 'g' / META_FILE} is damaged"):

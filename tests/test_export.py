@@ -2,7 +2,9 @@
 and the MLflow side (files on the run, tags on the version) against a real store."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,10 @@ import torch
 from torch import nn
 
 import training.export
+from serving.bundle import Bundle, fetch_bundle
 from tests.conftest import REPO
 from training.config import TrainConfig
-from training.export import ExportConfig, export_model
+from training.export import ExportConfig, export_model, save_rebuildable
 from training.registration import register_best, runs_of_experiment
 from training.run import train
 from zoo.data import load_data, split_data
@@ -31,6 +34,7 @@ from zoo.export.onnx_format import read_metadata
 from zoo.export.parity import reference_outputs
 from zoo.gallery import Gallery
 from zoo.models import EmbeddingModel, create_model
+from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +250,96 @@ def test_mlflow_run_export_entry_point(champion: str, tracking_uri: str, tmp_pat
     assert miss.returncode == 1
     assert "registered model 'zoo-emitters' has no alias @nope" in miss.stderr
     assert "mlflow run . -e sweep" in miss.stderr and "@champion" in miss.stderr
+
+
+@pytest.fixture
+def parts_champion(tracking_uri: str, tmp_path: Path) -> str:
+    """A tiny part-based image model (the shape of faces-small, on resnet18 because it builds
+    faster than vgg11_bn: read at stage 2 on a 2x2 grid, one embedding and one cosine head
+    per cell, grey input), trained for one epoch on 36 small images of 3 classes, registered."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "shapes" / f"c{c}").mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 60, (32, 32)) + 150 * (np.arange(32) // 11 == c)[None, :]
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "shapes" / f"c{c}/{i}.png")
+    cfg = TrainConfig(model="resnet18", stage=2, grid=2, parts=True, channels=1,
+                      loss="arcface", data=str(tmp_path / "shapes"), image_size=32, epochs=1,
+                      batch_size=16, embedding_dim=16, experiment="zoo-shapes", plots=False,
+                      val_fraction=0.2, test_fraction=0.25, monitor="none")
+    train(cfg)
+    register_best(runs_of_experiment("zoo-shapes"), "test_precision_at_1")
+    (model,) = mlflow.MlflowClient().search_registered_models()
+    return f"models:/{model.name}@champion"
+
+
+def test_export_saves_weights_the_server_rebuilds_without_unpickling(
+    parts_champion: str, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = export_model(ExportConfig(model_uri=parts_champion, formats="onnx"))
+    assert result.ok and result.weights_saved and result.weights_error is None
+    run_id = result.source.run_id
+    client = mlflow.MlflowClient()
+    files = {a.path for a in client.list_artifacts(run_id, "export/weights")}
+    assert files == {f"export/weights/{WEIGHTS_FILE}", f"export/weights/{RECIPE_FILE}"}
+    recipe = json.loads(Path(mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/export/weights/{RECIPE_FILE}")).read_text())
+    assert recipe["build"]["name"] == "resnet18"
+    assert recipe["build"]["kwargs"]["parts"] is True and recipe["head"]["type"] == "parts"
+    assert recipe["zoo_meta"]["preprocessing"]["input_size"] == [1, 32, 32]
+
+    # The server's path: nothing is unpickled (pickled modules and torch.load both refuse).
+    bundle = fetch_bundle(parts_champion, tmp_path / "cache")
+    assert (bundle.weights_path / WEIGHTS_FILE).is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the serving path unpickled something")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(mlflow.pytorch, "load_model", refuse)
+        patched.setattr(torch, "load", refuse)
+        module = bundle.load_pytorch()
+    assert not module.training and module.zoo_meta["model"] == "resnet18"
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        out = module(x)
+    onnx_out = load_exported("onnx", bundle.onnx_path)(x.numpy())
+    assert np.abs(out["embedding"].numpy() - onnx_out["embedding"]).max() < 1e-4
+    assert np.abs(out["logits"].numpy() - onnx_out["logits"]).max() < 1e-3
+    eager = mlflow.pytorch.load_model(parts_champion).eval()  # the test may unpickle
+    with torch.no_grad():
+        expected = eager(x)
+    assert torch.equal(out["embedding"], expected["embedding"])
+    assert torch.equal(out["logits"], expected["logits"])
+
+    # A bundle fetched before the weights were exported: GradCAM says how to export again,
+    # and the next fetch adds them once the version has them.
+    shutil.rmtree(bundle.weights_path)
+    with pytest.raises(LookupError, match="exported before GradCAM weights were saved") as miss:
+        Bundle.open(bundle.path).load_pytorch()
+    assert f"mlflow run . -e export --env-manager local -P model_uri={parts_champion}" in str(
+        miss.value)
+    again = fetch_bundle(parts_champion, tmp_path / "cache")
+    assert again.path == bundle.path and (again.weights_path / WEIGHTS_FILE).is_file()
+
+
+def test_weights_are_skipped_not_fatal_when_a_rebuild_differs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, 16, image_size=32).eval()
+    example = torch.randn(2, 3, 32, 32)
+    assert save_rebuildable(model, example, tmp_path / "ok") is None
+    assert {p.name for p in (tmp_path / "ok").iterdir()} == {WEIGHTS_FILE, RECIPE_FILE}
+
+    build = json.loads(json.dumps(model.zoo_meta["build"]))
+    model.zoo_meta["build"]["kwargs"]["grid"] = 2  # a recipe that no longer fits the weights
+    reason = save_rebuildable(model, example, tmp_path / "bad")
+    assert reason is not None and "cannot rebuild" in reason and not (tmp_path / "bad").exists()
+    del model.zoo_meta["build"]
+    assert "no build recipe" in save_rebuildable(model, example, tmp_path / "none")
+    # a model logged before recipes: the recipe comes from its run's config instead
+    assert save_rebuildable(model, example, tmp_path / "old", lambda: build) is None
+    assert json.loads((tmp_path / "old" / RECIPE_FILE).read_text())["build"] == build
+    assert "not an image model" in save_rebuildable(
+        create_model("residual_mlp", 3, 8, num_features=4), torch.randn(2, 4), tmp_path / "tab")

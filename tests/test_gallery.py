@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
-from zoo.gallery import INDEX_FILE, META_FILE, Gallery
+from zoo.gallery import LEGACY_INDEX_FILE, META_FILE, VECTORS_FILE, Gallery
 
 
 def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -39,10 +38,10 @@ def test_an_interrupted_save_leaves_the_previous_gallery(tmp_path: Path) -> None
     gallery = Gallery(8)
     gallery.add(_vectors(3), ["a", "b", "c"])
     gallery.save(tmp_path)
-    # A save that wrote the bigger index and died before committing gallery.json:
+    # A save that wrote the bigger vectors file and died before committing gallery.json:
     bigger = Gallery(8)
     bigger.add(_vectors(5), ["a", "b", "c", "d", "e"])
-    faiss.write_index(bigger.index, str(tmp_path / INDEX_FILE))
+    np.save(tmp_path / VECTORS_FILE, bigger.vectors())
     loaded = Gallery.load(tmp_path)
     assert loaded.labels == ["a", "b", "c"] and loaded.index.ntotal == 3
 
@@ -56,11 +55,32 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must not be empty"):
         gallery.add(_vectors(1), ["  "])
     assert len(gallery) == 0 and gallery.search(_vectors(2)) == [[], []]
-    with pytest.raises(FileNotFoundError, match="gallery.faiss, gallery.json"):
+    with pytest.raises(FileNotFoundError, match="gallery.npy, gallery.json"):
         Gallery.load(tmp_path)
     gallery.add(_vectors(2), ["a", "b"])
     gallery.save(tmp_path)
     meta = json.loads((tmp_path / META_FILE).read_text())
     (tmp_path / META_FILE).write_text(json.dumps({**meta, "count": 9}))
-    with pytest.raises(ValueError, match="index has 2 vectors"):
+    with pytest.raises(ValueError, match="9 entries but 2 labels"):
+        Gallery.load(tmp_path)
+    (tmp_path / META_FILE).write_text(json.dumps({**meta, "count": 9, "labels": ["a"] * 9}))
+    with pytest.raises(ValueError, match=r"holds float32 \[2, 8\], gallery.json expects 9"):
+        Gallery.load(tmp_path)
+
+
+def test_only_numbers_are_read(tmp_path: Path) -> None:
+    """No pickled object arrays, no faiss index files, no NaN vectors."""
+    gallery = Gallery(4)
+    gallery.add(np.eye(4, dtype=np.float32), list("abcd"))
+    gallery.save(tmp_path)
+    np.save(tmp_path / VECTORS_FILE, np.array([[object()]] * 4, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not a readable array"):
+        Gallery.load(tmp_path)
+    bad = np.eye(4, dtype=np.float32)
+    bad[1, 1] = np.nan
+    np.save(tmp_path / VECTORS_FILE, bad)
+    with pytest.raises(ValueError, match="not finite"):
+        Gallery.load(tmp_path)
+    (tmp_path / VECTORS_FILE).rename(tmp_path / LEGACY_INDEX_FILE)
+    with pytest.raises(ValueError, match="faiss index file .* is not read"):
         Gallery.load(tmp_path)

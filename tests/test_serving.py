@@ -10,15 +10,19 @@ import concurrent.futures
 import csv
 import hashlib
 import io
+import json
 import os
+import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -43,6 +47,16 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Both models trained, registered and exported; the env a server needs to find them."""
     root = tmp_path_factory.mktemp("serving")
+    return make_store(root, [
+        TrainConfig(model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
+                    embedding_dim=32, experiment="zoo-digits", plots=False),
+        TrainConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                    batch_size=64, embedding_dim=16, experiment="zoo-emitters", plots=False)])
+
+
+def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
+    """A store at ``root`` with each config trained, registered and exported."""
+    root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -50,16 +64,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for cfg in (TrainConfig(model="resnet18", loss="arcface", data="digits", epochs=1,
-                                batch_size=64, embedding_dim=32, experiment="zoo-digits",
-                                plots=False),
-                    TrainConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
-                                batch_size=64, embedding_dim=16, experiment="zoo-emitters",
-                                plots=False)):
+        for cfg in configs:
             train(cfg)
             register_best(runs_of_experiment(cfg.experiment), "test_precision_at_1")
-        for model_uri in (IMAGE_URI, TABULAR_URI):
-            export_model(ExportConfig(model_uri=model_uri, formats="onnx"))
+            export_model(ExportConfig(model_uri=f"models:/zoo-{cfg.data}@champion",
+                                      formats="onnx"))
     finally:
         os.chdir(cwd)
         for key, value in saved.items():
@@ -279,6 +288,176 @@ def test_gradcam_overlays(image_server: Server, digit_pngs) -> None:
     assert bad.status_code == 400 and "method" in bad.text
 
 
+def _trap() -> tuple[str, list[bytes], object]:
+    """A listening socket that records every connection: a URL there must never be fetched."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    seen: list[bytes] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            seen.append(conn.recv(1024))
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{sock.getsockname()[1]}/x.png", seen, sock
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_hostile_requests_get_a_4xx_and_nothing_is_fetched(image_server: Server,
+                                                           digit_pngs) -> None:
+    import httpx
+
+    url = image_server.url
+    trap, seen, sock = _trap()
+    try:
+        for target in (trap, "http://93.184.216.34/x.png", "https://example.com/face.jpg"):
+            for route, field in (("/embed", "images"), ("/identify", "images"),
+                                 ("/gradcam", "image")):
+                # url-encoded, and multipart with the URL as a text part
+                for kwargs in ({"data": {field: target}},
+                               {"data": {field: target}, "files": {"x": ("x", b"x")}}):
+                    got = httpx.post(f"{url}{route}", timeout=30, **kwargs)
+                    assert got.status_code == 400, (route, got.status_code, got.text)
+                    assert "not a file" in got.json()["error"] and "never fetched" in got.text
+            got = httpx.post(f"{url}/gradcam", files=files(digit_pngs[:1], "image"),
+                             data={"reference": target}, timeout=30)
+            assert got.status_code == 400 and "not a file" in got.text
+        assert seen == []  # no connection was ever made to the trap
+    finally:
+        sock.close()
+
+    blank = _encoded(Image.new("L", (4096, 4096)), "PNG")  # 16.7 M pixels in ~17 KB
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    cases = [
+        ("decoded pixels over the request's limit", "/embed", {"files": files([blank] * 3)},
+         413, "ZOO_MAX_REQUEST_PIXELS"),
+        ("EPS (Ghostscript)", "/embed", {"files": files([eps])}, 400, "accepted format"),
+        ("GIF", "/embed", {"files": files([_encoded(Image.new("L", (8, 8)), "GIF")])}, 400,
+         "accepted format"),
+        ("NUL in a name", "/enroll", {"files": files(digit_pngs[:1]), "headers": ADMIN,
+                                      "data": {"identity": "a\x00b"}}, 400, "U+0000"),
+        ("bidi override in a name", "/enroll", {"files": files(digit_pngs[:1]), "headers": ADMIN,
+                                                "data": {"identity": "abc\u202e"}}, 400,
+         "U+202E"),
+        ("a text part over 1 MiB", "/enroll", {"files": files(digit_pngs[:1]), "headers": ADMIN,
+                                               "data": {"identity": "x" * (1 << 20 | 1)}},
+         413, "text field"),
+        ("more than 1,000 parts", "/embed",
+         {"files": files(digit_pngs[:1]), "data": {f"f{i}": "1" for i in range(1001)}}, 413,
+         "text fields"),
+        ("more files than the form takes", "/embed", {"files": files(digit_pngs[:1] * 300)},
+         413, "files"),
+    ]
+    for what, route, kwargs, status, message in cases:
+        got = httpx.post(f"{url}{route}", timeout=60, **kwargs)
+        assert got.status_code == status, (what, got.status_code, got.text[:300])
+        assert message in got.text, (what, got.text[:300])
+
+    def chunked():  # no Content-Length: counted as it streams in, refused past 64 MiB
+        yield b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n'
+        for _ in range(70):
+            yield b"0" * (1 << 20)
+
+    got = httpx.post(f"{url}/embed", content=chunked(), timeout=60,
+                     headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert got.status_code == 413 and "ZOO_MAX_REQUEST_BYTES" in got.json()["error"]
+
+    # names are stored as sent (NFC), never re-read as JSON
+    for name in ("12.50", "007", "Ame\u0301lie"):
+        got = httpx.post(f"{url}/enroll", files=files(digit_pngs[:1]), headers=ADMIN,
+                         data={"identity": name}, timeout=60)
+        assert got.status_code == 200, got.text
+        stored = unicodedata.normalize("NFC", name)
+        assert got.json()["identity"] == stored
+        assert httpx.delete(f"{url}/identities/{name}", headers=ADMIN,
+                            timeout=10).json()["removed"] == 1
+
+    info = httpx.get(f"{url}/model", timeout=10).json()
+    assert "path" not in info["gallery"]
+    assert not re.search(r'"/(tmp|home|root|var|Users)/', json.dumps(info))  # no file paths
+    assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
+
+
+def _mutations(seeds: list[bytes], count: int, rng: np.random.Generator) -> list[bytes]:
+    """``count`` damaged copies of ``seeds``: flipped bytes, cuts, insertions, splices."""
+    out = []
+    for _ in range(count):
+        data = bytearray(seeds[rng.integers(len(seeds))])
+        kind = rng.integers(5)
+        if kind == 0:  # flip a few bytes, most often in the header
+            for _ in range(rng.integers(1, 12)):
+                i = int(min(len(data) - 1, rng.exponential(64)))
+                data[i] = int(rng.integers(256))
+        elif kind == 1:  # cut
+            data = data[:rng.integers(1, len(data))]
+        elif kind == 2:  # insert random bytes
+            i = rng.integers(len(data))
+            data[i:i] = rng.integers(0, 256, rng.integers(1, 64), dtype=np.uint8).tobytes()
+        elif kind == 3:  # another format's header on this body
+            other = seeds[rng.integers(len(seeds))]
+            data[:32] = other[:32]
+        else:  # big numbers where sizes usually are
+            for _ in range(4):
+                i = int(rng.integers(min(len(data), 48)))
+                data[i:i + 4] = b"\xff\xff\x7f\xff"
+        out.append(bytes(data))
+    return out
+
+
+def test_fuzzed_images_and_bodies_never_get_a_500(image_server: Server, digit_pngs) -> None:
+    """1,500 damaged images and 600 damaged request bodies: every answer is 2xx or 4xx, and
+    the server answers a good request afterwards."""
+    import httpx
+
+    rng = np.random.default_rng(18)
+    digit = Image.open(io.BytesIO(digit_pngs[3])).convert("RGB").resize((24, 24))
+    seeds = [_encoded(digit, fmt) for fmt in ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "PPM")]
+    seeds += [_encoded(digit.convert(mode), "TIFF") for mode in ("L", "I;16", "F", "CMYK", "1")]
+    seeds += [_encoded(digit.convert("P"), "PNG"), _encoded(digit.convert("LA"), "PNG")]
+    images = _mutations(seeds, 1500, rng)
+    good = httpx.Request("POST", f"{image_server.url}/embed", files=files(digit_pngs[:2]))
+    body, ctype = good.read(), good.headers["content-type"]
+    bodies = _mutations([body], 500, rng)
+    jsons = _mutations([json.dumps({"images": ["x"], "rows": [[1.0] * 3]}).encode(),
+                        json.dumps({"input": "data:image/png;base64,AAAA"}).encode()], 100, rng)
+    jobs = ([("/embed", {"files": files([m])}) for m in images[:1200]]
+            + [("/identify", {"files": files([m])}) for m in images[1200:1400]]
+            + [("/gradcam", {"files": files([m], "image")}) for m in images[1400:]]
+            + [("/embed", {"content": b, "headers": {"content-type": ctype}}) for b in bodies]
+            + [("/embed", {"content": b, "headers": {"content-type": "application/json"}})
+               for b in jsons[:50]]
+            + [("/v1/embeddings", {"content": b, "headers": {"content-type": "application/json"}})
+               for b in jsons[50:]])
+
+    def send(job: tuple[str, dict]) -> tuple[int, str]:
+        route, kwargs = job
+        with httpx.Client(base_url=image_server.url, timeout=120) as http:
+            got = http.post(route, **kwargs)
+        return got.status_code, f"{route}: {got.text[:200]}"
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, jobs))
+    errors = [text for status, text in answers if status >= 500]
+    assert not errors, f"{len(errors)} answers of 5xx, e.g. {errors[:3]}"
+    assert sum(status == 200 for status, _ in answers) > 50  # many mutations still decode
+    after = httpx.post(f"{image_server.url}/embed", files=files(digit_pngs[:2]), timeout=60)
+    assert after.status_code == 200 and len(after.json()["embeddings"]) == 2
+
+
 def test_load_64_clients_2000_requests(image_server: Server, store, digit_pngs) -> None:
     import httpx
 
@@ -412,6 +591,93 @@ def test_predict_folder(store, digit_pngs, tmp_path: Path) -> None:
     cams = sorted(p.relative_to(tmp_path / "cams").as_posix()
                   for p in (tmp_path / "cams").rglob("*.png"))
     assert cams == ["0.png", "1.png", "2.png", "more/3.png"]
+
+
+def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path: Path,
+                                                     monkeypatch, capsys, request) -> None:
+    """mlruns/ deleted and the model trained again: zoo-digits v1 is registered anew, and its
+    predictions and server must use its own gallery, never the earlier model's (which once
+    answered 'unknown' for 20 of 20 digits). Identities move over by enrolling files again."""
+    import socket
+
+    import httpx
+    import psutil
+
+    state = tmp_path / "state"
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, data in enumerate(digit_pngs[:20]):
+        (images / f"{i:02d}.png").write_bytes(data)
+
+    threads = torch.get_num_threads()  # the in-process ServedModel sets 1; put back below
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+
+    def use(where: dict[str, str], **extra: str) -> None:
+        for key in ("ZOO_GALLERY_DIR", "ZOO_MODEL_URI"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in {"MLFLOW_TRACKING_URI": where["MLFLOW_TRACKING_URI"],
+                           "ZOO_CACHE_DIR": where["ZOO_CACHE_DIR"],
+                           "XDG_STATE_HOME": str(state), **extra}.items():
+            monkeypatch.setenv(key, value)
+
+    def predict(where: dict[str, str], **extra: str) -> tuple[int, list, str]:
+        """``python -m serving.predict`` in this process: exit code, rows, stderr."""
+        from serving.predict import main as predict_main
+
+        use(where, **extra)
+        out = tmp_path / "p.csv"
+        out.unlink(missing_ok=True)
+        code = predict_main(["--images", str(images), "--model-uri", IMAGE_URI,
+                             "--output", str(out)])
+        rows = list(csv.DictReader(out.open())) if out.exists() else []
+        return code, rows, capsys.readouterr().err
+
+    code, _, err = predict(store)
+    assert code == 0, err[-2000:]
+    again = make_store(tmp_path / "again", [TrainConfig(
+        model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
+        embedding_dim=32, experiment="zoo-digits", plots=False, seed=1)])
+    code, rows, err = predict(again)
+    assert code == 0, err[-2000:]
+    similarity = np.median([float(r["similarity"]) for r in rows])
+    assert similarity > 0.5 and sum(r["known"] == "True" for r in rows) >= 10, rows[:3]
+    galleries = sorted((state / "model-zoo" / "galleries").iterdir())
+    assert len(galleries) == 2 and all(g.name.startswith("zoo-digits-v1-") for g in galleries)
+    first = next(g for g in galleries if json.loads((g / "gallery.json").read_text())["model"][
+        "run_id"] != mlflow.MlflowClient(again["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "zoo-digits", "champion").run_id)
+    owner = json.loads((first / "gallery.json").read_text())["model"]
+    assert set(owner) == {"name", "version", "run_id", "weights_sha256", "dim",
+                          "preprocessing_sha256"}
+
+    # the earlier model's gallery, named explicitly, is refused with a line naming its model
+    code, _, err = predict(again, ZOO_GALLERY_DIR=str(first))
+    assert code == 1 and f"belongs to zoo-digits v1 (run {owner['run_id'][:12]}" in err
+
+    # carried over explicitly: the files enrolled again, into the new model's gallery
+    stranger = png(np.random.default_rng(5).integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    (tmp_path / "people" / "Ada").mkdir(parents=True)
+    (tmp_path / "people" / "Ada" / "1.png").write_bytes(stranger)
+    from serving.enroll import main as enroll_main
+
+    use(again)
+    assert enroll_main(["--images", str(tmp_path / "people"), "--model-uri", IMAGE_URI]) == 0
+    assert "enrolled 1 images of 1 identities" in capsys.readouterr().out
+
+    server_env = {"MLFLOW_TRACKING_URI": again["MLFLOW_TRACKING_URI"], "ZOO_MODEL_URI": IMAGE_URI,
+                  "ZOO_CACHE_DIR": again["ZOO_CACHE_DIR"], "XDG_STATE_HOME": str(state)}
+    with Server("serving.service:ZooService", server_env,
+                host=None) as server:  # the service's own default address
+        answer = httpx.post(f"{server.url}/identify", files=files([stranger] + digit_pngs[:20]),
+                            timeout=60).json()["results"]
+        assert answer[0]["identity"] == "Ada" and answer[0]["similarity"] > 0.999
+        assert sum(a["known"] for a in answer[1:]) >= 10
+        outside = [a.address for addresses in psutil.net_if_addrs().values()
+                   for a in addresses if a.family == socket.AF_INET
+                   and not a.address.startswith("127.")]
+        for ip in outside[:1]:  # listening on loopback only: refused from another address
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://{ip}:{server.port}/livez", timeout=5)
 
 
 def test_built_bento_serves_without_the_store(store, digit_pngs, tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import re
+import dataclasses
 import io
+import re
 import threading
 
 import numpy as np
@@ -12,9 +13,10 @@ import torch
 from PIL import Image
 
 from serving.batcher import Batcher
-from serving.gallery_store import GalleryStore
+from serving.gallery_store import EmbeddingContract, GalleryStore
 from serving.gradcam import Explainer, default_target_layer
-from serving.inputs import RequestError, Upload, model_input, open_image
+from serving.inputs import (NotAFile, PixelBudget, RequestError, Upload, _to_upload, decode_images,
+                            identity_name, model_input, open_image)
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.gallery import Gallery
@@ -116,7 +118,7 @@ def test_inputs_are_checked_before_decoding() -> None:
     pre = Preprocessing("image", (3, 16, 16), [0.5] * 3, [0.25] * 3, ["a", "b"])
     small = _png(np.zeros((20, 20), np.uint8))
     x, images = model_input([Upload("a.png", small)] * 2, None, pre, settings)
-    assert x.shape == (2, 3, 16, 16) and x.dtype == np.uint8 and len(images) == 2
+    assert x.shape == (2, 3, 16, 16) and x.dtype == np.uint8 and images == []
     cases = [
         ([Upload("n.png", _png(np.random.default_rng(0).integers(0, 255, (90, 90), np.uint8)))],
          413, "ZOO_MAX_IMAGE_BYTES"),
@@ -142,6 +144,132 @@ def test_inputs_are_checked_before_decoding() -> None:
     assert open_image(Upload("a.png", small), 0, settings).size == (20, 20)
 
 
+def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def test_hostile_images_get_a_4xx_that_names_the_problem() -> None:
+    settings = ServeSettings(max_image_pixels=64 * 64, max_request_pixels=3 * 40 * 40)
+    pre = Preprocessing("image", (3, 16, 16), [0.5] * 3, [0.25] * 3, ["a", "b"])
+    grey = Image.fromarray(np.full((40, 40), 90, np.uint8))
+    cases = [
+        # a text value where a file is expected: refused, never fetched
+        ([_to_upload("http://example.com/x.png")], 400, "a text value, not a file"),
+        ([Upload("a.png", _encoded(grey, "PNG"))] * 4, 413, "ZOO_MAX_REQUEST_PIXELS"),
+        ([Upload("a.gif", _encoded(grey, "GIF"))], 400, "not an image in an accepted format"),
+        ([Upload("a.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")], 400,
+         "not an image in an accepted format"),
+        ([Upload("cut.png", _encoded(grey, "PNG")[:60])], 400, "broken image"),
+    ]
+    for uploads, status, message in cases:
+        with pytest.raises(RequestError, match=re.escape(message)) as err:
+            model_input(uploads, None, pre, settings)
+        assert err.value.status == status
+    grey_model = Preprocessing("image", (1, 16, 16), [0.5], [0.25], ["a", "b"])
+    with pytest.raises(RequestError, match="in mode LAB, which cannot be converted to grey"):
+        model_input([Upload("lab.tif", _encoded(Image.new("LAB", (20, 20)), "TIFF"))], None,
+                    grey_model, settings)
+    for mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK", "YCbCr"):
+        fmt = {"CMYK": "JPEG", "YCbCr": "JPEG"}.get(mode, "TIFF")
+        image = Image.new(mode, (20, 20))
+        data = _encoded(image.convert("RGB") if mode == "YCbCr" else image, fmt)
+        assert model_input([Upload("m", data)], None, pre, settings)[0].shape == (1, 3, 16, 16)
+    tabular = Preprocessing("tabular", (2,), [0.0] * 2, [1.0] * 2, ["a", "b"], ["f", "g"])
+    with pytest.raises(RequestError, match="row 1 has a value too large for float32"):
+        model_input(None, [[1, 2], [1e300, 0]], tabular, settings)
+    assert isinstance(_to_upload(["x"]), NotAFile)
+
+
+def test_identity_names_are_normalised_and_plain() -> None:
+    assert identity_name("  Ame\u0301lie ") == "Am\u00e9lie"  # NFC
+    assert identity_name("12.50") == "12.50"
+    for bad, message in (("a\x00b", "U+0000"), ("\x1b[31mred", "U+001B"),
+                         ("abc\u202edcba", "U+202E"), ("", "empty"), ("x" * 201, "over the limit")):
+        with pytest.raises(RequestError, match=re.escape(message)):
+            identity_name(bad)
+
+
+def test_the_pixel_budget_bounds_what_is_decoded_at_once(monkeypatch) -> None:
+    """Eight requests of four images each, decoded together: never more than the budget's
+    pixels at once, and every image done."""
+    import time
+
+    import serving.inputs as inputs
+
+    settings = ServeSettings(max_request_pixels=4 * 64 * 64)
+    pre = Preprocessing("image", (1, 8, 8), [0.5], [0.25], ["a"])
+    budget = PixelBudget(2 * 64 * 64)
+    data = _encoded(Image.fromarray(np.full((64, 64), 7, np.uint8)), "PNG")
+    lock, now, peak = threading.Lock(), [0], [0]
+    decode = inputs._decode
+
+    def watched(image, *args):
+        with lock:
+            now[0] += image.size[0] * image.size[1]
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.005)
+        try:
+            return decode(image, *args)
+        finally:
+            with lock:
+                now[0] -= image.size[0] * image.size[1]
+
+    monkeypatch.setattr(inputs, "_decode", watched)
+
+    async def main():
+        return await asyncio.gather(*(decode_images([Upload("a", data)] * 4, pre, settings,
+                                                    budget) for _ in range(8)))
+
+    results = asyncio.run(main())
+    assert [r[0].shape for r in results] == [(4, 1, 8, 8)] * 8
+    assert peak[0] == budget.total and budget.free == budget.total  # full, never over
+
+
+def test_forms_never_fetch_and_keep_text_as_sent(monkeypatch) -> None:
+    """BentoML's reader downloads a text value of a file field; the zoo's hands it on."""
+    import httpx
+    from starlette.requests import Request
+
+    from serving.multipart import FormReader, install
+    from _bentoml_impl import serde
+
+    def no_client(*args, **kwargs):
+        raise AssertionError("an HTTP client was created: the server tried to fetch a URL")
+
+    monkeypatch.setattr(httpx, "AsyncClient", no_client)
+    monkeypatch.setattr(serde, "ALL_SERDE", dict(serde.ALL_SERDE))
+    install(max_files=4)
+    reader = serde.ALL_SERDE["multipart/form-data"]
+    assert issubclass(reader, FormReader)
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"images\"\r\n\r\n"
+            b"http://93.184.216.34/x.png\r\n--b\r\nContent-Disposition: form-data; "
+            b"name=\"identity\"\r\n\r\n12.50\r\n--b\r\nContent-Disposition: form-data; "
+            b"name=\"target\"\r\n\r\n\"007\"\r\n--b--\r\n")
+
+    class Form:
+        multipart_fields = ["images"]
+        model_fields = {"images": dataclasses.make_dataclass("F", [("annotation", object)])(
+            list[str]), "identity": dataclasses.make_dataclass("F", [("annotation", object)])(str),
+            "target": dataclasses.make_dataclass("F", [("annotation", object)])(str)}
+
+        @classmethod
+        def model_validate(cls, data):
+            return data
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "path": "/enroll", "headers": [
+        (b"content-type", b"multipart/form-data; boundary=b")]}, receive)
+    data = asyncio.run(reader().parse_request(request, Form))
+    # a JSON string literal (what BentoML's clients send for text) is unwrapped, nothing else
+    assert data == {"images": ["http://93.184.216.34/x.png"], "identity": "12.50",
+                    "target": "007"}
+    assert isinstance(_to_upload(data["images"][0]), NotAFile)
+
+
 def test_settings_come_from_the_environment_with_named_errors() -> None:
     settings = ServeSettings.from_env({"ZOO_MAX_IMAGES": "12", "ZOO_SPIN": "yes",
                                        "ZOO_MODEL_URI": "models:/x@y"})
@@ -157,16 +285,29 @@ def test_gallery_store_sees_other_writers_and_keeps_the_seed(tmp_path) -> None:
     seed = Gallery(4, threshold=0.5, far=1e-3)
     seed.add(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
     seed.save(tmp_path / "seed")
-    one = GalleryStore(tmp_path / "state", tmp_path / "seed", 4)
-    two = GalleryStore(tmp_path / "state", tmp_path / "seed", 4)  # another worker
+    contract = EmbeddingContract("zoo-x", "1", "run-a", "ab" * 32, 4, "cd" * 32)
+    one = GalleryStore(tmp_path / "state", tmp_path / "seed", contract)
+    two = GalleryStore(tmp_path / "state", tmp_path / "seed", contract)  # another worker
     assert len(one.gallery) == 4 and one.gallery.threshold == 0.5
     assert one.enroll(np.array([[1, 1, 0, 0]], np.float32), "ab") == 1
     assert two.search(np.array([[1, 1, 0, 0]], np.float32), 2)[0][0].label == "ab"
     assert len(Gallery.load(tmp_path / "seed")) == 4  # the model's own gallery is untouched
     nearest = one.search(np.array([[1, 0, 0, 0]], np.float32), 3)[0]
     assert [m.label for m in nearest[:2]] == ["a", "ab"] and len({m.label for m in nearest}) == 3
-    with pytest.raises(ValueError, match="holds 4-d embeddings but the model makes 8-d"):
-        GalleryStore(tmp_path / "state", None, 8)
+    # the same name, version and width, from another store's run: refused, naming the owner
+    other = dataclasses.replace(contract, run_id="run-b")
+    with pytest.raises(ValueError, match=r"belongs to zoo-x v1 \(run run-a, .*not to zoo-x v1 "
+                                         r"\(run run-b.*python -m serving.enroll"):
+        GalleryStore(tmp_path / "state", None, other)
+    with pytest.raises(ValueError, match="belongs to zoo-x v1"):
+        GalleryStore(tmp_path / "state", None, dataclasses.replace(contract, dim=8))
+    with pytest.raises(ValueError, match="belongs to zoo-x v1"):  # other preprocessing
+        GalleryStore(tmp_path / "state", None,
+                     dataclasses.replace(contract, preprocessing_sha256="ef" * 32))
+    legacy = Gallery(4)
+    legacy.save(tmp_path / "old")
+    with pytest.raises(ValueError, match="does not say which model"):
+        GalleryStore(tmp_path / "old", None, contract)
 
 
 def test_keys_decide_each_route() -> None:
@@ -196,3 +337,14 @@ def test_key_settings_come_from_variables_or_files(tmp_path) -> None:
                          ({"ZOO_API_KEY": "same", "ZOO_ADMIN_KEY": "same"}, "the same key")):
         with pytest.raises(ValueError, match=message):
             ServeSettings.from_env(env)
+
+
+def test_header_values_are_safe_and_read_back() -> None:
+    from urllib.parse import unquote
+
+    from serving.schemas import header_value
+
+    for name in ("3", "Ada Lovelace", "\u540d\u524d", "Zo\u00eb", "a%b", "x\r\nSet-Cookie: y"):
+        value = header_value(name)
+        value.encode("ascii")
+        assert unquote(value) == name and "\r" not in value and "\n" not in value

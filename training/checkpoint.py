@@ -8,12 +8,20 @@ two slots taken in turn (``epoch-odd.pt``, ``epoch-even.pt``): a kill while one 
 copied leaves the other, one epoch older, readable. Resuming reads every slot and continues
 from the newest one that loads. A finished run's checkpoints are deleted (they are several
 times the model's size); a failed or killed run keeps them.
+
+The saved state is plain data only (tensors, Python numbers, strings, lists, tuples and dicts;
+the numpy random states are turned into lists), so a checkpoint is read with
+``torch.load(weights_only=True)`` and loading one unpickles no code: a file from the artifact
+store that holds any other object (an older format, a foreign or tampered file) is refused
+with a ``CheckpointError`` naming it, before anything in it runs.
 """
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,7 +35,7 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "checkpoints"
 SLOTS = ("epoch-odd.pt", "epoch-even.pt")
-FORMAT = 1  # bumped when the state's layout changes
+FORMAT = 2  # bumped when the state's layout changes (2: plain data, loaded weights-only)
 
 
 class CheckpointError(RuntimeError):
@@ -35,6 +43,7 @@ class CheckpointError(RuntimeError):
 
 
 def slot_name(epoch: int) -> str:
+    """The slot the checkpoint of ``epoch`` is written to."""
     return SLOTS[epoch % 2 == 0]
 
 
@@ -51,12 +60,21 @@ def save_atomic(state: dict[str, Any], path: Path) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The state saved in ``path``; a missing, truncated or foreign file is a
-    ``CheckpointError`` that names it."""
+    """The state saved in ``path``, read weights-only (no code in the file runs); a missing,
+    truncated, foreign or older-format file is a ``CheckpointError`` that names it."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        if refused:  # an object only code could rebuild: never unpickled here
+            raise CheckpointError(
+                f"checkpoint {path} is not a model-zoo training checkpoint (format {FORMAT}): "
+                f"it holds a Python object ({refused.group(1)}) that loading refuses to "
+                "unpickle (an older checkpoint format, or a foreign or tampered file)") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a "
+                              f"checkpoint): {_unpickling_reason(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a "
                               f"checkpoint): {type(exc).__name__}: {exc}".splitlines()[0]) from None
@@ -64,6 +82,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is not a model-zoo training checkpoint "
                               f"(format {FORMAT})")
     return state
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """The unpickler's own complaint, without torch's advice to load with weights_only=False."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()
+             and not line.startswith(("Weights only load failed", "Check the documentation"))]
+    reason = lines[-1].split("WeightsUnpickler error:")[-1].strip() if lines else ""
+    return f"UnpicklingError: {reason}" if reason else "UnpicklingError"
 
 
 class RunCheckpoints:
@@ -118,19 +144,36 @@ class RunCheckpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays as lists and numpy scalars as Python numbers, so that a
+    weights-only load reads it back with no allow-listing."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
 def rng_state(generator: np.random.Generator) -> dict[str, Any]:
-    """Every random stream the loop draws from (augmentation and dropout use torch's)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate(), "loop": generator.bit_generator.state}
+    """Every random stream the loop draws from (augmentation and dropout use torch's), as
+    plain data: tensors, and the numpy states with their arrays as lists of ints."""
+    state = {"torch": torch.get_rng_state(), "numpy": _plain(np.random.get_state()),
+             "python": random.getstate(), "loop": _plain(generator.bit_generator.state)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict[str, Any], generator: np.random.Generator) -> None:
+    """Put every random stream back where ``rng_state`` found it."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
     random.setstate(state["python"])
-    generator.bit_generator.state = state["loop"]
+    generator.bit_generator.state = state["loop"]  # the setter takes lists for arrays
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

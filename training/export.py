@@ -4,9 +4,12 @@ The model named by ``--model_uri`` (default ``models:/zoo-digits@champion``) is 
 the three formats; each is loaded back and compared with the eager model on the held-out
 test split of the run that trained it (rebuilt from that run's parameters). The files, an
 MLflow ``onnx`` model, the parity figures and the default gallery for identification (the
-training split's embeddings as a faiss index, with the run's threshold at FAR 1e-3) go to
+training split's embeddings as a ``.npy`` array, with the run's threshold at FAR 1e-3) go to
 that run; the figures and
-``zoo.exported=true`` go to the version. Any failed export or parity check exits non-zero
+``zoo.exported=true`` go to the version. Image models also get ``export/weights/``: the
+state dict as safetensors and the JSON recipe that rebuilds the module, which is how a
+server loads the eager model GradCAM needs without unpickling anything
+(``zoo.models.rebuild``). Any failed export or parity check exits non-zero
 and leaves the version without ``zoo.exported``.
 """
 from __future__ import annotations
@@ -14,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -28,7 +32,7 @@ from training import export_logging
 from training.cli import run_cli
 from training.config import TrainConfig, _f, config_from_dict
 from training.model_source import DEFAULT_MODEL_URI, ModelSource, load_source
-from training.run import config_splits, load_config_data
+from training.run import build_model_and_loss, config_splits, load_config_data
 from training.tracking import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Splits
 from zoo.export import (
@@ -37,6 +41,7 @@ from zoo.export import (
 )
 from zoo.export.formats import eager_runner, example_batch
 from zoo.gallery import Gallery
+from zoo.models import rebuild as rebuilding
 from zoo.export.onnx_format import DEFAULT_OPSET, MIN_OPSET
 from zoo.export.parity import reference_outputs
 from zoo.export.program_format import export_program
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 
 GALLERY_FAR = 1e-3
 GALLERY_THRESHOLD_METRIC = "test_threshold_at_far_1e-3"
+REBUILD_MAX_ABS_DIFF = 1e-5
 
 
 @dataclass
@@ -92,6 +98,8 @@ class ExportResult:
     parities: list[Parity]
     errors: list[str]
     onnx_model_uri: str | None = None
+    weights_saved: bool = False  # export/weights/: what GradCAM on a server loads
+    weights_error: str | None = None  # why an image model has none
 
     @property
     def ok(self) -> bool:
@@ -110,8 +118,13 @@ class ExportResult:
         lines.append(f"  on {self.parities[0].samples if self.parities else 0} test samples")
         if self.ok:
             lines.append(f"  files: runs:/{self.source.run_id}/{export_logging.ARTIFACT_DIR}/ "
-                         f"(and {export_logging.GALLERY_DIR}/: the training split as a faiss "
-                         "gallery)")
+                         f"(and {export_logging.GALLERY_DIR}/: the training split as the "
+                         "identification gallery)")
+            if self.weights_saved:
+                lines.append(f"  GradCAM weights: {export_logging.ARTIFACT_DIR}/"
+                             f"{export_logging.WEIGHTS_DIR}/ (safetensors and recipe)")
+            elif self.weights_error:
+                lines.append(f"  no GradCAM weights, GradCAM unavailable: {self.weights_error}")
             if self.onnx_model_uri:
                 lines.append(f"  onnx model: {self.onnx_model_uri} "
                              "(mlflow.onnx.load_model / mlflow.pyfunc.load_model)")
@@ -160,7 +173,8 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
     configure_tracking()
     source, run, model = load_source(cfg.model_uri)
     log.info("exporting %s", source.describe())
-    splits = source_splits(source_config(run, cfg.data), model, data)
+    train_cfg = source_config(run, cfg.data)
+    splits = source_splits(train_cfg, model, data)
     split = splits.test
     example = example_batch(split.x[torch.arange(min(2, len(split)))])
     reference = reference_outputs(eager_runner(model), split.x, cfg.batch_size)
@@ -182,13 +196,72 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
             errors += [f"{fmt}: {problem}" for problem in parity.failures(cfg.thresholds)]
         result = ExportResult(source, files, parities, errors)
         gallery_dir = Path(tmp) / export_logging.GALLERY_DIR
+        weights_dir = Path(tmp) / export_logging.WEIGHTS_DIR
         if result.ok:
             build_gallery(model, splits, run, cfg.batch_size).save(gallery_dir)
-        _record(result, model, example, cfg, gallery_dir)
+            if getattr(model, "modality", None) == "image":
+                result.weights_error = save_rebuildable(
+                    model, example, weights_dir, lambda: _build_from_config(train_cfg, splits))
+                result.weights_saved = result.weights_error is None
+                if result.weights_error is not None:
+                    log.warning("%s: GradCAM will be unavailable for this version: %s",
+                                source.describe(), result.weights_error)
+        _record(result, model, example, cfg, gallery_dir, weights_dir)
     print(result.summary())
     if errors:
         raise RuntimeError(f"export of {source.describe()} failed: " + "; ".join(errors))
     return result
+
+
+def save_rebuildable(model: torch.nn.Module, example: torch.Tensor, folder: Path,
+                     fallback: Callable[[], dict[str, Any] | None] | None = None) -> str | None:
+    """Save ``model`` as ``folder/model.safetensors`` and ``folder/recipe.json``, kept once
+    the module rebuilt from them (the recipe's architecture, the file loaded strictly: the
+    server's path) answers like ``model`` on ``example``. Returns why not instead (no
+    recipe, a mismatch); the export goes on without them, only GradCAM is then unavailable.
+    ``fallback()`` gives the build recipe of a model logged before recipes were recorded
+    (from its run's config)."""
+    if getattr(model, "modality", None) != "image":
+        return "not an image model (GradCAM explains images only)"
+    try:
+        build = model.zoo_meta.get("build")
+        if not build and fallback is not None:
+            log.info("the model predates build recipes; rebuilding it from its run's config")
+            build = fallback()
+        rebuilding.save_weights(model, folder, rebuilding.model_recipe(model, build))
+        # exactly what the server does: rebuild from the recipe, load the file strictly
+        diff = _largest_difference(model, rebuilding.load_weights(folder), example)
+        if diff > REBUILD_MAX_ABS_DIFF:
+            shutil.rmtree(folder, ignore_errors=True)
+            return (f"the module rebuilt from its recipe answers differently (max |diff| "
+                    f"{diff:.2e} > {REBUILD_MAX_ABS_DIFF:g})")
+    except Exception as exc:  # noqa: BLE001 - any failure only costs GradCAM, not the export
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"cannot rebuild the module from a recipe ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _build_from_config(cfg: TrainConfig, splits: Splits) -> dict[str, Any] | None:
+    """The build recipe of the model the run's config describes (no weights loaded)."""
+    model, _ = build_model_and_loss(cfg, splits)
+    return model.zoo_meta.get("build")
+
+
+def _largest_difference(model: torch.nn.Module, rebuilt: torch.nn.Module,
+                        example: torch.Tensor) -> float:
+    """The largest difference of any embedding or logit of the two modules (eval mode)."""
+    was_training = model.training
+    model.eval()
+    rebuilt.eval()
+    try:
+        with torch.no_grad():
+            ours, theirs = model(example), rebuilt(example)
+    finally:
+        model.train(was_training)
+    if set(ours) != set(theirs):
+        return float("inf")
+    return max((float((ours[k].float() - theirs[k].float()).abs().max()) if ours[k].numel()
+                else 0.0) for k in ("embedding", "logits") if k in ours)
 
 
 def _program(model: torch.nn.Module, example: torch.Tensor, formats: list[str]
@@ -203,7 +276,7 @@ def _program(model: torch.nn.Module, example: torch.Tensor, formats: list[str]
 
 
 def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
-            cfg: ExportConfig, gallery_dir: Path) -> None:
+            cfg: ExportConfig, gallery_dir: Path, weights_dir: Path | None = None) -> None:
     """Figures always; files and the ``zoo.exported`` tag only when everything passed."""
     report = {
         "model_uri": cfg.model_uri, "source": result.source.describe(),
@@ -218,6 +291,8 @@ def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
             result.onnx_model_uri = info.model_uri if info else None
             mlflow.log_artifacts(str(gallery_dir), f"{export_logging.ARTIFACT_DIR}/"
                                                    f"{export_logging.GALLERY_DIR}")
+            if weights_dir is not None and result.weights_saved:
+                export_logging.log_weights(weights_dir)
     artifacts = f"runs:/{result.source.run_id}/{export_logging.ARTIFACT_DIR}"
     tags = {"zoo.export.formats": ",".join(f.format for f in result.files),
             "zoo.export.artifacts": artifacts,

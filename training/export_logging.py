@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "export"
 GALLERY_DIR = "gallery"
+#: the state dict (safetensors) and recipe a server rebuilds the eager module from (GradCAM)
+WEIGHTS_DIR = "weights"
 ONNX_MODEL_NAME = "onnx"
 METRIC_PREFIX = "export_"
 EXPORTED_TAG = "zoo.exported"
@@ -94,6 +96,11 @@ def log_files(files: dict[str, Path], meta: dict[str, Any], example: np.ndarray)
             onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
             metadata={"zoo": json.loads(json.dumps(meta, default=str))},
         )
+
+
+def log_weights(folder: Path) -> None:
+    """``model.safetensors`` and ``recipe.json`` under ``export/weights/`` of the active run."""
+    mlflow.log_artifacts(str(folder), f"{ARTIFACT_DIR}/{WEIGHTS_DIR}")
 
 
 def tag_version(source: ModelSource, parities: list[Parity], files: dict[str, str],

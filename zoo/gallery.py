@@ -2,12 +2,16 @@
 
 Identification is nearest-neighbour search by cosine similarity, with ``unknown`` below the
 verification threshold the evaluation chose (the threshold at a false accept rate of 1e-3
-on the test split). The gallery is two files: ``gallery.faiss`` (the index) and
-``gallery.json`` (labels, count, threshold, and for each entry when it was enrolled and the
-sha256 of the image it came from; images themselves are never kept). Saving writes the index first and the JSON
-last, each to a temporary file that replaces the old one in one ``os.replace``; the JSON's
-``count`` is the commit: a crash between the two leaves an index with extra rows that
-loading ignores, so a reader always sees the old gallery or the new one, never a mix.
+on the test split). The gallery is two files that hold only numbers and text:
+``gallery.npy`` (the float32 vectors, read with ``allow_pickle=False``) and ``gallery.json``
+(labels, count, threshold, the model whose embeddings these are, and for each entry when it
+was enrolled and the sha256 of the image it came from; images themselves are never kept).
+The faiss index is built from the vectors when the gallery is read, never read from a file:
+a gallery can come from a tracking server's artifacts, and a file format that holds more than
+numbers is a way in. Saving writes the vectors first and the JSON last, each to a temporary
+file that replaces the old one in one ``os.replace``; the JSON's ``count`` is the commit: a
+crash between the two leaves vectors with extra rows that loading ignores, so a reader always
+sees the old gallery or the new one, never a mix.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-INDEX_FILE = "gallery.faiss"
+VECTORS_FILE = "gallery.npy"
 META_FILE = "gallery.json"
+LEGACY_INDEX_FILE = "gallery.faiss"  # written by model-zoo before the gallery held numbers only
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Gallery:
         self.index = faiss.IndexFlatIP(dim)
         self.labels: list[str] = []
         self.entries: list[dict[str, Any]] = []  # per label: enrolled_at, sha256 (or {})
+        self.model: dict[str, Any] | None = None  # whose embeddings (serving.gallery_store)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,44 +103,68 @@ class Gallery:
         return [[Match(self.labels[r], float(s)) for s, r in zip(srow, rrow) if r >= 0]
                 for srow, rrow in zip(sims, rows)]
 
+    def vectors(self) -> np.ndarray:
+        """The enrolled vectors, ``[N, dim]`` float32, L2-normalised."""
+        return self.index.reconstruct_n(0, len(self)) if len(self) else np.zeros(
+            (0, self.dim), np.float32)
+
     def save(self, folder: Path) -> None:
         """Write both files atomically (see the module docstring)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _replace(folder / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        vectors = self.vectors()
+
+        def write_vectors(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, vectors, allow_pickle=False)
+
+        _replace(folder / VECTORS_FILE, write_vectors)
         meta = {"dim": self.dim, "count": len(self), "labels": self.labels,
-                "entries": self.entries, "threshold": self.threshold, "far": self.far}
+                "entries": self.entries, "threshold": self.threshold, "far": self.far,
+                "model": self.model}
         _replace(folder / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta)))
 
     @classmethod
     def load(cls, folder: Path) -> "Gallery":
         folder = Path(folder)
-        missing = [n for n in (INDEX_FILE, META_FILE) if not (folder / n).is_file()]
+        if not (folder / VECTORS_FILE).is_file() and (folder / LEGACY_INDEX_FILE).is_file():
+            raise ValueError(f"gallery in {folder} is a faiss index file ({LEGACY_INDEX_FILE}), "
+                             "written by an older model-zoo; it is not read, since such a file "
+                             "can hold more than numbers: export the model again, and enroll "
+                             "again (python -m serving.enroll)")
+        missing = [n for n in (VECTORS_FILE, META_FILE) if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"gallery in {folder} lacks {', '.join(missing)}")
         try:
             meta = json.loads((folder / META_FILE).read_text())
             count, dim, labels = int(meta["count"]), int(meta["dim"]), meta["labels"]
+            if not isinstance(labels, list) or len(labels) < count or count < 0:
+                raise ValueError(f"{count} entries but {len(labels)} labels")
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"gallery file {folder / META_FILE} is damaged ({type(exc).__name__}: "
                              f"{exc}); restore it or export the model again") from None
         try:
-            index = faiss.read_index(str(folder / INDEX_FILE))
-        except RuntimeError as exc:
-            reason = str(exc).strip().splitlines()[-1][:200]
-            raise ValueError(f"gallery file {folder / INDEX_FILE} is not a readable faiss index "
-                             f"({reason}); restore it or export the model again") from None
-        if index.ntotal < count or index.d != dim:
-            raise ValueError(f"gallery in {folder}: index has {index.ntotal} vectors of dim "
-                             f"{index.d}, {META_FILE} expects {count} of dim {dim}")
+            vectors = np.load(folder / VECTORS_FILE, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"gallery file {folder / VECTORS_FILE} is not a readable array "
+                             f"({str(exc)[:200]}); restore it or export the model again") from None
+        if (vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) < count
+                or vectors.dtype.kind != "f"):
+            raise ValueError(f"gallery in {folder}: {VECTORS_FILE} holds {vectors.dtype} "
+                             f"{list(vectors.shape)}, {META_FILE} expects {count} float vectors "
+                             f"of dim {dim}")
+        vectors = vectors[:count]  # extra rows: a save that stopped before its commit
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"gallery file {folder / VECTORS_FILE} holds values that are not "
+                             "finite; restore it or export the model again")
         gallery = cls(dim, meta.get("threshold"), meta.get("far"))
-        if index.ntotal > count:  # a save that stopped before its commit: keep the old rows
-            index = faiss.IndexFlatIP(gallery.dim)
-            index.add(faiss.read_index(str(folder / INDEX_FILE)).reconstruct_n(0, count))
-        gallery.index, gallery.labels = index, [str(x) for x in labels[:count]]
+        gallery.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        gallery.labels = [str(x) for x in labels[:count]]
         entries = meta.get("entries") or []
         gallery.entries = [dict(e) if isinstance(e, dict) else {} for e in entries[:count]]
         gallery.entries += [{}] * (count - len(gallery.entries))  # galleries saved before
+        model = meta.get("model")
+        gallery.model = dict(model) if isinstance(model, dict) else None
         return gallery
 
 

@@ -115,8 +115,12 @@ def image_to_array(img: Image.Image, channels: int, size: tuple[int, int],
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         img = _to_8bit(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # pasted through its own alpha onto white: the same pixels as Image.alpha_composite,
+        # but Pillow releases the GIL while it pastes (alpha_composite and getchannel hold it,
+        # for ~0.15 s at 4096^2, and a server's event loop waits meanwhile)
         rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba)
     mode = IMAGE_CHANNEL_MODES[channels]
     if img.mode != mode:
         img = img.convert(mode)

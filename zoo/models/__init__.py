@@ -5,6 +5,8 @@ reachable as ``timm/<name>``.
 """
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from zoo.models import image as _image  # noqa: F401  (registers the curated image models)
@@ -16,6 +18,8 @@ from zoo.models.heads import CosineClassifier
 from zoo.models.image import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, TIMM_OPTIONS,
                               create_image_model)
 from zoo.models.registry import MODELS
+
+log = logging.getLogger(__name__)
 
 TIMM_PREFIX = "timm/"
 IMAGE_KWARGS = ("in_chans", "image_size", "dropout", "stage", "grid", "parts",
@@ -65,11 +69,14 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
     ones pretrained ``weights`` (``zoo.models.pretrained.resolve_weights``); tabular ones
     ``num_features``. Keyword arguments a family does not use are ignored, so one call site
     serves all, except a feature-map read-out or weights asked of a model that has neither.
+    The returned model's ``zoo_meta["build"]`` is the recipe ``zoo.models.rebuild`` builds
+    the same architecture from (JSON, no pickles).
     """
     if name.startswith(TIMM_PREFIX):
         kwargs = {k: kwargs[k] for k in IMAGE_KWARGS if k in kwargs}
-        return create_image_model(name[len(TIMM_PREFIX):], num_classes, embedding_dim,
-                                  name=name, **kwargs)
+        model = create_image_model(name[len(TIMM_PREFIX):], num_classes, embedding_dim,
+                                   name=name, **kwargs)
+        return _with_recipe(model, name, num_classes, embedding_dim, kwargs)
     modality = model_modality(name)
     if kwargs.get("weights") is not None and not is_timm_backed(name):
         raise ValueError(f"pretrained weights load into one timm backbone; {name!r} is not "
@@ -93,7 +100,29 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
                 kwargs.pop(key, None)
         if kwargs.get("num_features") is None:
             raise ValueError(f"tabular model {name!r} needs num_features (the row width)")
-    return MODELS.create(name, num_classes=num_classes, embedding_dim=embedding_dim, **kwargs)
+    model = MODELS.create(name, num_classes=num_classes, embedding_dim=embedding_dim, **kwargs)
+    return _with_recipe(model, name, num_classes, embedding_dim, kwargs)
+
+
+def _with_recipe(model: EmbeddingModel, name: str, num_classes: int, embedding_dim: int,
+                 used: dict[str, Any]) -> EmbeddingModel:
+    """Record on ``model.zoo_meta["build"]`` how to build the same architecture again, so a
+    server can rebuild the module from JSON and load its weights from safetensors instead of
+    unpickling it (``zoo.models.rebuild``). Pretrained ``weights`` are left out: the trained
+    state dict replaces them. Options that JSON cannot hold exactly leave no recipe (such a
+    model cannot be rebuilt from one)."""
+    kwargs = {k: v for k, v in used.items() if k != "weights"}
+    build = {"name": name, "num_classes": int(num_classes), "embedding_dim": int(embedding_dim),
+             "kwargs": kwargs}
+    try:
+        exact = json.loads(json.dumps(build)) == build
+    except (TypeError, ValueError):
+        exact = False
+    if exact:
+        model.zoo_meta["build"] = build
+    else:
+        log.debug("model %s: options %r are not plain JSON; no build recipe recorded", name, kwargs)
+    return model
 
 
 __all__ = [

@@ -1,0 +1,109 @@
+"""Enroll identities from a folder of images into a model's served gallery, offline.
+
+    python -m serving.enroll --images people/ --model-uri models:/zoo-faces@champion
+
+``people/<identity>/*.png``: one sub-folder per identity, named after it. The images are
+embedded by the model with the server's own code and added to the gallery the server of that
+model uses (the same state folder, or ``ZOO_GALLERY_DIR``), under the same lock, so a running
+server sees them at its next request.
+
+This is how identities move to a new model version: a gallery holds one model's embeddings
+and no images, so a new version's gallery is filled by enrolling the same image files again.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from serving.bundle import fetch_bundle
+from serving.engine import ServedModel
+from serving.inputs import RequestError, Upload, identity_name, images_to_array
+from serving.settings import ServeSettings
+from zoo.data.sources import image_extensions
+
+log = logging.getLogger(__name__)
+
+
+def identity_folders(root: Path) -> dict[str, list[Path]]:
+    """Image files per identity (sub-folder name), in a stable order."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images {root} is not a folder")
+    extensions = image_extensions()
+    people = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.is_file()
+                       and p.suffix.lower() in extensions)
+        if files:
+            people[folder.name] = files
+    if not people:
+        raise FileNotFoundError(f"no sub-folders with images under {root}: lay it out as "
+                                f"{root}/<identity>/<image>.png")
+    return people
+
+
+def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int, int, int]:
+    """Enroll every identity under ``root``; returns (identities, images enrolled, images
+    refused)."""
+    settings = replace(ServeSettings.from_env(), model_uri=model_uri, max_batch_size=batch_size)
+    people = identity_folders(root)
+    model = ServedModel(fetch_bundle(model_uri, settings.cache_path()), settings)
+    if model.pre.kind != "image":
+        raise ValueError(f"{model_uri} takes rows, not images: POST rows to /enroll instead")
+    added = refused = 0
+    try:
+        for folder_name, files in tqdm(people.items(), desc="enroll", unit="identity"):
+            try:
+                name = identity_name(folder_name)
+            except RequestError as exc:
+                log.warning("skipped folder %r: %s", folder_name, exc)
+                refused += len(files)
+                continue
+            arrays, digests = [], []
+            for path in files:
+                data = path.read_bytes()
+                try:
+                    arrays.append(images_to_array([Upload(path.name, data)], model.pre,
+                                                  settings)[0])
+                    digests.append(hashlib.sha256(data).hexdigest())
+                except RequestError as exc:
+                    log.warning("skipped %s: %s", path, exc)
+                    refused += 1
+            if not arrays:
+                continue
+            out = model.run_batched(np.concatenate(arrays))
+            model.gallery.enroll(out["embedding"], name, digests)
+            added += len(digests)
+    finally:
+        model.close()
+    return len(people), added, refused
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.enroll", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, required=True,
+                        help="folder with one sub-folder of images per identity")
+    parser.add_argument("--model-uri", default=ServeSettings().model_uri,
+                        help="registered model whose gallery to fill (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        people, added, refused = enroll_folder(args.images, args.model_uri, args.batch_size)
+    except (LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"enrolled {added} images of {people} identities into the gallery of "
+          f"{args.model_uri}" + (f" ({refused} images refused)" if refused else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

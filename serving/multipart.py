@@ -1,0 +1,124 @@
+"""Multipart (and url-encoded) request bodies as the zoo reads them: files only where files
+are expected, text as sent, and limits that answer 4xx.
+
+BentoML's own multipart reader (``_bentoml_impl.serde.MultipartSerde``) does three things a
+server facing hostile clients must not:
+- it downloads a *text* value of a file field as a URL (a blind SSRF, with no size cap);
+- it parses every text field as JSON, so an identity ``12.50`` becomes ``12.5`` (text fields
+  are now kept as sent; only a JSON string literal, as BentoML's clients send text, is
+  unwrapped);
+- Starlette's part limits (too many parts, a text part over its size) end in a 500.
+
+``install`` puts ``FormReader`` in BentoML's table of body readers, for the media types
+BentoML reads with ``MultipartSerde``. A text value of a file field is passed on as text,
+and ``serving.inputs`` refuses it with a 400 saying that a file was expected; nothing is
+ever fetched.
+"""
+from __future__ import annotations
+
+import json
+import typing as t
+from http import HTTPStatus
+
+from bentoml.exceptions import BentoMLException
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from _bentoml_impl import serde as bentoml_serde  # noqa: I001 - BentoML's table of readers
+
+if t.TYPE_CHECKING:
+    from starlette.requests import Request
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+MAX_TEXT_FIELDS = 32  # identity, target, method, top_k, rows: a handful per request
+MAX_TEXT_PART_BYTES = 1024 * 1024  # a text part (rows of numbers sent as a form field)
+
+
+class FormRefused(BentoMLException):
+    """A form BentoML's error handler answers with ``status`` (4xx) and the message."""
+
+    def __init__(self, message: str, status: HTTPStatus) -> None:
+        super().__init__(message, error_code=status)
+
+
+class FormReader(bentoml_serde.MultipartSerde):
+    """``MultipartSerde`` that never fetches, keeps text as text and answers 4xx for forms
+    over the part limits. ``max_files`` is set by ``install``."""
+
+    max_files = 1000
+
+    async def ensure_file(self, obj: str | UploadFile) -> t.Any:  # type: ignore[override]
+        return obj  # text stays text: serving.inputs refuses it (never a URL to fetch)
+
+    async def parse_request(self, request: "Request", cls: type) -> t.Any:
+        try:
+            form = await request.form(max_files=self.max_files, max_fields=MAX_TEXT_FIELDS,
+                                      max_part_size=MAX_TEXT_PART_BYTES)
+        except (MultiPartException, HTTPException) as exc:
+            message = str(getattr(exc, "detail", None) or getattr(exc, "message", exc))
+            over = "Too many" in message or "exceeded maximum size" in message
+            limits = (f" (at most {self.max_files} files, {MAX_TEXT_FIELDS} text fields and "
+                      f"{MAX_TEXT_PART_BYTES // 1024} KiB per text field)" if over else "")
+            raise FormRefused(f"the form cannot be read: {message}{limits}",
+                              HTTPStatus.REQUEST_ENTITY_TOO_LARGE if over
+                              else HTTPStatus.BAD_REQUEST) from None
+        fields = getattr(cls, "model_fields", {})
+        files = set(getattr(cls, "multipart_fields", ()))
+        data: dict[str, t.Any] = {}
+        for key in form:
+            values = form.getlist(key)
+            if key in files:
+                data[key] = values if _is_list(fields.get(key)) else values[0]
+                continue
+            value = values[0]
+            if isinstance(value, UploadFile):
+                value = await value.read()
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise FormRefused(f"field {key!r} is a binary file where text was expected",
+                                      HTTPStatus.BAD_REQUEST) from None
+            data[key] = _text(value) if _is_text(fields.get(key)) else _json_or_text(value)
+        return cls.model_validate(data)
+
+
+def _is_list(field: t.Any) -> bool:
+    return "list" in str(getattr(field, "annotation", "")).lower()
+
+
+def _is_text(field: t.Any) -> bool:
+    """A field of plain text (``str``, a ``Literal`` of strings, optional or not): kept as
+    sent, never parsed as JSON."""
+    annotation = getattr(field, "annotation", None)
+    args = [a for a in t.get_args(annotation) if a is not type(None)]
+    if annotation is str or (t.get_origin(annotation) is t.Union and args == [str]):
+        return True
+    return t.get_origin(annotation) is t.Literal and all(isinstance(a, str) for a in args)
+
+
+def _text(value: str) -> str:
+    """A text field as sent, except a JSON string literal (``"007"``), which BentoML's clients
+    send for every text argument: unwrapped. Numbers are never re-read (``12.50`` stays)."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return value
+
+
+def _json_or_text(value: str) -> t.Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def install(max_files: int) -> None:
+    """Read every form with ``FormReader`` (in this process: call it where the service is
+    defined, so that each server worker does)."""
+    reader = type("ZooFormReader", (FormReader,), {"max_files": max_files})
+    for media_type in FORM_TYPES:
+        bentoml_serde.ALL_SERDE[media_type] = reader  # type: ignore[index]

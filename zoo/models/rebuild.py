@@ -1,0 +1,155 @@
+"""A trained model as a JSON recipe and a safetensors file, and back, without pickles.
+
+``mlflow.pytorch.load_model`` unpickles the module, which runs whatever code the pickle
+names: whoever can write a tracking server's artifacts could run code on every server that
+loads it. A recipe (``create_model``'s arguments, recorded as ``zoo_meta["build"]``, plus
+the classifier head the training attached) rebuilds the same architecture from this
+checkout's code, and the weights come from safetensors, a format that holds tensors only.
+
+The recipe is refused unless its options are plain JSON values of the options
+``create_model`` is known to take, so a recipe can choose an architecture but not make timm
+download or load anything (``pretrained`` is never passed).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.models import BRANCH_KWARGS, IMAGE_KWARGS, EmbeddingModel, create_model
+from zoo.models.heads import CosineClassifier
+
+WEIGHTS_FILE = "model.safetensors"
+RECIPE_FILE = "recipe.json"
+RECIPE_FORMAT = 1
+#: What a recipe may pass to ``create_model``: the image, hybrid and tabular options, never
+#: pretrained weights (the state dict replaces them).
+REBUILD_KWARGS = frozenset({*IMAGE_KWARGS, *BRANCH_KWARGS, "num_features", "hidden", "width",
+                            "depth", "d_token", "heads"}) - {"weights"}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def rebuild(build: dict[str, Any]) -> EmbeddingModel:
+    """The architecture ``build`` (a ``zoo_meta["build"]`` recipe) names, freshly initialised,
+    in eval mode; pretrained weights are never loaded (the caller loads trained ones)."""
+    name, kwargs = build.get("name"), build.get("kwargs") or {}
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"build recipe names no zoo or timm model: {name!r}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"build recipe options are not a mapping: {kwargs!r}")
+    refused = sorted(k for k, v in kwargs.items()
+                     if k not in REBUILD_KWARGS or not isinstance(v, _SCALARS))
+    if refused:
+        raise ValueError(f"build recipe of {name!r} has options a rebuild does not take: "
+                         f"{', '.join(refused)}")
+    sizes = [build.get("num_classes"), build.get("embedding_dim")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
+        raise ValueError(f"build recipe of {name!r} has no valid num_classes and embedding_dim")
+    model = create_model(name, sizes[0], sizes[1], **kwargs, weights=None)
+    return model.eval()
+
+
+def head_recipe(head: nn.Module | None) -> dict[str, Any] | None:
+    """The classifier a trained model carries, as JSON (training replaces ``create_model``'s
+    head with the loss's: a cosine head with sub-centres, a linear one, one per part)."""
+    if head is None:
+        return None
+    if type(head) is CosineClassifier:
+        return {"type": "cosine", "num_classes": head.num_classes,
+                "embedding_dim": int(head.weight.shape[1]), "subcenters": head.subcenters}
+    if type(head) is nn.Linear:
+        return {"type": "linear", "in_features": head.in_features,
+                "out_features": head.out_features, "bias": head.bias is not None}
+    from zoo.losses.parts import PartClassifier
+
+    if type(head) is PartClassifier:
+        return {"type": "parts", "heads": [head_recipe(h) for h in head.heads]}
+    raise ValueError(f"no recipe for a classifier head of type {type(head).__name__}")
+
+
+def build_head(recipe: dict[str, Any] | None) -> nn.Module | None:
+    """The (untrained) head ``head_recipe`` described; its weights come from the state dict."""
+    if recipe is None:
+        return None
+    kind = recipe.get("type")
+    if kind == "cosine":
+        return CosineClassifier(int(recipe["num_classes"]), int(recipe["embedding_dim"]),
+                                subcenters=int(recipe.get("subcenters", 1)))
+    if kind == "linear":
+        return nn.Linear(int(recipe["in_features"]), int(recipe["out_features"]),
+                         bias=bool(recipe.get("bias", True)))
+    if kind == "parts":
+        from zoo.losses.parts import PartClassifier
+
+        heads = [build_head(h) for h in recipe.get("heads") or []]
+        if not heads or any(h is None for h in heads):
+            raise ValueError("a part classifier recipe needs one head per part")
+        return PartClassifier(heads)  # type: ignore[arg-type]
+    raise ValueError(f"unknown classifier head type in recipe: {kind!r}")
+
+
+def model_recipe(model: EmbeddingModel, build: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``rebuild_from_recipe`` needs: the build recipe (``zoo_meta["build"]`` unless
+    given), the head and the (JSON-safe) ``zoo_meta`` the server describes the model with."""
+    meta = json.loads(json.dumps(getattr(model, "zoo_meta", {}), default=str))
+    build = json.loads(json.dumps(build)) if build else meta.get("build")
+    if not build:
+        raise ValueError("the model has no build recipe (zoo_meta['build'])")
+    meta["build"] = build
+    return {"format": RECIPE_FORMAT, "build": build, "head": head_recipe(model.head),
+            "zoo_meta": meta}
+
+
+def rebuild_from_recipe(recipe: dict[str, Any]) -> EmbeddingModel:
+    """``rebuild`` plus the recipe's head and ``zoo_meta`` (weights still to be loaded)."""
+    if recipe.get("format") != RECIPE_FORMAT:
+        raise ValueError(f"recipe format {recipe.get('format')!r} is not {RECIPE_FORMAT}: "
+                         "written by another model-zoo version")
+    model = rebuild(recipe["build"])
+    if "head" in recipe:
+        model.set_head(build_head(recipe["head"]))
+    model.zoo_meta = dict(recipe.get("zoo_meta") or model.zoo_meta)
+    return model.eval()
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors stores it: CPU, contiguous, no two tensors sharing
+    memory (safetensors refuses shared storage; tied weights are stored twice and
+    ``load_state_dict`` fills both from their copies)."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen or not tensor.is_contiguous():
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
+
+
+def save_weights(model: EmbeddingModel, folder: Path, recipe: dict[str, Any] | None = None
+                 ) -> list[Path]:
+    """``folder/model.safetensors`` and ``folder/recipe.json`` of ``model``."""
+    from safetensors.torch import save_file
+
+    recipe = recipe or model_recipe(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, described = folder / WEIGHTS_FILE, folder / RECIPE_FILE
+    save_file(plain_state_dict(model), str(weights), metadata={"format": "pt"})
+    described.write_text(json.dumps(recipe, indent=2))
+    return [weights, described]
+
+
+def load_weights(folder: Path) -> EmbeddingModel:
+    """The module ``save_weights`` wrote, rebuilt from its recipe with its weights loaded
+    strictly (every tensor present and of its shape), on the CPU in eval mode."""
+    from safetensors.torch import load_file
+
+    recipe = json.loads((folder / RECIPE_FILE).read_text())
+    model = rebuild_from_recipe(recipe)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
+    return model.eval()
