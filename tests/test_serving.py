@@ -530,9 +530,13 @@ def test_tabular_server(store, tmp_path: Path) -> None:
                          timeout=60).json()
         assert len(who["results"]) == 3
         width = ref.pre.num_features
+        huge = [rows[0], [1e300] + rows[1][1:]]  # finite as float64, infinite as float32
         for body, message in (({"rows": [rows[0][:-1]]}, f"row 0 has {width - 1} values"),
+                              ({"rows": huge}, "row 1 has a value too large for float32"),
+                              ({"rows": huge, "identity": "x"}, "row 1 has a value too large"),
                               ({"rows": []}, "no rows"), ({}, "no rows")):
-            bad = httpx.post(f"{server.url}/embed", json=body, headers=api, timeout=60)
+            route = "/enroll" if "identity" in body else "/embed"
+            bad = httpx.post(f"{server.url}{route}", json=body, headers=admin, timeout=60)
             assert bad.status_code == 400 and message in bad.json()["error"], bad.text
         bad = httpx.post(f"{server.url}/embed", files=files([png(np.zeros((8, 8), np.uint8))]),
                          headers=api, timeout=60)
