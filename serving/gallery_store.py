@@ -49,9 +49,7 @@ class EmbeddingContract:
     preprocessing_sha256: str
 
     def describe(self) -> str:
-        version = f" v{self.version}" if self.version else ""
-        return (f"{self.name}{version} (run {self.run_id[:12]}, weights "
-                f"{self.weights_sha256[:12]}, {self.dim}-d)")
+        return _describe(asdict(self))
 
     def matches(self, recorded: dict[str, Any]) -> bool:
         mine = asdict(self)
@@ -71,6 +69,7 @@ def embedding_contract(bundle: "Bundle", dim: int) -> EmbeddingContract:
 
 
 def _describe(recorded: dict[str, Any]) -> str:
+    """A contract as one phrase (a recorded one may lack fields: shown as ``?``)."""
     version = f" v{recorded.get('version')}" if recorded.get("version") else ""
     return (f"{recorded.get('name', '?')}{version} (run {str(recorded.get('run_id', '?'))[:12]}, "
             f"weights {str(recorded.get('weights_sha256', '?'))[:12]}, {recorded.get('dim')}-d)")

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from _bentoml_impl import serde as bentoml_serde  # noqa: I001 - BentoML's table of readers
+from _bentoml_sdk.typing_utils import is_list_type, is_union_type
 
 if t.TYPE_CHECKING:
     from starlette.requests import Request
@@ -84,7 +85,11 @@ class FormReader(bentoml_serde.MultipartSerde):
 
 
 def _is_list(field: t.Any) -> bool:
-    return "list" in str(getattr(field, "annotation", "")).lower()
+    """Whether a file field takes several files: BentoML's own test in its reader."""
+    annotation = getattr(field, "annotation", None)
+    if is_union_type(annotation):
+        annotation = t.get_args(annotation)[0]
+    return is_list_type(annotation)
 
 
 def _is_text(field: t.Any) -> bool:
