@@ -17,6 +17,7 @@ import torch
 from serving.batcher import Batcher, Outputs
 from serving.bundle import Bundle
 from serving.gallery_store import GalleryStore, embedding_contract
+from serving.schemas import ClassScore
 from serving.gradcam import Explainer
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
@@ -27,12 +28,6 @@ from zoo.metrics.classification import softmax
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    probability: float
 
 
 @dataclass(frozen=True)
@@ -104,7 +99,7 @@ class ServedModel:
         probs = softmax(logits)
         k = max(1, min(k, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [[ClassScore(self.class_names[j], float(row[j])) for j in idx]
+        return [[ClassScore(label=self.class_names[j], probability=float(row[j])) for j in idx]
                 for row, idx in zip(probs, order)]
 
     @property

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+from filelock import FileLock
 
-from zoo.file_lock import file_lock
 from zoo.gallery import META_FILE, Gallery, Match
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class GalleryStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """This process's threads and other processes, one at a time."""
-        with self._lock, file_lock(self.folder / LOCK_FILE):
+        with self._lock, FileLock(self.folder / LOCK_FILE):
             yield
 
     @property

@@ -23,6 +23,7 @@ import yaml
 
 from serving.bundle import BENTO_LABEL, Bundle, fetch_bundle
 from serving.settings import ServeSettings
+from zoo.values import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def bento_model(settings: ServeSettings) -> bentoml.models.BentoModel | None:
     if root is not None:
         return bentoml.models.BentoModel(packed_tag(root))
     args = _arguments()
-    if args.get(PACK_ARGUMENT, "").lower() not in ("1", "true", "yes"):
+    if not parse_bool(args.get(PACK_ARGUMENT) or "false", PACK_ARGUMENT):
         return None
     uri = args.get(MODEL_URI_ARGUMENT) or settings.model_uri
     return bentoml.models.BentoModel(pack(fetch_bundle(uri, settings.cache_path())))

@@ -31,7 +31,7 @@ from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text
                             check_finite, identity_name, read_inputs)
 from serving.limits import RequestSizeLimit
 from serving.packaging import bento_model
-from serving.schemas import (ClassifyResponse, ClassScore, EmbedResponse, EnrollResponse,
+from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse,
                              Identification, IdentifyResponse, Match, header_value)
 from serving.settings import ServeSettings
 
@@ -142,8 +142,7 @@ class ZooService:
         x, _ = await self._inputs(images, rows)
         out = await self._infer(x)
         top = self.model.top_classes(out["logits"], top_k or SETTINGS.top_k)
-        return ClassifyResponse(**self.served, predictions=[
-            [ClassScore(label=c.label, probability=c.probability) for c in row] for row in top])
+        return ClassifyResponse(**self.served, predictions=top)
 
     @bentoml.api
     @answers_errors

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
 from training.model_source import DEFAULT_MODEL_URI
+from zoo.values import parse_value
 
 ENV_PREFIX = "ZOO_"
 
@@ -61,22 +63,12 @@ class ServeSettings:
         """Read ``ZOO_*`` variables; a malformed one is an error that names it."""
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
+        hints = get_type_hints(cls)
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is None or raw.strip() == "":
                 continue
-            raw = raw.strip()
-            kind = type(f.default)
-            try:
-                if kind is bool:
-                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                        raise ValueError(raw)
-                    values[f.name] = raw.lower() in ("1", "true", "yes")
-                else:
-                    values[f.name] = kind(raw)
-            except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid "
-                                 f"{kind.__name__}") from None
+            values[f.name] = parse_value(hints[f.name], raw, ENV_PREFIX + f.name.upper())
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
         return settings

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Optional, get_type_hints
 
 from training.presets import apply_preset, preset_fields, preset_names
+from zoo.values import base_type, format_value, is_false_word, parse_value
 
 
 #: How the peak learning rate grows with the number of data-parallel processes (each takes
@@ -229,8 +230,7 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
 def check_fine_tuning(cfg: Any) -> None:
     """Fill the fine-tuning controls left to ``auto`` and check all of them."""
-    if isinstance(cfg.pretrained, str) and cfg.pretrained.strip().lower() in ("false", "no", "0",
-                                                                              "off"):
+    if isinstance(cfg.pretrained, str) and is_false_word(cfg.pretrained):
         cfg.pretrained = None
     defaults = FINE_TUNING_DEFAULTS if cfg.fine_tuning else FROM_SCRATCH_DEFAULTS
     for name, value in defaults.items():
@@ -289,58 +289,13 @@ def config_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
     return cls(**{k: parse_value(hints[k], v, k) for k, v in values.items()})
 
 
-AUTO = "auto"  # an optional field left to its component's own default
 #: Tags ``zoo.resolved.<param>`` hold what an ``auto`` parameter (or a preset) made of a
 #: parameter that ``mlflow run`` had already logged.
 RESOLVED_PREFIX = "zoo.resolved."
 
 
-def format_value(value: Any) -> str:
-    """The string form used in MLproject defaults and MLflow parameters."""
-    if value is None:
-        return AUTO
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _base_type(tp: Any) -> Any:
-    if get_origin(tp) is not None:  # Optional[X]
-        args = [a for a in get_args(tp) if a is not type(None)]
-        return args[0]
-    return tp
-
-
-def parse_value(tp: Any, value: Any, name: str = "") -> Any:
-    """Parse a CLI / MLproject string into the field's type."""
-    optional = get_origin(tp) is not None and type(None) in get_args(tp)
-    base = _base_type(tp)
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if optional and text.lower() in ("", AUTO, "none", "null", "default"):
-        return None
-    try:
-        if base is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if base is int:
-            number = float(text)
-            if number != int(number):
-                raise ValueError(text)
-            return int(number)
-        if base is float:
-            return float(text)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a valid {base.__name__}") from None
-    return text
-
-
 def field_types(config_cls: type = TrainConfig) -> dict[str, Any]:
     """Field name → base Python type (for the CLI and MLproject generator)."""
-    return {k: _base_type(v) for k, v in get_type_hints(config_cls).items()}
+    return {k: base_type(v) for k, v in get_type_hints(config_cls).items()}
 
 

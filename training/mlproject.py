@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from training.config import TrainConfig, field_types, format_value
+from training.config import TrainConfig, field_types
+from zoo.values import format_value
 from training.distill import DistillConfig
 from training.evaluate import EvaluateConfig
 from training.export import ExportConfig

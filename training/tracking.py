@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import RunStatus
 
-from training.config import AUTO, RESOLVED_PREFIX
-from zoo.file_lock import file_lock
+from training.config import RESOLVED_PREFIX
+from zoo.values import AUTO
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def prepare_sqlite_store(uri: str) -> None:
         return
     database = Path(uri[len("sqlite:///"):])
     database.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(database.with_name(database.name + ".lock")):
+    with FileLock(database.with_name(database.name + ".lock")):
         with contextlib.closing(sqlite3.connect(database, timeout=60)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
         mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates the tables
@@ -105,7 +106,7 @@ def registry_lock(uri: str) -> Iterator[None]:
     else:
         digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
         lock = Path(tempfile.gettempdir()) / f"zoo-registry-{digest}.lock"
-    with file_lock(lock):
+    with FileLock(lock):
         yield
 
 

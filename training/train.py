@@ -9,7 +9,8 @@ import os
 import sys
 
 from training.cli import build_parser, run_cli
-from training.config import TrainConfig, parse_value
+from training.config import TrainConfig
+from zoo.values import parse_value
 
 
 def requested_nproc(argv: list[str]) -> int:

@@ -24,7 +24,8 @@ import optuna
 import pandas as pd
 
 from training.cli import run_cli
-from training.config import TrainConfig, _f, format_value
+from training.config import TrainConfig, _f
+from zoo.values import format_value
 from training.run import check_names, dataset_name, load_config_data, train
 from training.tracking import configure_tracking, log_params_once, training_run
 from training.transfer import apply_init
