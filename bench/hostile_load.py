@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*
 
 from bench.serve_throughput import prepare  # noqa: E402
 
@@ -60,7 +61,7 @@ def tree_rss(pid: int) -> int:
 def main() -> None:
     import httpx
 
-    from serving.process import Server
+    from support.process import Server
     from serving.settings import ServeSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,7 +3,7 @@
     python bench/orl_faces.py                      # every row, split seeds 0-4 (about 1 h here)
     python bench/orl_faces.py --rows plain,recipe --seeds 0,1,2
 
-Every row is a sweep (``training.sweep``) over the same splits: 20 of the 40 people never
+Every row is a sweep (``training.commands.sweep``) over the same splits: 20 of the 40 people never
 seen in training (``open_set=0.5``), 8 images of each of the other 20 to train on and 2 to
 test. A row changes one thing from the row above it, or from the recipe for the rows after
 it. The table gives the open-set retrieval metrics (the unseen people's 200 images, each
@@ -27,8 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from training.commands.sweep import SweepConfig, run_sweep  # noqa: E402
 from training.presets import PRESETS  # noqa: E402
-from training.sweep import SweepConfig, run_sweep  # noqa: E402
 
 ORL = REPO.parent / "shared" / "data" / "orl_faces"
 METRICS = ("open_map_at_r", "open_r_precision", "open_precision_at_1")
@@ -127,7 +127,7 @@ def main() -> int:
     if wanted is None or "ensemble" in wanted:
         values = ensemble_row(args.seeds, args.experiment, args.members)
         lines.append(f"| ensemble | {args.members} recipe models of other initialisations, "
-                     f"embeddings concatenated (training.evaluate) | {RECIPE['loss']} | "
+                     f"embeddings concatenated (training.commands.evaluate) | {RECIPE['loss']} | "
                      + " | ".join(cell(values[k]) for k in METRICS)
                      + f" | {np.mean(values['train_time_s']):.0f} |")
         print("\n".join(lines), flush=True)
@@ -139,8 +139,8 @@ def ensemble_row(seeds: str, experiment: str, members: int) -> dict[str, list[fl
     """Per split seed: ``members`` recipe runs that differ only in ``init_seed``, evaluated
     together. The time is the sum of the members' training times."""
     from training.config import TrainConfig
-    from training.evaluate import EvaluateConfig, evaluate_models
-    from training.run import train
+    from training.commands.evaluate import EvaluateConfig, evaluate_models
+    from training.pipeline.run import train
 
     values: dict[str, list[float]] = {k: [] for k in (*METRICS, "train_time_s")}
     for seed in (int(s) for s in seeds.split(",")):
@@ -158,9 +158,9 @@ def ensemble_row(seeds: str, experiment: str, members: int) -> dict[str, list[fl
 
 def baseline_lines(seeds: str) -> list[str]:
     """Pixels and PCA on the same splits (as each sweep's table has them)."""
-    from training.baselines import baseline_metrics
+    from training.pipeline.baselines import baseline_metrics
     from training.config import TrainConfig
-    from training.run import config_splits, load_config_data
+    from training.pipeline.run import config_splits, load_config_data
 
     values: dict[str, dict[str, list[float]]] = {}
     for seed in (int(s) for s in seeds.split(",")):

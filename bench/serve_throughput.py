@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*
 
 
 @dataclass
@@ -55,9 +56,9 @@ def prepare(image_size: int, root: Path) -> dict[str, str]:
     import mlflow
 
     from training.config import TrainConfig
-    from training.export import ExportConfig, export_model
-    from training.registration import register_best, runs_of_experiment
-    from training.run import train
+    from training.pipeline.export import ExportConfig, export_model
+    from training.tracking.registration import register_best, runs_of_experiment
+    from training.pipeline.run import train
 
     store = root / f"store-{image_size}"
     store.mkdir(parents=True)
@@ -202,7 +203,7 @@ def cpu_breakdown(onnx: str, pngs: list[bytes]) -> dict[str, float]:
 def serve_case(env: dict[str, str], pngs: list[bytes], seconds: float,
                concurrencies: list[int], raw: Raw) -> list[tuple[float, Load]]:
     """Each load measured between two raw measurements: (mean raw img/s, load)."""
-    from serving.process import Server
+    from support.process import Server
 
     bodies = [multipart(p) for p in pngs]
     results = []

@@ -59,8 +59,8 @@ def main() -> int:
         import mlflow
 
         from training.config import TrainConfig
-        from training.evaluate import EvaluateConfig, evaluate_models
-        from training.run import config_splits, load_config_data, train
+        from training.commands.evaluate import EvaluateConfig, evaluate_models
+        from training.pipeline.run import config_splits, load_config_data, train
 
         first = people(ORL, range(1, 21), folder / "people-1-20")
         second = people(ORL, range(21, 41), folder / "people-21-40")

@@ -11,13 +11,15 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 from pathlib import Path
 
 import mlflow
 
-from training.mlflow_process import mlflow_process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*
+from support.mlflow_process import mlflow_process  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

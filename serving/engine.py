@@ -17,8 +17,8 @@ import torch
 from serving.batcher import Batcher, Outputs
 from serving.bundle import Bundle
 from serving.gallery_store import GalleryStore, embedding_contract
-from serving.schemas import ClassScore
 from serving.gradcam import Explainer
+from serving.schemas import ClassScore
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.data.preprocessing import normalise, to_unit

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
-from training.model_source import DEFAULT_MODEL_URI
+from training.tracking.model_source import DEFAULT_MODEL_URI
 from zoo.values import parse_value
 
 ENV_PREFIX = "ZOO_"

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from training.commands.sweep import SweepConfig
 from training.config import TrainConfig
-from training.run import train
-from training.sweep import SweepConfig
+from training.pipeline.run import train
 from zoo.losses import create_loss
 from zoo.models import create_model
 

@@ -1,4 +1,4 @@
-"""Tests for training.baselines: pixels and PCA rows measured like a training run."""
+"""Tests for training.pipeline.baselines: pixels and PCA rows measured like a training run."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
-from training.baselines import (
+from training.pipeline.baselines import (
     BASELINES,
     PCA_MAX_COMPONENTS,
     baseline_metrics,

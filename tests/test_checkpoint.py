@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from training.checkpoint import (FORMAT, SLOTS, CheckpointError, RunCheckpoints,
+from training.engine.checkpoint import (FORMAT, SLOTS, CheckpointError, RunCheckpoints,
                                  load_checkpoint, restore_rng, save_atomic, slot_name)
 
 # Every stateful part of the loop is on: EMA, Lookahead, mixing (its own generator),
@@ -39,7 +39,7 @@ def _env(tracking_uri: str) -> dict[str, str]:
 
 
 def _train(tracking_uri: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "training.train", *ARGS, *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "training.commands.train", *ARGS, *args], cwd=REPO,
                             env=_env(tracking_uri), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -88,7 +88,7 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_same_result(
     client = mlflow.MlflowClient()
     assert client.get_run(run_id).info.status == "RUNNING"
 
-    resumed = subprocess.run([sys.executable, "-m", "training.train", "--resume_run", run_id],
+    resumed = subprocess.run([sys.executable, "-m", "training.commands.train", "--resume_run", run_id],
                              cwd=REPO, env=_env(module_tracking_uri), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -136,7 +136,7 @@ def test_sigterm_ends_the_run_killed_and_mlflow_run_resumes_it(
 
 def test_resume_refuses_finished_runs_and_names_bad_checkpoints(tracking_uri: str,
                                                                 tmp_path: Path) -> None:
-    from training.run import resume_point
+    from training.pipeline.run import resume_point
 
     client = mlflow.MlflowClient()
     experiment = client.create_experiment("crash")
@@ -232,7 +232,7 @@ def test_a_real_checkpoint_round_trips_weights_only(tracking_uri: str, tmp_path:
     """The state the loop saves (EMA, Lookahead, mixing, cosine schedule) is plain data: a
     weights-only load gives it back whole, and its random streams continue as they would."""
     from training.config import TrainConfig
-    from training.run import train
+    from training.pipeline.run import train
 
     states: list[dict] = []
     logged = RunCheckpoints.save
@@ -265,7 +265,7 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     """A model artifact or gallery file cut short gives one line naming it, not a trace from
     inside torch or numpy."""
     from training.config import TrainConfig
-    from training.run import train
+    from training.pipeline.run import train
     from zoo.gallery import META_FILE, VECTORS_FILE, Gallery
 
     result = train(TrainConfig(model="residual_mlp", data="emitters", epochs=1,
@@ -275,7 +275,7 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
                   .removeprefix("file://"))
     weights = folder / "data" / "model.pth"
     weights.write_bytes(weights.read_bytes()[:500])
-    proc = subprocess.run([sys.executable, "-m", "training.export", "--model_uri",
+    proc = subprocess.run([sys.executable, "-m", "training.commands.export", "--model_uri",
                            result.model_uri], cwd=REPO, env=_env(tracking_uri),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""Tests for training.compare: the sweep's comparison table, its files and its heatmap."""
+"""Tests for training.pipeline.compare: the sweep's comparison table, its files and its heatmap."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 
-from training.compare import (Row, comparison_table, format_table, mean_over_seeds, plot_heatmap,
+from training.pipeline.compare import (Row, comparison_table, format_table, mean_over_seeds, plot_heatmap,
                               to_markdown, write_tables)
 
 METRIC = "test_map_at_r"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from training.commands.distill import DistillConfig, Distiller, distill
+from training.commands.evaluate import EvaluateConfig, evaluate_models
 from training.config import TrainConfig
-from training.distill import DistillConfig, Distiller, distill
-from training.evaluate import EvaluateConfig, evaluate_models
-from training.run import train
+from training.pipeline.run import train
 
 TEACHER = "models:/zoo-emitters@champion"
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.distributed import World
-from training.loop import batches, steps_per_epoch
-from training.run import train
+from training.engine.distributed import World
+from training.engine.loop import batches, steps_per_epoch
+from training.pipeline.run import train
 from zoo.data import PKBatchSampler, Split
 from zoo.losses import create_loss
 
@@ -63,9 +63,9 @@ def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
         train(TrainConfig(nproc=2, epochs=1))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
     # entry points whose runs train in one process each refuse it as they are configured
-    from training.distill import DistillConfig
-    from training.sweep import SweepConfig
-    from training.tune import TuneConfig
+    from training.commands.distill import DistillConfig
+    from training.commands.sweep import SweepConfig
+    from training.commands.tune import TuneConfig
 
     for cls, why in ((SweepConfig, "a sweep trains `workers` combinations at once"),
                      (TuneConfig, "tune trains one trial at a time"),
@@ -83,7 +83,7 @@ def test_two_processes_log_one_run_like_one_process(tracking_uri: str) -> None:
     single = train(TrainConfig(**ARGS, experiment="single"))
     flags = [a for k, v in ARGS.items() for a in (f"--{k}", str(v).lower())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core each (the tests ask torch for 2)
-    proc = subprocess.run([sys.executable, "-m", "training.train", *flags, "--nproc", "2",
+    proc = subprocess.run([sys.executable, "-m", "training.commands.train", *flags, "--nproc", "2",
                            "--experiment", "ddp"], capture_output=True, text=True, timeout=600,
                           env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

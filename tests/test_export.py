@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-import training.export
+import training.pipeline.export
 from serving.bundle import Bundle, fetch_bundle
 from tests.conftest import REPO
 from training.config import TrainConfig
-from training.export import ExportConfig, export_model, save_rebuildable
-from training.registration import register_best, runs_of_experiment
-from training.run import train
+from training.pipeline.export import ExportConfig, export_model, save_rebuildable
+from training.pipeline.run import train
+from training.tracking.registration import register_best, runs_of_experiment
 from zoo.data import load_data, split_data
 from zoo.export import (
     FORMATS, ExportFailure, ParityThresholds, export_format, load_exported, measure_parity,
@@ -213,7 +213,7 @@ def test_export_logs_files_and_tags_and_fails_loudly(
     assert (predicted["logits"].argmax(1) == expected["logits"].numpy().argmax(1)).all()
 
     # An export whose ONNX answers differ fails: non-zero, version no longer "exported".
-    real_load = training.export.load_exported
+    real_load = training.pipeline.export.load_exported
 
     def deviant(fmt, path, *args, **kwargs):
         runner = real_load(fmt, path, *args, **kwargs)
@@ -221,7 +221,7 @@ def test_export_logs_files_and_tags_and_fails_loudly(
             return runner
         return lambda b: {k: v + 1e-3 for k, v in runner(b).items()}
 
-    monkeypatch.setattr(training.export, "load_exported", deviant)
+    monkeypatch.setattr(training.pipeline.export, "load_exported", deviant)
     with pytest.raises(RuntimeError, match="onnx: embeddings differ by up to 0.001"):
         export_model(ExportConfig(model_uri=champion))
     tags = client.get_model_version("zoo-emitters", version.version).tags
@@ -245,7 +245,7 @@ def test_mlflow_run_export_entry_point(champion: str, tracking_uri: str, tmp_pat
         "zoo.export.formats"] == "onnx"
 
     miss = subprocess.run(
-        [sys.executable, "-m", "training.export", "--model_uri", "models:/zoo-emitters@nope"],
+        [sys.executable, "-m", "training.commands.export", "--model_uri", "models:/zoo-emitters@nope"],
         cwd=tmp_path, env=_env(tracking_uri), capture_output=True, text=True, timeout=300)
     assert miss.returncode == 1
     assert "registered model 'zoo-emitters' has no alias @nope" in miss.stderr

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.commands.sweep import SweepConfig
 from training.config import TrainConfig
-from training.loop import embed, fit, validate
-from training.mixing import mix_batch
-from training.optim import centralize_gradients, make_optimizer
-from training.registration import loss_alias
-from training.run import check_names, config_splits, load_config_data
-from training.sweep import SweepConfig
+from training.engine.loop import embed, fit, validate
+from training.engine.mixing import mix_batch
+from training.engine.optim import centralize_gradients, make_optimizer
+from training.pipeline.run import check_names, config_splits, load_config_data
+from training.tracking.registration import loss_alias
 from zoo.data import Splits
 from zoo.losses import CombinedLoss, create_loss
 from zoo.models import create_model

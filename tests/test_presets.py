@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from training.baselines import baseline_metrics
+from training.commands.distill import DistillConfig
+from training.commands.sweep import SweepConfig
 from training.config import TrainConfig
-from training.distill import DistillConfig
-from training.loop import fit
+from training.engine.loop import fit
+from training.pipeline.baselines import baseline_metrics
+from training.pipeline.run import config_splits, load_config_data
 from training.presets import PRESETS
-from training.run import config_splits, load_config_data
-from training.sweep import SweepConfig
 from zoo.losses import create_loss
 from zoo.models import create_model
 

@@ -13,9 +13,9 @@ import torch
 from mlflow.entities import Run
 
 from tests.conftest import REPO
-from training.model_logging import log_trained_model
-from training.register import RegisterConfig
-from training.registration import (
+from training.commands.register import RegisterConfig
+from training.tracking.model_logging import log_trained_model
+from training.tracking.registration import (
     lower_is_better, loss_alias, register_best, registered_name, runs_of_experiment,
     runs_of_sweep,
 )
@@ -45,7 +45,7 @@ def store(tracking_uri: str, empty_store: Path) -> str:
 def make_run(p1: float, *, loss: str = "arcface", model: str = "residual_mlp",
              dataset: str = "digits", experiment: str = EXPERIMENT, nested: bool = False,
              tags: dict[str, str] | None = None, log_model: bool = True) -> Run:
-    """A FINISHED run shaped like training.run's: zoo.* tags, test metrics, a logged model."""
+    """A FINISHED run shaped like training.pipeline.run's: zoo.* tags, test metrics, a logged model."""
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"{model}-{loss}", nested=nested) as run:
         mlflow.set_tags({"zoo.model": model, "zoo.loss": loss, "zoo.dataset": dataset,
@@ -224,7 +224,7 @@ def test_cli_end_to_end(store: str) -> None:
     make_run(0.9, loss="triplet")
     env = {**os.environ, "MLFLOW_TRACKING_URI": store,
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "training.register"]
+    cmd = [sys.executable, "-m", "training.commands.register"]
     ok = subprocess.run(cmd + ["--experiment", EXPERIMENT, "--sweep", "", "--metric", P1,
                                "--force", "false"],
                         env=env, capture_output=True, text=True, timeout=120)
@@ -245,7 +245,7 @@ def _register_slowly(uri: str, run_id: str, delay: float) -> str:
     ``delay`` seconds apart: wide enough for a concurrent registration to interleave."""
     import time
 
-    import training.registration as registration
+    import training.tracking.registration as registration
 
     mlflow.set_tracking_uri(uri)
     place = registration._place_alias

@@ -26,11 +26,11 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from serving.process import BENTOML, REPO, Server
+from support.process import BENTOML, REPO, Server
 from training.config import TrainConfig
-from training.export import ExportConfig, export_model
-from training.registration import register_best, runs_of_experiment
-from training.run import train
+from training.pipeline.export import ExportConfig, export_model
+from training.pipeline.run import train
+from training.tracking.registration import register_best, runs_of_experiment
 from zoo.data import Preprocessing, preprocess_images, preprocess_rows
 from zoo.data.emitters import emitters
 from zoo.export.onnx_format import read_metadata
@@ -774,26 +774,26 @@ def test_openai_client_gets_embeddings(image_server: Server, store, digit_pngs) 
         assert caught.value.body["type"] == "invalid_request_error"  # OpenAI's error shape
 
 
-def readme_client_blocks() -> list[tuple[str, str]]:
-    """(language, code) of every code block in the README's "Clients" section."""
+def client_doc_blocks() -> list[tuple[str, str]]:
+    """(language, code) of every code block in the "Clients" section of docs/serving.md."""
     import re
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "serving.md").read_text()
     section = text.split("### Clients", 1)[1].split("\n#", 1)[0]
     return re.findall(r"```(bash|python)\n(.*?)```", section, re.DOTALL)
 
 
-def test_mlflow_pyfunc_scoring_server_and_the_readme_clients(
+def test_mlflow_pyfunc_scoring_server_and_the_documented_clients(
         image_server: Server, store, digit_pngs, tmp_path: Path) -> None:
     """Every registered version works with MLflow's own tools: the pyfunc and the scoring
     server (driven by MLflow's own client), preprocessed arrays and encoded images alike;
-    then every client block of the README runs against the live servers."""
+    then every client block of docs/serving.md runs against the live servers."""
     import base64
 
     import pandas as pd
     from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
-    from serving.process import free_port
+    from support.process import free_port
 
     ref = Reference(store, IMAGE_URI)
     expected = ref.images(digit_pngs[:4])
@@ -838,7 +838,7 @@ def test_mlflow_pyfunc_scoring_server_and_the_readme_clients(
                           - expected["embedding"]).max() <= 1e-4
             assert list(answer["label"]) == list(images["label"])
 
-        blocks = readme_client_blocks()
+        blocks = client_doc_blocks()
         assert [lang for lang, _ in blocks].count("python") >= 4 and len(blocks) >= 6
         (tmp_path / "digit.png").write_bytes(digit_pngs[0])
         run_env = {**env, "ZOO_ADMIN_KEY": ADMIN_KEY}

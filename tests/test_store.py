@@ -14,7 +14,7 @@ def _log_hard(uri: str, worker: int) -> str:
     """A sweep worker's life at a high rate: open the (new) store, make the experiment and a
     run, log metrics one by one and in batches, read them back, set tags, finish."""
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    from training.tracking import configure_tracking, ensure_experiment
+    from training.tracking.store import configure_tracking, ensure_experiment
 
     configure_tracking()
     client = mlflow.MlflowClient()

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import training.run
-from training.sweep import SweepConfig, run_sweep
+import training.pipeline.run
+from training.commands.sweep import SweepConfig, run_sweep
 
 TINY = dict(data="emitters", epochs=1, batch_size=64, embedding_dim=16, log_model=True,
             plots=False)
@@ -44,14 +44,14 @@ def test_grid_defaults_follow_the_data_kind() -> None:
 def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    real_fit = training.run.fit
+    real_fit = training.pipeline.run.fit
 
     def flaky_fit(model, loss_fn, *args, **kwargs):
         if type(loss_fn).__name__ == "ClassifierLoss" or "softmax" in repr(loss_fn).lower():
             raise RuntimeError("injected failure")
         return real_fit(model, loss_fn, *args, **kwargs)
 
-    monkeypatch.setattr(training.run, "fit", flaky_fit)
+    monkeypatch.setattr(training.pipeline.run, "fit", flaky_fit)
     # workers=1: the injected failure is patched into this process.
     cfg = SweepConfig(models="residual_mlp", losses="softmax,arcface,supcon",
                       experiment="sweep-test", workers=1, **TINY)
@@ -85,7 +85,7 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
     assert "pixels" in text and "pca" in text and "FAILED" in text
 
     # Resume: only the failed combination runs again; the finished ones are kept.
-    monkeypatch.setattr(training.run, "fit", real_fit)
+    monkeypatch.setattr(training.pipeline.run, "fit", real_fit)
     second = run_sweep(SweepConfig(**{**cfg.__dict__, "resume": parent.info.run_id}))
     assert not [o for o in second if o.error]
     children = _children(parent.info.run_id)
@@ -130,7 +130,7 @@ def test_seeds_train_each_combination_per_split_and_the_table_averages_them(
 def test_resume_continues_a_killed_child_from_its_checkpoint(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fit = training.run.fit
+    real_fit = training.pipeline.run.fit
 
     def interrupted_fit(*args, on_checkpoint=None, **kwargs):
         def save_then_stop(state):
@@ -139,7 +139,7 @@ def test_resume_continues_a_killed_child_from_its_checkpoint(
                 raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
         return real_fit(*args, on_checkpoint=save_then_stop, **kwargs)
 
-    monkeypatch.setattr(training.run, "fit", interrupted_fit)
+    monkeypatch.setattr(training.pipeline.run, "fit", interrupted_fit)
     cfg = SweepConfig(models="residual_mlp", losses="arcface", experiment="killed", workers=1,
                       register=False, **{**TINY, "epochs": 3})
     with pytest.raises(KeyboardInterrupt, match="resume it with: mlflow run . -e sweep "
@@ -152,7 +152,7 @@ def test_resume_continues_a_killed_child_from_its_checkpoint(
     [child] = _children(parent.info.run_id)
     assert child.info.status == "KILLED"
 
-    monkeypatch.setattr(training.run, "fit", real_fit)
+    monkeypatch.setattr(training.pipeline.run, "fit", real_fit)
     [outcome] = run_sweep(SweepConfig(**{**cfg.__dict__, "resume": parent.info.run_id}))
     assert outcome.run_id == child.info.run_id and not outcome.error
     [again] = _children(parent.info.run_id)  # the same run went on; no second child

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from training.mlflow_process import mlflow_process
+from support.mlflow_process import mlflow_process
 
 POSTGRES = os.environ.get("ZOO_TEST_POSTGRES_URI", "")
 
@@ -40,7 +40,7 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "RAY_ADDRESS"):
             env.pop(var, None)
         proc = subprocess.run(
-            [sys.executable, "-m", "training.sweep", "--backend", "ray", "--data", "emitters",
+            [sys.executable, "-m", "training.commands.sweep", "--backend", "ray", "--data", "emitters",
              "--models", "residual_mlp,ft_transformer", "--losses", "arcface,triplet",
              "--epochs", "1", "--embedding_dim", "16", "--plots", "false",
              "--experiment", "server-sweep"],

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import REPO
 from training.config import TrainConfig
-from training.run import dataset_name, train
+from training.pipeline.run import dataset_name, train
 
 FAST = dict(epochs=1, batch_size=32, embedding_dim=32, log_model=False)
 
@@ -108,7 +108,7 @@ def test_one_class_folder_fails_with_one_line(tracking_uri: str, tmp_path: Path)
     for i in range(3):
         Image.new("L", (8, 8), i * 50).save(tmp_path / "only" / "a" / f"{i}.png")
     proc = subprocess.run(
-        [sys.executable, "-m", "training.train", "--data", str(tmp_path / "only"),
+        [sys.executable, "-m", "training.commands.train", "--data", str(tmp_path / "only"),
          "--experiment", "bad", "--epochs", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},

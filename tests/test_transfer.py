@@ -20,12 +20,12 @@ from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
 from tests.conftest import REPO
+from training.commands.evaluate import EvaluateConfig, evaluate_models
+from training.commands.sweep import SweepConfig, run_sweep
+from training.commands.tune import TuneConfig, run_tune
 from training.config import TrainConfig
-from training.evaluate import EvaluateConfig, evaluate_models
-from training.param_groups import param_groups
-from training.run import train
-from training.sweep import SweepConfig, run_sweep
-from training.tune import TuneConfig, run_tune
+from training.engine.param_groups import param_groups
+from training.pipeline.run import train
 from zoo.data import load_data
 from zoo.losses import create_loss
 from zoo.models import CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, create_model
@@ -104,7 +104,7 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
         capsys: pytest.CaptureFixture) -> None:
     from huggingface_hub import constants
 
-    from training.train import main
+    from training.commands.train import main
 
     cache = tmp_path / "hub"  # what HF_HUB_CACHE and HF_HUB_OFFLINE=1 set at import
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -146,8 +146,8 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     assert model.zoo_meta["preprocessing"]["interpolation"] == cfg.interpolation
     assert model.zoo_meta["preprocessing"]["mean"] == pytest.approx(list(cfg.mean))
     # export and evaluate rebuild the run's inputs from its parameters and resolved tags
-    from training.export import source_config
-    from training.run import config_splits, load_config_data
+    from training.pipeline.export import source_config
+    from training.pipeline.run import config_splits, load_config_data
 
     rebuilt = source_config(finished)
     splits = config_splits(rebuilt, load_config_data(rebuilt))
@@ -216,8 +216,8 @@ def test_init_carries_architecture_weights_and_preprocessing(source: dict) -> No
 def test_a_per_loss_entry_point_starts_from_init_and_exports(source: dict, tmp_path: Path) -> None:
     """Under `mlflow run` the parameters hold the defaults mlflow passed; what init made of
     them is in zoo.resolved.* tags, so export rebuilds the right model and split."""
-    from training.export import ExportConfig, export_model
-    from training.registration import register_best, runs_of_experiment
+    from training.pipeline.export import ExportConfig, export_model
+    from training.tracking.registration import register_best, runs_of_experiment
 
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -273,7 +273,7 @@ def test_tune_trials_start_from_init_and_keep_its_width(source: dict) -> None:
 def test_init_under_two_processes(source: dict, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "training.train", "--data", str(source["second"]), "--init",
+        [sys.executable, "-m", "training.commands.train", "--data", str(source["second"]), "--init",
          source["uri"], "--loss", "softmax", "--epochs", "2", "--nproc", "2", "--plots", "false",
          "--experiment", "ddp-init"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -292,7 +292,7 @@ def test_zero_shot_evaluation_scores_every_sample_as_unseen(source: dict) -> Non
     assert run.data.params["data"] == str(source["second"])
     assert not [k for k in metrics if k.startswith("test_")]
     # every sample of the new data, read with the model's own preprocessing
-    from training.loop import embed
+    from training.engine.loop import embed
     from zoo.data.preprocessing import normalise
     from zoo.metrics import evaluate
 

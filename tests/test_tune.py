@@ -4,8 +4,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
+from training.commands.tune import KNOBS, TuneConfig, run_tune
 from training.config import TrainConfig
-from training.tune import KNOBS, TuneConfig, run_tune
 
 
 def test_the_search_space_follows_the_loss() -> None:

@@ -1,6 +1,6 @@
 """``TrainConfig``: the single source of truth for every training parameter.
 
-The CLI (``python -m training.train``), the ``MLproject`` entry points (generated from this
+The CLI (``python -m training.commands.train``), the ``MLproject`` entry points (generated from this
 class by ``python -m training.mlproject``) and the MLflow run parameters all come from
 these fields, so a default changes in exactly one place.
 """
@@ -288,6 +288,9 @@ def config_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
         raise ValueError(f"unknown {what} parameter(s): {', '.join(unknown)}")
     return cls(**{k: parse_value(hints[k], v, k) for k, v in values.items()})
 
+
+#: The fields that decide which samples are test samples (and which classes are unseen).
+SPLIT_FIELDS = ("data", "seed", "val_fraction", "test_fraction", "open_set", "label_column")
 
 #: Tags ``zoo.resolved.<param>`` hold what an ``auto`` parameter (or a preset) made of a
 #: parameter that ``mlflow run`` had already logged.

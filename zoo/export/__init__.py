@@ -4,7 +4,7 @@ check that each answers like the eager model.
 Every format has the same inputs and outputs as the eager model (one float32 batch in,
 ``embedding`` and ``logits`` out, dynamic batch) and carries the model's preprocessing and
 class names, so a server needs nothing else. ``zoo.export`` knows nothing of MLflow;
-``training.export`` logs the files and the parity figures.
+``training.pipeline.export`` logs the files and the parity figures.
 """
 from __future__ import annotations
 

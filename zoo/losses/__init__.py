@@ -39,6 +39,14 @@ def needed_outputs(spec: str) -> frozenset[str]:
                                for term, _ in check_loss(spec)))
 
 
+def loss_parameters(spec: str) -> set[str]:
+    """The keyword parameters the loss (each term of a combined one) takes."""
+    names: set[str] = set()
+    for term, _ in check_loss(spec):
+        names |= set(inspect.signature(LOSSES.get(term).factory).parameters)
+    return names
+
+
 def create_loss(name: str, num_classes: int, embedding_dim: int, parts: int = 1,
                 **kw: Any) -> EmbeddingLoss:
     """Build loss ``name`` (or a weighted sum, ``triplet+center:0.3``); kwargs that are None

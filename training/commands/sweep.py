@@ -1,11 +1,11 @@
-"""``python -m training.sweep``: every model × loss as nested runs of one parent run.
+"""``python -m training.commands.sweep``: every model × loss as nested runs of one parent run.
 
 The parent logs a comparison table (CSV, Markdown), a models × losses heatmap and two
 baselines computed on the same split (raw pixels and PCA), then registers the best child
 (``zoo-<dataset>@champion``) and the best of each loss (``@<loss>-best``), and exports the
-champion to ONNX, TorchScript and ``.pt2`` with a parity check (``training.export``). A failing
-combination is recorded and the sweep goes on; ``resume=<parent run id>`` runs only what is
-missing or failed.
+champion to ONNX, TorchScript and ``.pt2`` with a parity check (``training.pipeline.export``).
+A failing combination is recorded and the sweep goes on; ``resume=<parent run id>`` runs only
+what is missing or failed.
 """
 from __future__ import annotations
 
@@ -24,18 +24,19 @@ import mlflow
 import torch
 from tqdm.auto import tqdm
 
-from training import baselines, compare
 from training.cli import run_cli
 from training.config import TrainConfig, _f
-from training.export import ExportConfig, export_model
-from training.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
-from training.export_logging import EXPORTED_TAG
-from training.registration import (CHAMPION, DEFAULT_METRIC, RegistrationResult, metric_for,
+from training.engine.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
+from training.pipeline import baselines, compare
+from training.pipeline.export import ExportConfig, export_model
+from training.pipeline.run import (RunResult, check_names, config_splits, dataset_name,
+                                   load_config_data, train)
+from training.pipeline.transfer import InitSource, architecture_conflicts, resolve_init
+from training.tracking.export_artifacts import EXPORTED_TAG
+from training.tracking.probe import log_probe
+from training.tracking.registration import (CHAMPION, DEFAULT_METRIC, RegistrationResult, metric_for,
                                    register_best, runs_of_sweep, selection_note)
-from training.recommend import log_probe
-from training.run import RunResult, check_names, config_splits, dataset_name, load_config_data, train
-from training.tracking import configure_tracking, log_params_once, training_run
-from training.transfer import InitSource, architecture_conflicts, resolve_init
+from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData
 from zoo.losses import LOSSES, needed_outputs
 from zoo.models import CURATED_IMAGE_MODELS, models_for, training_outputs

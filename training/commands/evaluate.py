@@ -1,4 +1,4 @@
-"""``python -m training.evaluate``: evaluate registered models, alone or as an ensemble.
+"""``python -m training.commands.evaluate``: evaluate registered models, alone or as an ensemble.
 
 Every model is run on the test (and open-set) split of the run that trained it, rebuilt from
 that run's parameters, optionally with flip test-time augmentation. Given ``data`` with other
@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from training.cli import run_cli
-from training.config import _f, check_choices, config_from_dict
-from training.distill import SPLIT_FIELDS
-from training.export import source_config, source_splits
-from training.loop import embed, pick_device
-from training.model_source import load_source
-from training.run import SUMMARY_KEYS, dataset_name, load_config_data
-from training.tracking import configure_tracking, log_params_once, training_run
+from training.config import SPLIT_FIELDS, _f, check_choices, config_from_dict
+from training.engine.loop import embed, pick_device
+from training.pipeline.export import source_config, source_splits
+from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_config_data
+from training.tracking.model_source import load_source
+from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Preprocessing, Split
 from zoo.data.lazy import LazyImages
 from zoo.data.preprocessing import normalise

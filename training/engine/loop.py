@@ -21,12 +21,12 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from training.checkpoint import FORMAT as CHECKPOINT_FORMAT, restore_rng, rng_state
 from training.config import TrainConfig
-from training.distributed import World, unused_parameters, wrap
-from training.mixing import MixedBatch, mix_batch
-from training.optim import centralize_gradients, frozen_norm_stats, make_optimizer
-from training.param_groups import backbone_groups, param_groups
+from training.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT, restore_rng, rng_state
+from training.engine.distributed import World, unused_parameters, wrap
+from training.engine.mixing import MixedBatch, mix_batch
+from training.engine.optim import centralize_gradients, frozen_norm_stats, make_optimizer
+from training.engine.param_groups import backbone_groups, param_groups
 from zoo.data import ImageAugment, PKBatchSampler, Split
 from zoo.losses import EmbeddingLoss
 from zoo.metrics import evaluate, higher_is_better

@@ -25,7 +25,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS, MLFLOW_PARENT_RUN_ID
 
-from training.tracking import registry_lock
+from training.tracking.store import registry_lock
 from zoo.metrics import higher_is_better
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
-"""``python -m training.register``: promote the best run of an experiment or sweep.
+"""``python -m training.commands.register``: promote the best run of an experiment or sweep.
 
 Registers the best run by ``--metric`` as a version of ``zoo-<dataset>`` and moves the
 ``champion`` and ``<loss>-best`` aliases when the new version beats them (see
-``training.registration``). Empty values count as absent, so the MLproject entry point can
+``training.tracking.registration``). Empty values count as absent, so the MLproject entry point can
 pass every parameter.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 from training.cli import run_cli
 from training.config import config_from_dict
-from training.registration import (
+from training.tracking.registration import (
     DEFAULT_METRIC, RegistrationResult, register_best, runs_of_experiment, runs_of_sweep,
 )
-from training.tracking import configure_tracking
+from training.tracking.store import configure_tracking
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from mlflow.models.model import ModelInfo
 
-from training.model_logging import model_signature
-from training.model_source import ModelSource
+from training.tracking.model_logging import model_signature
+from training.tracking.model_source import ModelSource
 from zoo.export import Parity
 from zoo.quiet import quiet_loggers
 

@@ -3,7 +3,7 @@
 The module is pickled (not MLflow 3's default ``pt2`` graph) on purpose: GradCAM needs the
 real module structure for its hooks, and ``mlflow.pytorch.load_model`` then returns the same
 ``EmbeddingModel`` with its preprocessing and class names in ``zoo_meta``. Beside it,
-``training.model_flavor`` adds a ``python_function`` flavor that MLflow's own tools call
+``training.tracking.model_flavor`` adds a ``python_function`` flavor that MLflow's own tools call
 (``mlflow.pyfunc.load_model``, ``mlflow models serve``): a TorchScript trace, loaded without
 unpickling code. The ``zoo`` package travels with the model (``code_paths``), so neither
 needs a checkout.
@@ -28,7 +28,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
 import zoo
-from training import model_flavor
+from training.tracking import model_flavor
 from zoo.models import EmbeddingModel
 from zoo.quiet import quiet_loggers
 

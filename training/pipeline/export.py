@@ -1,4 +1,5 @@
-"""``python -m training.export``: a registered model to ONNX, TorchScript and ``.pt2``.
+"""Export a registered model to ONNX, TorchScript and ``.pt2`` (``-e export``, and a sweep's
+champion).
 
 The model named by ``--model_uri`` (default ``models:/zoo-digits@champion``) is exported to
 the three formats; each is loaded back and compared with the eager model on the held-out
@@ -10,15 +11,14 @@ that run; the figures and
 state dict as safetensors and the JSON recipe that rebuilds the module, which is how a
 server loads the eager model GradCAM needs without unpickling anything
 (``zoo.models.rebuild``). Any failed export or parity check exits non-zero
-and leaves the version without ``zoo.exported``.
+and leaves the version without ``zoo.exported``. The command is
+``training.commands.export``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,23 +28,22 @@ import mlflow
 import numpy as np
 import torch
 
-from training import export_logging
-from training.cli import run_cli
 from training.config import TrainConfig, _f, config_from_dict
-from training.model_source import DEFAULT_MODEL_URI, ModelSource, load_source
-from training.run import build_model_and_loss, config_splits, load_config_data
-from training.tracking import configure_tracking, log_params_once, training_run
+from training.pipeline.run import build_model_and_loss, config_splits, load_config_data
+from training.tracking import export_artifacts
+from training.tracking.model_source import DEFAULT_MODEL_URI, ModelSource, load_source
+from training.tracking.store import configure_tracking
 from zoo.data import LoadedData, Splits
 from zoo.export import (
     FORMATS, ExportFailure, ExportedFile, Parity, ParityThresholds, export_format,
     load_exported, measure_parity,
 )
 from zoo.export.formats import eager_runner, example_batch
-from zoo.gallery import Gallery
-from zoo.models import rebuild as rebuilding
 from zoo.export.onnx_format import DEFAULT_OPSET, MIN_OPSET
 from zoo.export.parity import reference_outputs
 from zoo.export.program_format import export_program
+from zoo.gallery import Gallery
+from zoo.models import rebuild as rebuilding
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +116,12 @@ class ExportResult:
                          f"{agree:>12} {f.size_mb:>8.1f} {f.seconds:>9.1f}")
         lines.append(f"  on {self.parities[0].samples if self.parities else 0} test samples")
         if self.ok:
-            lines.append(f"  files: runs:/{self.source.run_id}/{export_logging.ARTIFACT_DIR}/ "
-                         f"(and {export_logging.GALLERY_DIR}/: the training split as the "
+            lines.append(f"  files: runs:/{self.source.run_id}/{export_artifacts.ARTIFACT_DIR}/ "
+                         f"(and {export_artifacts.GALLERY_DIR}/: the training split as the "
                          "identification gallery)")
             if self.weights_saved:
-                lines.append(f"  GradCAM weights: {export_logging.ARTIFACT_DIR}/"
-                             f"{export_logging.WEIGHTS_DIR}/ (safetensors and recipe)")
+                lines.append(f"  GradCAM weights: {export_artifacts.ARTIFACT_DIR}/"
+                             f"{export_artifacts.WEIGHTS_DIR}/ (safetensors and recipe)")
             elif self.weights_error:
                 lines.append(f"  no GradCAM weights, GradCAM unavailable: {self.weights_error}")
             if self.onnx_model_uri:
@@ -195,8 +194,8 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
             parities.append(parity)
             errors += [f"{fmt}: {problem}" for problem in parity.failures(cfg.thresholds)]
         result = ExportResult(source, files, parities, errors)
-        gallery_dir = Path(tmp) / export_logging.GALLERY_DIR
-        weights_dir = Path(tmp) / export_logging.WEIGHTS_DIR
+        gallery_dir = Path(tmp) / export_artifacts.GALLERY_DIR
+        weights_dir = Path(tmp) / export_artifacts.WEIGHTS_DIR
         if result.ok:
             build_gallery(model, splits, run, cfg.batch_size).save(gallery_dir)
             if getattr(model, "modality", None) == "image":
@@ -283,43 +282,24 @@ def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
         "thresholds": dataclasses.asdict(cfg.thresholds), "opset": cfg.opset,
         "parity": [dataclasses.asdict(p) for p in result.parities], "errors": result.errors,
     }
-    with export_logging.reopened_run(result.source.run_id):
-        export_logging.log_parity(result.parities, report)
+    with export_artifacts.reopened_run(result.source.run_id):
+        export_artifacts.log_parity(result.parities, report)
         if result.ok:
-            info = export_logging.log_files({f.format: f.path for f in result.files},
+            info = export_artifacts.log_files({f.format: f.path for f in result.files},
                                             model.zoo_meta, example.numpy().astype(np.float32))
             result.onnx_model_uri = info.model_uri if info else None
-            mlflow.log_artifacts(str(gallery_dir), f"{export_logging.ARTIFACT_DIR}/"
-                                                   f"{export_logging.GALLERY_DIR}")
+            mlflow.log_artifacts(str(gallery_dir), f"{export_artifacts.ARTIFACT_DIR}/"
+                                                   f"{export_artifacts.GALLERY_DIR}")
             if weights_dir is not None and result.weights_saved:
-                export_logging.log_weights(weights_dir)
-    artifacts = f"runs:/{result.source.run_id}/{export_logging.ARTIFACT_DIR}"
+                export_artifacts.log_weights(weights_dir)
+    artifacts = f"runs:/{result.source.run_id}/{export_artifacts.ARTIFACT_DIR}"
     tags = {"zoo.export.formats": ",".join(f.format for f in result.files),
             "zoo.export.artifacts": artifacts,
-            "zoo.export.gallery": f"{artifacts}/{export_logging.GALLERY_DIR}"}
+            "zoo.export.gallery": f"{artifacts}/{export_artifacts.GALLERY_DIR}"}
     if result.onnx_model_uri:
         tags["zoo.onnx_model_uri"] = result.onnx_model_uri
-    export_logging.tag_version(result.source, result.parities, tags,
+    export_artifacts.tag_version(result.source, result.parities, tags,
                                "; ".join(result.errors) or None)
     if mlflow.active_run() is not None:  # the run `mlflow run -e export` made: say what it did
         mlflow.set_tags({"zoo.export.source_run": result.source.run_id, **tags})
-        mlflow.log_metrics(export_logging.parity_metrics(result.parities))
-
-
-def export_entry(cfg: ExportConfig) -> ExportResult:
-    """Under ``mlflow run`` the run it made records the export (FAILED if it fails)."""
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        return export_model(cfg)
-    configure_tracking()
-    with training_run("export", "", {"zoo.export.model_uri": cfg.model_uri}):
-        log_params_once({f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
-        return export_model(cfg)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Any failure is one ``error: ...`` line on stderr and exit 1."""
-    return run_cli(export_entry, ExportConfig, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        mlflow.log_metrics(export_artifacts.parity_metrics(result.parities))

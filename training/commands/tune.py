@@ -1,4 +1,4 @@
-"""``python -m training.tune``: search one loss's hyperparameters with Optuna.
+"""``python -m training.commands.tune``: search one loss's hyperparameters with Optuna.
 
 Every trial is a nested run of one parent run (``zoo.tune``), trained like ``-e train`` with
 the values Optuna's TPE sampler suggests for the loss's margin, scale or temperature, the
@@ -10,7 +10,6 @@ printed and logged on the parent as ``best_<name>`` parameters, with a table of 
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import sys
@@ -25,13 +24,13 @@ import pandas as pd
 
 from training.cli import run_cli
 from training.config import TrainConfig, _f
-from zoo.values import format_value
-from training.run import check_names, dataset_name, load_config_data, train
-from training.tracking import configure_tracking, log_params_once, training_run
-from training.transfer import apply_init
+from training.pipeline.run import check_names, dataset_name, load_config_data, train
+from training.pipeline.transfer import apply_init
+from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData
-from zoo.losses import LOSSES, check_loss
+from zoo.losses import check_loss, loss_parameters
 from zoo.metrics import higher_is_better
+from zoo.values import format_value
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +133,6 @@ class TuneConfig(TrainConfig):
             cells = self.grid * self.grid
             changes["embedding_dim"] = max(cells, changes["embedding_dim"] // cells * cells)
         return self.as_applied(TrainConfig, **changes, checkpoint=False)
-
-
-def loss_parameters(loss: str) -> set[str]:
-    """The keyword parameters the loss (each term of a combined one) takes."""
-    names: set[str] = set()
-    for term, _ in check_loss(loss):
-        names |= set(inspect.signature(LOSSES.get(term).factory).parameters)
-    return names
 
 
 class TrialPruned(optuna.TrialPruned):

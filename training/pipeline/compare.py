@@ -1,7 +1,7 @@
 """A sweep's results side by side: one table (CSV, Markdown, text) and one heatmap.
 
 The table is what a person reads first after a sweep, so it is honest by construction:
-baselines that learn nothing (``training.baselines``) sit among the runs, ranked by the
+baselines that learn nothing (``training.pipeline.baselines``) sit among the runs, ranked by the
 same metric, and failed runs stay visible (last, with their error) instead of vanishing.
 Nothing here talks to MLflow: the sweep turns its runs into ``Row``s and logs the files.
 """

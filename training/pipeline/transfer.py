@@ -18,7 +18,7 @@ import mlflow
 import torch
 
 from training.config import TrainConfig
-from training.model_source import (ModelSource, artifact_location, load_pytorch_model,
+from training.tracking.model_source import (ModelSource, artifact_location, load_pytorch_model,
                                    resolve_model)
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
                         is_timm_backed, timm_name_of)

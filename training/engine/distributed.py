@@ -1,7 +1,7 @@
 """Data-parallel training under torchrun: which process this is, and the few collectives the
 training loop needs.
 
-``torchrun --nproc_per_node=N -m training.train ...`` (or ``-P nproc=N``, which launches
+``torchrun --nproc_per_node=N -m training.commands.train ...`` (or ``-P nproc=N``, which launches
 torchrun itself) starts N copies of the same run. Each builds the same model from the same
 seed, trains on its own share of every epoch's batches inside ``DistributedDataParallel``
 (gloo on CPU, NCCL on GPU), and only rank 0 talks to MLflow: it validates, logs, checkpoints

@@ -1,4 +1,4 @@
-"""``python -m training.distill``: train a student on a registered teacher's outputs.
+"""``python -m training.commands.distill``: train a student on a registered teacher's outputs.
 
 The student's loss is its own (hard-label) loss plus ``kd_weight`` times the KL divergence
 between temperature-softened teacher and student class probabilities (Hinton et al.,
@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.cli import run_cli
-from training.config import TrainConfig, _f
-from training.export import source_config
-from training.loop import AuxiliaryLoss
-from training.model_source import load_source
-from training.run import RunResult, train
-from training.tracking import configure_tracking
+from training.config import SPLIT_FIELDS, TrainConfig, _f
+from training.engine.loop import AuxiliaryLoss
+from training.pipeline.export import source_config
+from training.pipeline.run import RunResult, train
+from training.tracking.model_source import load_source
+from training.tracking.store import configure_tracking
 from zoo.data import Splits
 from zoo.losses import EmbeddingLoss
 from zoo.models import EmbeddingModel
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 #: Fields that default to the teacher's run (None: the teacher's value).
 FROM_TEACHER = ("data", "image_size", "channels", "seed", "val_fraction", "test_fraction",
                 "open_set", "label_column")
-#: Of those, the ones that decide which samples are test samples.
-SPLIT_FIELDS = ("data", "seed", "val_fraction", "test_fraction", "open_set", "label_column")
 
 
 @dataclass

@@ -15,15 +15,15 @@ import torch
 from mlflow.exceptions import MlflowException
 from torch import nn
 
-from training import plots
-from training.checkpoint import RunCheckpoints
 from training.config import TrainConfig, channel_values
-from training.distributed import World, checksum, current_world, process_group
-from training.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
+from training.engine.checkpoint import RunCheckpoints
+from training.engine.distributed import World, checksum, current_world, process_group
+from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
                            pick_device)
-from training.model_logging import log_trained_model
-from training.tracking import configure_tracking, log_params_once, training_run
-from training.transfer import INIT_TAG, InitSource, Start, apply_init, resolve_start
+from training.pipeline.transfer import INIT_TAG, InitSource, Start, apply_init, resolve_start
+from training.tracking import plots
+from training.tracking.model_logging import log_trained_model
+from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Splits, load_data, split_data
 from zoo.data.preprocessing import DEFAULT_INTERPOLATION
 from zoo.losses import EmbeddingLoss, check_loss, create_loss
@@ -136,9 +136,9 @@ def check_world(cfg: TrainConfig, world: World, *, parent_run_id: str | None,
                          "sweep trains `workers` combinations at once instead")
     if cfg.nproc > 1 and not world.distributed:
         raise ValueError(f"nproc={cfg.nproc} trains with {cfg.nproc} processes, started by "
-                         f"torchrun: use `python -m training.train --nproc {cfg.nproc} ...`, "
+                         f"torchrun: use `python -m training.commands.train --nproc {cfg.nproc} ...`, "
                          f"`mlflow run . -e train -P nproc={cfg.nproc}` or `torchrun "
-                         f"--nproc_per_node={cfg.nproc} -m training.train ...` (a sweep or "
+                         f"--nproc_per_node={cfg.nproc} -m training.commands.train ...` (a sweep or "
                          "distillation runs in one process each)")
     if world.distributed:
         cfg.nproc = world.size  # what torchrun started, whatever the parameter said

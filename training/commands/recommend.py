@@ -1,4 +1,4 @@
-"""``python -m training.recommend``: which model × loss to try first on a new data set.
+"""``python -m training.commands.recommend``: which model × loss to try first on a new data set.
 
 Every sweep logs the probe embeddings of a sample of its data (``zoo.probe``; the probe is a
 fixed function of the inputs, nothing trained). This embeds a sample of the new data with the
@@ -11,47 +11,22 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 
 from training.cli import run_cli
 from training.config import _f, config_from_dict
-from training.run import dataset_name
-from training.tracking import configure_tracking
+from training.pipeline.run import dataset_name
+from training.tracking.probe import PROBE_ARTIFACT, PROBE_TAG, probe_sample
+from training.tracking.store import configure_tracking
 from zoo.data import LoadedData, load_data
-from zoo.probe import PROBE_VERSION, dissimilarity, probe
+from zoo.probe import PROBE_VERSION, dissimilarity
 
 log = logging.getLogger(__name__)
-
-PROBE_TAG = "zoo.probe"
-PROBE_ARTIFACT = "probe/probe.npz"
-PROBE_SAMPLES = 512
-
-
-def probe_sample(data: LoadedData, samples: int = PROBE_SAMPLES, seed: int = 0) -> np.ndarray:
-    """The probe embeddings of up to ``samples`` inputs of ``data`` (a seeded draw)."""
-    n = len(data)
-    pick = np.sort(np.random.default_rng(seed).choice(n, min(n, samples), replace=False))
-    x = data.x[torch.from_numpy(pick)]
-    return probe(x, data.kind)
-
-
-def log_probe(data: LoadedData) -> None:
-    """Log the data's probe embeddings to the active run (a sweep's parent)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / Path(PROBE_ARTIFACT).name
-        np.savez(path, embeddings=probe_sample(data), kind=data.kind,
-                 num_classes=data.num_classes, name=data.name)
-        mlflow.log_artifact(str(path), str(Path(PROBE_ARTIFACT).parent))
-    mlflow.set_tag(PROBE_TAG, PROBE_VERSION)
-
 
 @dataclass
 class RecommendConfig:

@@ -1,7 +1,7 @@
-"""``python -m training.train``: train one model × loss combination (the MLproject ``train``).
+"""``python -m training.commands.train``: train one model × loss combination (the MLproject ``train``).
 
 With ``--nproc N`` (N > 1) it starts itself N times under torchrun, data-parallel; started by
-torchrun directly (``torchrun --nproc_per_node=N -m training.train ...``) it is one of them.
+torchrun directly (``torchrun --nproc_per_node=N -m training.commands.train ...``) it is one of them.
 """
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ def requested_nproc(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.distributed import current_world, launch, under_torchrun
+    from training.engine.distributed import current_world, launch, under_torchrun
 
     argv = list(sys.argv[1:] if argv is None else argv)
     nproc = requested_nproc(argv)
     if nproc > 1 and not under_torchrun():
-        return launch(nproc, "training.train", argv)
+        return launch(nproc, "training.commands.train", argv)
     if not current_world().is_main:
         os.environ.setdefault("ZOO_LOG_LEVEL", "WARNING")  # rank 0 speaks for the run
-    from training.run import train
+    from training.pipeline.run import train
 
     return run_cli(train, TrainConfig, argv)
 
