@@ -82,6 +82,7 @@ def test_mlflow_run_distill_entry_point(teacher, module_tracking_uri: str, tmp_p
     proc = subprocess.run(
         [str(bin_dir / "mlflow"), "run", str(REPO), "-e", "distill", "--env-manager", "local",
          "--experiment-name", "distill", "-P", f"teacher={TEACHER}", "-P", "model=residual_mlp",
+         "-P", "data=auto",
          "-P", "epochs=1", "-P", "embedding_dim=32"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )

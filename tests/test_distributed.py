@@ -59,7 +59,7 @@ def test_learning_rate_grows_with_the_world_as_configured() -> None:
 
 
 def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
-    with pytest.raises(ValueError, match=r"python -m training\.train --nproc 2"):
+    with pytest.raises(ValueError, match=r"python -m training\.commands\.train --nproc 2"):
         train(TrainConfig(nproc=2, epochs=1))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
     # entry points whose runs train in one process each refuse it as they are configured

@@ -224,7 +224,8 @@ def test_a_per_loss_entry_point_starts_from_init_and_exports(source: dict, tmp_p
     proc = subprocess.run(
         [str(bin_dir / "mlflow"), "run", str(REPO), "-e", "softmax", "--env-manager", "local",
          "--experiment-name", "entry-init", "-P", f"init={source['uri']}", "-P",
-         f"data={source['second']}", "-P", "epochs=2", "-P", "plots=false"],
+         f"data={source['second']}", "-P", "epochs=2", "-P", "plots=false",
+         "-P", "embedding_dim=128"],  # the default, logged by mlflow run as given
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [run] = mlflow.search_runs(experiment_names=["entry-init"], output_format="list")
