@@ -156,8 +156,8 @@ def test_export_config_checks() -> None:
 @pytest.fixture
 def champion(tracking_uri: str) -> str:
     """A real (tiny) training run on emitters, registered as zoo-emitters@champion."""
-    cfg = TrainConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
-                      batch_size=64, embedding_dim=16, experiment="zoo-emitters")
+    cfg = TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                         batch_size=64, embedding_dim=16, experiment="zoo-emitters")
     train(cfg)
     register_best(runs_of_experiment("zoo-emitters"), "test_precision_at_1")
     return "models:/zoo-emitters@champion"
@@ -245,7 +245,8 @@ def test_mlflow_run_export_entry_point(champion: str, tracking_uri: str, tmp_pat
         "zoo.export.formats"] == "onnx"
 
     miss = subprocess.run(
-        [sys.executable, "-m", "training.commands.export", "--model_uri", "models:/zoo-emitters@nope"],
+        [sys.executable, "-m", "training.commands.export", "--model_uri",
+         "models:/zoo-emitters@nope"],
         cwd=tmp_path, env=_env(tracking_uri), capture_output=True, text=True, timeout=300)
     assert miss.returncode == 1
     assert "registered model 'zoo-emitters' has no alias @nope" in miss.stderr
@@ -265,10 +266,10 @@ def parts_champion(tracking_uri: str, tmp_path: Path) -> str:
         for i in range(12):
             pixels = rng.integers(0, 60, (32, 32)) + 150 * (np.arange(32) // 11 == c)[None, :]
             Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "shapes" / f"c{c}/{i}.png")
-    cfg = TrainConfig(model="resnet18", stage=2, grid=2, parts=True, channels=1,
-                      loss="arcface", data=str(tmp_path / "shapes"), image_size=32, epochs=1,
-                      batch_size=16, embedding_dim=16, experiment="zoo-shapes", plots=False,
-                      val_fraction=0.2, test_fraction=0.25, monitor="none")
+    cfg = TrainConfig.of(model="resnet18", stage=2, grid=2, parts=True, channels=1,
+                         loss="arcface", data=str(tmp_path / "shapes"), image_size=32, epochs=1,
+                         batch_size=16, embedding_dim=16, experiment="zoo-shapes", plots=False,
+                         val_fraction=0.2, test_fraction=0.25, monitor="none")
     train(cfg)
     register_best(runs_of_experiment("zoo-shapes"), "test_precision_at_1")
     (model,) = mlflow.MlflowClient().search_registered_models()

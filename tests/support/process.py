@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
