@@ -163,6 +163,31 @@ def champion(tracking_uri: str) -> str:
     return "models:/zoo-emitters@champion"
 
 
+def test_the_model_carries_its_recipe(champion: str) -> None:
+    """Export, evaluate and distill rebuild a model's inputs and split from what the model
+    records, read from its MLmodel metadata without loading weights; the run's parameters
+    are only the fallback for models logged before they carried a recipe."""
+    from types import SimpleNamespace
+
+    from training.tracking.model_source import model_meta, resolve_model, training_config
+
+    source = resolve_model(champion)
+    run = mlflow.MlflowClient().get_run(source.run_id)
+    recipe = model_meta(source)["recipe"]
+    assert (recipe["data"], recipe["model"], recipe["embedding_dim"]) == ("emitters",
+                                                                          "residual_mlp", 16)
+    assert (recipe["seed"], recipe["val_fraction"], recipe["test_fraction"],
+            recipe["open_set"]) == (0, 0.15, 0.2, 0.0)
+    expected = TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                              batch_size=64, embedding_dim=16, experiment="zoo-emitters")
+    assert recipe == expected.params()
+    no_run = SimpleNamespace(data=SimpleNamespace(params={}, tags={}))
+    assert training_config(source, no_run) == expected  # the run is not needed
+    legacy = SimpleNamespace(zoo_meta={})  # logged before models carried a recipe
+    assert training_config(source, run, legacy) == TrainConfig.from_run(run.data.params,
+                                                                        run.data.tags)
+
+
 def eager_classes(uri: str) -> list[str]:
     return mlflow.pytorch.load_model(uri).zoo_meta["preprocessing"]["class_names"]
 

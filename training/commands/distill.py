@@ -154,7 +154,7 @@ def load_teacher(uri: str) -> tuple[EmbeddingModel, TrainConfig, dict[str, str]]
         tags["zoo.teacher_version"] = str(source.version.version)
         tags["zoo.teacher_registered_model"] = source.version.name
     log.info("teacher: %s", source.describe())
-    return teacher, source_config(run), tags
+    return teacher, source_config(source, run, teacher), tags
 
 
 def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig, student: TrainConfig):

@@ -85,7 +85,7 @@ class Member:
 
 def load_member(uri: str, data: str) -> Member:
     source, run, model = load_source(uri)
-    cfg = source_config(run)
+    cfg = source_config(source, run, model)
     version = f"v{source.version.version}" if source.version is not None else source.run_id
     tags = {"experiment_id": run.info.experiment_id, "version": version,
             "dataset": dataset_name(cfg.data.source)}

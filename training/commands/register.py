@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 from training.cli import run_cli
 from training.config import FlatParams

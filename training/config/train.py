@@ -119,13 +119,22 @@ class TrainConfig(FlatParams):
         return self.data.seed if self.runtime.init_seed is None else self.runtime.init_seed
 
     @classmethod
-    def from_run(cls, params: dict[str, str], tags: dict[str, str]) -> "TrainConfig":
-        """The config a run was trained with, from its parameters (other keys ignored) and
-        its ``zoo.resolved.<param>`` tags (what ``auto`` or a preset made of a parameter
-        that ``mlflow run`` had logged)."""
+    def from_recipe(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Exactly the config whose ``params()`` these are (a model's recorded recipe, or a
+        run's parameters): the preset is named, not applied again; unknown names (a
+        parameter since removed) are ignored."""
         known = {p.name for p in params_of(cls)}
-        values = {k: v for k, v in params.items() if k in known}
-        values.update({k[len(RESOLVED_PREFIX):]: v for k, v in tags.items()
-                       if k.startswith(RESOLVED_PREFIX) and k[len(RESOLVED_PREFIX):] in known})
+        values = {k: v for k, v in values.items() if k in known}
         return cls.from_dict({**values, "preset": "none"}).replace(
             preset=values.get("preset", "none"))
+
+    @classmethod
+    def from_run(cls, params: dict[str, str], tags: dict[str, str]) -> "TrainConfig":
+        """The config a run was trained with, from its parameters and its
+        ``zoo.resolved.<param>`` tags (what ``auto`` or a preset made of a parameter that
+        ``mlflow run`` had logged). For resuming a run, and for models logged before they
+        carried their recipe."""
+        values = dict(params)
+        values.update({k[len(RESOLVED_PREFIX):]: v for k, v in tags.items()
+                       if k.startswith(RESOLVED_PREFIX)})
+        return cls.from_recipe(values)

@@ -31,7 +31,8 @@ import torch
 from training.config import FlatParams, TrainConfig, option
 from training.pipeline.run import build_model_and_loss, config_splits, load_config_data
 from training.tracking import export_artifacts
-from training.tracking.model_source import DEFAULT_MODEL_URI, ModelSource, load_source
+from training.tracking.model_source import (DEFAULT_MODEL_URI, ModelSource, load_source,
+                                             training_config)
 from training.tracking.store import configure_tracking
 from zoo.data import LoadedData, Splits
 from zoo.export import (
@@ -131,9 +132,10 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def source_config(run: mlflow.entities.Run, data: str = "") -> TrainConfig:
-    """The training config of ``run``, from its parameters (``data`` overrides its data)."""
-    cfg = TrainConfig.from_run(run.data.params, run.data.tags)
+def source_config(source: ModelSource, run: mlflow.entities.Run, model: Any = None,
+                  data: str = "") -> TrainConfig:
+    """The training config the model carries (``data`` overrides its data)."""
+    cfg = training_config(source, run, model)
     return cfg.replace(data=data) if data else cfg
 
 
@@ -171,7 +173,7 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
     configure_tracking()
     source, run, model = load_source(cfg.model_uri)
     log.info("exporting %s", source.describe())
-    train_cfg = source_config(run, cfg.data)
+    train_cfg = source_config(source, run, model, cfg.data)
     splits = source_splits(train_cfg, model, data)
     split = splits.test
     example = example_batch(split.x[torch.arange(min(2, len(split)))])

@@ -23,6 +23,7 @@ from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_
 from training.pipeline.transfer import INIT_TAG, InitSource, Start, apply_init, resolve_start
 from training.tracking import plots
 from training.tracking.model_logging import log_trained_model
+from training.tracking.model_source import RECIPE_KEY
 from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Splits, load_data, split_data
 from zoo.data.preprocessing import DEFAULT_INTERPOLATION
@@ -358,6 +359,7 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
             "preprocessing": splits.preprocessing.to_dict(), "loss": cfg.loss.name,
             "dataset": name, "run_id": run.info.run_id,
             "open_class_names": splits.open_class_names,
+            RECIPE_KEY: cfg.params(),  # what export, evaluate and distill rebuild it from
         }
         info = log_trained_model(model, splits.test.x[torch.arange(min(2, len(splits.test)))],
                                  meta, metrics)

@@ -18,7 +18,7 @@ import torch
 
 from training.config import TrainConfig, params_of
 from training.tracking.model_source import (ModelSource, artifact_location, load_pytorch_model,
-                                   resolve_model)
+                                             resolve_model, training_config)
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
                         is_timm_backed, timm_name_of)
 from zoo.models.pretrained import PretrainedWeights, resolve_weights
@@ -51,7 +51,7 @@ def resolve_init(uri: str) -> InitSource:
     """The model ``uri`` names and the config of the run that trained it (no weights yet)."""
     source = resolve_model(uri)
     run = mlflow.MlflowClient().get_run(source.run_id)
-    return InitSource(uri, source, TrainConfig.from_run(run.data.params, run.data.tags))
+    return InitSource(uri, source, training_config(source, run))
 
 
 def architecture_conflicts(cfg: TrainConfig, init: InitSource) -> list[str]:
