@@ -71,7 +71,7 @@ def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
                      (TuneConfig, "tune trains one trial at a time"),
                      (DistillConfig, "a student trains in one process")):
         with pytest.raises(ValueError, match=f"nproc=2 is for single runs .-e train.; {why}"):
-            cls(nproc=2)
+            cls.of(nproc=2)
 
 
 ARGS = dict(model="mobilenetv3_small_100", loss="arcface", image_size=16, embedding_dim=32,
