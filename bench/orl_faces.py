@@ -75,9 +75,9 @@ def run_row(row: Row, seeds: str, experiment: str, workers: int) -> dict[str, di
     params = {**COMMON, **row.params}
     params.pop("loss", None)
     model = params.pop("model")
-    cfg = SweepConfig(data=str(ORL), open_set=0.5, seeds=seeds, models=model, losses=row.losses,
-                      experiment=experiment, workers=workers, register=False,
-                      metric="open_map_at_r", **params)
+    cfg = SweepConfig.of(data=str(ORL), open_set=0.5, seeds=seeds, models=model, losses=row.losses,
+                         experiment=experiment, workers=workers, register=False,
+                         metric="open_map_at_r", **params)
     outcomes = run_sweep(cfg)
     by_loss: dict[str, dict[str, list[float]]] = {}
     for outcome in outcomes:
@@ -144,8 +144,8 @@ def ensemble_row(seeds: str, experiment: str, members: int) -> dict[str, list[fl
 
     values: dict[str, list[float]] = {k: [] for k in (*METRICS, "train_time_s")}
     for seed in (int(s) for s in seeds.split(",")):
-        results = [train(TrainConfig(data=str(ORL), open_set=0.5, seed=seed, init_seed=100 + i,
-                                     experiment=experiment, **RECIPE))
+        results = [train(TrainConfig.of(data=str(ORL), open_set=0.5, seed=seed, init_seed=100 + i,
+                                        experiment=experiment, **RECIPE))
                    for i in range(members)]
         metrics = evaluate_models(EvaluateConfig(
             model_uri=",".join(r.model_uri for r in results), tta=RECIPE["tta"],
@@ -164,8 +164,8 @@ def baseline_lines(seeds: str) -> list[str]:
 
     values: dict[str, dict[str, list[float]]] = {}
     for seed in (int(s) for s in seeds.split(",")):
-        cfg = TrainConfig(data=str(ORL), open_set=0.5, seed=seed,
-                          **{k: COMMON[k] for k in ("channels", "image_size", "val_fraction")})
+        cfg = TrainConfig.of(data=str(ORL), open_set=0.5, seed=seed,
+                             **{k: COMMON[k] for k in ("channels", "image_size", "val_fraction")})
         splits = config_splits(cfg, load_config_data(cfg))
         for name in ("pixels", "pca"):
             metrics = baseline_metrics(splits, name)

@@ -69,8 +69,8 @@ def prepare(image_size: int, root: Path) -> dict[str, str]:
     os.chdir(store)
     try:
         experiment = "zoo-digits"
-        train(TrainConfig(model="resnet18", loss="softmax", data="digits", epochs=1,
-                          image_size=image_size, batch_size=64, experiment=experiment))
+        train(TrainConfig.of(model="resnet18", loss="softmax", data="digits", epochs=1,
+                             image_size=image_size, batch_size=64, experiment=experiment))
         register_best(runs_of_experiment(experiment), "test_precision_at_1")
         with contextlib.redirect_stdout(sys.stderr):  # the export's report is not the result
             export_model(ExportConfig(model_uri="models:/zoo-digits@champion", formats="onnx"))
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             if size == 32:
                 breakdown = cpu_breakdown(env["onnx"], pngs)
     sep = "|" if args.markdown else " "
-    header = ["px", "server", "raw ORT img/s (b32)", "clients", "req/s", "p50 ms", "p99 ms", "errors",
-              "server/raw"]
+    header = ["px", "server", "raw ORT img/s (b32)", "clients", "req/s", "p50 ms", "p99 ms",
+              "errors", "server/raw"]
     lines = [sep.join(header)]
     if args.markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -64,8 +64,8 @@ def main() -> int:
 
         first = people(ORL, range(1, 21), folder / "people-1-20")
         second = people(ORL, range(21, 41), folder / "people-21-40")
-        source = train(TrainConfig(preset="faces-small", data=str(first), open_set=0.0,
-                                   experiment="transfer-first"))
+        source = train(TrainConfig.of(preset="faces-small", data=str(first), open_set=0.0,
+                                      experiment="transfer-first"))
         version = mlflow.register_model(source.model_uri, NAME)
         mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version.version)
         uri = f"models:/{NAME}@champion"
@@ -78,11 +78,11 @@ def main() -> int:
             common = dict(preset="faces-small", data=str(second), open_set=0.5, seed=seed,
                           experiment="transfer-second")
             for row, extra in (("scratch", {}), ("init", {"init": uri})):
-                result = train(TrainConfig(**common, **extra))
+                result = train(TrainConfig.of(**common, **extra))
                 for key in METRICS:
                     rows[row][key].append(result.metrics[key])
             # (c) the same 10 unseen people, as a folder of their own
-            cfg = TrainConfig(**common)
+            cfg = TrainConfig.of(**common)
             unseen = config_splits(cfg, load_config_data(cfg)).open_class_names
             only = people(ORL, [int(re.sub(r"\D", "", p)) for p in unseen],
                           folder / f"unseen-seed{seed}")

@@ -52,9 +52,9 @@ def test_elbo_and_sparse_recon_follow_their_definitions() -> None:
 
 
 def test_vae_trains_without_labels_and_logs_its_reconstruction_error(tracking_uri: str) -> None:
-    result = train(TrainConfig(model="vae", loss="elbo", data="emitters", epochs=4,
-                               embedding_dim=16, batch_size=64, open_set=0.3, log_model=False,
-                               experiment="ae"))
+    result = train(TrainConfig.of(model="vae", loss="elbo", data="emitters", epochs=4,
+                                  embedding_dim=16, batch_size=64, open_set=0.3, log_model=False,
+                                  experiment="ae"))
     client = mlflow.MlflowClient()
     errors = [m.value for m in sorted(client.get_metric_history(result.run_id,
                                                                 "train_loss_reconstruction"),
@@ -69,19 +69,19 @@ def test_reconstruction_losses_need_an_autoencoder(tracking_uri: str) -> None:
     with pytest.raises(ValueError, match="loss 'elbo' reads the model's logvar, mu, "
                                          "reconstruction, target, which 'residual_mlp' does "
                                          "not give"):
-        train(TrainConfig(model="residual_mlp", loss="elbo", data="emitters", epochs=1,
-                          log_model=False, experiment="ae-bad"))
+        train(TrainConfig.of(model="residual_mlp", loss="elbo", data="emitters", epochs=1,
+                             log_model=False, experiment="ae-bad"))
 
 
 def test_tabular_sweeps_compare_supervised_and_unsupervised_embeddings() -> None:
-    grid = SweepConfig(data="emitters").combinations("tabular")
+    grid = SweepConfig.of(data="emitters").combinations("tabular")
     assert ("vae", "elbo") in grid and ("sae", "sparse_recon") in grid
     assert ("vae", "sparse_recon") in grid and ("sae", "elbo") not in grid
     assert ("residual_mlp", "elbo") not in grid and ("residual_mlp", "arcface") in grid
     assert ("vae", "arcface") not in grid  # by default autoencoders train unsupervised
-    asked = SweepConfig(models="vae,residual_mlp", losses="arcface,elbo").combinations("tabular")
+    asked = SweepConfig.of(models="vae,residual_mlp", losses="arcface,elbo").combinations("tabular")
     assert asked == [("vae", "arcface"), ("vae", "elbo"), ("residual_mlp", "arcface")]
     assert not any(loss in ("elbo", "sparse_recon") for _, loss in
                    SweepConfig().combinations("image"))
     with pytest.raises(ValueError, match="elbo needs vae, sparse_recon vae or sae"):
-        SweepConfig(models="resnet18", losses="elbo").combinations("image")
+        SweepConfig.of(models="resnet18", losses="elbo").combinations("image")

@@ -39,8 +39,8 @@ def _env(tracking_uri: str) -> dict[str, str]:
 
 
 def _train(tracking_uri: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "training.commands.train", *ARGS, *args], cwd=REPO,
-                            env=_env(tracking_uri), stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "training.commands.train", *ARGS, *args],
+                            cwd=REPO, env=_env(tracking_uri), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -88,7 +88,8 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_same_result(
     client = mlflow.MlflowClient()
     assert client.get_run(run_id).info.status == "RUNNING"
 
-    resumed = subprocess.run([sys.executable, "-m", "training.commands.train", "--resume_run", run_id],
+    resumed = subprocess.run([sys.executable, "-m", "training.commands.train",
+                              "--resume_run", run_id],
                              cwd=REPO, env=_env(module_tracking_uri), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -242,9 +243,9 @@ def test_a_real_checkpoint_round_trips_weights_only(tracking_uri: str, tmp_path:
         logged(self, state)
 
     monkeypatch.setattr(RunCheckpoints, "save", keep)
-    train(TrainConfig(model="residual_mlp", data="emitters", epochs=2, embedding_dim=8,
-                      ema_decay=0.9, lookahead=True, mix="mixup", experiment="plain",
-                      plots=False, log_model=False))
+    train(TrainConfig.of(model="residual_mlp", data="emitters", epochs=2, embedding_dim=8,
+                         ema_decay=0.9, lookahead=True, mix="mixup", experiment="plain",
+                         plots=False, log_model=False))
     assert [s["epoch"] for s in states] == [1, 2]
     state = states[-1]
     path = save_atomic(state, tmp_path / slot_name(2))
@@ -268,8 +269,8 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     from training.pipeline.run import train
     from zoo.gallery import META_FILE, VECTORS_FILE, Gallery
 
-    result = train(TrainConfig(model="residual_mlp", data="emitters", epochs=1,
-                               embedding_dim=8, experiment="damaged", plots=False))
+    result = train(TrainConfig.of(model="residual_mlp", data="emitters", epochs=1,
+                                  embedding_dim=8, experiment="damaged", plots=False))
     model_id = result.model_uri.split("/")[-1]
     folder = Path(mlflow.MlflowClient().get_logged_model(model_id).artifact_location
                   .removeprefix("file://"))

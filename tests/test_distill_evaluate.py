@@ -23,16 +23,16 @@ TEACHER = "models:/zoo-emitters@champion"
 def teacher(module_tracking_uri: str):
     """A registered tabular teacher (residual MLP, ArcFace, 64-d, open-set split), shared by
     the module's tests in one store."""
-    result = train(TrainConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=2,
-                               embedding_dim=64, open_set=0.3, seed=1))
+    result = train(TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=2,
+                                  embedding_dim=64, open_set=0.3, seed=1))
     version = mlflow.register_model(result.model_uri, "zoo-emitters")
     mlflow.MlflowClient().set_registered_model_alias("zoo-emitters", "champion", version.version)
     return result
 
 
 def test_student_learns_from_the_teacher_and_records_it(teacher) -> None:
-    student = distill(DistillConfig(model="residual_mlp", teacher=TEACHER, epochs=3,
-                                    embedding_dim=32, kd_weight=1.0, embedding_weight=2.0))
+    student = distill(DistillConfig.of(model="residual_mlp", teacher=TEACHER, epochs=3,
+                                       embedding_dim=32, kd_weight=1.0, embedding_weight=2.0))
     client = mlflow.MlflowClient()
     run = client.get_run(student.run_id)
     tags, params = run.data.tags, run.data.params
@@ -52,8 +52,9 @@ def test_student_learns_from_the_teacher_and_records_it(teacher) -> None:
 def test_distiller_projects_and_matches_the_teachers_preprocessing(teacher) -> None:
     model = mlflow.pytorch.load_model(teacher.model_uri)
     pre = model.zoo_meta["preprocessing"]
-    student_pre = {**pre, "mean": [m + 1.0 for m in pre["mean"]], "std": [s * 2 for s in pre["std"]]}
-    cfg = DistillConfig(embedding_dim=16, kd_weight=0.0)
+    student_pre = {**pre, "mean": [m + 1.0 for m in pre["mean"]],
+                   "std": [s * 2 for s in pre["std"]]}
+    cfg = DistillConfig.of(embedding_dim=16, kd_weight=0.0)
     from zoo.losses import create_loss
 
     distiller = Distiller(model, create_loss("arcface", 10, 16), 16, cfg, student_pre, pre)
@@ -67,11 +68,11 @@ def test_distiller_projects_and_matches_the_teachers_preprocessing(teacher) -> N
 
 def test_distill_refuses_a_teacher_of_other_classes(teacher) -> None:
     with pytest.raises(ValueError, match="teacher was trained on classes"):
-        distill(DistillConfig(model="residual_mlp", teacher=TEACHER, open_set=0.5, epochs=1))
+        distill(DistillConfig.of(model="residual_mlp", teacher=TEACHER, open_set=0.5, epochs=1))
     with pytest.raises(ValueError, match="takes tabular data but 'digits' is image data"):
-        distill(DistillConfig(model="residual_mlp", teacher=TEACHER, data="digits", epochs=1))
+        distill(DistillConfig.of(model="residual_mlp", teacher=TEACHER, data="digits", epochs=1))
     with pytest.raises(LookupError, match="@nope"):
-        distill(DistillConfig(teacher="models:/zoo-emitters@nope"))
+        distill(DistillConfig.of(teacher="models:/zoo-emitters@nope"))
 
 
 @pytest.mark.slow
@@ -99,8 +100,8 @@ def test_evaluate_reproduces_a_run_and_scores_an_ensemble(teacher) -> None:
     alone = evaluate_models(EvaluateConfig(model_uri=TEACHER))
     for key in ("test_precision_at_1", "test_map_at_r", "test_accuracy", "open_map_at_r"):
         assert alone[key] == pytest.approx(teacher.metrics[key], abs=1e-6), key
-    other = train(TrainConfig(model="residual_mlp", loss="softmax", data="emitters", epochs=2,
-                              embedding_dim=32, open_set=0.3, seed=1, experiment="other"))
+    other = train(TrainConfig.of(model="residual_mlp", loss="softmax", data="emitters", epochs=2,
+                                 embedding_dim=32, open_set=0.3, seed=1, experiment="other"))
     both = evaluate_models(EvaluateConfig(model_uri=f"{TEACHER},{other.model_uri}"))
     runs = mlflow.search_runs(experiment_names=["zoo-emitters"], output_format="list",
                               filter_string="tags.`zoo.evaluation` = 'ensemble'")
@@ -114,8 +115,8 @@ def test_evaluate_reproduces_a_run_and_scores_an_ensemble(teacher) -> None:
 
 
 def test_ensemble_needs_one_split(teacher) -> None:
-    other = train(TrainConfig(model="residual_mlp", loss="softmax", data="emitters", epochs=1,
-                              embedding_dim=32, open_set=0.3, seed=2, experiment="other",
-                              log_model=True))
+    other = train(TrainConfig.of(model="residual_mlp", loss="softmax", data="emitters", epochs=1,
+                                 embedding_dim=32, open_set=0.3, seed=2, experiment="other",
+                                 log_model=True))
     with pytest.raises(ValueError, match="seed=1.*seed=2"):
         evaluate_models(EvaluateConfig(model_uri=f"{TEACHER},{other.model_uri}"))

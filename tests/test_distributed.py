@@ -36,7 +36,7 @@ def test_pair_loss_processes_take_alternate_class_balanced_batches() -> None:
 
 def test_shuffled_batches_are_disjoint_shares_of_one_epoch() -> None:
     split = Split(x=torch.randn(len(LABELS), 4), y=LABELS)
-    cfg = TrainConfig(batch_size=16)
+    cfg = TrainConfig.of(batch_size=16)
     loss = create_loss("softmax", 10, 8)
     worlds = [World(rank=r, size=2) for r in (0, 1)]
     shares = [torch.cat(list(batches(split, cfg, loss, epoch=2, world=w))) for w in worlds]
@@ -55,12 +55,12 @@ def test_learning_rate_grows_with_the_world_as_configured() -> None:
     with pytest.raises(ValueError, match="lr_scaling='cubic'"):
         world.lr_factor("cubic")
     with pytest.raises(ValueError, match="lr_scaling='cubic' is not one of linear, sqrt"):
-        TrainConfig(lr_scaling="cubic")
+        TrainConfig.of(lr_scaling="cubic")
 
 
 def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
     with pytest.raises(ValueError, match=r"python -m training\.commands\.train --nproc 2"):
-        train(TrainConfig(nproc=2, epochs=1))
+        train(TrainConfig.of(nproc=2, epochs=1))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
     # entry points whose runs train in one process each refuse it as they are configured
     from training.commands.distill import DistillConfig
@@ -71,7 +71,7 @@ def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
                      (TuneConfig, "tune trains one trial at a time"),
                      (DistillConfig, "a student trains in one process")):
         with pytest.raises(ValueError, match=f"nproc=2 is for single runs .-e train.; {why}"):
-            cls(nproc=2)
+            cls.of(nproc=2)
 
 
 ARGS = dict(model="mobilenetv3_small_100", loss="arcface", image_size=16, embedding_dim=32,
@@ -80,7 +80,7 @@ ARGS = dict(model="mobilenetv3_small_100", loss="arcface", image_size=16, embedd
 
 @pytest.mark.slow
 def test_two_processes_log_one_run_like_one_process(tracking_uri: str) -> None:
-    single = train(TrainConfig(**ARGS, experiment="single"))
+    single = train(TrainConfig.of(**ARGS, experiment="single"))
     flags = [a for k, v in ARGS.items() for a in (f"--{k}", str(v).lower())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core each (the tests ask torch for 2)
     proc = subprocess.run([sys.executable, "-m", "training.commands.train", *flags, "--nproc", "2",

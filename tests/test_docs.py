@@ -5,7 +5,6 @@ parameters its config has. (The client blocks of docs/serving.md run against a l
 in test_serving.py; the commands themselves run end to end in the other tests.)"""
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from training.config import params_of
 from training.mlproject import entries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +147,6 @@ def test_every_shown_command_names_an_entry_point_and_its_parameters() -> None:
                 f"{page}: `{command}`: no command {module}"
             config = by_module.get(module) or by_name["train"].config
             given = [w[2:].split("=", 1)[0] for w in words if w.startswith("--")]
-        fields = {f.name for f in dataclasses.fields(config)}
+        fields = {p.name for p in params_of(config)}
         unknown = sorted(set(given) - fields)
         assert not unknown, f"{page}: `{command}`: {config.__name__} has no {unknown}"

@@ -156,11 +156,36 @@ def test_export_config_checks() -> None:
 @pytest.fixture
 def champion(tracking_uri: str) -> str:
     """A real (tiny) training run on emitters, registered as zoo-emitters@champion."""
-    cfg = TrainConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
-                      batch_size=64, embedding_dim=16, experiment="zoo-emitters")
+    cfg = TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                         batch_size=64, embedding_dim=16, experiment="zoo-emitters")
     train(cfg)
     register_best(runs_of_experiment("zoo-emitters"), "test_precision_at_1")
     return "models:/zoo-emitters@champion"
+
+
+def test_the_model_carries_its_recipe(champion: str) -> None:
+    """Export, evaluate and distill rebuild a model's inputs and split from what the model
+    records, read from its MLmodel metadata without loading weights; the run's parameters
+    are only the fallback for models logged before they carried a recipe."""
+    from types import SimpleNamespace
+
+    from training.tracking.model_source import model_meta, resolve_model, training_config
+
+    source = resolve_model(champion)
+    run = mlflow.MlflowClient().get_run(source.run_id)
+    recipe = model_meta(source)["recipe"]
+    assert (recipe["data"], recipe["model"], recipe["embedding_dim"]) == ("emitters",
+                                                                          "residual_mlp", 16)
+    assert (recipe["seed"], recipe["val_fraction"], recipe["test_fraction"],
+            recipe["open_set"]) == (0, 0.15, 0.2, 0.0)
+    expected = TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                              batch_size=64, embedding_dim=16, experiment="zoo-emitters")
+    assert recipe == expected.params()
+    no_run = SimpleNamespace(data=SimpleNamespace(params={}, tags={}))
+    assert training_config(source, no_run) == expected  # the run is not needed
+    legacy = SimpleNamespace(zoo_meta={})  # logged before models carried a recipe
+    assert training_config(source, run, legacy) == TrainConfig.from_run(run.data.params,
+                                                                        run.data.tags)
 
 
 def eager_classes(uri: str) -> list[str]:
@@ -245,7 +270,8 @@ def test_mlflow_run_export_entry_point(champion: str, tracking_uri: str, tmp_pat
         "zoo.export.formats"] == "onnx"
 
     miss = subprocess.run(
-        [sys.executable, "-m", "training.commands.export", "--model_uri", "models:/zoo-emitters@nope"],
+        [sys.executable, "-m", "training.commands.export", "--model_uri",
+         "models:/zoo-emitters@nope"],
         cwd=tmp_path, env=_env(tracking_uri), capture_output=True, text=True, timeout=300)
     assert miss.returncode == 1
     assert "registered model 'zoo-emitters' has no alias @nope" in miss.stderr
@@ -265,10 +291,10 @@ def parts_champion(tracking_uri: str, tmp_path: Path) -> str:
         for i in range(12):
             pixels = rng.integers(0, 60, (32, 32)) + 150 * (np.arange(32) // 11 == c)[None, :]
             Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "shapes" / f"c{c}/{i}.png")
-    cfg = TrainConfig(model="resnet18", stage=2, grid=2, parts=True, channels=1,
-                      loss="arcface", data=str(tmp_path / "shapes"), image_size=32, epochs=1,
-                      batch_size=16, embedding_dim=16, experiment="zoo-shapes", plots=False,
-                      val_fraction=0.2, test_fraction=0.25, monitor="none")
+    cfg = TrainConfig.of(model="resnet18", stage=2, grid=2, parts=True, channels=1,
+                         loss="arcface", data=str(tmp_path / "shapes"), image_size=32, epochs=1,
+                         batch_size=16, embedding_dim=16, experiment="zoo-shapes", plots=False,
+                         val_fraction=0.2, test_fraction=0.25, monitor="none")
     train(cfg)
     register_best(runs_of_experiment("zoo-shapes"), "test_precision_at_1")
     (model,) = mlflow.MlflowClient().search_registered_models()

@@ -27,16 +27,17 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def emitters() -> tuple[TrainConfig, Splits]:
-    cfg = TrainConfig(model="residual_mlp", data="emitters", loss="softmax", epochs=1,
-                      embedding_dim=32, batch_size=64, log_model=False)
+    cfg = TrainConfig.of(model="residual_mlp", data="emitters", loss="softmax", epochs=1,
+                         embedding_dim=32, batch_size=64, log_model=False)
     return cfg, config_splits(cfg, load_config_data(cfg))
 
 
 def _fit(cfg: TrainConfig, splits: Splits):
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.data.seed)
     n = len(splits.class_names)
-    model = create_model(cfg.model, n, cfg.embedding_dim, num_features=splits.train.x.shape[1])
-    loss_fn = create_loss(cfg.loss, n, cfg.embedding_dim)
+    model = create_model(cfg.model.name, n, cfg.model.embedding_dim,
+                         num_features=splits.train.x.shape[1])
+    loss_fn = create_loss(cfg.loss.name, n, cfg.model.embedding_dim)
     start = copy.deepcopy(model.state_dict())
     history = fit(model, loss_fn, splits.train, splits.val, cfg, CPU, n)
     return model, loss_fn, start, history
@@ -53,7 +54,7 @@ def test_ema_weights_are_what_is_validated_and_returned(emitters) -> None:
     returned model is that average, and the logged validation metric is its own."""
     cfg, splits = emitters
     raw_model, _, start, raw_hist = _fit(cfg, splits)
-    ema_cfg = TrainConfig(**{**cfg.__dict__, "ema_decay": 0.99999, "ema_warmup": False})
+    ema_cfg = cfg.replace(ema_decay=0.99999, ema_warmup=False)
     ema_model, ema_loss, start2, ema_hist = _fit(ema_cfg, splits)
     assert all(torch.equal(start[k], start2[k]) for k in start)  # same initialisation
     raw_moved = _distance(raw_model.state_dict(), start)
@@ -142,18 +143,18 @@ def test_cutmix_pastes_one_box_and_lam_is_the_area_kept() -> None:
 def test_mixing_refuses_pair_losses_and_cutmix_on_rows(emitters) -> None:
     cfg, splits = emitters
     with pytest.raises(ValueError, match="classification-style loss"):
-        _fit(TrainConfig(**{**cfg.__dict__, "loss": "triplet", "mix": "mixup"}), splits)
+        _fit(cfg.replace(loss="triplet", mix="mixup"), splits)
     with pytest.raises(ValueError, match="cutmix"):
-        _fit(TrainConfig(**{**cfg.__dict__, "mix": "cutmix"}), splits)
+        _fit(cfg.replace(mix="cutmix"), splits)
     with pytest.raises(ValueError, match="tta=flip"):
-        _fit(TrainConfig(**{**cfg.__dict__, "tta": "flip"}), splits)
+        _fit(cfg.replace(tta="flip"), splits)
 
 
 def test_every_method_at_once_still_learns(emitters) -> None:
     cfg, splits = emitters
-    on = TrainConfig(**{**cfg.__dict__, "epochs": 2, "ema_decay": 0.99, "sam_rho": 0.05,
-                        "lookahead": True, "grad_centralization": True, "mix": "mixup",
-                        "loss": "arcface"})
+    on = cfg.replace(epochs=2, ema_decay=0.99, sam_rho=0.05,
+                     lookahead=True, grad_centralization=True, mix="mixup",
+                     loss="arcface")
     _, _, _, history = _fit(on, splits)
     chance = 1 / len(splits.class_names)
     assert history.epochs[-1]["val_accuracy"] > 2 * chance
@@ -176,7 +177,8 @@ def test_combined_loss_is_the_weighted_sum_of_its_terms() -> None:
     assert torch.allclose(loss.classifier()(emb), loss.terms["center"].logits(emb), atol=1e-6)
     assert create_loss("triplet+supcon", 5, 16).classifier() is None
     assert loss.has_classes and not create_loss("triplet+supcon", 5, 16).has_classes
-    assert create_loss("arcface", 5, 16).has_classes and not create_loss("triplet", 5, 16).has_classes
+    assert (create_loss("arcface", 5, 16).has_classes
+            and not create_loss("triplet", 5, 16).has_classes)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -185,11 +187,11 @@ def test_combined_loss_is_the_weighted_sum_of_its_terms() -> None:
 ])
 def test_bad_combined_specs_name_the_problem(spec: str, message: str) -> None:
     with pytest.raises((ValueError, UnknownNameError), match=message):
-        check_names(TrainConfig(loss=spec))
+        check_names(TrainConfig.of(loss=spec))
 
 
 def test_sweep_takes_combined_losses() -> None:
-    sweep = SweepConfig(models="residual_mlp", losses="arcface,triplet+center:0.3")
+    sweep = SweepConfig.of(models="residual_mlp", losses="arcface,triplet+center:0.3")
     grid = sweep.combinations("tabular")
     assert grid == [("residual_mlp", "arcface"), ("residual_mlp", "triplet+center:0.3")]
     for model, loss in grid:
@@ -199,7 +201,7 @@ def test_sweep_takes_combined_losses() -> None:
 
 def test_combined_loss_logs_each_term_per_epoch(emitters) -> None:
     cfg, splits = emitters
-    _, _, _, history = _fit(TrainConfig(**{**cfg.__dict__, "loss": "supcon+softmax:0.5"}), splits)
+    _, _, _, history = _fit(cfg.replace(loss="supcon+softmax:0.5"), splits)
     epoch = history.epochs[0]
     assert {"train_loss_supcon", "train_loss_softmax"} <= set(epoch)
     assert epoch["train_loss"] == pytest.approx(

@@ -27,12 +27,12 @@ FACES = PRESETS["faces-small"].values
 
 
 def test_preset_sets_the_fields_left_at_their_defaults() -> None:
-    cfg = TrainConfig(preset="faces-small", epochs=30, lr=1e-3)
-    assert cfg.epochs == 30 and cfg.lr == 1e-3  # given: kept
+    cfg = TrainConfig.of(preset="faces-small", epochs=30, lr=1e-3)
+    assert cfg.optim.epochs == 30 and cfg.optim.lr == 1e-3  # given: kept
     for key in set(FACES) - {"epochs", "lr"}:
-        assert getattr(cfg, key) == FACES[key], key
+        assert cfg.param(key) == FACES[key], key
     assert set(cfg.preset_changed) == {k for k in FACES if k not in ("epochs", "lr")
-                                       and FACES[k] != getattr(TrainConfig(), k)}
+                                       and FACES[k] != TrainConfig().param(k)}
     assert TrainConfig().preset_changed == ()
 
 
@@ -40,8 +40,9 @@ def test_preset_from_mlproject_strings_that_hold_every_default() -> None:
     """`mlflow run` passes every parameter, defaults included, as a string."""
     strings = {**TrainConfig().to_params(), "preset": "faces-small", "image_size": "48"}
     cfg = TrainConfig.from_dict(strings)
-    assert cfg.model == "timm/vgg11_bn" and cfg.stage == 2 and cfg.epochs == FACES["epochs"]
-    assert cfg.image_size == 48
+    assert (cfg.model.name == "timm/vgg11_bn" and cfg.model.stage == 2
+            and cfg.optim.epochs == FACES["epochs"])
+    assert cfg.data.image_size == 48
     with pytest.raises(ValueError, match="preset='faces' is not one of none, faces-small"):
         TrainConfig.from_dict({"preset": "faces"})
 
@@ -50,35 +51,35 @@ def test_sweep_children_keep_the_recipe_and_their_own_model_and_loss() -> None:
     # epochs=15 is TrainConfig's default but not the sweep's (5): it was asked for, and the
     # child must not get the preset's 60 by re-applying it
     # (triplet is not the preset's loss, so the child's own loss is not counted as the recipe's)
-    sweep = SweepConfig(preset="faces-small", epochs=15, models="resnet18", losses="triplet")
+    sweep = SweepConfig.of(preset="faces-small", epochs=15, models="resnet18", losses="triplet")
     child = sweep.child("resnet18", "triplet")
-    assert (child.model, child.loss, child.epochs) == ("resnet18", "triplet", 15)
-    assert child.preset == "faces-small" and child.grid == FACES["grid"]
+    assert (child.model.name, child.loss.name, child.optim.epochs) == ("resnet18", "triplet", 15)
+    assert child.preset == "faces-small" and child.model.grid == FACES["grid"]
     assert child.preset_changed == sweep.preset_changed
     assert "model" not in sweep.preset_changed
 
 
 def test_distillation_keeps_the_teachers_split_under_a_preset() -> None:
-    cfg = DistillConfig(preset="faces-small")
-    assert cfg.val_fraction is None and cfg.image_size is None  # auto: the teacher's
-    assert cfg.grid == FACES["grid"] and cfg.model == FACES["model"]
+    cfg = DistillConfig.of(preset="faces-small")
+    assert {"val_fraction", "image_size"} <= set(cfg.inherit)  # auto: the teacher's
+    assert cfg.train.model.grid == FACES["grid"] and cfg.train.model.name == FACES["model"]
 
 
 def test_monitor_none_keeps_the_last_epoch_and_nan_monitors_are_refused() -> None:
-    cfg = TrainConfig(model="residual_mlp", loss="softmax", data="emitters", epochs=2,
-                      embedding_dim=16, batch_size=64, log_model=False, val_fraction=0.02,
-                      monitor="none")
+    cfg = TrainConfig.of(model="residual_mlp", loss="softmax", data="emitters", epochs=2,
+                         embedding_dim=16, batch_size=64, log_model=False, val_fraction=0.02,
+                         monitor="none")
     splits = config_splits(cfg, load_config_data(cfg))
     n = len(splits.class_names)
 
     def run(config: TrainConfig):
         torch.manual_seed(0)
-        model = create_model(config.model, n, 16, num_features=splits.train.x.shape[1])
+        model = create_model(config.model.name, n, 16, num_features=splits.train.x.shape[1])
         return fit(model, create_loss("softmax", n, 16), splits.train, splits.val, config,
                    torch.device("cpu"), n)
 
     assert run(cfg).best_epoch == 2
-    one_per_class = dataclasses.replace(cfg, monitor="val_map_at_r", val_fraction=0.0)
+    one_per_class = cfg.replace(monitor="val_map_at_r", val_fraction=0.0)
     splits = dataclasses.replace(splits, val=dataclasses.replace(
         splits.val, x=splits.val.x[:n], y=torch.arange(n)))  # one sample of each class
     with pytest.raises(ValueError, match="monitor=val_map_at_r is NaN at epoch 1: the "
@@ -119,7 +120,7 @@ def test_faces_small_beats_pixels_on_unseen_people(tracking_uri: str, orl_faces:
         "resnet18", FACES["model"])
     assert run.data.params["open_classes"] == "20" and run.data.params["train_samples"] == "160"
 
-    cfg = TrainConfig(preset="faces-small", data=str(orl_faces), open_set=0.5)
+    cfg = TrainConfig.of(preset="faces-small", data=str(orl_faces), open_set=0.5)
     pixels = baseline_metrics(config_splits(cfg, load_config_data(cfg)), "pixels")
     learned = run.data.metrics
     # measured: 0.84 vs 0.70 on this split at 30 epochs (0.86 at the recipe's 60; seed 0;

@@ -55,9 +55,9 @@ def test_probe_is_fixed_and_ignores_brightness() -> None:
 
 def test_recommendation_follows_the_resemblance(tracking_uri: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
-    run_sweep(SweepConfig(data="digits", losses="softmax,cosface", **TINY))
-    run_sweep(SweepConfig(data=str(_gratings(tmp_path / "stripes", seed=0)),
-                          losses="arcface,supcon", **TINY))
+    run_sweep(SweepConfig.of(data="digits", losses="softmax,cosface", **TINY))
+    run_sweep(SweepConfig.of(data=str(_gratings(tmp_path / "stripes", seed=0)),
+                             losses="arcface,supcon", **TINY))
     capsys.readouterr()
 
     like_digits = recommend(RecommendConfig(data=str(_handwriting(tmp_path / "scans"))))

@@ -48,10 +48,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Both models trained, registered and exported; the env a server needs to find them."""
     root = tmp_path_factory.mktemp("serving")
     return make_store(root, [
-        TrainConfig(model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
-                    embedding_dim=32, experiment="zoo-digits", plots=False),
-        TrainConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
-                    batch_size=64, embedding_dim=16, experiment="zoo-emitters", plots=False)])
+        TrainConfig.of(model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
+                       embedding_dim=32, experiment="zoo-digits", plots=False),
+        TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                       batch_size=64, embedding_dim=16, experiment="zoo-emitters", plots=False)])
 
 
 def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
@@ -66,8 +66,8 @@ def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
     try:
         for cfg in configs:
             train(cfg)
-            register_best(runs_of_experiment(cfg.experiment), "test_precision_at_1")
-            export_model(ExportConfig(model_uri=f"models:/zoo-{cfg.data}@champion",
+            register_best(runs_of_experiment(cfg.tracking.experiment), "test_precision_at_1")
+            export_model(ExportConfig(model_uri=f"models:/zoo-{cfg.data.source}@champion",
                                       formats="onnx"))
     finally:
         os.chdir(cwd)
@@ -240,7 +240,8 @@ def test_bad_input_gets_a_4xx_and_the_server_stays_up(image_server: Server, digi
         ("empty list", "/embed", {"json": {"images": []}}, 400, "no images"),
         ("no input", "/classify", {"json": {}}, 400, "no images"),
         ("too many images", "/embed", {"files": files(digit_pngs[:1] * 257)}, 413, "limit of 256"),
-        ("image over the byte limit", "/embed", {"files": files([big])}, 413, "ZOO_MAX_IMAGE_BYTES"),
+        ("image over the byte limit", "/embed", {"files": files([big])}, 413,
+         "ZOO_MAX_IMAGE_BYTES"),
         ("rows for an image model", "/embed", {"json": {"rows": [[1.0, 2.0]]}}, 400, "not rows"),
         ("unknown GradCAM class", "/gradcam",
          {"files": files(digit_pngs[:1], "image"), "data": {"target": "eleven"}}, 400,
@@ -638,7 +639,7 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
 
     code, _, err = predict(store)
     assert code == 0, err[-2000:]
-    again = make_store(tmp_path / "again", [TrainConfig(
+    again = make_store(tmp_path / "again", [TrainConfig.of(
         model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
         embedding_dim=32, experiment="zoo-digits", plots=False, seed=1)])
     code, rows, err = predict(again)

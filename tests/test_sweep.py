@@ -37,7 +37,7 @@ def test_grid_defaults_follow_the_data_kind() -> None:
     tabular = cfg.combinations("tabular")
     assert {m for m, _ in tabular} == {"residual_mlp", "ft_transformer", "vae", "sae"}
     assert len(tabular) == 2 * 11 + 2 + 1  # vae: elbo, sparse_recon; sae: sparse_recon
-    picked = SweepConfig(models="resnet18", losses="arcface, triplet").combinations("image")
+    picked = SweepConfig.of(models="resnet18", losses="arcface, triplet").combinations("image")
     assert picked == [("resnet18", "arcface"), ("resnet18", "triplet")]
 
 
@@ -53,8 +53,8 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
 
     monkeypatch.setattr(training.pipeline.run, "fit", flaky_fit)
     # workers=1: the injected failure is patched into this process.
-    cfg = SweepConfig(models="residual_mlp", losses="softmax,arcface,supcon",
-                      experiment="sweep-test", workers=1, **TINY)
+    cfg = SweepConfig.of(models="residual_mlp", losses="softmax,arcface,supcon",
+                         experiment="sweep-test", workers=1, **TINY)
     first = run_sweep(cfg)
     out = capsys.readouterr().out
     failed = [o for o in first if o.error]
@@ -86,7 +86,7 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
 
     # Resume: only the failed combination runs again; the finished ones are kept.
     monkeypatch.setattr(training.pipeline.run, "fit", real_fit)
-    second = run_sweep(SweepConfig(**{**cfg.__dict__, "resume": parent.info.run_id}))
+    second = run_sweep(cfg.replace(resume=parent.info.run_id))
     assert not [o for o in second if o.error]
     children = _children(parent.info.run_id)
     assert len(children) == 4  # the old FAILED softmax run stays, one new FINISHED one
@@ -100,8 +100,8 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
 def test_seeds_train_each_combination_per_split_and_the_table_averages_them(
     tracking_uri: str, capsys: pytest.CaptureFixture
 ) -> None:
-    cfg = SweepConfig(models="residual_mlp", losses="softmax", seeds="0,1", experiment="seeds",
-                      workers=1, register=False, **TINY)
+    cfg = SweepConfig.of(models="residual_mlp", losses="softmax", seeds="0,1", experiment="seeds",
+                         workers=1, register=False, **TINY)
     first = run_sweep(cfg)
     assert sorted(o.job.seed for o in first) == [0, 1]
     parent = _parent("seeds")
@@ -121,8 +121,8 @@ def test_seeds_train_each_combination_per_split_and_the_table_averages_them(
     assert "mean ± std over seeds 0,1" in capsys.readouterr().out
 
     # resume with one more seed: only that one is trained
-    second = run_sweep(SweepConfig(**{**cfg.__dict__, "seeds": "0,1,2",
-                                      "resume": parent.info.run_id}))
+    second = run_sweep(cfg.replace(seeds="0,1,2",
+                                   resume=parent.info.run_id))
     assert sorted(o.job.seed for o in second) == [0, 1, 2]
     assert len(_children(parent.info.run_id)) == 3
 
@@ -140,8 +140,8 @@ def test_resume_continues_a_killed_child_from_its_checkpoint(
         return real_fit(*args, on_checkpoint=save_then_stop, **kwargs)
 
     monkeypatch.setattr(training.pipeline.run, "fit", interrupted_fit)
-    cfg = SweepConfig(models="residual_mlp", losses="arcface", experiment="killed", workers=1,
-                      register=False, **{**TINY, "epochs": 3})
+    cfg = SweepConfig.of(models="residual_mlp", losses="arcface", experiment="killed", workers=1,
+                         register=False, **{**TINY, "epochs": 3})
     with pytest.raises(KeyboardInterrupt, match="resume it with: mlflow run . -e sweep "
                                                 "--env-manager local -P resume=") as stopped:
         run_sweep(cfg)
@@ -153,7 +153,7 @@ def test_resume_continues_a_killed_child_from_its_checkpoint(
     assert child.info.status == "KILLED"
 
     monkeypatch.setattr(training.pipeline.run, "fit", real_fit)
-    [outcome] = run_sweep(SweepConfig(**{**cfg.__dict__, "resume": parent.info.run_id}))
+    [outcome] = run_sweep(cfg.replace(resume=parent.info.run_id))
     assert outcome.run_id == child.info.run_id and not outcome.error
     [again] = _children(parent.info.run_id)  # the same run went on; no second child
     assert again.info.status == "FINISHED"

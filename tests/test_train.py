@@ -74,8 +74,8 @@ def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_pa
 
 
 def test_tabular_run_logs_open_set_metrics(tracking_uri: str) -> None:
-    cfg = TrainConfig(model="residual_mlp", loss="supcon", data="emitters", open_set=0.3,
-                      experiment="tab", **FAST)
+    cfg = TrainConfig.of(model="residual_mlp", loss="supcon", data="emitters", open_set=0.3,
+                         experiment="tab", **FAST)
     result = train(cfg)
     run = _only_run("tab")
     assert run.info.status == "FINISHED"
@@ -95,7 +95,7 @@ def test_tabular_run_logs_open_set_metrics(tracking_uri: str) -> None:
 )
 def test_failed_run_is_marked_failed_with_error_tag(tracking_uri: str, overrides, message) -> None:
     with pytest.raises(Exception, match=message):
-        train(TrainConfig(experiment="bad", **{**FAST, **overrides}))
+        train(TrainConfig.of(experiment="bad", **{**FAST, **overrides}))
     run = _only_run("bad")
     assert run.info.status == "FAILED"
     assert message in run.data.tags["zoo.error"]
@@ -129,18 +129,19 @@ def test_mlproject_is_generated_from_trainconfig() -> None:
 
 def test_config_parsing() -> None:
     cfg = TrainConfig.from_dict({"epochs": "3", "margin": "", "hflip": "true", "lr": "1e-3"})
-    assert cfg.epochs == 3 and cfg.margin is None and cfg.hflip is True and cfg.lr == 1e-3
+    assert (cfg.optim.epochs == 3 and cfg.loss.margin is None and cfg.data.hflip is True
+            and cfg.optim.lr == 1e-3)
     with pytest.raises(ValueError, match="unknown training parameter"):
         TrainConfig.from_dict({"epoch": "3"})
     with pytest.raises(ValueError, match="epochs='x' is not a valid int"):
         TrainConfig.from_dict({"epochs": "x"})
     with pytest.raises(ValueError, match="schedule='linear' is not one of"):
-        TrainConfig(schedule="linear")
+        TrainConfig.of(schedule="linear")
 
 
 def test_orl_faces_folder_run(tracking_uri: str, orl_faces: Path) -> None:
     """A real folder-per-class tree of PGM files trains and reports the same metrics."""
-    result = train(TrainConfig(data=str(orl_faces), experiment="orl", image_size=32, **FAST))
+    result = train(TrainConfig.of(data=str(orl_faces), experiment="orl", image_size=32, **FAST))
     run = _only_run("orl")
     assert run.data.tags["zoo.dataset"] == "orl_faces"
     assert run.data.params["num_classes"] == "40"

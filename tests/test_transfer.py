@@ -173,8 +173,8 @@ def emitter_tables(folder: Path) -> tuple[Path, Path]:
 def source(module_tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tabular model trained on emitters 0-4 and registered as zoo-first@champion."""
     first, second = emitter_tables(tmp_path_factory.mktemp("tables"))
-    result = train(TrainConfig(model="residual_mlp", loss="arcface", data=str(first), epochs=2,
-                               embedding_dim=24, experiment="first", plots=False))
+    result = train(TrainConfig.of(model="residual_mlp", loss="arcface", data=str(first), epochs=2,
+                                  embedding_dim=24, experiment="first", plots=False))
     version = mlflow.register_model(result.model_uri, "zoo-first")
     mlflow.MlflowClient().set_registered_model_alias("zoo-first", "champion", version.version)
     return {"uri": "models:/zoo-first@champion", "result": result, "second": second,
@@ -184,8 +184,8 @@ def source(module_tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -
 def test_init_carries_architecture_weights_and_preprocessing(source: dict) -> None:
     start = mlflow.pytorch.load_model(source["result"].model_uri)
     # the backbone frozen for the whole run: it must end exactly as the init model's
-    result = train(TrainConfig(data=str(source["second"]), init=source["uri"], loss="softmax",
-                               epochs=2, freeze_epochs=2, experiment="second", plots=False))
+    result = train(TrainConfig.of(data=str(source["second"]), init=source["uri"], loss="softmax",
+                                  epochs=2, freeze_epochs=2, experiment="second", plots=False))
     run = mlflow.MlflowClient().get_run(result.run_id)
     tags, params = run.data.tags, run.data.params
     assert tags["zoo.init"] == source["uri"] and tags["zoo.init.version"] == "zoo-first/1"
@@ -206,10 +206,11 @@ def test_init_carries_architecture_weights_and_preprocessing(source: dict) -> No
 
     with pytest.raises(ValueError, match=r"init=models:/zoo-first@champion is a residual_mlp "
                                          r"model; it cannot start a run with model='ft_trans"):
-        train(TrainConfig(data=str(source["second"]), init=source["uri"], model="ft_transformer",
-                          **FROM_INIT))
+        train(TrainConfig.of(data=str(source["second"]), init=source["uri"], model="ft_transformer",
+                             **FROM_INIT))
     with pytest.raises(LookupError, match="registered model 'zoo-first' has no alias @nope"):
-        train(TrainConfig(data=str(source["second"]), init="models:/zoo-first@nope", **FROM_INIT))
+        train(TrainConfig.of(data=str(source["second"]), init="models:/zoo-first@nope",
+                             **FROM_INIT))
 
 
 @pytest.mark.slow
@@ -244,10 +245,10 @@ def test_a_per_loss_entry_point_starts_from_init_and_exports(source: dict, tmp_p
 
 def test_sweep_children_start_from_init_and_other_models_are_refused(
         source: dict, capsys: pytest.CaptureFixture) -> None:
-    outcomes = run_sweep(SweepConfig(data=str(source["second"]), init=source["uri"],
-                                     models="residual_mlp,ft_transformer",
-                                     losses="softmax,supcon", workers=1, register=False,
-                                     experiment="sweep-init", **FROM_INIT))
+    outcomes = run_sweep(SweepConfig.of(data=str(source["second"]), init=source["uri"],
+                                        models="residual_mlp,ft_transformer",
+                                        losses="softmax,supcon", workers=1, register=False,
+                                        experiment="sweep-init", **FROM_INIT))
     assert sorted(str(o.job) for o in outcomes) == ["residual_mlp-softmax", "residual_mlp-supcon"]
     out = capsys.readouterr().out
     assert [ln for ln in out.splitlines() if ln.startswith("ft_transformer: refused")] == [
@@ -258,8 +259,8 @@ def test_sweep_children_start_from_init_and_other_models_are_refused(
 
 
 def test_tune_trials_start_from_init_and_keep_its_width(source: dict) -> None:
-    study = run_tune(TuneConfig(data=str(source["second"]), init=source["uri"], loss="cosface",
-                                trials=2, pruner="none", experiment="tune-init", **FROM_INIT))
+    study = run_tune(TuneConfig.of(data=str(source["second"]), init=source["uri"], loss="cosface",
+                                   trials=2, pruner="none", experiment="tune-init", **FROM_INIT))
     assert set(study.trials[0].params) == {"margin", "scale", "lr"}  # no embedding_dim
     trials = mlflow.search_runs(experiment_names=["tune-init"], output_format="list",
                                 filter_string="tags.`zoo.trial` != ''")
@@ -267,7 +268,8 @@ def test_tune_trials_start_from_init_and_keep_its_width(source: dict) -> None:
     assert {(r.data.tags["zoo.init"], r.data.params["embedding_dim"]) for r in trials} == {
         (source["uri"], "24")}
     with pytest.raises(ValueError, match="fixes embedding_dim"):
-        TuneConfig(data=str(source["second"]), init=source["uri"], search="embedding_dim").space()
+        TuneConfig.of(data=str(source["second"]), init=source["uri"],
+                      search="embedding_dim").space()
 
 
 @pytest.mark.slow
@@ -336,11 +338,13 @@ def test_backbone_and_layer_learning_rates() -> None:
 
 
 def test_fine_tuning_defaults_and_checks() -> None:
-    scratch, tuned = TrainConfig(), TrainConfig(pretrained="true")
-    assert (scratch.freeze_epochs, scratch.backbone_lr, scratch.lr_decay) == (0, 1.0, 1.0)
-    assert (tuned.freeze_epochs, tuned.backbone_lr, tuned.lr_decay) == (1, 0.1, 1.0)
-    assert TrainConfig(init="models:/x@y", backbone_lr=0.5).backbone_lr == 0.5
-    assert TrainConfig.from_dict({"pretrained": "false"}).pretrained is None
+    scratch, tuned = TrainConfig(), TrainConfig.of(pretrained="true")
+    assert (scratch.optim.freeze_epochs, scratch.optim.backbone_lr,
+            scratch.optim.lr_decay) == (0, 1.0, 1.0)
+    assert (tuned.optim.freeze_epochs, tuned.optim.backbone_lr,
+            tuned.optim.lr_decay) == (1, 0.1, 1.0)
+    assert TrainConfig.of(init="models:/x@y", backbone_lr=0.5).optim.backbone_lr == 0.5
+    assert TrainConfig.from_dict({"pretrained": "false"}).model.pretrained is None
     for bad, match in ((dict(lr_decay=1.5), "lr_decay must be in"),
                        (dict(pretrained="true", init="models:/x@y"), "give one"),
                        (dict(mean="0.5,0.5,0.5"), "set mean and std together"),
@@ -348,7 +352,7 @@ def test_fine_tuning_defaults_and_checks() -> None:
                        (dict(interpolation="cubic"), "interpolation='cubic' is not one of"),
                        (dict(pretrained="true", width_multiplier=0.5), "own width")):
         with pytest.raises(ValueError, match=match):
-            TrainConfig(**bad)
+            TrainConfig.of(**bad)
 
 
 # --- choose on validation, report on test -------------------------------------------------
@@ -357,7 +361,7 @@ def test_sweep_chooses_on_validation_and_says_when_it_used_test(tracking_uri: st
     client = mlflow.MlflowClient()
     common = dict(models="residual_mlp", losses="softmax,supcon", data="emitters", workers=1,
                   export=False, **TINY)
-    run_sweep(SweepConfig(experiment="val", **common))
+    run_sweep(SweepConfig.of(experiment="val", **common))
     version = client.get_model_version_by_alias("zoo-emitters", "champion")
     run = client.get_run(version.run_id)
     assert version.tags["zoo.metric"] == "best_val_map_at_r"
@@ -367,8 +371,8 @@ def test_sweep_chooses_on_validation_and_says_when_it_used_test(tracking_uri: st
     assert "on the validation split" in version.description
     assert "test_map_at_r" in version.tags  # the honest estimate stays on the version
 
-    run_sweep(SweepConfig(experiment="no-val", val_fraction=0.0, monitor="none", force=True,
-                          **common))
+    run_sweep(SweepConfig.of(experiment="no-val", val_fraction=0.0, monitor="none", force=True,
+                             **common))
     version = client.get_model_version_by_alias("zoo-emitters", "champion")
     assert version.tags["zoo.metric"] == "test_map_at_r"
     assert "on the test split" in version.description and "optimistic" in version.description

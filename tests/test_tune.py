@@ -9,38 +9,39 @@ from training.config import TrainConfig
 
 
 def test_the_search_space_follows_the_loss() -> None:
-    assert list(TuneConfig(loss="arcface").space()) == ["margin", "scale", "embedding_dim", "lr"]
-    assert list(TuneConfig(loss="supcon").space()) == ["temperature", "embedding_dim", "lr"]
-    assert list(TuneConfig(loss="softmax").space()) == ["embedding_dim", "lr"]
-    assert TuneConfig(loss="cosface").space()["margin"].high == 0.5  # a cosine, not an angle
-    assert list(TuneConfig(loss="triplet+center:0.3", search="margin,weight_decay").space()) \
+    assert list(TuneConfig.of(loss="arcface").space()) == ["margin", "scale", "embedding_dim", "lr"]
+    assert list(TuneConfig.of(loss="supcon").space()) == ["temperature", "embedding_dim", "lr"]
+    assert list(TuneConfig.of(loss="softmax").space()) == ["embedding_dim", "lr"]
+    assert TuneConfig.of(loss="cosface").space()["margin"].high == 0.5  # a cosine, not an angle
+    assert list(TuneConfig.of(loss="triplet+center:0.3", search="margin,weight_decay").space()) \
         == ["margin", "weight_decay"]
     with pytest.raises(ValueError, match=r"loss 'supcon' has no margin to search \(its own: "
                                          r"temperature\)"):
-        TuneConfig(loss="supcon", search="margin").space()
+        TuneConfig.of(loss="supcon", search="margin").space()
     with pytest.raises(ValueError, match="cannot search epochs; choose among margin"):
-        TuneConfig(search="lr,epochs").space()
+        TuneConfig.of(search="lr,epochs").space()
     with pytest.raises(ValueError, match="monitor to a val_ metric"):
-        TuneConfig(monitor="none")
+        TuneConfig.of(monitor="none")
 
 
 def test_a_trial_keeps_the_recipe_and_splits_part_embeddings_evenly() -> None:
-    cfg = TuneConfig(preset="faces-small", epochs=7)
+    cfg = TuneConfig.of(preset="faces-small", epochs=7)
     child = cfg.trial_config({"embedding_dim": 32, "lr": 0.001})
-    assert type(child) is TrainConfig and child.checkpoint is False
-    assert (child.epochs, child.lr, child.grid, child.parts) == (7, 0.001, 2, True)
+    assert type(child) is TrainConfig and child.runtime.checkpoint is False
+    assert (child.optim.epochs, child.optim.lr, child.model.grid,
+            child.model.parts) == (7, 0.001, 2, True)
     # trials are compared on validation data, which the recipe would have given up
-    assert (child.monitor, child.val_fraction) == ("val_map_at_r", 0.15)
-    assert child.embedding_dim == 32  # 4 parts of 8
-    assert cfg.trial_config({"embedding_dim": 2}).embedding_dim == 4  # at least one per part
+    assert (child.optim.monitor, child.data.val_fraction) == ("val_map_at_r", 0.15)
+    assert child.model.embedding_dim == 32  # 4 parts of 8
+    assert cfg.trial_config({"embedding_dim": 2}).model.embedding_dim == 4  # at least one per part
 
 
 @pytest.mark.slow
 def test_trials_are_nested_runs_and_the_best_is_logged_on_the_parent(
         tracking_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = TuneConfig(model="residual_mlp", loss="arcface", data="emitters", epochs=3,
-                     batch_size=64, trials=5, startup_trials=1, prune_after=1,
-                     log_model=False, plots=False, experiment="tune")
+    cfg = TuneConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=3,
+                        batch_size=64, trials=5, startup_trials=1, prune_after=1,
+                        log_model=False, plots=False, experiment="tune")
     study = run_tune(cfg)
     [parent] = mlflow.search_runs(experiment_names=["tune"], output_format="list",
                                   filter_string="tags.`zoo.tune` = 'parent'")
@@ -53,10 +54,10 @@ def test_trials_are_nested_runs_and_the_best_is_logged_on_the_parent(
         state = run.data.tags["zoo.trial_state"]
         epochs = len(client.get_metric_history(run.info.run_id, "val_map_at_r"))
         if state == "pruned":  # stopped early, and not counted as a failure
-            assert run.info.status == "KILLED" and epochs < cfg.epochs
+            assert run.info.status == "KILLED" and epochs < cfg.train.optim.epochs
         else:
             assert state == "complete" and run.info.status == "FINISHED"
-            assert epochs == cfg.epochs
+            assert epochs == cfg.train.optim.epochs
             finished[run.info.run_id] = run
         for name, knob in KNOBS.items():
             if name in ("margin", "scale", "lr"):

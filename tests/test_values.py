@@ -14,7 +14,7 @@ WORDS = {"1": True, "true": True, "Yes": True, "on": True, " y ": True,
 
 @pytest.mark.parametrize("word, expected", sorted(WORDS.items()))
 def test_booleans_read_alike_in_training_and_serving(word: str, expected: bool) -> None:
-    assert TrainConfig.from_dict({"hflip": word}).hflip is expected
+    assert TrainConfig.from_dict({"hflip": word}).data.hflip is expected
     assert ServeSettings.from_env({"ZOO_SPIN": word}).spin is expected
     assert parse_value(bool, word) is expected
 
@@ -33,6 +33,7 @@ def test_bad_values_are_refused_alike_naming_the_setting() -> None:
 def test_values_round_trip_through_their_text_form() -> None:
     """What is logged as a parameter (format_value) parses back to the same config."""
     cfg = TrainConfig.from_dict({"epochs": "3", "lr": "1e-3", "hflip": "yes", "margin": "auto"})
-    assert (cfg.epochs, cfg.lr, cfg.hflip, cfg.margin) == (3, 0.001, True, None)
-    again = TrainConfig.from_dict({k: format_value(v) for k, v in vars(cfg).items()})
-    assert vars(again) == vars(cfg)
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.data.hflip,
+            cfg.loss.margin) == (3, 0.001, True, None)
+    again = TrainConfig.from_dict({k: format_value(v) for k, v in cfg.params().items()})
+    assert again == cfg and again.params() == cfg.params()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -12,21 +11,21 @@ import sys
 import threading
 from typing import Any, Callable, Iterator
 
+from zoo.values import format_value
+
 
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """One ``--field`` option per dataclass field (less those the class sets itself, its
-    ``PER_CHILD``), with its help and default."""
+    """One ``--name`` option per parameter of the config (its parts' included), with its
+    help and default."""
+    from training.config import params_of
+
     parser = argparse.ArgumentParser(description=description)
-    for f in dataclasses.fields(config_cls):
-        if f.name in getattr(config_cls, "PER_CHILD", ()):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        choices = f.metadata.get("choices")
-        helptext = f.metadata.get("help", "") + f" (default: {default!r})"
-        if choices:
-            helptext += f"; one of {', '.join(choices)}"
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.name.upper(),
-                            help=helptext)
+    for param in params_of(config_cls):
+        helptext = param.help + f" (default: {format_value(param.default)})"
+        if param.choices:
+            helptext += f"; one of {', '.join(param.choices)}"
+        parser.add_argument(f"--{param.name}", dest=param.name, default=None,
+                            metavar=param.name.upper(), help=helptext)
     return parser
 
 

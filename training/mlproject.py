@@ -14,7 +14,7 @@ from training.commands.recommend import RecommendConfig
 from training.commands.register import RegisterConfig
 from training.commands.sweep import SweepConfig
 from training.commands.tune import TuneConfig
-from training.config import TrainConfig, field_types
+from training.config import TrainConfig, params_of
 from training.pipeline.export import ExportConfig
 from zoo.losses import LOSSES, loss_parameters
 from zoo.values import format_value
@@ -45,14 +45,14 @@ DISTILL = ("teacher", "model", "loss", "epochs", "kd_weight", "kd_temperature",
 
 
 def _param_lines(config_cls: type, names: tuple[str, ...] | None) -> tuple[list[str], list[str]]:
-    """YAML lines and command flags of the ``names`` fields (None: every field)."""
-    types = field_types(config_cls)
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    """YAML lines and command flags of the ``names`` parameters (None: every one)."""
+    params = {p.name: p for p in params_of(config_cls)}
     lines, args = [], []
-    for name in names if names is not None else tuple(fields):
-        f = fields[name]
-        kind = "float" if types[name] in (int, float) and f.default is not None else "string"
-        lines.append(f"      {name}: {{type: {kind}, default: {json.dumps(format_value(f.default))}}}")
+    for name in names if names is not None else tuple(params):
+        param = params[name]
+        kind = "float" if param.kind in (int, float) and param.default is not None else "string"
+        default = json.dumps(format_value(param.default))
+        lines.append(f"      {name}: {{type: {kind}, default: {default}}}")
         args.append(f"--{name} {{{name}}}")
     return lines, args
 
@@ -78,8 +78,8 @@ class Entry:
 
 def loss_knobs(loss: str) -> tuple[str, ...]:
     """The config fields the loss's own factory takes (margin, scale, temperature, ...)."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return tuple(sorted((loss_parameters(loss) & fields) - {"embedding_dim"}))
+    names = {p.name for p in params_of(TrainConfig)}
+    return tuple(sorted((loss_parameters(loss) & names) - {"embedding_dim"}))
 
 
 def entries() -> list[Entry]:

@@ -8,7 +8,6 @@ Each recipe's measurements are in docs/results.md.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +41,8 @@ def preset_names() -> tuple[str, ...]:
     return (NONE, *PRESETS)
 
 
-def _preset_of(config: Any) -> Preset | None:
-    name = getattr(config, "preset", NONE)
+def _preset_of(flat: dict[str, Any]) -> Preset | None:
+    name = flat.get("preset", NONE)
     if name == NONE:
         return None
     if name not in PRESETS:
@@ -51,28 +50,24 @@ def _preset_of(config: Any) -> Preset | None:
     return PRESETS[name]
 
 
-def _defaults(config: Any) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(config)}
-
-
-def apply_preset(config: Any, skip: tuple[str, ...] = ()) -> None:
-    """Set the preset's values on the fields of ``config`` that hold their class default
+def apply_preset(flat: dict[str, Any], defaults: dict[str, Any],
+                 skip: tuple[str, ...] = ()) -> None:
+    """Set the preset's values on the parameters of ``flat`` that hold their default
     (except ``skip``). Applying it twice changes nothing more."""
-    preset = _preset_of(config)
+    preset = _preset_of(flat)
     if preset is None:
         return
-    defaults = _defaults(config)
     for key, value in preset.values.items():
-        if key not in skip and getattr(config, key) == defaults[key]:
-            setattr(config, key, value)
+        if key not in skip and key in flat and flat[key] == defaults[key]:
+            flat[key] = value
 
 
-def preset_fields(config: Any, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The fields that hold a value of the preset's other than their class default: under
+def preset_fields(flat: dict[str, Any], defaults: dict[str, Any],
+                  skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The parameters that hold a value of the preset's other than their default: under
     ``mlflow run``, whose parameters hold the defaults, these are logged as resolved."""
-    preset = _preset_of(config)
+    preset = _preset_of(flat)
     if preset is None:
         return ()
-    defaults = _defaults(config)
     return tuple(k for k, v in preset.values.items()
-                 if k not in skip and v != defaults[k] and getattr(config, k) == v)
+                 if k not in skip and k in flat and v != defaults[k] and flat[k] == v)

@@ -12,18 +12,18 @@ The student's run records its teacher: tags ``zoo.teacher`` (the URI as given),
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.cli import run_cli
-from training.config import SPLIT_FIELDS, TrainConfig, _f
+from training.config import (SPLIT_FIELDS, FlatParams, TrainConfig, build, internal,
+                             one_process_per_run, option, part)
 from training.engine.loop import AuxiliaryLoss
 from training.pipeline.export import source_config
 from training.pipeline.run import RunResult, train
@@ -32,6 +32,7 @@ from training.tracking.store import configure_tracking
 from zoo.data import Splits
 from zoo.losses import EmbeddingLoss
 from zoo.models import EmbeddingModel
+from zoo.values import UNSET_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -41,44 +42,50 @@ FROM_TEACHER = ("data", "image_size", "channels", "seed", "val_fraction", "test_
 
 
 @dataclass
-class DistillConfig(TrainConfig):
-    """A student ``TrainConfig`` plus its teacher and the weights of the distillation terms."""
+class DistillConfig(FlatParams):
+    """A student's training config (``train``), its teacher and the weights of the
+    distillation terms. The split and input parameters left unset (``FROM_TEACHER``) are
+    the teacher's, so the student trains on the split the teacher was trained on."""
 
-    PRESET_SKIP = FROM_TEACHER  # the split and input are the teacher's, whatever the recipe
-    ONE_PROCESS_PER_RUN = "a student trains in one process, beside its teacher"
+    WHAT = "distillation"
 
-    model: str = _f("mobilenetv3_small_100", "student model (python -m zoo list)")
-    teacher: str = _f("models:/zoo-digits@champion", "teacher model URI (models:/<name>@<alias>, "
-                                                    "models:/<name>/<version>, ...)")
-    kd_weight: float = _f(1.0, "weight of the KL divergence to the teacher's softened class "
-                               "probabilities (0: off)")
-    kd_temperature: float = _f(4.0, "softmax temperature of the KL term")
-    embedding_weight: float = _f(1.0, "weight of the squared distance to the teacher's "
-                                      "embedding (0: off)")
-    data: Optional[str] = _f(None, "data source (auto: the teacher's)")
-    image_size: Optional[int] = _f(None, "input size (auto: the teacher's; else the teacher "
-                                         "sees the images resized to its own size)")
-    channels: Optional[int] = _f(None, "image channels (auto: the teacher's)")
-    seed: Optional[int] = _f(None, "split and initialisation seed (auto: the teacher's, so the "
-                                   "split is the one the teacher was trained on)")
-    val_fraction: Optional[float] = _f(None, "validation fraction (auto: the teacher's)")
-    test_fraction: Optional[float] = _f(None, "test fraction (auto: the teacher's)")
-    open_set: Optional[float] = _f(None, "open-set fraction (auto: the teacher's)")
-    label_column: Optional[str] = _f(None, "label column of a CSV (auto: the teacher's)")
+    train: TrainConfig = part(TrainConfig, preset_skip=FROM_TEACHER,
+                              model="mobilenetv3_small_100")
+    teacher: str = option("models:/zoo-digits@champion", "teacher model URI "
+                          "(models:/<name>@<alias>, models:/<name>/<version>, ...)")
+    kd_weight: float = option(1.0, "weight of the KL divergence to the teacher's softened class "
+                                   "probabilities (0: off)")
+    kd_temperature: float = option(4.0, "softmax temperature of the KL term")
+    embedding_weight: float = option(1.0, "weight of the squared distance to the teacher's "
+                                          "embedding (0: off)")
+    #: The ``FROM_TEACHER`` parameters not given (or given as auto): the teacher's values.
+    inherit: tuple[str, ...] = internal(FROM_TEACHER)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        one_process_per_run(self.train, "a student trains in one process, beside its teacher")
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         for name in ("kd_weight", "embedding_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
-    def with_teacher_defaults(self, teacher: TrainConfig) -> "DistillConfig":
-        """Every field left to ``auto`` set from the teacher's training config."""
-        filled = {name: getattr(teacher, name) for name in FROM_TEACHER
-                  if getattr(self, name) is None}
-        return dataclasses.replace(self, **filled)
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
+        """Built from flat parameters; those of ``FROM_TEACHER`` left out or ``auto`` are
+        the teacher's."""
+        unset = {name for name in FROM_TEACHER if values.get(name) is None or (
+            isinstance(values[name], str) and values[name].strip().lower() in UNSET_WORDS)}
+        cfg = build(cls, {k: v for k, v in values.items() if k not in unset}, cls.WHAT)
+        cfg.inherit = tuple(name for name in FROM_TEACHER if name in unset)
+        return cfg
+
+    def distill_params(self) -> dict[str, str]:
+        """The distillation's own parameters, logged on the student's run."""
+        return {k: v for k, v in self.to_params().items() if k not in self.train.params()}
+
+    def with_teacher_defaults(self, teacher: TrainConfig) -> TrainConfig:
+        """The student's training config, every parameter it left unset the teacher's."""
+        return self.train.replace(**{name: teacher.param(name) for name in self.inherit})
 
 
 class Distiller(AuxiliaryLoss):
@@ -147,10 +154,10 @@ def load_teacher(uri: str) -> tuple[EmbeddingModel, TrainConfig, dict[str, str]]
         tags["zoo.teacher_version"] = str(source.version.version)
         tags["zoo.teacher_registered_model"] = source.version.name
     log.info("teacher: %s", source.describe())
-    return teacher, source_config(run), tags
+    return teacher, source_config(source, run, teacher), tags
 
 
-def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig):
+def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig, student: TrainConfig):
     """What ``train`` calls once the student's splits, model and loss exist."""
 
     def build(splits: Splits, model: EmbeddingModel, loss_fn: EmbeddingLoss,
@@ -159,30 +166,33 @@ def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig):
         if list(teacher_pre["class_names"]) != list(splits.class_names):
             raise ValueError(
                 f"the teacher was trained on classes {teacher_pre['class_names'][:5]}... but the "
-                f"student's data {cfg.data!r} has {splits.class_names[:5]}...: distil on the "
-                "teacher's data (leave data=auto)")
+                f"student's data {student.data.source!r} has {splits.class_names[:5]}...: "
+                "distil on the teacher's data (leave data=auto)")
         if cfg.kd_weight > 0 and not loss_fn.has_classes:
-            raise ValueError(f"kd_weight > 0 needs student class logits, and loss {cfg.loss!r} has "
-                             "no class weights: use a classification-style loss or kd_weight=0")
-        return Distiller(teacher, loss_fn, cfg.embedding_dim, cfg,
+            raise ValueError("kd_weight > 0 needs student class logits, and loss "
+                             f"{student.loss.name!r} has no class weights: use a "
+                             "classification-style loss or kd_weight=0")
+        return Distiller(teacher, loss_fn, student.model.embedding_dim, cfg,
                          splits.preprocessing.to_dict(), teacher_pre)
 
     return build
 
 
 def distill(cfg: DistillConfig) -> RunResult:
-    """Train ``cfg.model`` against the teacher; the run is tagged with the teacher's version."""
+    """Train ``cfg.train``'s model against the teacher; the run is tagged with the teacher's
+    version."""
     configure_tracking()
     teacher, teacher_cfg, tags = load_teacher(cfg.teacher)
     student = cfg.with_teacher_defaults(teacher_cfg)
-    changed = [n for n in SPLIT_FIELDS if getattr(student, n) != getattr(teacher_cfg, n)]
+    changed = [n for n in SPLIT_FIELDS if student.param(n) != teacher_cfg.param(n)]
     if changed:
         log.warning("the student's %s differ from the teacher's: the teacher may have trained "
                     "on the student's validation or test samples", ", ".join(changed))
-    if not (student.kd_weight or student.embedding_weight):
+    if not (cfg.kd_weight or cfg.embedding_weight):
         log.warning("kd_weight and embedding_weight are both 0: this trains without the teacher")
-    return train(student, tags=tags, run_name=f"{student.model}-{student.loss}-distilled",
-                 aux=distiller_factory(teacher, student))
+    return train(student, tags=tags, run_name=f"{student.model.name}-{student.loss.name}-distilled",
+                 aux=distiller_factory(teacher, cfg, student),
+                 params=cfg.distill_params())
 
 
 def main(argv: list[str] | None = None) -> int:

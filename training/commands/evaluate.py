@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from training.cli import run_cli
-from training.config import SPLIT_FIELDS, _f, check_choices, config_from_dict
+from training.config import SPLIT_FIELDS, FlatParams, check_choices, option
 from training.engine.loop import embed, pick_device
 from training.pipeline.export import source_config, source_splits
 from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_config_data
@@ -41,19 +41,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(FlatParams):
     """Which models, on what data, with which test-time augmentation."""
 
-    model_uri: str = _f("models:/zoo-digits@champion", "model URI, or a comma list of them: two "
-                                                       "or more are evaluated as an ensemble")
-    data: str = _f("", "data to evaluate on (empty: the models' own test split): the "
+    WHAT = "evaluate"
+
+    model_uri: str = option("models:/zoo-digits@champion",
+                            "model URI, or a comma list of them: two "
+                            "or more are evaluated as an ensemble")
+    data: str = option("", "data to evaluate on (empty: the models' own test split): the "
                        "training data where it is now, if it has moved, or a data set of "
                        "other classes, evaluated zero-shot (every sample unseen)")
-    tta: str = _f("none", "test-time augmentation: flip averages each image with its mirror",
+    tta: str = option("none", "test-time augmentation: flip averages each image with its mirror",
                   ("none", "flip"))
-    batch_size: int = _f(256, "samples per forward pass")
-    experiment: Optional[str] = _f(None, "MLflow experiment (auto: the first model's)")
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = option(256, "samples per forward pass")
+    experiment: Optional[str] = option(None, "MLflow experiment (auto: the first model's)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:
         if not self.uris:
@@ -64,9 +67,6 @@ class EvaluateConfig:
     def uris(self) -> list[str]:
         return [u.strip() for u in self.model_uri.split(",") if u.strip()]
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EvaluateConfig":
-        return config_from_dict(cls, values, "evaluate")
 
 
 @dataclass
@@ -85,14 +85,14 @@ class Member:
 
 def load_member(uri: str, data: str) -> Member:
     source, run, model = load_source(uri)
-    cfg = source_config(run)
+    cfg = source_config(source, run, model)
     version = f"v{source.version.version}" if source.version is not None else source.run_id
     tags = {"experiment_id": run.info.experiment_id, "version": version,
-            "dataset": dataset_name(cfg.data)}
+            "dataset": dataset_name(cfg.data.source)}
     if not data:
         splits = source_splits(cfg, model)
         return Member(uri, model, cfg, splits.test, splits.open, tags)
-    cfg = dataclasses.replace(cfg, data=data)
+    cfg = cfg.replace(data=data)
     loaded = load_config_data(cfg)  # the model's input size, channels and resize filter
     meta = model.zoo_meta
     trained = list(meta.get("preprocessing", {}).get("class_names", []))
@@ -126,7 +126,7 @@ def check_same_split(members: list[Member]) -> None:
         return
     for other in members[1:]:
         for name in SPLIT_FIELDS:
-            a, b = getattr(first.config, name), getattr(other.config, name)
+            a, b = first.config.param(name), other.config.param(name)
             if a != b:
                 raise ValueError(f"{first.uri} was trained with {name}={a!r} but {other.uri} with "
                                  f"{name}={b!r}: an ensemble needs one data set and split")
@@ -158,7 +158,7 @@ def evaluate_models(cfg: EvaluateConfig) -> dict[str, float]:
     first = members[0]
     if cfg.tta != "none" and (first.open if first.zero_shot else first.test).x.dim() != 4:
         raise ValueError(f"tta={cfg.tta} flips images; these models take tabular rows")
-    name = dataset_name(first.config.data)
+    name = dataset_name(first.config.data.source)
     if first.zero_shot:  # a run about the new data, in its own experiment
         experiment = cfg.experiment or f"zoo-{name}"
         kind = "zero-shot"

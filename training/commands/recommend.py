@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from training.cli import run_cli
-from training.config import _f, config_from_dict
+from training.config import FlatParams, option
 from training.pipeline.run import dataset_name
 from training.tracking.probe import PROBE_ARTIFACT, PROBE_TAG, probe_sample
 from training.tracking.store import configure_tracking
@@ -29,18 +29,17 @@ from zoo.probe import PROBE_VERSION, dissimilarity
 log = logging.getLogger(__name__)
 
 @dataclass
-class RecommendConfig:
+class RecommendConfig(FlatParams):
     """The new data set, and how much of the store's experience to show."""
 
-    data: str = _f("digits", "the new data: a source name, a folder of images or a .csv file")
-    label_column: str = _f("label", "label column of a CSV source")
-    neighbours: int = _f(2, "how many of the most similar swept data sets to show")
-    top: int = _f(3, "how many combinations of each to show")
-    experiment: Optional[str] = _f(None, "only sweeps of this experiment (auto: all)")
+    WHAT = "recommend"
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RecommendConfig":
-        return config_from_dict(cls, values, "recommend")
+    data: str = option("digits", "the new data: a source name, a folder of images or a .csv file")
+    label_column: str = option("label", "label column of a CSV source")
+    neighbours: int = option(2, "how many of the most similar swept data sets to show")
+    top: int = option(3, "how many combinations of each to show")
+    experiment: Optional[str] = option(None, "only sweeps of this experiment (auto: all)")
+
 
     def __post_init__(self) -> None:
         for name in ("neighbours", "top"):

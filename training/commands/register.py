@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 from training.cli import run_cli
-from training.config import config_from_dict
+from training.config import FlatParams
 from training.tracking.registration import (
     DEFAULT_METRIC, RegistrationResult, register_best, runs_of_experiment, runs_of_sweep,
 )
@@ -23,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RegisterConfig:
+class RegisterConfig(FlatParams):
     """What to register: the runs of one experiment or one sweep, ranked by one metric."""
+
+    WHAT = "register"
 
     experiment: str = field(default="", metadata={"help": "register from every run of this "
                                                           "experiment"})
@@ -38,10 +39,6 @@ class RegisterConfig:
     force: bool = field(default=False, metadata={
         "help": "move champion and <loss>-best even to a worse model"})
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RegisterConfig":
-        """Strings (CLI, MLproject) or typed values, parsed like ``TrainConfig``'s."""
-        return config_from_dict(cls, values, "register")
 
     def __post_init__(self) -> None:
         self.experiment, self.sweep = self.experiment.strip(), self.sweep.strip()

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from training.cli import run_cli
-from training.config import TrainConfig, _f
+from training.config import FlatParams, TrainConfig, one_process_per_run, option, part
 from training.engine.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
 from training.pipeline import baselines, compare
 from training.pipeline.export import ExportConfig, export_model
@@ -34,8 +34,9 @@ from training.pipeline.run import (RunResult, check_names, config_splits, datase
 from training.pipeline.transfer import InitSource, architecture_conflicts, resolve_init
 from training.tracking.export_artifacts import EXPORTED_TAG
 from training.tracking.probe import log_probe
-from training.tracking.registration import (CHAMPION, DEFAULT_METRIC, RegistrationResult, metric_for,
-                                   register_best, runs_of_sweep, selection_note)
+from training.tracking.registration import (CHAMPION, DEFAULT_METRIC, RegistrationResult,
+                                            metric_for, register_best, runs_of_sweep,
+                                            selection_note)
 from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData
 from zoo.losses import LOSSES, needed_outputs
@@ -47,37 +48,41 @@ SWEEP_TAG = "zoo.sweep"
 
 
 @dataclass
-class SweepConfig(TrainConfig):
-    """A grid of model × loss runs; every ``TrainConfig`` field is passed to each run."""
+class SweepConfig(FlatParams):
+    """A grid of model × loss runs: every training parameter (``train``) is each run's, but
+    the model and loss, which each child sets."""
 
-    epochs: int = _f(5, "training epochs of each combination")
-    models: str = _f("all", "comma list of models (all: the curated image models, or the "
+    WHAT = "sweep"
+    #: Set per child, so not parameters of the sweep.
+    PER_CHILD = ("model", "loss")
+
+    train: TrainConfig = part(TrainConfig, hidden=PER_CHILD, epochs=5)
+    models: str = option("all", "comma list of models (all: the curated image models, or the "
                             "tabular encoders on tabular data)")
-    losses: str = _f("all", "comma list of losses (all: every loss in the catalogue)")
-    metric: str = _f("auto", "metric that ranks the combinations and picks the champion (auto: "
+    losses: str = option("all", "comma list of losses (all: every loss in the catalogue)")
+    metric: str = option("auto", "metric that ranks the combinations and picks the champion (auto: "
                              "the monitor at each run's kept epoch, best_val_map_at_r by "
                              "default; without a validation split its test counterpart, and "
                              "the table says selection used test)")
-    workers: int = _f(2, "combinations trained at once, each in its own process with its "
+    workers: int = option(2, "combinations trained at once, each in its own process with its "
                          "share of the cores (2 measured faster than 1 on 2 cores)")
-    backend: str = _f("local", "where the combinations train: local (worker processes on this "
+    backend: str = option("local", "where the combinations train: local (worker processes on this "
                                "machine) or ray (Ray tasks: a local Ray instance, or the cluster "
                                "at RAY_ADDRESS)", ("local", "ray"))
-    task_cpus: int = _f(0, "backend=ray: CPUs each task asks for (0: this machine's cores / "
+    task_cpus: int = option(0, "backend=ray: CPUs each task asks for (0: this machine's cores / "
                            "workers)")
-    task_gpus: float = _f(0.0, "backend=ray: GPUs each task asks for (e.g. 1 on a GPU cluster)")
-    resume: Optional[str] = _f(None, "parent run id of a sweep to complete (auto: a new sweep)")
-    force: bool = _f(False, "move the champion alias even to a worse model")
-    register: bool = _f(True, "register the best child in the model registry")
-    export: bool = _f(True, "export the champion to ONNX, TorchScript and .pt2 with a parity "
+    task_gpus: float = option(0.0, "backend=ray: GPUs each task asks for (e.g. 1 on a GPU cluster)")
+    resume: Optional[str] = option(None, "parent run id of a sweep to complete (auto: a new sweep)")
+    force: bool = option(False, "move the champion alias even to a worse model")
+    register: bool = option(True, "register the best child in the model registry")
+    export: bool = option(True, "export the champion to ONNX, TorchScript and .pt2 with a parity "
                             "check (when registering)")
-    seeds: str = _f("", "comma list of split seeds: each combination is trained once per seed "
+    seeds: str = option("", "comma list of split seeds: each combination is trained once per seed "
                         "and the table shows mean ± std over them (empty: just seed)")
 
-    #: TrainConfig fields a sweep sets per child rather than taking from the user.
-    PER_CHILD = ("model", "loss")
-    PRESET_SKIP = PER_CHILD
-    ONE_PROCESS_PER_RUN = "a sweep trains `workers` combinations at once, one process each"
+    def __post_init__(self) -> None:
+        one_process_per_run(self.train, "a sweep trains `workers` combinations at once, one "
+                                        "process each")
 
     def combinations(self, data_kind: str, init: InitSource | None = None
                      ) -> list[tuple[str, str]]:
@@ -110,13 +115,13 @@ class SweepConfig(TrainConfig):
     def ranking_metric(self) -> str:
         """What ``metric`` ranks by (``auto`` resolved from the monitor and the split)."""
         if self.metric.strip().lower() in ("", DEFAULT_METRIC):
-            return metric_for(self.monitor, self.val_fraction > 0)
+            return metric_for(self.train.optim.monitor, self.train.data.val_fraction > 0)
         return self.metric
 
     def seed_list(self) -> list[int]:
         """The split seeds every combination is trained on."""
         if not self.seeds.strip():
-            return [self.seed]
+            return [self.train.data.seed]
         try:
             seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
         except ValueError:
@@ -132,17 +137,17 @@ class SweepConfig(TrainConfig):
 
     def child(self, model: str, loss: str, seed: int | None = None) -> TrainConfig:
         """The TrainConfig of one combination (on one seed)."""
-        return self.as_applied(TrainConfig, model=model, loss=loss,
-                               seed=self.seed if seed is None else seed)
+        return self.train.replace(model=model, loss=loss,
+                                  seed=self.train.data.seed if seed is None else seed)
 
     def sweep_params(self) -> dict[str, str]:
-        return {k: v for k, v in self.to_params().items() if k not in self.PER_CHILD}
+        return self.to_params()
 
 
 def _init_models(spec: str, models: list[str], init: InitSource) -> list[str]:
     """The models a sweep from ``init`` trains: the init model's own architecture. Each
     other model named is refused with one line; none left is an error."""
-    own = init.config.model
+    own = init.config.model.name
     if spec.strip().lower() in ("", "all"):
         return [own]
     for model in models:
@@ -195,14 +200,16 @@ class Outcome:
 def run_sweep(cfg: SweepConfig) -> list[Outcome]:
     """Train the grid, compare, register; returns every combination's outcome."""
     configure_tracking()
-    name = dataset_name(cfg.data)
-    init = resolve_init(cfg.init) if cfg.init else None
+    name = dataset_name(cfg.train.data.source)
+    init = resolve_init(cfg.train.model.init) if cfg.train.model.init else None
     if init is not None:
-        conflicts = [c for c in architecture_conflicts(cfg, init) if not c.startswith("model=")]
+        conflicts = [c for c in architecture_conflicts(cfg.train, init)
+                     if not c.startswith("model=")]
         if conflicts:
-            raise ValueError(f"init={cfg.init} is a {init.config.model} model; its sweep cannot "
-                             f"train with {', '.join(conflicts)}: leave those unset")
-    data = load_config_data(cfg)
+            raise ValueError(f"init={cfg.train.model.init} is a {init.config.model.name} model; "
+                             f"its sweep cannot train with {', '.join(conflicts)}: "
+                             "leave those unset")
+    data = load_config_data(cfg.train)
     jobs = cfg.jobs(data.kind, init)
     for model, loss in dict.fromkeys((job.model, job.loss) for job in jobs):
         check_names(cfg.child(model, loss))
@@ -230,7 +237,7 @@ class SweepInterrupted(KeyboardInterrupt):
 def _sweep_in_run(cfg: SweepConfig, name: str, data: LoadedData, jobs: list[Job],
                   several_seeds: bool, tags: dict[str, str],
                   started: dict[str, str]) -> list[Outcome]:
-    with training_run(f"sweep-{name}", cfg.experiment or f"zoo-{name}", tags,
+    with training_run(f"sweep-{name}", cfg.train.tracking.experiment or f"zoo-{name}", tags,
                       run_id=cfg.resume) as parent:
         parent_id = parent.info.run_id
         started["parent"] = parent_id
@@ -256,7 +263,8 @@ def _sweep_in_run(cfg: SweepConfig, name: str, data: LoadedData, jobs: list[Job]
         mlflow.log_metrics({"combinations_finished": float(len(outcomes) - len(failed)),
                             "combinations_failed": float(len(failed))})
         over = f" (mean ± std over seeds {cfg.seeds})" if several_seeds else ""
-        print(f"\nsweep {parent_id} on {name}, ranked by {metric}{over} ({selection_note(metric)}):\n")
+        print(f"\nsweep {parent_id} on {name}, ranked by {metric}{over} "
+              f"({selection_note(metric)}):\n")
         print(compare.format_table(compare.comparison_table(rows, metric)))
         if cfg.register and len(failed) < len(outcomes):
             result = register_best(runs_of_sweep(parent_id), metric, force=cfg.force)
@@ -290,7 +298,8 @@ def _export_champion(result: RegistrationResult, data: LoadedData | None) -> Non
 
 
 def _note_resume(cfg: SweepConfig) -> None:
-    """Under ``mlflow run`` with resume, the run mlflow made stays empty: say where the work went."""
+    """Under ``mlflow run`` with resume, the run mlflow made stays empty: say where the work
+    went."""
     own = os.environ.get("MLFLOW_RUN_ID")
     if cfg.resume and own and own != cfg.resume:
         mlflow.MlflowClient().set_tag(own, "zoo.resumed", cfg.resume)
@@ -339,7 +348,8 @@ def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedDa
         outcomes.append(outcome)
         bar.update(1)
         metric = cfg.ranking_metric
-        status = "failed" if outcome.error else f"{metric}={outcome.metrics.get(metric, float('nan')):.4f}"
+        status = ("failed" if outcome.error
+                  else f"{metric}={outcome.metrics.get(metric, float('nan')):.4f}")
         bar.write(f"[{len(outcomes)}/{len(todo)}] {_label(outcome.job, several_seeds)}: {status} "
                   f"({time.perf_counter() - started:.0f}s elapsed)")
 
@@ -349,7 +359,7 @@ def _train_all(cfg: SweepConfig, todo: list[Job], parent_id: str, data: LoadedDa
         for job in todo:
             bar.set_postfix_str(_label(job, several_seeds))
             done(_train_one(cfg, job, parent_id, several_seeds,
-                            data if job.seed == cfg.seed else None, stopped.get(job)))
+                            data if job.seed == cfg.train.data.seed else None, stopped.get(job)))
     else:
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         context = multiprocessing.get_context("spawn")  # no forked torch/MLflow state
@@ -430,7 +440,7 @@ def _train_one(cfg: SweepConfig, job: Job, parent_id: str, several_seeds: bool,
     is already FAILED), not raised."""
     child = cfg.child(job.model, job.loss, job.seed)
     if resume_run:
-        child.resume_run = resume_run
+        child.runtime.resume_run = resume_run
     try:
         result: RunResult = train(child,
                                   parent_run_id=parent_id, data=data,
@@ -456,9 +466,10 @@ def _baseline_rows(cfg: SweepConfig, data: LoadedData) -> list[compare.Row]:
     logged on the parent as ``baseline_<name>_<metric>``."""
     per_seed = []
     for seed in cfg.seed_list():
-        child = cfg.child(cfg.model, cfg.loss, seed)
+        child = cfg.child(cfg.train.model.name, cfg.train.loss.name, seed)
         # synthetic sources draw their samples from the seed too
-        splits = config_splits(child, data if seed == cfg.seed else load_config_data(child))
+        splits = config_splits(child, data if seed == cfg.train.data.seed
+                               else load_config_data(child))
         per_seed += [compare.Row.baseline(name, baselines.baseline_metrics(splits, name), seed)
                      for name in baselines.BASELINES]
     rows = compare.mean_over_seeds(per_seed)

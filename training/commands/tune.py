@@ -16,14 +16,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import mlflow
 import optuna
 import pandas as pd
 
 from training.cli import run_cli
-from training.config import TrainConfig, _f
+from training.config import FlatParams, TrainConfig, one_process_per_run, option, part
 from training.pipeline.run import check_names, dataset_name, load_config_data, train
 from training.pipeline.transfer import apply_init
 from training.tracking.store import configure_tracking, log_params_once, training_run
@@ -72,46 +72,47 @@ LOSS_KNOBS = ("margin", "scale", "temperature")
 
 
 @dataclass
-class TuneConfig(TrainConfig):
-    """A hyperparameter search of one model × loss; every ``TrainConfig`` field is each
-    trial's starting point."""
+class TuneConfig(FlatParams):
+    """A hyperparameter search of one model × loss: ``train`` is each trial's starting
+    point."""
+
+    WHAT = "tune"
 
     #: Trials are compared on a validation split, which a preset may give up (faces-small
     #: trains on everything and keeps the last epoch): tuning keeps one.
-    PRESET_SKIP: ClassVar[tuple[str, ...]] = ("monitor", "val_fraction")
-    ONE_PROCESS_PER_RUN: ClassVar[str] = "tune trains one trial at a time, in one process"
+    train: TrainConfig = part(TrainConfig, preset_skip=("monitor", "val_fraction"))
 
-    trials: int = _f(20, "trials (each one training run)")
-    search: str = _f("auto", "comma list of parameters to search among margin, scale, "
+    trials: int = option(20, "trials (each one training run)")
+    search: str = option("auto", "comma list of parameters to search among margin, scale, "
                              "temperature, embedding_dim, lr, weight_decay, dropout (auto: the "
                              "loss's margin, scale or temperature, embedding_dim and lr)")
-    pruner: str = _f("median", "stop a trial whose monitor is below the median of earlier "
+    pruner: str = option("median", "stop a trial whose monitor is below the median of earlier "
                                "trials at the same epoch (none: train every trial to the end)",
                      ("median", "none"))
-    prune_after: int = _f(2, "epochs a trial always trains before it may be pruned")
-    startup_trials: int = _f(3, "trials that are never pruned and sampled at random, before "
+    prune_after: int = option(2, "epochs a trial always trains before it may be pruned")
+    startup_trials: int = option(3, "trials that are never pruned and sampled at random, before "
                                 "TPE takes over")
-    timeout_s: float = _f(0.0, "stop starting trials after this many seconds (0: no limit)")
+    timeout_s: float = option(0.0, "stop starting trials after this many seconds (0: no limit)")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        one_process_per_run(self.train, "tune trains one trial at a time, in one process")
         if self.trials < 1:
             raise ValueError(f"trials must be at least 1, got {self.trials}")
-        if self.monitor == "none":
+        if self.train.optim.monitor == "none":
             raise ValueError("tune compares trials on the validation monitor: set monitor to a "
                              "val_ metric (e.g. val_map_at_r), not none")
 
     def space(self) -> dict[str, Knob]:
         """The parameters searched and their ranges."""
-        takes = loss_parameters(self.loss)
+        takes = loss_parameters(self.train.loss.name)
         # a run from an init model keeps that model's embedding width
         names = ([k for k in LOSS_KNOBS if k in takes]
-                 + (["lr"] if self.init else ["embedding_dim", "lr"])
+                 + (["lr"] if self.train.model.init else ["embedding_dim", "lr"])
                  if self.search.strip().lower() in ("", "auto")
                  else [s.strip() for s in self.search.split(",") if s.strip()])
-        if self.init and "embedding_dim" in names:
-            raise ValueError(f"search={self.search!r}: init={self.init} fixes embedding_dim (the "
-                             "init model's width); leave it out of the search")
+        if self.train.model.init and "embedding_dim" in names:
+            raise ValueError(f"search={self.search!r}: init={self.train.model.init} fixes "
+                             "embedding_dim (the init model's width); leave it out of the search")
         unknown = [n for n in names if n not in KNOBS]
         if unknown:
             raise ValueError(f"search={self.search!r}: cannot search {', '.join(unknown)}; "
@@ -119,9 +120,9 @@ class TuneConfig(TrainConfig):
         missing = [n for n in names if n in LOSS_KNOBS and n not in takes]
         if missing:
             own = [k for k in LOSS_KNOBS if k in takes]
-            raise ValueError(f"loss {self.loss!r} has no {', '.join(missing)} to search "
+            raise ValueError(f"loss {self.train.loss.name!r} has no {', '.join(missing)} to search "
                              f"(its own: {', '.join(own) or 'none'})")
-        first = check_loss(self.loss)[0][0]
+        first = check_loss(self.train.loss.name)[0][0]
         return {n: MARGIN_RANGES.get(first, KNOBS[n]) if n == "margin" else KNOBS[n]
                 for n in names}
 
@@ -129,10 +130,10 @@ class TuneConfig(TrainConfig):
         """One trial's ``TrainConfig``: this config with the suggested ``values``; trials are
         not resumable, so they write no checkpoints."""
         changes = dict(values)
-        if self.parts and "embedding_dim" in changes:  # each part keeps an equal share
-            cells = self.grid * self.grid
+        if self.train.model.parts and "embedding_dim" in changes:  # each part keeps an equal share
+            cells = self.train.model.grid * self.train.model.grid
             changes["embedding_dim"] = max(cells, changes["embedding_dim"] // cells * cells)
-        return self.as_applied(TrainConfig, **changes, checkpoint=False)
+        return self.train.replace(**changes, checkpoint=False)
 
 
 class TrialPruned(optuna.TrialPruned):
@@ -144,25 +145,26 @@ class TrialPruned(optuna.TrialPruned):
 def run_tune(cfg: TuneConfig) -> optuna.Study:
     """Search, one nested run per trial; returns the Optuna study."""
     configure_tracking()
-    check_names(cfg)
-    _, from_init = apply_init(cfg)  # trials start from the init model's architecture
+    check_names(cfg.train)
+    _, from_init = apply_init(cfg.train)  # trials start from the init model's architecture
     space = cfg.space()
-    name = dataset_name(cfg.data)
-    data = load_config_data(cfg)
-    tags = {TUNE_TAG: "parent", "zoo.dataset": name, "zoo.model": cfg.model,
-            "zoo.loss": cfg.loss, "zoo.metric": cfg.monitor}
-    with training_run(f"tune-{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}",
-                      tags) as parent:
+    name = dataset_name(cfg.train.data.source)
+    data = load_config_data(cfg.train)
+    tags = {TUNE_TAG: "parent", "zoo.dataset": name, "zoo.model": cfg.train.model.name,
+            "zoo.loss": cfg.train.loss.name, "zoo.metric": cfg.train.optim.monitor}
+    with training_run(f"tune-{cfg.train.model.name}-{cfg.train.loss.name}",
+                      cfg.train.tracking.experiment or f"zoo-{name}", tags) as parent:
         parent_id = parent.info.run_id
         log_params_once({**cfg.to_params(), "searched": ",".join(space)},
                         resolved_keys=(*cfg.preset_changed, *from_init))
-        direction = "maximize" if higher_is_better(cfg.monitor) else "minimize"
+        direction = "maximize" if higher_is_better(cfg.train.optim.monitor) else "minimize"
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
                                               n_warmup_steps=cfg.prune_after)
                   if cfg.pruner == "median" else optuna.pruners.NopPruner())
         study = optuna.create_study(
             direction=direction, pruner=pruner, study_name=f"tune-{parent_id}",
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials))
+            sampler=optuna.samplers.TPESampler(seed=cfg.train.data.seed,
+                                               n_startup_trials=cfg.startup_trials))
         study.optimize(_objective(cfg, space, parent_id, data), n_trials=cfg.trials,
                        timeout=cfg.timeout_s or None, catch=(Exception,),
                        show_progress_bar=True)
@@ -180,12 +182,13 @@ def _objective(cfg: TuneConfig, space: dict[str, Knob], parent_id: str,
         def report(epoch: int, metrics: dict[str, float]) -> None:
             if epoch == 1:
                 trial.set_user_attr("run_id", mlflow.active_run().info.run_id)
-            value = metrics.get(cfg.monitor, math.nan)
+            value = metrics.get(cfg.train.optim.monitor, math.nan)
             if not math.isnan(value):
                 trial.report(value, epoch)
-            if epoch < child.epochs and trial.should_prune():  # the last epoch is done anyway
+            if epoch < child.optim.epochs and trial.should_prune():  # the last epoch is done anyway
                 mlflow.set_tag(TRIAL_STATE_TAG, "pruned")
-                raise TrialPruned(f"pruned after epoch {epoch}: {cfg.monitor}={value:.4f} "
+                raise TrialPruned(f"pruned after epoch {epoch}: "
+                                  f"{cfg.train.optim.monitor}={value:.4f} "
                                   "is below the median of the earlier trials")
 
         result = train(child, parent_run_id=parent_id, data=data,
@@ -220,14 +223,14 @@ def _report(cfg: TuneConfig, study: optuna.Study) -> None:
     best = study.best_trial
     chosen = best.user_attrs["values"]  # what the trial trained with (rounded)
     mlflow.log_params({f"best_{k}": format_value(v) for k, v in chosen.items()})
-    mlflow.log_metric(f"best_{cfg.monitor}", float(best.value))
+    mlflow.log_metric(f"best_{cfg.train.optim.monitor}", float(best.value))
     mlflow.set_tags({"zoo.best_trial": str(best.number),
                      "zoo.best_run_id": str(best.user_attrs.get("run_id", ""))})
     flags = " ".join(f"-P {k}={format_value(v)}" for k, v in chosen.items())
     print(f"\nbest: trial {best.number} (run {best.user_attrs.get('run_id')}), "
-          f"{cfg.monitor}={best.value:.4f}\n  {flags}\n"
-          f"train it: mlflow run . -e train --env-manager local -P model={cfg.model} "
-          f"-P loss={cfg.loss} -P data={cfg.data} {flags}")
+          f"{cfg.train.optim.monitor}={best.value:.4f}\n  {flags}\n"
+          f"train it: mlflow run . -e train --env-manager local -P model={cfg.train.model.name} "
+          f"-P loss={cfg.train.loss.name} -P data={cfg.train.data.source} {flags}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,30 +63,30 @@ def pick_device(name: str) -> torch.device:
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU has it, else fp16; None when AMP is off (always off on CPU)."""
-    if cfg.amp == "off" or device.type != "cuda":
+    if cfg.runtime.amp == "off" or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def make_augment(cfg: TrainConfig) -> ImageAugment | None:
     """``light``: small affine jitter; ``strong``: larger jitter plus random erasing."""
-    if cfg.augment == "none":
+    if cfg.data.augment == "none":
         return None
-    if cfg.augment == "strong":
-        return ImageAugment.preset("faces", hflip=cfg.hflip, strength=1.5)
-    return ImageAugment.preset("default", hflip=cfg.hflip)
+    if cfg.data.augment == "strong":
+        return ImageAugment.preset("faces", hflip=cfg.data.hflip, strength=1.5)
+    return ImageAugment.preset("default", hflip=cfg.data.hflip)
 
 
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: linear warm-up then cosine to 1% of peak, or OneCycle."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "onecycle":
+    total = max(1, cfg.optim.epochs * steps_per_epoch)
+    if cfg.optim.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total
         )
-    warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+    warmup = min(total - 1, int(cfg.optim.warmup_epochs * steps_per_epoch))
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -108,7 +108,7 @@ def batches(
     n = len(split)
     if loss_fn.needs_pk_batches:
         sampler = PKBatchSampler(
-            split.y, batch_size=cfg.batch_size, k=cfg.samples_per_class, seed=cfg.training_seed,
+            split.y, batch_size=cfg.optim.batch_size, k=cfg.loss.samples_per_class, seed=cfg.training_seed,
             num_replicas=world.size, rank=world.rank,
         )
         sampler.set_epoch(epoch)
@@ -124,7 +124,7 @@ def batches(
         gen = torch.Generator().manual_seed(cfg.training_seed * 1000 + epoch)
         order = torch.randperm(n, generator=gen)
     n = len(order)
-    size = min(cfg.batch_size, n)
+    size = min(cfg.optim.batch_size, n)
     # Drop the ragged tail: a batch of 1 breaks BatchNorm and adds noise.
     for start in range(0, n - size + 1, size):
         yield order[start:start + size]
@@ -134,9 +134,9 @@ def steps_per_epoch(split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss,
                     world: World = World()) -> int:
     """How many batches one epoch has on each process (for the schedule and progress bar)."""
     if loss_fn.needs_pk_batches:
-        return max(1, len(split) // (cfg.batch_size * world.size))
+        return max(1, len(split) // (cfg.optim.batch_size * world.size))
     share = len(split) // world.size
-    return max(1, share // min(cfg.batch_size, share))
+    return max(1, share // min(cfg.optim.batch_size, share))
 
 
 @torch.no_grad()
@@ -219,19 +219,19 @@ def check_methods(cfg: TrainConfig, model: EmbeddingModel, loss_fn: EmbeddingLos
     """Refuse combinations that cannot work, naming the parameter to change."""
     missing = loss_fn.reads_outputs - getattr(model, "training_outputs", frozenset())
     if missing:
-        raise ValueError(f"loss {cfg.loss!r} reads the model's {', '.join(sorted(missing))}, "
-                         f"which {cfg.model!r} does not give: it needs an autoencoder "
+        raise ValueError(f"loss {cfg.loss.name!r} reads the model's {', '.join(sorted(missing))}, "
+                         f"which {cfg.model.name!r} does not give: it needs an autoencoder "
                          "(elbo: vae; sparse_recon: vae or sae)")
-    if cfg.mix != "none" and (loss_fn.needs_pk_batches or not loss_fn.has_classes):
-        raise ValueError(f"mix={cfg.mix} needs a classification-style loss (one with class "
-                         f"weights: softmax, focal, center, arcface, ...); {cfg.loss!r} "
+    if cfg.optim.mix != "none" and (loss_fn.needs_pk_batches or not loss_fn.has_classes):
+        raise ValueError(f"mix={cfg.optim.mix} needs a classification-style loss (one with class "
+                         f"weights: softmax, focal, center, arcface, ...); {cfg.loss.name!r} "
                          "compares pairs of samples, whose labels a mix would blur")
-    if cfg.mix == "cutmix" and model.modality != "image":
+    if cfg.optim.mix == "cutmix" and model.modality != "image":
         raise ValueError("mix=cutmix pastes image boxes; use mix=mixup for tabular data")
-    if cfg.tta != "none" and model.modality != "image":
-        raise ValueError(f"tta={cfg.tta} flips images; tabular data has no test-time "
+    if cfg.data.tta != "none" and model.modality != "image":
+        raise ValueError(f"tta={cfg.data.tta} flips images; tabular data has no test-time "
                          "augmentation (use tta=none)")
-    if cfg.sam_rho > 0 and amp_dtype(cfg, device) is torch.float16:
+    if cfg.optim.sam_rho > 0 and amp_dtype(cfg, device) is torch.float16:
         raise ValueError("sam_rho > 0 with float16 AMP is not supported (this GPU has no "
                          "bfloat16): use amp=off")
 
@@ -293,21 +293,21 @@ def fit(
     and rank 0 validates and tells the others the result (only rank 0 passes callbacks).
     """
     check_methods(cfg, model, loss_fn, device)
-    if len(val) == 0 and cfg.monitor != "none":
-        raise ValueError(f"there is no validation split (val_fraction={cfg.val_fraction}) to "
-                         f"pick the best epoch by {cfg.monitor}: use monitor=none to keep the "
+    if len(val) == 0 and cfg.optim.monitor != "none":
+        raise ValueError(f"there is no validation split (val_fraction={cfg.data.val_fraction}) to "
+                         f"pick the best epoch by {cfg.optim.monitor}: use monitor=none to keep the "
                          "last epoch, or a val_fraction > 0")
     model.to(device)
     loss_fn.to(device)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
-    lr = cfg.lr * world.lr_factor(cfg.lr_scaling)
-    groups = param_groups(model, loss_fn, cfg.weight_decay, lr, cfg.backbone_lr, cfg.lr_decay)
+    lr = cfg.optim.lr * world.lr_factor(cfg.optim.lr_scaling)
+    groups = param_groups(model, loss_fn, cfg.optim.weight_decay, lr, cfg.optim.backbone_lr, cfg.optim.lr_decay)
     if aux is not None:
         aux.to(device)
         groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
-                       "weight_decay": cfg.weight_decay, "lr": lr})
-    opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.sam_rho, cfg.lookahead)
+                       "weight_decay": cfg.optim.weight_decay, "lr": lr})
+    opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.optim.sam_rho, cfg.optim.lookahead)
     n_steps = steps_per_epoch(train, cfg, loss_fn, world)
     scheduler = make_scheduler(opt.inner, cfg, n_steps)
     augment = make_augment(cfg) if model.modality == "image" else None
@@ -315,15 +315,15 @@ def fit(
     pair = nn.ModuleDict({"model": model, "loss": loss_fn})
     step_module: nn.Module = TrainStep(pair, aux, dtype, device.type)
     if world.distributed:  # a frozen backbone gives no gradients for its first epochs
-        step_module = wrap(step_module, world, device, find_unused=cfg.freeze_epochs > 0
+        step_module = wrap(step_module, world, device, find_unused=cfg.optim.freeze_epochs > 0
                            or _any_unused(step_module, train, cfg, loss_fn, device, world))
-    ema = (ModelEmaV3(pair, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup,
-                      warmup_power=EMA_WARMUP_POWER) if cfg.ema_decay > 0 else None)
+    ema = (ModelEmaV3(pair, decay=cfg.optim.ema_decay, use_warmup=cfg.optim.ema_warmup,
+                      warmup_power=EMA_WARMUP_POWER) if cfg.optim.ema_decay > 0 else None)
     evaluated = ema.module if ema is not None else pair
     mix_rng = np.random.default_rng(cfg.training_seed)
     trained = [p for g in groups for p in g["params"]]
     history = History()
-    better = cfg.monitor == "none" or higher_is_better(cfg.monitor)
+    better = cfg.optim.monitor == "none" or higher_is_better(cfg.optim.monitor)
     best_state: dict[str, Any] | None = None
     since_best, step, first_epoch = 0, 0, 1
 
@@ -353,45 +353,45 @@ def fit(
         best_state, since_best, step = resume["best_weights"], resume["since_best"], resume["step"]
         first_epoch = int(resume["epoch"]) + 1
         restore_rng(resume["rng"], mix_rng)
-        log.info("resuming after epoch %d of %d", first_epoch - 1, cfg.epochs)
+        log.info("resuming after epoch %d of %d", first_epoch - 1, cfg.optim.epochs)
 
     def forward_backward(mixed: MixedBatch) -> tuple[torch.Tensor, dict]:
         loss, parts = step_module(mixed.x, mixed.y_a, mixed.y_b, mixed.lam)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"{cfg.loss} loss became {loss.item()} at epoch {epoch}; lower lr or check the data"
+                f"{cfg.loss.name} loss became {loss.item()} at epoch {epoch}; lower lr or check the data"
             )
         scaler.scale(loss).backward()
-        if cfg.grad_centralization:
+        if cfg.optim.grad_centralization:
             centralize_gradients(model.parameters())
         return loss.detach(), parts
 
     epoch = first_epoch - 1
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.optim.epochs + 1):
         model.set_head(None)
         evaluated["model"].set_head(None)
         model.train()
         loss_fn.train()
-        frozen = freeze_backbone(model, epoch <= cfg.freeze_epochs)
+        frozen = freeze_backbone(model, epoch <= cfg.optim.freeze_epochs)
         started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
         bar = tqdm(batches(train, cfg, loss_fn, epoch, world), total=n_steps,
-                   desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                   desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, disable=not world.is_main)
         for idx in bar:
             xb = train.x[idx].to(device, non_blocking=True)
             yb = train.y[idx].to(device, non_blocking=True)
             if augment is not None:
                 xb = augment(xb)
-            mixed = mix_batch(xb, yb, cfg.mix, cfg.mix_alpha, mix_rng)
+            mixed = mix_batch(xb, yb, cfg.optim.mix, cfg.optim.mix_alpha, mix_rng)
             opt.outer.zero_grad(set_to_none=True)
             loss, batch_parts = forward_backward(mixed)
             if opt.sam is not None:  # second pass at w + rho * g / |g|, then step from w
                 opt.sam.first_step(zero_grad=True)
                 with frozen_norm_stats(model):
                     forward_backward(mixed)
-            if cfg.grad_clip > 0:
+            if cfg.optim.grad_clip > 0:
                 scaler.unscale_(opt.outer)
-                nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+                nn.utils.clip_grad_norm_(trained, cfg.optim.grad_clip)
             if opt.sam is not None:
                 opt.sam.second_step()
             else:
@@ -419,7 +419,7 @@ def fit(
             "epoch_time_s": elapsed,
         }
         metrics.update({k: v / max(1, seen) for k, v in sums.items()})
-        if cfg.fine_tuning or cfg.backbone_lr != 1.0 or cfg.freeze_epochs:
+        if cfg.fine_tuning or cfg.optim.backbone_lr != 1.0 or cfg.optim.freeze_epochs:
             metrics["lr_backbone"] = 0.0 if frozen else max(
                 (g["lr"] for g in backbone_groups(opt.inner)), default=0.0)
         world.sync_buffers(pair)
@@ -428,7 +428,7 @@ def fit(
         if len(val):
             metrics.update(world.broadcast(
                 validate(evaluated["model"], evaluated["loss"], train, val, device,
-                         num_classes, dtype, cfg.tta) if world.is_main else None))
+                         num_classes, dtype, cfg.data.tta) if world.is_main else None))
         history.epochs.append(metrics)
         history.train_time_s += time.perf_counter() - started
         value = monitored(cfg, metrics, epoch, len(val), num_classes)
@@ -439,25 +439,25 @@ def fit(
         # but do not reset the early-stopping patience.
         if strictly or value == history.best_value:
             history.best_epoch, history.best_value = epoch, value
-            if cfg.monitor != "none":  # else the last epoch is kept: no copy needed
+            if cfg.optim.monitor != "none":  # else the last epoch is kept: no copy needed
                 evaluated["model"].set_head(None)
                 best_state = copy.deepcopy({k: v.cpu() for k, v in evaluated.state_dict().items()})
         if world.is_main:
-            log.info("epoch %d/%d: %s", epoch, cfg.epochs,
+            log.info("epoch %d/%d: %s", epoch, cfg.optim.epochs,
                      ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if on_checkpoint is not None:
             on_checkpoint(checkpoint(epoch))
-        if cfg.patience and since_best >= cfg.patience:
+        if cfg.optim.patience and since_best >= cfg.optim.patience:
             history.stopped_early = True
-            log.info("early stop: no better %s for %d epochs", cfg.monitor, cfg.patience)
+            log.info("early stop: no better %s for %d epochs", cfg.optim.monitor, cfg.optim.patience)
             break
 
     freeze_backbone(model, False)
     model.set_head(None)
     evaluated["model"].set_head(None)
-    if cfg.monitor == "none" and ema is not None:
+    if cfg.optim.monitor == "none" and ema is not None:
         best_state = ema.module.state_dict()  # the last epoch's average
     if best_state is not None:
         pair.load_state_dict(best_state)
@@ -499,15 +499,15 @@ def monitored(cfg: TrainConfig, metrics: dict[str, float], epoch: int, val_sampl
     """The value that picks the best epoch: the monitor metric, or the epoch itself for
     ``monitor=none`` (the last epoch is kept). A metric that is absent or NaN is an error
     that says what to change, rather than a silent 'best epoch 1'."""
-    if cfg.monitor == "none":
+    if cfg.optim.monitor == "none":
         return float(epoch)
-    value = metrics.get(cfg.monitor)
+    value = metrics.get(cfg.optim.monitor)
     if value is None:
-        raise ValueError(f"monitor={cfg.monitor!r} is not a validation metric; choose none or "
+        raise ValueError(f"monitor={cfg.optim.monitor!r} is not a validation metric; choose none or "
                          f"one of: {', '.join(k for k in metrics if k.startswith('val_'))}")
     if math.isnan(value):
         raise ValueError(
-            f"monitor={cfg.monitor} is NaN at epoch {epoch}: the validation split "
+            f"monitor={cfg.optim.monitor} is NaN at epoch {epoch}: the validation split "
             f"({val_samples} samples of {num_classes} classes) is too small for it (retrieval "
             "metrics need two samples of a class); raise val_fraction, use "
             "monitor=val_accuracy, or monitor=none to keep the last epoch")

@@ -28,10 +28,11 @@ import mlflow
 import numpy as np
 import torch
 
-from training.config import TrainConfig, _f, config_from_dict
+from training.config import FlatParams, TrainConfig, option
 from training.pipeline.run import build_model_and_loss, config_splits, load_config_data
 from training.tracking import export_artifacts
-from training.tracking.model_source import DEFAULT_MODEL_URI, ModelSource, load_source
+from training.tracking.model_source import (DEFAULT_MODEL_URI, ModelSource, load_source,
+                                             training_config)
 from training.tracking.store import configure_tracking
 from zoo.data import LoadedData, Splits
 from zoo.export import (
@@ -53,21 +54,20 @@ REBUILD_MAX_ABS_DIFF = 1e-5
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(FlatParams):
     """Which model to export, to what, and how close the exports must stay to it."""
 
-    model_uri: str = _f(DEFAULT_MODEL_URI, "models:/<name>@<alias>, models:/<name>/<version>, "
-                                           "models:/m-<id> or runs:/<run_id>/model")
-    formats: str = _f(",".join(FORMATS), f"comma list of {', '.join(FORMATS)}")
-    opset: int = _f(DEFAULT_OPSET, f"ONNX opset ({MIN_OPSET} or newer)")
-    data: str = _f("", "data of the parity check (empty: the training run's own data)")
-    max_abs_diff: float = _f(1e-4, "largest allowed difference of any embedding value")
-    min_top1_agreement: float = _f(0.999, "smallest allowed share of equal top-1 classes")
-    batch_size: int = _f(64, "batch size of the parity check")
+    WHAT = "export"
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ExportConfig":
-        return config_from_dict(cls, values, "export")
+    model_uri: str = option(DEFAULT_MODEL_URI, "models:/<name>@<alias>, models:/<name>/<version>, "
+                                           "models:/m-<id> or runs:/<run_id>/model")
+    formats: str = option(",".join(FORMATS), f"comma list of {', '.join(FORMATS)}")
+    opset: int = option(DEFAULT_OPSET, f"ONNX opset ({MIN_OPSET} or newer)")
+    data: str = option("", "data of the parity check (empty: the training run's own data)")
+    max_abs_diff: float = option(1e-4, "largest allowed difference of any embedding value")
+    min_top1_agreement: float = option(0.999, "smallest allowed share of equal top-1 classes")
+    batch_size: int = option(64, "batch size of the parity check")
+
 
     def __post_init__(self) -> None:
         self.model_uri = self.model_uri.strip() or DEFAULT_MODEL_URI
@@ -132,10 +132,11 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def source_config(run: mlflow.entities.Run, data: str = "") -> TrainConfig:
-    """The training config of ``run``, from its parameters (``data`` overrides its data)."""
-    cfg = TrainConfig.from_run(run.data.params, run.data.tags)
-    return dataclasses.replace(cfg, data=data) if data else cfg
+def source_config(source: ModelSource, run: mlflow.entities.Run, model: Any = None,
+                  data: str = "") -> TrainConfig:
+    """The training config the model carries (``data`` overrides its data)."""
+    cfg = training_config(source, run, model)
+    return cfg.replace(data=data) if data else cfg
 
 
 def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None = None
@@ -145,13 +146,13 @@ def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | N
         try:
             data = load_config_data(cfg)
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}; the training run read data={cfg.data!r} relative to "
+            raise FileNotFoundError(f"{exc}; the training run read data={cfg.data.source!r} relative to "
                                     "its working directory: pass --data with where it is now "
                                     "(-P data=... under mlflow run)") from None
     splits = config_splits(cfg, data)
     trained = model.zoo_meta.get("preprocessing", {}).get("class_names")
     if trained is not None and list(trained) != list(splits.class_names):
-        raise ValueError(f"data {cfg.data!r} has classes {splits.class_names[:5]}... but the model "
+        raise ValueError(f"data {cfg.data.source!r} has classes {splits.class_names[:5]}... but the model "
                          f"was trained on {trained[:5]}...: not the data it was trained on")
     return splits
 
@@ -172,7 +173,7 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
     configure_tracking()
     source, run, model = load_source(cfg.model_uri)
     log.info("exporting %s", source.describe())
-    train_cfg = source_config(run, cfg.data)
+    train_cfg = source_config(source, run, model, cfg.data)
     splits = source_splits(train_cfg, model, data)
     split = splits.test
     example = example_batch(split.x[torch.arange(min(2, len(split)))])

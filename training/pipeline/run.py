@@ -23,6 +23,7 @@ from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_
 from training.pipeline.transfer import INIT_TAG, InitSource, Start, apply_init, resolve_start
 from training.tracking import plots
 from training.tracking.model_logging import log_trained_model
+from training.tracking.model_source import RECIPE_KEY
 from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo.data import LoadedData, Splits, load_data, split_data
 from zoo.data.preprocessing import DEFAULT_INTERPOLATION
@@ -61,32 +62,32 @@ def dataset_name(data: str) -> str:
 
 def load_config_data(cfg: TrainConfig) -> LoadedData:
     """The data set a config names, at its image size, channels and resize filter."""
-    return load_data(cfg.data, image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
-                     label_column=cfg.label_column,
-                     interpolation=cfg.interpolation or DEFAULT_INTERPOLATION)
+    return load_data(cfg.data.source, image_size=cfg.data.image_size, channels=cfg.data.channels, seed=cfg.data.seed,
+                     label_column=cfg.data.label_column,
+                     interpolation=cfg.data.interpolation or DEFAULT_INTERPOLATION)
 
 
 def config_splits(cfg: TrainConfig, data: LoadedData) -> Splits:
     """The deterministic split a config names (the same for every run with the same seed),
     normalised by the config's mean and std when set (else the training split's)."""
-    return split_data(data, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                      test_fraction=cfg.test_fraction, open_set=cfg.open_set,
-                      mean=channel_values(cfg.mean, "mean"), std=channel_values(cfg.std, "std"))
+    return split_data(data, seed=cfg.data.seed, val_fraction=cfg.data.val_fraction,
+                      test_fraction=cfg.data.test_fraction, open_set=cfg.data.open_set,
+                      mean=channel_values(cfg.data.mean, "mean"), std=channel_values(cfg.data.std, "std"))
 
 
 def check_names(cfg: TrainConfig) -> None:
     """Fail fast on an unknown model or loss, before any data is read."""
-    if not cfg.model.startswith(TIMM_PREFIX):
-        MODELS.get(cfg.model)
-    check_loss(cfg.loss)
+    if not cfg.model.name.startswith(TIMM_PREFIX):
+        MODELS.get(cfg.model.name)
+    check_loss(cfg.loss.name)
 
 
 def check_modality(cfg: TrainConfig, data: LoadedData) -> None:
     """An image model cannot read rows, nor a tabular model images: say which to use."""
-    wanted = model_modality(cfg.model)
+    wanted = model_modality(cfg.model.name)
     if wanted != data.kind:
         raise ValueError(
-            f"model {cfg.model!r} takes {wanted} data but {cfg.data!r} is {data.kind} data; "
+            f"model {cfg.model.name!r} takes {wanted} data but {cfg.data.source!r} is {data.kind} data; "
             f"use one of: {', '.join(models_for(data.kind))}"
         )
 
@@ -104,14 +105,16 @@ def train(
     run_name: str | None = None,
     aux: AuxFactory | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    params: dict[str, str] | None = None,
 ) -> RunResult:
     """Train one model × loss combination and log everything to MLflow.
 
     With ``parent_run_id`` the run is a nested child of that run (a sweep's combination);
     ``data`` reuses an already loaded data set (it must have been loaded from ``cfg``);
     ``aux`` adds loss terms that need the input batch (a teacher's, when distilling);
-    ``on_epoch(epoch, metrics)`` is called after each epoch is logged (a tuner's pruning).
-    ``cfg.resume_run`` continues that run from its last checkpoint, with its own config.
+    ``on_epoch(epoch, metrics)`` is called after each epoch is logged (a tuner's pruning);
+    ``params`` are logged beside the config's (a distillation's teacher and weights).
+    ``cfg.runtime.resume_run`` continues that run from its last checkpoint, with its own config.
     Ctrl-C or SIGTERM ends the run KILLED with its checkpoint kept and raises
     ``TrainingInterrupted``, whose message says how to resume.
 
@@ -120,11 +123,12 @@ def train(
     """
     world = current_world()
     check_world(cfg, world, parent_run_id=parent_run_id, aux=aux)
-    device = world.place(pick_device(cfg.device))
+    device = world.place(pick_device(cfg.runtime.device))
     with process_group(world, device):
         if world.is_main:
             return _train_main(cfg, world, device, parent_run_id=parent_run_id, tags=tags,
-                               data=data, run_name=run_name, aux=aux, on_epoch=on_epoch)
+                               data=data, run_name=run_name, aux=aux, on_epoch=on_epoch,
+                               params=params)
         return _train_replica(cfg, world, device)
 
 
@@ -134,38 +138,39 @@ def check_world(cfg: TrainConfig, world: World, *, parent_run_id: str | None,
     if world.distributed and (parent_run_id or aux):
         raise ValueError("data-parallel training (torchrun) is for single runs (-e train); a "
                          "sweep trains `workers` combinations at once instead")
-    if cfg.nproc > 1 and not world.distributed:
-        raise ValueError(f"nproc={cfg.nproc} trains with {cfg.nproc} processes, started by "
-                         f"torchrun: use `python -m training.commands.train --nproc {cfg.nproc} ...`, "
-                         f"`mlflow run . -e train -P nproc={cfg.nproc}` or `torchrun "
-                         f"--nproc_per_node={cfg.nproc} -m training.commands.train ...` (a sweep or "
+    if cfg.runtime.nproc > 1 and not world.distributed:
+        raise ValueError(f"nproc={cfg.runtime.nproc} trains with {cfg.runtime.nproc} processes, started by "
+                         f"torchrun: use `python -m training.commands.train --nproc {cfg.runtime.nproc} ...`, "
+                         f"`mlflow run . -e train -P nproc={cfg.runtime.nproc}` or `torchrun "
+                         f"--nproc_per_node={cfg.runtime.nproc} -m training.commands.train ...` (a sweep or "
                          "distillation runs in one process each)")
     if world.distributed:
-        cfg.nproc = world.size  # what torchrun started, whatever the parameter said
+        cfg.runtime.nproc = world.size  # what torchrun started, whatever the parameter said
 
 
 def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
                 parent_run_id: str | None, tags: dict[str, str] | None,
                 data: LoadedData | None, run_name: str | None,
                 aux: AuxFactory | None,
-                on_epoch: Callable[[int, dict[str, float]], None] | None) -> RunResult:
+                on_epoch: Callable[[int, dict[str, float]], None] | None,
+                params: dict[str, str] | None = None) -> RunResult:
     configure_tracking()
-    resume_id, state = cfg.resume_run, None
+    resume_id, state = cfg.runtime.resume_run, None
     if resume_id:
         cfg, state = resume_point(resume_id)
-        if cfg.nproc != world.size:  # the learning rate and batches depend on it
-            raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.nproc}: resume it "
-                             f"with the same number of processes (-P nproc={cfg.nproc})")
+        if cfg.runtime.nproc != world.size:  # the learning rate and batches depend on it
+            raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.runtime.nproc}: resume it "
+                             f"with the same number of processes (-P nproc={cfg.runtime.nproc})")
         world.broadcast((cfg, state))  # the other processes resume from the same point
     seed_and_threads(cfg)
     init, from_init = apply_init(cfg)  # the init model's architecture, before the run is named
-    name = dataset_name(cfg.data)
-    run_tags = {"zoo.model": cfg.model, "zoo.loss": cfg.loss, "zoo.dataset": name,
+    name = dataset_name(cfg.data.source)
+    run_tags = {"zoo.model": cfg.model.name, "zoo.loss": cfg.loss.name, "zoo.dataset": name,
                 **({"zoo.preset": cfg.preset} if cfg.preset != "none" else {}),
-                **({INIT_TAG: cfg.init} if cfg.init else {}), **(tags or {})}
+                **({INIT_TAG: cfg.model.init} if cfg.model.init else {}), **(tags or {})}
     progress: dict[str, Any] = {"epoch": int(state["epoch"]) if state else 0}
     try:
-        with training_run(run_name or f"{cfg.model}-{cfg.loss}", cfg.experiment or f"zoo-{name}",
+        with training_run(run_name or f"{cfg.model.name}-{cfg.loss.name}", cfg.tracking.experiment or f"zoo-{name}",
                           run_tags, parent_run_id=parent_run_id, run_id=resume_id) as run:
             progress["run_id"] = run.info.run_id
             wrapper = os.environ.get("MLFLOW_RUN_ID")
@@ -173,11 +178,11 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
                 # under `mlflow run -P resume_run=...`: the run mlflow made says where it went
                 mlflow.MlflowClient().set_tag(wrapper, "zoo.resumed", resume_id)
             return _train_in_run(cfg, run, name, data, aux, state, progress, world, device,
-                                 on_epoch, init, from_init)
+                                 on_epoch, init, from_init, params or {})
     except KeyboardInterrupt as exc:
         if "run_id" not in progress:
             raise
-        raise TrainingInterrupted(progress["run_id"], progress["epoch"], cfg.checkpoint,
+        raise TrainingInterrupted(progress["run_id"], progress["epoch"], cfg.runtime.checkpoint,
                                   exc, nproc=world.size) from None
 
 
@@ -231,7 +236,7 @@ def _train_replica(cfg: TrainConfig, world: World, device: torch.device) -> RunR
 
 
 def _train_share(cfg: TrainConfig, world: World, device: torch.device) -> RunResult:
-    cfg, state = world.broadcast(None) if cfg.resume_run else (cfg, None)
+    cfg, state = world.broadcast(None) if cfg.runtime.resume_run else (cfg, None)
     seed_and_threads(cfg)
     splits, model, loss_fn, _ = prepare(cfg)
     # its own augmentation and dropout draws; the weights are rank 0's (DDP copies them to
@@ -246,8 +251,8 @@ def _train_share(cfg: TrainConfig, world: World, device: torch.device) -> RunRes
 def seed_and_threads(cfg: TrainConfig) -> None:
     """The run's random seed and torch's CPU threads, before anything is built."""
     seed_everything(cfg.training_seed)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    if cfg.runtime.num_threads > 0:
+        torch.set_num_threads(cfg.runtime.num_threads)
 
 
 def prepare(cfg: TrainConfig, data: LoadedData | None = None, init: InitSource | None = None
@@ -257,7 +262,7 @@ def prepare(cfg: TrainConfig, data: LoadedData | None = None, init: InitSource |
     weights ``pretrained`` or ``init`` name, after the names and modality are checked."""
     check_names(cfg)
     start = resolve_start(cfg, init)
-    wanted = cfg.interpolation or DEFAULT_INTERPOLATION
+    wanted = cfg.data.interpolation or DEFAULT_INTERPOLATION
     if data is None or (data.kind == "image" and data.interpolation != wanted):
         data = load_config_data(cfg)
     check_modality(cfg, data)
@@ -284,18 +289,17 @@ def build_model_and_loss(cfg: TrainConfig, splits: Splits, start: Start | None =
     """The model and loss a config names, sized for its split, with the starting weights."""
     num_classes = len(splits.class_names)
     model = create_model(
-        cfg.model, num_classes, cfg.embedding_dim, in_chans=cfg.channels,
-        image_size=cfg.image_size, num_features=splits.train.x.shape[1], dropout=cfg.dropout,
-        stage=cfg.stage, grid=cfg.grid, parts=cfg.parts, cnn_branch=cfg.cnn_branch,
-        transformer_branch=cfg.transformer_branch,
+        cfg.model.name, num_classes, cfg.model.embedding_dim, in_chans=cfg.data.channels,
+        image_size=cfg.data.image_size, num_features=splits.train.x.shape[1], dropout=cfg.model.dropout,
+        stage=cfg.model.stage, grid=cfg.model.grid, parts=cfg.model.parts, cnn_branch=cfg.model.cnn_branch,
+        transformer_branch=cfg.model.transformer_branch,
         weights=start.weights if start is not None else None, **architecture_options(cfg),
     )
     if start is not None:
         start.apply(model)
-    loss_fn = create_loss(cfg.loss, num_classes, cfg.embedding_dim, margin=cfg.margin,
-                          scale=cfg.scale, temperature=cfg.temperature, miner=cfg.miner,
-                          kl_weight=cfg.kl_weight, sparsity=cfg.sparsity,
-                          parts=cfg.grid * cfg.grid if cfg.parts else 1)
+    loss_fn = create_loss(cfg.loss.name, num_classes, cfg.model.embedding_dim,
+                          **cfg.loss.options(),
+                          parts=cfg.model.grid * cfg.model.grid if cfg.model.parts else 1)
     return model, loss_fn
 
 
@@ -303,22 +307,24 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
                   aux: AuxFactory | None, state: dict[str, Any] | None,
                   progress: dict[str, Any], world: World, device: torch.device,
                   on_epoch: Callable[[int, dict[str, float]], None] | None,
-                  init: InitSource | None = None, from_init: tuple[str, ...] = ()) -> RunResult:
+                  init: InitSource | None = None, from_init: tuple[str, ...] = (),
+                  params: dict[str, str] | None = None) -> RunResult:
     resolved = (*cfg.preset_changed, *from_init)
+    logged = {**cfg.to_params(), **(params or {})}
     if state is None:
-        log_params_once(cfg.to_params(), resolved_keys=resolved)
+        log_params_once(logged, resolved_keys=resolved)
     splits, model, loss_fn, start = prepare(cfg, data, init)
     num_classes = len(splits.class_names)
     if state is None:
         # what the starting weights made of mean, std and interpolation
-        log_params_once(cfg.to_params(), resolved_keys=resolved)
+        log_params_once({**cfg.to_params(), **(params or {})}, resolved_keys=resolved)
         log_params_once(describe(splits, model, device, world))
         start.log()
     log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",
-             cfg.model, cfg.loss, name, num_classes, len(splits.train), len(splits.val),
+             cfg.model.name, cfg.loss.name, name, num_classes, len(splits.train), len(splits.val),
              len(splits.test), device)
 
-    checkpoints = RunCheckpoints(run.info.run_id) if cfg.checkpoint else None
+    checkpoints = RunCheckpoints(run.info.run_id) if cfg.runtime.checkpoint else None
 
     def logged(epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=epoch)
@@ -342,17 +348,18 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
         world.broadcast(run.info.run_id)
 
     metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
-                                                   cfg.tta)
+                                                   cfg.data.tta)
     metrics.update(best_epoch=float(history.best_epoch), train_time_s=history.train_time_s,
                    **kept_validation(history))
     mlflow.log_metrics(metrics)
-    log_figures(history, splits, test_emb, test_logits, cfg.seed, cfg.plots)
+    log_figures(history, splits, test_emb, test_logits, cfg.data.seed, cfg.tracking.plots)
     model_uri = None
-    if cfg.log_model:
+    if cfg.tracking.log_model:
         meta = {
-            "preprocessing": splits.preprocessing.to_dict(), "loss": cfg.loss,
+            "preprocessing": splits.preprocessing.to_dict(), "loss": cfg.loss.name,
             "dataset": name, "run_id": run.info.run_id,
             "open_class_names": splits.open_class_names,
+            RECIPE_KEY: cfg.params(),  # what export, evaluate and distill rebuild it from
         }
         info = log_trained_model(model, splits.test.x[torch.arange(min(2, len(splits.test)))],
                                  meta, metrics)
@@ -381,9 +388,9 @@ SUMMARY_KEYS = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_n
 def architecture_options(cfg: TrainConfig) -> dict[str, Any]:
     """The timm options a config changes from the model's own (the rest are not passed, so
     models that lack an option still build when it is left alone)."""
-    options = {k: getattr(cfg, k) for k in TIMM_OPTIONS if getattr(cfg, k) not in (None, 0.0)}
-    if cfg.width_multiplier != 1.0:
-        options["width_multiplier"] = cfg.width_multiplier
+    options = {k: cfg.param(k) for k in TIMM_OPTIONS if cfg.param(k) not in (None, 0.0)}
+    if cfg.model.width_multiplier != 1.0:
+        options["width_multiplier"] = cfg.model.width_multiplier
     return options
 
 

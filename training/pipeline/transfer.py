@@ -9,7 +9,6 @@ started: tags, the weights' sha256, a load report, and for ``init`` MLflow's mod
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +16,9 @@ from typing import Any
 import mlflow
 import torch
 
-from training.config import TrainConfig
+from training.config import TrainConfig, params_of
 from training.tracking.model_source import (ModelSource, artifact_location, load_pytorch_model,
-                                   resolve_model)
+                                             resolve_model, training_config)
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
                         is_timm_backed, timm_name_of)
 from zoo.models.pretrained import PretrainedWeights, resolve_weights
@@ -52,34 +51,34 @@ def resolve_init(uri: str) -> InitSource:
     """The model ``uri`` names and the config of the run that trained it (no weights yet)."""
     source = resolve_model(uri)
     run = mlflow.MlflowClient().get_run(source.run_id)
-    return InitSource(uri, source, TrainConfig.from_run(run.data.params, run.data.tags))
+    return InitSource(uri, source, training_config(source, run))
 
 
 def architecture_conflicts(cfg: TrainConfig, init: InitSource) -> list[str]:
     """The architecture fields ``cfg`` sets to something other than the init model's."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return [f"{name}={getattr(cfg, name)!r} (it has {getattr(init.config, name)!r})"
+    defaults = {p.name: p.default for p in params_of(TrainConfig)}
+    return [f"{name}={cfg.param(name)!r} (it has {init.config.param(name)!r})"
             for name in ARCHITECTURE
-            if getattr(cfg, name) not in (defaults[name], getattr(init.config, name))]
+            if cfg.param(name) not in (defaults[name], init.config.param(name))]
 
 
 def apply_init(cfg: TrainConfig) -> tuple[InitSource | None, tuple[str, ...]]:
-    """With ``cfg.init``: set the init model's architecture on ``cfg`` (the fields left at
+    """With ``cfg.model.init``: set the init model's architecture on ``cfg`` (the fields left at
     their defaults take its values; any other value must agree) and return the source and
     the fields it changed. A conflict is an error that names each field."""
-    if not cfg.init:
+    if not cfg.model.init:
         return None, ()
-    init = resolve_init(cfg.init)
+    init = resolve_init(cfg.model.init)
     conflicts = architecture_conflicts(cfg, init)
     if conflicts:
-        raise ValueError(f"init={cfg.init} is a {init.config.model} model; it cannot start a run "
+        raise ValueError(f"init={cfg.model.init} is a {init.config.model.name} model; it cannot start a run "
                          f"with {', '.join(conflicts)}: leave those unset")
-    changed = tuple(n for n in ARCHITECTURE if getattr(cfg, n) != getattr(init.config, n))
+    changed = tuple(n for n in ARCHITECTURE if cfg.param(n) != init.config.param(n))
     for name in changed:
-        setattr(cfg, name, getattr(init.config, name))
+        cfg.set_param(name, init.config.param(name))
     if changed:
-        log.info("init=%s: %s from that model", cfg.init,
-                 ", ".join(f"{n}={getattr(cfg, n)}" for n in changed))
+        log.info("init=%s: %s from that model", cfg.model.init,
+                 ", ".join(f"{n}={cfg.param(n)}" for n in changed))
     return init, changed
 
 
@@ -155,19 +154,19 @@ def logged_model_id(source: ModelSource) -> str | None:
 
 
 def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
-    """Load what ``cfg.pretrained`` or ``cfg.init`` names (``init``: already resolved by
-    ``apply_init``), and fill ``cfg.mean``/``std``/``interpolation`` from it where unset."""
+    """Load what ``cfg.model.pretrained`` or ``cfg.model.init`` names (``init``: already resolved by
+    ``apply_init``), and fill ``cfg.data.mean``/``std``/``interpolation`` from it where unset."""
     start = Start()
-    if cfg.pretrained:
-        if not is_timm_backed(cfg.model):
-            raise ValueError(f"pretrained={cfg.pretrained} loads timm weights into one timm "
-                             f"backbone; {cfg.model!r} is not one (use a curated image model or "
+    if cfg.model.pretrained:
+        if not is_timm_backed(cfg.model.name):
+            raise ValueError(f"pretrained={cfg.model.pretrained} loads timm weights into one timm "
+                             f"backbone; {cfg.model.name!r} is not one (use a curated image model or "
                              "timm/<name>, or start from a zoo model with init=<model uri>)")
         start.weights = resolve_weights(
-            timm_name_of(cfg.model), cfg.pretrained, in_chans=cfg.channels,
-            image_size=cfg.image_size, candidates=(*CURATED_IMAGE_MODELS, *MORE_IMAGE_MODELS),
-            **{k: getattr(cfg, k) for k in ("act_layer", "norm_layer") if getattr(cfg, k)})
-    elif cfg.init:
+            timm_name_of(cfg.model.name), cfg.model.pretrained, in_chans=cfg.data.channels,
+            image_size=cfg.data.image_size, candidates=(*CURATED_IMAGE_MODELS, *MORE_IMAGE_MODELS),
+            **{k: cfg.param(k) for k in ("act_layer", "norm_layer") if cfg.param(k)})
+    elif cfg.model.init:
         init = init or apply_init(cfg)[0]
         # the version resolved above, even if its alias moves meanwhile
         model = load_pytorch_model(init.source.load_uri, f"init model {init.describe()}",
@@ -176,10 +175,10 @@ def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
         start.init_state = {k: v for k, v in model.state_dict().items() if k.startswith(CARRIED)}
         start.init_preprocessing = dict(model.zoo_meta.get("preprocessing", {}))
     if start.weights is not None or start.init is not None:
-        own = start.preprocessing(cfg.channels)
-        if cfg.mean is None and "mean" in own:
-            cfg.mean = ",".join(f"{v:.6g}" for v in own["mean"])
-            cfg.std = ",".join(f"{v:.6g}" for v in own["std"])
-        if cfg.interpolation is None and "interpolation" in own:
-            cfg.interpolation = own["interpolation"]
+        own = start.preprocessing(cfg.data.channels)
+        if cfg.data.mean is None and "mean" in own:
+            cfg.data.mean = ",".join(f"{v:.6g}" for v in own["mean"])
+            cfg.data.std = ",".join(f"{v:.6g}" for v in own["std"])
+        if cfg.data.interpolation is None and "interpolation" in own:
+            cfg.data.interpolation = own["interpolation"]
     return start

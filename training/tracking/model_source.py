@@ -7,16 +7,25 @@ without a version.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from training.config import TrainConfig
+
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
+
+#: Where a logged model's ``zoo_meta`` (and its MLmodel metadata under ``zoo``) keeps the
+#: training parameters it was trained with, every ``auto`` and preset resolved.
+RECIPE_KEY = "recipe"
 
 DEFAULT_MODEL_URI = "models:/zoo-digits@champion"
 HOW_TO_CREATE = "train and register one with `mlflow run . -e sweep --env-manager local`"
@@ -94,6 +103,28 @@ def load_source(uri: str) -> tuple[ModelSource, mlflow.entities.Run, torch.nn.Mo
     model = load_pytorch_model(source.load_uri, f"the model of {source.describe()}",
                                artifact_location(source))
     return source, run, model
+
+
+def model_meta(source: ModelSource, model: Any = None) -> dict[str, Any]:
+    """The model's ``zoo_meta``: from the loaded module, or without loading any weights
+    from its MLmodel metadata."""
+    if model is not None:
+        return dict(getattr(model, "zoo_meta", {}))
+    info = mlflow.models.get_model_info(source.load_uri)
+    return dict((info.metadata or {}).get("zoo", {}))
+
+
+def training_config(source: ModelSource, run: mlflow.entities.Run,
+                    model: Any = None) -> TrainConfig:
+    """What the model was trained with, as the model itself records it (its recipe: data,
+    split seed and fractions, open-set share, preprocessing, architecture). Models logged
+    before they carried a recipe fall back to their run's parameters and resolved tags."""
+    recipe = model_meta(source, model).get(RECIPE_KEY)
+    if recipe:
+        return TrainConfig.from_recipe(recipe)
+    log.info("%s carries no training recipe (logged before models recorded one): reading "
+             "its run's parameters", source.describe())
+    return TrainConfig.from_run(run.data.params, run.data.tags)
 
 
 class ModelFileError(RuntimeError):
