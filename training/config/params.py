@@ -4,6 +4,7 @@ holds it. Parsing goes through ``zoo.values`` for every config alike."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, get_type_hints
 
@@ -51,9 +52,10 @@ class Param:
         return base_type(self.type)
 
 
-def params_of(cls: type) -> list[Param]:
+@functools.lru_cache(maxsize=None)
+def params_of(cls: type) -> tuple[Param, ...]:
     """Every parameter of a config class, its parts walked in order."""
-    out = list(_walk(cls, (), {}, ()))
+    out = tuple(_walk(cls, (), {}, ()))
     names = [p.name for p in out]
     assert len(set(names)) == len(names), f"{cls.__name__} repeats a parameter name"
     return out

@@ -9,13 +9,13 @@ and ``TrainConfig.from_dict(strings)`` build one from flat parameters and apply 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from training.config.params import (Param, assemble, build, check_choices, flat_values,
-                                    get_param, option, params_of, part, preset_skip,
-                                    to_strings)
+                                    get_param, option, params_of, parse_params, part,
+                                    preset_skip, to_strings)
 from training.config.parts import (DataConfig, LossConfig, ModelConfig, OptimConfig,
-                                       RuntimeConfig, TrackingConfig)
+                                   RuntimeConfig, TrackingConfig)
 from training.presets import preset_fields, preset_names
 
 #: The parameters that decide which samples are test samples (and which classes are unseen).
@@ -41,6 +41,9 @@ def _param(cls: type, name: str) -> Param:
 
 class FlatParams:
     """Flat-parameter access shared by every config that has parameters."""
+
+    #: Whose parameters these are, in error messages ("unknown sweep parameter(s): ...").
+    WHAT: ClassVar[str] = "config"
 
     @classmethod
     def of(cls, **params: Any) -> Any:
@@ -84,8 +87,6 @@ class FlatParams:
     def replace(self, **params: Any) -> Any:
         """This config with some parameters changed; the preset is not applied again (it
         would overwrite changes that happen to equal a default)."""
-        from training.config.params import parse_params
-
         return assemble(type(self), parse_params(type(self), params, self.WHAT), base=self)
 
 
