@@ -145,11 +145,14 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     model = mlflow.pytorch.load_model(tags["zoo.model_uri"])
     assert model.zoo_meta["preprocessing"]["interpolation"] == cfg.interpolation
     assert model.zoo_meta["preprocessing"]["mean"] == pytest.approx(list(cfg.mean))
-    # export and evaluate rebuild the run's inputs from its parameters and resolved tags
+    # export and evaluate rebuild the run's inputs from the recipe the model carries, and
+    # the run's parameters with their resolved tags give the same config (the fallback)
     from training.pipeline.export import source_config
     from training.pipeline.run import config_splits, load_config_data
+    from training.tracking.model_source import resolve_model
 
-    rebuilt = source_config(finished)
+    rebuilt = source_config(resolve_model(tags["zoo.model_uri"]), finished, model)
+    assert rebuilt == TrainConfig.from_run(finished.data.params, tags)
     splits = config_splits(rebuilt, load_config_data(rebuilt))
     assert splits.preprocessing.interpolation == cfg.interpolation
     assert splits.preprocessing.mean == pytest.approx(model.zoo_meta["preprocessing"]["mean"])
