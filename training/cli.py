@@ -11,14 +11,13 @@ import sys
 import threading
 from typing import Any, Callable, Iterator
 
+from training.config import params_of
 from zoo.values import format_value
 
 
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """One ``--name`` option per parameter of the config (its parts' included), with its
     help and default."""
-    from training.config import params_of
-
     parser = argparse.ArgumentParser(description=description)
     for param in params_of(config_cls):
         helptext = param.help + f" (default: {format_value(param.default)})"

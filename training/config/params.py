@@ -8,10 +8,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, get_type_hints
 
+from training.presets import apply_preset
 from zoo.values import base_type, format_value, parse_value
-
-UNSET = object()
-
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, *,
            param: str | None = None) -> Any:
@@ -131,12 +129,9 @@ def assemble(cls: type, flat: dict[str, Any], base: Any = None) -> Any:
 def build(cls: type, values: dict[str, Any], what: str) -> Any:
     """A config from flat parameters (the CLI, ``MLproject``, a test's keywords): parsed,
     the container's defaults applied, then its preset (its parts' ``preset_skip`` left alone)."""
-    from training.presets import apply_preset
-
-    parsed = parse_params(cls, values, what)
-    flat = {p.name: p.default for p in params_of(cls)} | parsed
+    defaults = {p.name: p.default for p in params_of(cls)}
+    flat = defaults | parse_params(cls, values, what)
     if "preset" in flat:
-        defaults = {p.name: p.default for p in params_of(cls)}
         apply_preset(flat, defaults, skip=preset_skip(cls))
     return assemble(cls, flat)
 
