@@ -31,7 +31,7 @@ MANIFEST = "bundle.json"
 ONNX_FILE = "model.onnx"
 PYTORCH_DIR = "pytorch"
 GALLERY_DIR = "gallery"
-WEIGHTS_DIR = "weights"  # training.tracking.export_artifacts.WEIGHTS_DIR: recipe.json + model.safetensors
+WEIGHTS_DIR = "weights"  # training.tracking.layout.WEIGHTS_DIR: recipe.json + model.safetensors
 BENTO_LABEL = "zoo-bundle"
 _METRIC_PREFIXES = ("test_", "export_", "open_")
 
@@ -135,7 +135,7 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
     """
     import mlflow
 
-    from training.tracking.export_artifacts import ARTIFACT_DIR, EXPORTED_TAG
+    from training.tracking.layout import ARTIFACT_DIR, EXPORTED_TAG
     from training.tracking.model_source import resolve_model
     from training.tracking.store import configure_tracking
 

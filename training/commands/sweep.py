@@ -32,7 +32,7 @@ from training.pipeline.export import ExportConfig, export_model
 from training.pipeline.run import (RunResult, check_names, config_splits, dataset_name,
                                    load_config_data, train)
 from training.pipeline.transfer import InitSource, architecture_conflicts, resolve_init
-from training.tracking.export_artifacts import EXPORTED_TAG
+from training.tracking.layout import EXPORTED_TAG
 from training.tracking.probe import log_probe
 from training.tracking.registration import (CHAMPION, DEFAULT_METRIC, RegistrationResult,
                                             metric_for, register_best, runs_of_sweep,

@@ -30,7 +30,7 @@ import torch
 
 from training.config import FlatParams, TrainConfig, option
 from training.pipeline.run import build_model_and_loss, config_splits, load_config_data
-from training.tracking import export_artifacts
+from training.tracking import export_artifacts, layout
 from training.tracking.model_source import (DEFAULT_MODEL_URI, ModelSource, load_source,
                                              training_config)
 from training.tracking.store import configure_tracking
@@ -116,12 +116,12 @@ class ExportResult:
                          f"{agree:>12} {f.size_mb:>8.1f} {f.seconds:>9.1f}")
         lines.append(f"  on {self.parities[0].samples if self.parities else 0} test samples")
         if self.ok:
-            lines.append(f"  files: runs:/{self.source.run_id}/{export_artifacts.ARTIFACT_DIR}/ "
-                         f"(and {export_artifacts.GALLERY_DIR}/: the training split as the "
+            lines.append(f"  files: runs:/{self.source.run_id}/{layout.ARTIFACT_DIR}/ "
+                         f"(and {layout.GALLERY_DIR}/: the training split as the "
                          "identification gallery)")
             if self.weights_saved:
-                lines.append(f"  GradCAM weights: {export_artifacts.ARTIFACT_DIR}/"
-                             f"{export_artifacts.WEIGHTS_DIR}/ (safetensors and recipe)")
+                lines.append(f"  GradCAM weights: {layout.ARTIFACT_DIR}/"
+                             f"{layout.WEIGHTS_DIR}/ (safetensors and recipe)")
             elif self.weights_error:
                 lines.append(f"  no GradCAM weights, GradCAM unavailable: {self.weights_error}")
             if self.onnx_model_uri:
@@ -195,8 +195,8 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
             parities.append(parity)
             errors += [f"{fmt}: {problem}" for problem in parity.failures(cfg.thresholds)]
         result = ExportResult(source, files, parities, errors)
-        gallery_dir = Path(tmp) / export_artifacts.GALLERY_DIR
-        weights_dir = Path(tmp) / export_artifacts.WEIGHTS_DIR
+        gallery_dir = Path(tmp) / layout.GALLERY_DIR
+        weights_dir = Path(tmp) / layout.WEIGHTS_DIR
         if result.ok:
             build_gallery(model, splits, run, cfg.batch_size).save(gallery_dir)
             if getattr(model, "modality", None) == "image":
@@ -289,14 +289,14 @@ def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
             info = export_artifacts.log_files({f.format: f.path for f in result.files},
                                             model.zoo_meta, example.numpy().astype(np.float32))
             result.onnx_model_uri = info.model_uri if info else None
-            mlflow.log_artifacts(str(gallery_dir), f"{export_artifacts.ARTIFACT_DIR}/"
-                                                   f"{export_artifacts.GALLERY_DIR}")
+            mlflow.log_artifacts(str(gallery_dir), f"{layout.ARTIFACT_DIR}/"
+                                                   f"{layout.GALLERY_DIR}")
             if weights_dir is not None and result.weights_saved:
                 export_artifacts.log_weights(weights_dir)
-    artifacts = f"runs:/{result.source.run_id}/{export_artifacts.ARTIFACT_DIR}"
+    artifacts = f"runs:/{result.source.run_id}/{layout.ARTIFACT_DIR}"
     tags = {"zoo.export.formats": ",".join(f.format for f in result.files),
             "zoo.export.artifacts": artifacts,
-            "zoo.export.gallery": f"{artifacts}/{export_artifacts.GALLERY_DIR}"}
+            "zoo.export.gallery": f"{artifacts}/{layout.GALLERY_DIR}"}
     if result.onnx_model_uri:
         tags["zoo.onnx_model_uri"] = result.onnx_model_uri
     export_artifacts.tag_version(result.source, result.parities, tags,

@@ -15,9 +15,10 @@ from typing import Any, Iterator
 
 import mlflow
 import numpy as np
-import onnx
 from mlflow.models.model import ModelInfo
 
+from training.tracking.layout import (ARTIFACT_DIR, ERROR_TAG, EXPORTED_TAG, METRIC_PREFIX,
+                                     ONNX_MODEL_NAME, WEIGHTS_DIR)
 from training.tracking.model_logging import model_signature
 from training.tracking.model_source import ModelSource
 from zoo.export import Parity
@@ -25,14 +26,6 @@ from zoo.quiet import quiet_loggers
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_DIR = "export"
-GALLERY_DIR = "gallery"
-#: the state dict (safetensors) and recipe a server rebuilds the eager module from (GradCAM)
-WEIGHTS_DIR = "weights"
-ONNX_MODEL_NAME = "onnx"
-METRIC_PREFIX = "export_"
-EXPORTED_TAG = "zoo.exported"
-ERROR_TAG = "zoo.export_error"
 # Where a wheel of onnxruntime-gpu exists (it carries the CPU provider too); plain elsewhere.
 GPU_WHEEL_MARKER = 'platform_system == "Linux" and platform_machine == "x86_64"'
 
@@ -84,6 +77,8 @@ def log_files(files: dict[str, Path], meta: dict[str, Any], example: np.ndarray)
         mlflow.log_artifact(str(path), artifact_path=ARTIFACT_DIR)
     if "onnx" not in files:
         return None
+    import onnx  # here: the server imports this module, and onnx takes a second to import
+
     pre = meta.get("preprocessing", {})
     signature = model_signature(tuple(pre.get("input_size", example.shape[1:])),
                                 int(meta.get("embedding_dim", 0)) or -1,
