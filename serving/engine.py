@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -17,13 +17,15 @@ import torch
 from serving.batcher import Batcher, Outputs
 from serving.bundle import Bundle
 from serving.gallery_store import GalleryStore, embedding_contract
-from serving.gradcam import Explainer
 from serving.schemas import ClassScore
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.data.preprocessing import normalise, to_unit
 from zoo.export import onnx_session, session_options
 from zoo.metrics.classification import softmax
+
+if TYPE_CHECKING:  # imported on first use: pytorch-grad-cam and torchvision take ~4 s to import
+    from serving.gradcam import Explainer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ class ServedModel:
         self.contract = embedding_contract(bundle, dim)
         # keyed by the run too: a store made afresh numbers its versions from 1 again
         folder = settings.gallery_path(f"{self.info.key}-{self.info.run_id[:12]}")
-        self.gallery = GalleryStore(folder, bundle.gallery_path, self.contract)
+        self.gallery = GalleryStore(folder, bundle.gallery_path, self.contract,
+                                    settings.gallery_uri, settings.gallery_index)
         self._explainer: Explainer | None = None
         self._explainer_lock = threading.Lock()
         # Torch only preprocesses (on the event loop) and runs GradCAM here: one thread, or its
@@ -104,7 +107,7 @@ class ServedModel:
 
     @property
     def threshold(self) -> float | None:
-        return self.gallery.gallery.threshold
+        return self.gallery.threshold
 
     def identify(self, embeddings: np.ndarray, k: int) -> list[Identity]:
         """Nearest identities; ``unknown`` when the best is below the FAR 1e-3 threshold."""
@@ -124,6 +127,8 @@ class ServedModel:
     @property
     def explainer(self) -> Explainer:
         """GradCAM on the PyTorch model, loaded on first use (image models only)."""
+        from serving.gradcam import Explainer
+
         with self._explainer_lock:  # one load, however many requests ask at once
             if self._explainer is None:
                 if self.pre.kind != "image":
@@ -135,17 +140,16 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         """``GET /model``."""
         info, pre = self.info, self.pre
-        gallery = self.gallery.gallery
         return {
             "uri": info.uri, "name": info.name, "version": info.version, "alias": info.alias,
             "run_id": info.run_id, "model": info.meta.get("model"), "loss": info.meta.get("loss"),
             "kind": pre.kind, "input_size": list(pre.input_size),
             "feature_names": pre.feature_names, "embedding_dim": self.embedding_dim,
             "classes": self.class_names, "metrics": info.metrics,
-            "gallery": {"entries": len(gallery), "identities": len(gallery.identities),
-                        "threshold": gallery.threshold, "far": gallery.far},
+            "gallery": self.gallery.describe(),
             "providers": self.session.get_providers(),
         }
 
     def close(self) -> None:
         self.batcher.close()
+        self.gallery.close()

@@ -3,9 +3,9 @@
     python -m serving.enroll --images people/ --model-uri models:/zoo-faces@champion
 
 ``people/<identity>/*.png``: one sub-folder per identity, named after it. The images are
-embedded by the model with the server's own code and added to the gallery the server of that
-model uses (the same state folder, or ``ZOO_GALLERY_DIR``), under the same lock, so a running
-server sees them at its next request.
+embedded by the model with the server's own code and added to the gallery table the server
+of that model uses (the same state folder or ``ZOO_GALLERY_DIR``, or ``ZOO_GALLERY_URI``), one
+transaction per identity, so a running server finds them at its next request.
 
 This is how identities move to a new model version: a gallery holds one model's embeddings
 and no images, so a new version's gallery is filled by enrolling the same image files again.

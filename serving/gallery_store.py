@@ -1,40 +1,43 @@
-"""The served gallery on disk: seeded from the model's exported gallery, grown by ``/enroll``.
+"""The served gallery: a database table (``serving.gallery_db``) and this worker's index of it.
 
-The exported gallery inside a model (or a Bento) is never written; the first start copies it
-to a state folder of its own, and enrollments go there. A gallery belongs to one model: its
-folder is named after the model's run as well as its name and version (a store made afresh
-numbers its versions from 1 again), and it records the model's embedding contract (name,
-version, run, weights digest, width, preprocessing digest). Opened by any other model it is
-refused with a line that names its model: embeddings of two models are not comparable, even
-at the same width. Every enrollment takes a file lock,
-re-reads the folder, adds and saves (``zoo.gallery`` saves atomically), so server workers
-never lose each other's identities; searches re-read the folder when another worker changed
-it, so every worker answers with every enrolled identity.
+The exported gallery inside a model (or a Bento) is never written; it seeds the model's
+gallery in the database once, and enrollments are rows added there. A gallery belongs to one
+model: it is keyed by the model's name, version and run (a store made afresh numbers its
+versions from 1 again), and it records the model's embedding contract (name, version, run,
+weights digest, width, preprocessing digest). Opened by any other model it is refused with a
+line that names its model: embeddings of two models are not comparable, even at the same
+width. A SQLite file (the default, in the gallery's state folder) holds one model's gallery;
+a PostgreSQL database (``ZOO_GALLERY_URI``) holds the galleries of many, each under its key.
+
+Each worker builds its faiss index from the table once, at start, then applies what other
+workers (and servers) commit, by row id and a change counter, before every search: an
+identity acknowledged by one worker is found by all of them.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from filelock import FileLock
+from tqdm import tqdm
 
-from zoo.gallery import META_FILE, Gallery, Match
+from serving.gallery_db import GalleryTable, Header, Rows, database_uri, open_engine
+from serving.gallery_index import GalleryIndex, Match, choose_kind
+from zoo.gallery import META_FILE, Gallery, normalised
 
 if TYPE_CHECKING:
     from serving.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lock"
 _SAME_SPACE = ("run_id", "dim", "preprocessing_sha256")  # what makes embeddings comparable
+PROGRESS_FROM = 50_000  # entries: a gallery this large shows a progress bar while indexed
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class EmbeddingContract:
     weights_sha256: str
     dim: int
     preprocessing_sha256: str
+
+    @property
+    def key(self) -> str:
+        """The gallery's key in the database: model, version and run."""
+        version = f"v{self.version}" if self.version else "run"
+        return f"{self.name}-{version}-{self.run_id[:12]}"
 
     def describe(self) -> str:
         return _describe(asdict(self))
@@ -76,123 +85,170 @@ def _describe(recorded: dict[str, Any]) -> str:
 
 
 class GalleryStore:
-    """A ``Gallery`` kept in step with its folder, for one model only."""
+    """One model's gallery: the table is the truth, the index this worker's cache of it."""
 
-    def __init__(self, folder: Path, seed: Path | None, contract: EmbeddingContract) -> None:
+    def __init__(self, folder: Path, seed: Path | None, contract: EmbeddingContract,
+                 uri: str = "", index: str = "auto") -> None:
         self.folder, self.contract = Path(folder), contract
+        choose_kind(index, 0)  # a bad ZOO_GALLERY_INDEX fails before any database is made
+        self.table = GalleryTable(open_engine(database_uri(uri, self.folder)), contract.key)
+        self.single = not uri  # a SQLite file of its own: one model's gallery only
         self._lock = threading.Lock()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            if not (self.folder / META_FILE).exists():
-                gallery = self._seed(seed, contract)
-                gallery.save(self.folder)
-                log.info("gallery %s created with %d embeddings of %d identities", self.folder,
-                         len(gallery), len(gallery.identities))
-        self._stamp = -1
-        self._gallery = self._load()
+        self.header = self.table.header() or self._create(seed)
+        self._check_owner(self.header.contract, self.header.dim)
+        self.index = GalleryIndex(contract.dim, index)
+        self._counter = self._last_removal = -1
+        with self._lock:
+            self._build()
 
-    @staticmethod
-    def _seed(seed: Path | None, contract: EmbeddingContract) -> Gallery:
-        """The model's exported gallery (made by this very model at export), or an empty one,
-        stamped with the model's contract."""
-        if seed is not None and (seed / META_FILE).exists():
-            gallery = Gallery.load(seed)
-            if gallery.dim != contract.dim:
-                raise ValueError(f"the exported gallery in {seed} holds {gallery.dim}-d "
-                                 f"embeddings but the model makes {contract.dim}-d ones: "
-                                 "export the model again")
-        else:
-            gallery = Gallery(contract.dim)
-        gallery.model = asdict(contract)
+    # -- opening -----------------------------------------------------------------------------
+
+    def _create(self, seed: Path | None) -> Header:
+        """Make the gallery row, seeded with the model's exported gallery (or, when this
+        folder still holds a gallery in the files of an older model-zoo, with that one)."""
+        if self.single:
+            others = self.table.others()
+            if others:
+                self._check_owner(others[0].contract, others[0].dim)
+        legacy = self.folder / META_FILE
+        source = self.folder if self.single and legacy.is_file() else seed
+        gallery = self._seed(source)
+        meta = [dict(e) for e in gallery.entries]
+        rows = Rows(np.arange(len(gallery)), gallery.labels, gallery.vectors())
+        if self.table.create(asdict(self.contract), self.contract.dim, gallery.threshold,
+                             gallery.far, rows, meta):
+            log.info("gallery %s created in %s with %d embeddings of %d identities%s",
+                     self.contract.key, self.table.where, len(gallery), len(gallery.identities),
+                     f" (from {legacy.parent}'s files)" if source == self.folder else "")
+        header = self.table.header()
+        assert header is not None  # created by us or by another process
+        return header
+
+    def _seed(self, source: Path | None) -> Gallery:
+        """The model's exported gallery (made by this very model at export), or an empty one."""
+        if source is None or not (source / META_FILE).exists():
+            return Gallery(self.contract.dim)
+        gallery = Gallery.load(source)
+        if source == self.folder:  # an older model-zoo's state: says whose it is, or not used
+            self._check_owner(gallery.model, gallery.dim)
+        elif gallery.dim != self.contract.dim:
+            raise ValueError(f"the exported gallery in {source} holds {gallery.dim}-d "
+                             f"embeddings but the model makes {self.contract.dim}-d ones: "
+                             "export the model again")
         return gallery
 
-    def _check_owner(self, gallery: Gallery) -> None:
-        recorded = gallery.model
+    def _check_owner(self, recorded: dict[str, Any] | None, dim: int) -> None:
         if recorded is None:
             raise ValueError(f"gallery {self.folder} does not say which model made its "
                              f"embeddings (written by an older model-zoo), so it is not used with "
                              f"{self.contract.describe()}: point ZOO_GALLERY_DIR elsewhere, and "
                              "enroll again with python -m serving.enroll")
-        if not self.contract.matches(recorded) or gallery.dim != self.contract.dim:
-            raise ValueError(f"gallery {self.folder} belongs to {_describe(recorded)}, not to "
+        if not self.contract.matches(recorded) or dim != self.contract.dim:
+            raise ValueError(f"gallery {self.where} belongs to {_describe(recorded)}, not to "
                              f"{self.contract.describe()}: embeddings of two models do not "
                              "compare. Point ZOO_GALLERY_DIR elsewhere (or unset it), and carry "
                              "identities over by enrolling their images again: "
                              "python -m serving.enroll --images DIR")
 
-    def _mtime(self) -> int:
-        try:
-            return (self.folder / META_FILE).stat().st_mtime_ns
-        except FileNotFoundError:
-            return -1
-
-    def _load(self) -> Gallery:
-        stamp = self._mtime()
-        try:
-            gallery = Gallery.load(self.folder)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise RuntimeError(f"gallery {self.folder} cannot be read ({exc}); restore it or "
-                               "delete the folder to start from the model's gallery") from None
-        self._check_owner(gallery)
-        self._stamp = stamp
-        return gallery
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """This process's threads and other processes, one at a time."""
-        with self._lock, FileLock(self.folder / LOCK_FILE):
-            yield
-
     @property
-    def gallery(self) -> Gallery:
-        """The gallery as it is on disk now (re-read when another process changed it)."""
-        if self._mtime() != self._stamp:
-            with self._lock:
-                if self._mtime() != self._stamp:
-                    self._gallery = self._load()
-        return self._gallery
+    def where(self) -> str:
+        return str(self.folder) if self.single else f"{self.contract.key} in {self.table.where}"
+
+    def _build(self) -> None:
+        """Index the whole table (at start, or when an HNSW index has too many tombstones)."""
+        started = time.perf_counter()
+        counter, last_removal = self.table.counter(), self.table.last_removal()
+        total = self.table.size()[0]
+        chunks = []
+        with tqdm(total=total, desc="gallery", unit="entry", disable=total < PROGRESS_FROM,
+                  mininterval=2) as bar:
+            for chunk in self.table.rows():
+                chunks.append(chunk)
+                bar.update(len(chunk))
+        rows = (Rows(np.concatenate([c.ids for c in chunks]),
+                     [name for c in chunks for name in c.identities],
+                     np.concatenate([c.vectors for c in chunks])) if chunks
+                else Rows(np.zeros(0, np.int64), [], np.zeros((0, self.contract.dim), np.float32)))
+        del chunks
+        self.index.build(rows)
+        self._counter, self._last_removal = counter, last_removal
+        if total >= PROGRESS_FROM:
+            log.info("gallery %s: %d entries indexed (%s) in %.1f s", self.contract.key, total,
+                     self.index.info.kind, time.perf_counter() - started)
+
+    # -- keeping up --------------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Apply what was committed since this worker last looked (hold ``_lock``)."""
+        if self.table.counter() == self._counter:
+            return
+        changes = self.table.changes(self.index.last_id, self._last_removal)
+        self.index.add(changes.added)
+        for identity, up_to in changes.removed:
+            self.index.remove(identity, up_to)
+        self._counter, self._last_removal = changes.counter, changes.last_removal
+        if self.index.stale:
+            self._build()
+
+    def refresh(self) -> "GalleryStore":
+        """Catch up with the table now; returns self."""
+        with self._lock:
+            self._catch_up()
+        return self
 
     def search(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
-        """The ``k`` most similar identities (best entry of each), most similar first.
-
-        Identities have many entries each, so the search widens until ``k`` distinct ones
-        are found or the whole gallery has been ranked.
-        """
-        gallery = self.gallery
-        results: list[list[Match]] = []
-        for query in np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1):
-            wide = min(len(gallery), max(k * 20, 64))
-            while True:
-                seen: dict[str, Match] = {}
-                for match in gallery.search(query[None], wide)[0]:
-                    seen.setdefault(match.label, match)
-                if len(seen) >= k or wide >= len(gallery):
-                    break
-                wide = min(len(gallery), wide * 4)
-            results.append(list(seen.values())[:k])
-        return results
+        """The ``k`` most similar identities (best entry of each), most similar first."""
+        with self._lock:
+            self._catch_up()
+            return self.index.search(embeddings, k)
 
     def enroll(self, embeddings: np.ndarray, name: str,
                digests: list[str] | None = None) -> int:
-        """Add ``embeddings`` under ``name`` (``digests``: each source's sha256) and save;
-        returns that identity's entry count."""
-        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        entries = [{"enrolled_at": when, "sha256": d} for d in (digests or
-                                                                 [None] * len(embeddings))]
-        with self._locked():
-            gallery = self._load()
-            gallery.add(embeddings, [name] * len(embeddings), entries)
-            gallery.save(self.folder)
-            self._gallery, self._stamp = gallery, self._mtime()
-        return sum(label == name for label in gallery.labels)
+        """Add ``embeddings`` under ``name`` (``digests``: each source's sha256) in one
+        transaction; returns that identity's entry count."""
+        vectors = normalised(embeddings, self.contract.dim)
+        name = str(name).strip()
+        if not name:
+            raise ValueError("identity names must not be empty")
+        count = self.table.enroll(name, vectors, list(digests or [None] * len(vectors)))
+        self.refresh()
+        return count
 
     def remove(self, name: str) -> int:
-        """Remove every entry of ``name`` and save; returns how many there were (0: none,
-        and nothing is written)."""
-        with self._locked():
-            gallery = self._load()
-            removed = gallery.remove(name)
-            if removed:
-                gallery.save(self.folder)
-                self._gallery, self._stamp = gallery, self._mtime()
+        """Remove every entry of ``name``; returns how many there were (0: none)."""
+        removed = self.table.remove(name)
+        if removed:
+            self.refresh()
         return removed
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.refresh().index)
+
+    @property
+    def threshold(self) -> float | None:
+        return self.header.threshold
+
+    @property
+    def far(self) -> float | None:
+        return self.header.far
+
+    def counts(self, offset: int = 0, limit: int | None = None) -> dict[str, int]:
+        """Entries per identity, by name (a page of them)."""
+        return self.table.counts(offset, limit)
+
+    def enrollments(self, name: str) -> list[dict[str, Any]]:
+        return self.table.enrollments(name)
+
+    def describe(self) -> dict[str, Any]:
+        """``/model``'s gallery: its size, threshold and index."""
+        self.refresh()
+        return {"entries": len(self.index), "identities": self.index.identities,
+                "threshold": self.threshold, "far": self.far,
+                "database": self.table.engine.dialect.name,
+                "index": self.index.info.to_dict()}
+
+    def close(self) -> None:
+        self.table.dispose()
+

@@ -85,7 +85,7 @@ def predict(images: Path, model_uri: str, output: Path, gradcam_dir: Path | None
 
 def _rows(model: ServedModel, root: Path, decoded: list, out: dict[str, np.ndarray]) -> list[dict]:
     classes = model.top_classes(out["logits"], 1) if model.has_classes else None
-    identities = model.identify(out["embedding"], 1) if len(model.gallery.gallery) else None
+    identities = model.identify(out["embedding"], 1) if len(model.gallery) else None
     rows = []
     for i, (path, _) in enumerate(decoded):
         row = {"file": str(path.relative_to(root))}

@@ -112,7 +112,7 @@ class ZooService:
         self.served = {"model": info.name, "version": info.version}
         self.budget = PixelBudget(SETTINGS.max_request_pixels)
         log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
-                 info.run_id, len(self.model.gallery.gallery))
+                 info.run_id, len(self.model.gallery))
 
     async def _inputs(self, images: list[Upload | NotAFile] | None,
                       rows: list[list[float]] | None, keep: bool = False
@@ -170,7 +170,7 @@ class ZooService:
                          for row in rows or []])
         entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name, digests)
         return EnrollResponse(**self.served, identity=name, added=len(x), entries=entries,
-                              gallery_size=len(self.model.gallery.gallery))
+                              gallery_size=len(self.model.gallery))
 
     @bentoml.api
     @answers_errors
@@ -257,16 +257,16 @@ class ZooService:
     def identities(self, page: int = Query(1, ge=1),
                    page_size: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         """Enrolled identities with their entry counts, by name, one page at a time (admin)."""
-        counts = self.model.gallery.gallery.counts()
-        names = list(counts)[(page - 1) * page_size:page * page_size]
-        return {"identities": [{"name": n, "entries": counts[n]} for n in names],
-                "page": page, "page_size": page_size, "total": len(counts)}
+        gallery = self.model.gallery.refresh()
+        counts = gallery.counts((page - 1) * page_size, page_size)
+        return {"identities": [{"name": n, "entries": c} for n, c in counts.items()],
+                "page": page, "page_size": page_size, "total": gallery.index.identities}
 
     @info_app.get("/identities/{name:path}")
     def identity(self, name: str) -> dict[str, Any]:
         """One identity's enrollments: when, and each image's sha256 (admin)."""
         name = _lookup_name(name)
-        entries = self.model.gallery.gallery.enrollments(name)
+        entries = self.model.gallery.enrollments(name)
         if not entries:
             raise HTTPException(404, f"no identity {name!r} in the gallery")
         return {"name": name, "entries": len(entries), "enrollments": entries}
@@ -279,7 +279,7 @@ class ZooService:
         if not removed:
             raise HTTPException(404, f"no identity {name!r} in the gallery")
         return {"name": name, "removed": removed,
-                "gallery_size": len(self.model.gallery.gallery)}
+                "gallery_size": len(self.model.gallery)}
 
 
 ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)

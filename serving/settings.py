@@ -33,6 +33,10 @@ class ServeSettings:
 
     model_uri: str = DEFAULT_MODEL_URI  # registry URI of an exported model
     gallery_dir: str = ""  # enrolled identities; default <state>/galleries/<model>-v<version>-<run>
+    # where the gallery's table lives: empty for SQLite in gallery_dir, or postgresql://...
+    # for one gallery shared by several servers (serving/gallery_db.py)
+    gallery_uri: str = field(default="", repr=False)  # may hold a password
+    gallery_index: str = "auto"  # auto, flat, ivf or hnsw (serving/gallery_index.py)
     cache_dir: str = ""  # models fetched from MLflow; default ~/.cache/model-zoo/bundles
     max_images: int = 256  # images (or rows) per request
     max_image_bytes: int = 10 * 2**20  # one uploaded image file
@@ -88,6 +92,11 @@ class ServeSettings:
             raise ValueError(f"{ENV_PREFIX}IMAGE_FORMATS={self.image_formats!r}: "
                              + (f"Pillow cannot open {', '.join(unknown)}" if unknown else
                                 "name at least one format") + " (e.g. PNG,JPEG,WEBP)")
+        from serving.gallery_db import check_uri
+        from serving.gallery_index import choose_kind
+
+        choose_kind(self.gallery_index, 0)
+        check_uri(self.gallery_uri)
         for name in ("threads", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be 0 (auto) or more")

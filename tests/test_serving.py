@@ -13,8 +13,10 @@ import io
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -292,7 +294,6 @@ def test_gradcam_overlays(image_server: Server, digit_pngs) -> None:
 def _trap() -> tuple[str, list[bytes], object]:
     """A listening socket that records every connection: a URL there must never be fetched."""
     import socket
-    import threading
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -444,14 +445,23 @@ def test_fuzzed_images_and_bodies_never_get_a_500(image_server: Server, digit_pn
             + [("/v1/embeddings", {"content": b, "headers": {"content-type": "application/json"}})
                for b in jsons[50:]])
 
+    # one client per thread (making one costs ~30 ms of CPU: its TLS context), each request
+    # on a connection of its own, so that no damaged request can spoil the next one's
+    local, clients = threading.local(), []
+
     def send(job: tuple[str, dict]) -> tuple[int, str]:
         route, kwargs = job
-        with httpx.Client(base_url=image_server.url, timeout=120) as http:
-            got = http.post(route, **kwargs)
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(base_url=image_server.url, timeout=120,
+                                      headers={"Connection": "close"})
+            clients.append(local.http)
+        got = local.http.post(route, **kwargs)
         return got.status_code, f"{route}: {got.text[:200]}"
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(send, jobs))
+    for client in clients:
+        client.close()
     errors = [text for status, text in answers if status >= 500]
     assert not errors, f"{len(errors)} answers of 5xx, e.g. {errors[:3]}"
     assert sum(status == 200 for status, _ in answers) > 50  # many mutations still decode
@@ -563,6 +573,82 @@ def test_tabular_server(store, tmp_path: Path) -> None:
                           max_retries=0).embeddings.create(model="zoo-emitters", input=rows[0])
 
 
+CONCURRENT_SECONDS = 30
+
+
+def test_four_workers_lose_no_enrollment_and_find_each_at_once(store, tmp_path: Path) -> None:
+    """8 clients enroll and 8 identify for 30 s against 4 workers sharing one gallery table:
+    every acknowledged enrollment is in the table once, and every identify sent after an
+    acknowledgement finds that identity, whichever worker answers either request."""
+    import random
+    import time
+
+    import httpx
+
+    x = emitters().x.numpy()
+    spread = x.std(0) * 0.3  # each enrolled row: a known row moved by 0.3 of each feature's std
+    gallery = tmp_path / "gallery"
+    env = _env(store, TABULAR_URI, "unused", ZOO_GALLERY_DIR=str(gallery), ZOO_WORKERS="4",
+               ZOO_ADMIN_KEY=ADMIN_KEY)
+    acked: list[tuple[str, list[float]]] = []
+    problems: list[str] = []
+    lock = threading.Lock()
+    identified = [0]
+
+    with Server("serving.service:ZooService", env, timeout=180) as server:
+        before = httpx.get(f"{server.url}/identities", headers=ADMIN, timeout=30).json()["total"]
+        deadline = time.monotonic() + CONCURRENT_SECONDS
+
+        def enroller(client: int) -> None:
+            rng = np.random.default_rng(client)
+            with httpx.Client(base_url=server.url, headers=ADMIN, timeout=60) as http:
+                n = 0
+                while time.monotonic() < deadline:
+                    row = (x[rng.integers(len(x))] + rng.normal(0, 1, x.shape[1]) * spread).tolist()
+                    name = f"c{client}-{n}"
+                    got = http.post("/enroll", json={"identity": name, "rows": [row]})
+                    if got.status_code != 200 or got.json()["entries"] != 1:
+                        problems.append(f"enroll {name}: {got.status_code} {got.text[:200]}")
+                        continue
+                    with lock:
+                        acked.append((name, row))
+                    n += 1
+
+        def identifier(client: int) -> None:
+            pick = random.Random(client)
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                while time.monotonic() < deadline:
+                    with lock:
+                        known = ((acked[-1] if pick.random() < 0.5 else pick.choice(acked))
+                                 if acked else None)
+                    if known is None:
+                        time.sleep(0.05)
+                        continue
+                    name, row = known
+                    got = http.post("/identify", json={"rows": [row], "top_k": 10})
+                    matches = {m["identity"]: m["similarity"]
+                               for m in got.json()["results"][0]["matches"]}
+                    if matches.get(name, 0) < 0.999:
+                        problems.append(f"{name}, acknowledged, not found: {matches}")
+                    identified[0] += 1
+
+        threads = [threading.Thread(target=enroller, args=(i,)) for i in range(8)]
+        threads += [threading.Thread(target=identifier, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        total = httpx.get(f"{server.url}/identities", headers=ADMIN, timeout=30).json()["total"]
+
+    assert not problems, problems[:5]
+    assert len(acked) > 100 and identified[0] > 100, (len(acked), identified[0])
+    with sqlite3.connect(gallery / "gallery.db") as db:
+        counts = dict(db.execute("SELECT identity, count(*) FROM zoo_gallery_entries "
+                                 "WHERE identity LIKE 'c%-%' GROUP BY identity"))
+    assert counts == {name: 1 for name, _ in acked}  # none lost, none twice
+    assert total == before + len(counts)
+
+
 def test_missing_model_stops_the_server(store) -> None:
     env = {**os.environ, **_env(store, "models:/zoo-digits@nope", "gallery-none")}
     done = subprocess.run([BENTOML, "serve", "serving.service:ZooService", "--port", "0"],
@@ -648,10 +734,17 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
     assert similarity > 0.5 and sum(r["known"] == "True" for r in rows) >= 10, rows[:3]
     galleries = sorted((state / "model-zoo" / "galleries").iterdir())
     assert len(galleries) == 2 and all(g.name.startswith("zoo-digits-v1-") for g in galleries)
-    first = next(g for g in galleries if json.loads((g / "gallery.json").read_text())["model"][
-        "run_id"] != mlflow.MlflowClient(again["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
-        "zoo-digits", "champion").run_id)
-    owner = json.loads((first / "gallery.json").read_text())["model"]
+
+    def owner_of(folder: Path) -> dict:
+        """The model a gallery's database records as the owner of its embeddings."""
+        with sqlite3.connect(folder / "gallery.db") as db:
+            (contract,), = db.execute("SELECT contract FROM zoo_galleries").fetchall()
+        return json.loads(contract)
+
+    new_run = mlflow.MlflowClient(again["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "zoo-digits", "champion").run_id
+    first = next(g for g in galleries if owner_of(g)["run_id"] != new_run)
+    owner = owner_of(first)
     assert set(owner) == {"name", "version", "run_id", "weights_sha256", "dim",
                           "preprocessing_sha256"}
 

@@ -1,4 +1,5 @@
-"""The server's parts without HTTP: batching, GradCAM layers, inputs, settings, the gallery store."""
+"""The server's parts without HTTP: batching, GradCAM layers, inputs, settings (the gallery
+store: test_gallery_store.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,13 +14,11 @@ import torch
 from PIL import Image
 
 from serving.batcher import Batcher
-from serving.gallery_store import EmbeddingContract, GalleryStore
 from serving.gradcam import Explainer, default_target_layer
 from serving.inputs import (NotAFile, PixelBudget, RequestError, Upload, _to_upload, decode_images,
                             identity_name, model_input, open_image)
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
-from zoo.gallery import Gallery
 from zoo.models import create_model
 
 
@@ -279,35 +278,6 @@ def test_settings_come_from_the_environment_with_named_errors() -> None:
     with pytest.raises(ValueError, match="ZOO_WORKERS must be 0 \\(auto\\) or more"):
         ServeSettings.from_env({"ZOO_WORKERS": "-1"})
     assert ServeSettings(workers=3).worker_count == 3 and ServeSettings().worker_count >= 1
-
-
-def test_gallery_store_sees_other_writers_and_keeps_the_seed(tmp_path) -> None:
-    seed = Gallery(4, threshold=0.5, far=1e-3)
-    seed.add(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
-    seed.save(tmp_path / "seed")
-    contract = EmbeddingContract("zoo-x", "1", "run-a", "ab" * 32, 4, "cd" * 32)
-    one = GalleryStore(tmp_path / "state", tmp_path / "seed", contract)
-    two = GalleryStore(tmp_path / "state", tmp_path / "seed", contract)  # another worker
-    assert len(one.gallery) == 4 and one.gallery.threshold == 0.5
-    assert one.enroll(np.array([[1, 1, 0, 0]], np.float32), "ab") == 1
-    assert two.search(np.array([[1, 1, 0, 0]], np.float32), 2)[0][0].label == "ab"
-    assert len(Gallery.load(tmp_path / "seed")) == 4  # the model's own gallery is untouched
-    nearest = one.search(np.array([[1, 0, 0, 0]], np.float32), 3)[0]
-    assert [m.label for m in nearest[:2]] == ["a", "ab"] and len({m.label for m in nearest}) == 3
-    # the same name, version and width, from another store's run: refused, naming the owner
-    other = dataclasses.replace(contract, run_id="run-b")
-    with pytest.raises(ValueError, match=r"belongs to zoo-x v1 \(run run-a, .*not to zoo-x v1 "
-                                         r"\(run run-b.*python -m serving.enroll"):
-        GalleryStore(tmp_path / "state", None, other)
-    with pytest.raises(ValueError, match="belongs to zoo-x v1"):
-        GalleryStore(tmp_path / "state", None, dataclasses.replace(contract, dim=8))
-    with pytest.raises(ValueError, match="belongs to zoo-x v1"):  # other preprocessing
-        GalleryStore(tmp_path / "state", None,
-                     dataclasses.replace(contract, preprocessing_sha256="ef" * 32))
-    legacy = Gallery(4)
-    legacy.save(tmp_path / "old")
-    with pytest.raises(ValueError, match="does not say which model"):
-        GalleryStore(tmp_path / "old", None, contract)
 
 
 def test_keys_decide_each_route() -> None:

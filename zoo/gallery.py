@@ -1,42 +1,31 @@
-"""A gallery of known identities: L2-normalised embeddings in a faiss inner-product index.
+"""The identification gallery as files: L2-normalised embeddings with their identity labels.
 
-Identification is nearest-neighbour search by cosine similarity, with ``unknown`` below the
-verification threshold the evaluation chose (the threshold at a false accept rate of 1e-3
-on the test split). The gallery is two files that hold only numbers and text:
+Export writes the training split's embeddings as a model's default gallery, together with
+the verification threshold the evaluation chose (the threshold at a false accept rate of
+1e-3 on the test split). The gallery is two files that hold only numbers and text:
 ``gallery.npy`` (the float32 vectors, read with ``allow_pickle=False``) and ``gallery.json``
 (labels, count, threshold, the model whose embeddings these are, and for each entry when it
 was enrolled and the sha256 of the image it came from; images themselves are never kept).
-The faiss index is built from the vectors when the gallery is read, never read from a file:
-a gallery can come from a tracking server's artifacts, and a file format that holds more than
-numbers is a way in. Saving writes the vectors first and the JSON last, each to a temporary
-file that replaces the old one in one ``os.replace``; the JSON's ``count`` is the commit: a
-crash between the two leaves vectors with extra rows that loading ignores, so a reader always
-sees the old gallery or the new one, never a mix.
+A gallery can come from a tracking server's artifacts, and a file format that holds more than
+numbers is a way in, so no faiss index is ever read from a file: a server copies the vectors
+into its gallery table once and indexes them itself (``serving.gallery_store``). Saving writes
+the vectors first and the JSON last, each to a temporary file that replaces the old one in one
+``os.replace``; the JSON's ``count`` is the commit: a crash between the two leaves vectors with
+extra rows that loading ignores, so a reader always sees the old gallery or the new one.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 VECTORS_FILE = "gallery.npy"
 META_FILE = "gallery.json"
 LEGACY_INDEX_FILE = "gallery.faiss"  # written by model-zoo before the gallery held numbers only
-
-
-@dataclass(frozen=True)
-class Match:
-    """One gallery neighbour of a query."""
-
-    label: str
-    similarity: float
 
 
 class Gallery:
@@ -46,7 +35,7 @@ class Gallery:
         if dim < 1:
             raise ValueError(f"gallery dimension must be positive, got {dim}")
         self.dim, self.threshold, self.far = dim, threshold, far
-        self.index = faiss.IndexFlatIP(dim)
+        self._vectors = np.zeros((0, dim), np.float32)
         self.labels: list[str] = []
         self.entries: list[dict[str, Any]] = []  # per label: enrolled_at, sha256 (or {})
         self.model: dict[str, Any] | None = None  # whose embeddings (serving.gallery_store)
@@ -58,55 +47,24 @@ class Gallery:
     def identities(self) -> list[str]:
         return sorted(set(self.labels))
 
-    def counts(self) -> dict[str, int]:
-        """Entries per identity, by name."""
-        return dict(sorted(Counter(self.labels).items()))
-
     def add(self, embeddings: Any, labels: list[str],
             entries: list[dict[str, Any]] | None = None) -> None:
         """Enroll ``embeddings`` (``[N, dim]``, normalised here) under ``labels``, with what
         to remember of each (``entries``: when, the source's sha256)."""
-        vectors = _normalised(embeddings, self.dim)
+        vectors = normalised(embeddings, self.dim)
         if len(vectors) != len(labels):
             raise ValueError(f"{len(vectors)} embeddings but {len(labels)} labels")
         if entries is not None and len(entries) != len(labels):
             raise ValueError(f"{len(entries)} entries for {len(labels)} labels")
         if any(not str(label).strip() for label in labels):
             raise ValueError("identity names must not be empty")
-        self.index.add(vectors)
+        self._vectors = np.concatenate([self._vectors, vectors])
         self.labels.extend(str(label).strip() for label in labels)
         self.entries.extend(dict(e) for e in (entries or [{}] * len(labels)))
 
-    def enrollments(self, label: str) -> list[dict[str, Any]]:
-        """What is remembered of each entry of ``label``, in enrollment order."""
-        return [entry for name, entry in zip(self.labels, self.entries) if name == label]
-
-    def remove(self, label: str) -> int:
-        """Remove every entry of ``label``; returns how many there were."""
-        keep = [i for i, name in enumerate(self.labels) if name != label]
-        removed = len(self.labels) - len(keep)
-        if removed:
-            vectors = self.index.reconstruct_n(0, len(self.labels))[keep] if keep else None
-            self.index = faiss.IndexFlatIP(self.dim)
-            if vectors is not None:
-                self.index.add(np.ascontiguousarray(vectors))
-            self.labels = [self.labels[i] for i in keep]
-            self.entries = [self.entries[i] for i in keep]
-        return removed
-
-    def search(self, embeddings: Any, k: int = 5) -> list[list[Match]]:
-        """The ``k`` most similar gallery entries of each query, most similar first."""
-        queries = _normalised(embeddings, self.dim)
-        if not len(self) or not len(queries):
-            return [[] for _ in range(len(queries))]
-        sims, rows = self.index.search(queries, min(k, len(self)))
-        return [[Match(self.labels[r], float(s)) for s, r in zip(srow, rrow) if r >= 0]
-                for srow, rrow in zip(sims, rows)]
-
     def vectors(self) -> np.ndarray:
         """The enrolled vectors, ``[N, dim]`` float32, L2-normalised."""
-        return self.index.reconstruct_n(0, len(self)) if len(self) else np.zeros(
-            (0, self.dim), np.float32)
+        return self._vectors
 
     def save(self, folder: Path) -> None:
         """Write both files atomically (see the module docstring)."""
@@ -158,7 +116,7 @@ class Gallery:
             raise ValueError(f"gallery file {folder / VECTORS_FILE} holds values that are not "
                              "finite; restore it or export the model again")
         gallery = cls(dim, meta.get("threshold"), meta.get("far"))
-        gallery.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        gallery._vectors = normalised(vectors, dim)
         gallery.labels = [str(x) for x in labels[:count]]
         entries = meta.get("entries") or []
         gallery.entries = [dict(e) if isinstance(e, dict) else {} for e in entries[:count]]
@@ -168,10 +126,13 @@ class Gallery:
         return gallery
 
 
-def _normalised(embeddings: Any, dim: int) -> np.ndarray:
+def normalised(embeddings: Any, dim: int) -> np.ndarray:
+    """``[N, dim]`` float32 rows scaled to unit length (checked: shape, finite values)."""
     vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise ValueError(f"embeddings must have shape [N, {dim}], got {list(vectors.shape)}")
+    if not np.isfinite(vectors).all():
+        raise ValueError("embeddings must be finite")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
 
