@@ -34,6 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from zoo.gallery import normalised
+
 log = logging.getLogger(__name__)
 
 DB_FILE = "gallery.db"
@@ -153,7 +155,8 @@ def _now() -> str:
 
 
 def _blob(vectors: np.ndarray) -> list[bytes]:
-    return [row.tobytes() for row in np.ascontiguousarray(vectors, dtype=np.float32)]
+    """Rows as float32 bytes, L2-normalised here: readers take the table's vectors as they are."""
+    return [row.tobytes() for row in normalised(vectors, vectors.shape[1])]
 
 
 class GalleryTable:
@@ -209,14 +212,13 @@ class GalleryTable:
 
     def _insert(self, conn: Connection, identities: list[str], vectors: np.ndarray,
                 meta: list[dict[str, Any]]) -> None:
-        blobs = _blob(vectors)
-        for start in range(0, len(blobs), 10_000):
+        for start in range(0, len(identities), 10_000):
+            end = start + 10_000
             conn.execute(ENTRIES.insert(), [
                 {"model_key": self.key, "identity": name, "vector": blob,
                  "enrolled_at": m.get("enrolled_at"), "sha256": m.get("sha256")}
-                for name, blob, m in zip(identities[start:start + 10_000],
-                                         blobs[start:start + 10_000],
-                                         meta[start:start + 10_000])])
+                for name, blob, m in zip(identities[start:end], _blob(vectors[start:end]),
+                                         meta[start:end])])
 
     def enroll(self, identity: str, vectors: np.ndarray, digests: list[str | None]) -> int:
         """Insert the entries of one identity in one transaction; returns its entry count."""

@@ -159,18 +159,19 @@ class GalleryStore:
         started = time.perf_counter()
         counter, last_removal = self.table.counter(), self.table.last_removal()
         total = self.table.size()[0]
-        chunks = []
+        # filled in place: a million 128-d entries are 512 MB, and copies of them add up
+        ids, names = np.zeros(total, np.int64), []
+        vectors = np.zeros((total, self.contract.dim), np.float32)
         with tqdm(total=total, desc="gallery", unit="entry", disable=total < PROGRESS_FROM,
                   mininterval=2) as bar:
-            for chunk in self.table.rows():
-                chunks.append(chunk)
-                bar.update(len(chunk))
-        rows = (Rows(np.concatenate([c.ids for c in chunks]),
-                     [name for c in chunks for name in c.identities],
-                     np.concatenate([c.vectors for c in chunks])) if chunks
-                else Rows(np.zeros(0, np.int64), [], np.zeros((0, self.contract.dim), np.float32)))
-        del chunks
-        self.index.build(rows)
+            for chunk in self.table.rows():  # rows committed since `total` wait for catch-up
+                take = min(len(chunk), total - len(names))
+                ids[len(names):len(names) + take] = chunk.ids[:take]
+                vectors[len(names):len(names) + take] = chunk.vectors[:take]
+                names += chunk.identities[:take]
+                bar.update(take)
+        count = len(names)
+        self.index.build(Rows(ids[:count], names, vectors[:count]))
         self._counter, self._last_removal = counter, last_removal
         if total >= PROGRESS_FROM:
             log.info("gallery %s: %d entries indexed (%s) in %.1f s", self.contract.key, total,

@@ -194,3 +194,19 @@ def test_a_process_killed_while_enrolling_loses_nothing_committed(tmp_path: Path
     assert set(counts.values()) == {3}
     store = GalleryStore(tmp_path / "g", None, CONTRACT)
     assert len(store) == 3 * len(counts) and store.enroll(np.ones((1, 4)), "after") == 1
+
+
+def test_auto_switches_to_an_approximate_index_as_the_gallery_grows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.gallery_index as gallery_index
+
+    monkeypatch.setattr(gallery_index, "FLAT_MAX", 100)
+    contract = _contract("sqlite", dim=16)
+    vectors, names = _clustered(40, 5, 16)
+    store = GalleryStore(tmp_path / "g", None, contract)
+    store.table.enroll_many(names[:150], vectors[:150])
+    assert len(store) == 150 and store.index.info.kind == "flat"  # built when it was empty
+    store.enroll(vectors[150:], "more")  # 200 entries: twice FLAT_MAX
+    info = store.describe()["index"]
+    assert info["kind"] == "ivf" and info["built_entries"] == 200 and info["recall_at_5"] > 0
+    assert store.search(vectors[:1], 1)[0][0].label == names[0]
