@@ -496,87 +496,99 @@ def test_load_64_clients_2000_requests(image_server: Server, store, digit_pngs) 
     assert done == 2000
 
 
-def test_tabular_server(store, tmp_path: Path) -> None:
+TABULAR_API = {"Authorization": "Bearer the-api-key"}
+TABULAR_ADMIN = {"Authorization": "Bearer the-admin-key"}
+
+
+@pytest.fixture(scope="module")
+def tabular_server(store: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """The emitters model behind 4 workers, with keys (the admin key from a file) and a small
+    request limit (the image pixel limit is tested in test_serving_parts.py)."""
+    root = tmp_path_factory.mktemp("tabular")
+    (root / "admin.key").write_text("the-admin-key\n")
+    env = _env(store, TABULAR_URI, "unused", ZOO_GALLERY_DIR=str(root / "gallery"),
+               ZOO_WORKERS="4", ZOO_MAX_REQUEST_BYTES="20000", ZOO_API_KEY="the-api-key",
+               ZOO_ADMIN_KEY_FILE=str(root / "admin.key"))
+    with Server("serving.service:ZooService", env, timeout=180) as server:
+        server.gallery = root / "gallery"
+        yield server
+
+
+def test_tabular_server(tabular_server: Server, store) -> None:
     import httpx
 
     ref = Reference(store, TABULAR_URI)
     data = emitters()
     rows = data.x[:10].tolist()
     expected = ref.rows(rows)
-    # a small request limit too (the image pixel limit is tested in test_serving_parts.py)
-    admin_file = tmp_path / "admin.key"
-    admin_file.write_text("the-admin-key\n")
-    env = _env(store, TABULAR_URI, "gallery-em", ZOO_MAX_REQUEST_BYTES="20000",
-               ZOO_API_KEY="the-api-key", ZOO_ADMIN_KEY_FILE=str(admin_file))
-    api, admin = ({"Authorization": f"Bearer {key}"} for key in ("the-api-key", "the-admin-key"))
-    with Server("serving.service:ZooService", env) as server:
-        # keys: the model routes need the API key (or the admin key), the gallery the admin key
-        for probe in ("livez", "readyz", "metrics"):
-            assert httpx.get(f"{server.url}/{probe}", timeout=10).status_code == 200
-        one = {"json": {"rows": rows[:1]}, "timeout": 60}
-        missing = httpx.post(f"{server.url}/embed", **one)
-        assert missing.status_code == 401 and "needs an API key" in missing.json()["error"]
-        assert missing.headers["www-authenticate"] == "Bearer"
-        wrong = httpx.post(f"{server.url}/embed", headers={"Authorization": "Bearer no"}, **one)
-        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid API key"
-        assert httpx.get(f"{server.url}/model", timeout=10).status_code == 401
-        assert httpx.post(f"{server.url}/embed", headers=admin, **one).status_code == 200
-        enroll = {"json": {"rows": rows[:2], "identity": "radar-7"}, "timeout": 60}
-        assert httpx.post(f"{server.url}/enroll", **enroll).status_code == 401
-        refused = httpx.post(f"{server.url}/enroll", headers=api, **enroll)
-        assert refused.status_code == 403 and "admin key" in refused.json()["error"]
-        assert httpx.get(f"{server.url}/identities", headers=api, timeout=10).status_code == 403
-        assert httpx.delete(f"{server.url}/identities/radar-7", headers=api,
-                            timeout=10).status_code == 403
-        got = httpx.post(f"{server.url}/embed", json={"rows": rows * 100}, headers=api, timeout=60)
-        assert got.status_code == 413 and "ZOO_MAX_REQUEST_BYTES" in got.json()["error"]
-        got = httpx.post(f"{server.url}/embed", json={"rows": rows}, headers=api, timeout=60)
-        assert got.status_code == 200, got.text
-        assert np.abs(np.asarray(got.json()["embeddings"]) - expected["embedding"]).max() <= 1e-5
-        top = httpx.post(f"{server.url}/classify", json={"rows": rows, "top_k": 1},
-                         headers=api, timeout=60).json()["predictions"]
-        assert [r[0]["label"] for r in top] == [ref.pre.class_names[j]
-                                                for j in expected["logits"].argmax(1)]
-        who = httpx.post(f"{server.url}/identify", json={"rows": rows[:3]}, headers=api,
-                         timeout=60).json()
-        assert len(who["results"]) == 3
-        width = ref.pre.num_features
-        huge = [rows[0], [1e300] + rows[1][1:]]  # finite as float64, infinite as float32
-        for body, message in (({"rows": [rows[0][:-1]]}, f"row 0 has {width - 1} values"),
-                              ({"rows": huge}, "row 1 has a value too large for float32"),
-                              ({"rows": huge, "identity": "x"}, "row 1 has a value too large"),
-                              ({"rows": []}, "no rows"), ({}, "no rows")):
-            route = "/enroll" if "identity" in body else "/embed"
-            bad = httpx.post(f"{server.url}{route}", json=body, headers=admin, timeout=60)
-            assert bad.status_code == 400 and message in bad.json()["error"], bad.text
-        bad = httpx.post(f"{server.url}/embed", files=files([png(np.zeros((8, 8), np.uint8))]),
-                         headers=api, timeout=60)
-        assert bad.status_code == 400 and "not images" in bad.json()["error"]
-        bad = httpx.post(f"{server.url}/gradcam", files=files([png(np.zeros((8, 8), np.uint8))],
-                                                              "image"), headers=api, timeout=60)
-        assert bad.status_code == 400 and "image models" in bad.json()["error"]
-        ok = httpx.post(f"{server.url}/enroll", headers=admin, **enroll)
-        assert ok.status_code == 200 and ok.json()["entries"] == 2
-        # the OpenAI client with rows of numbers; its api_key is the bearer token
-        import openai
+    api, admin, server = TABULAR_API, TABULAR_ADMIN, tabular_server
+    # keys: the model routes need the API key (or the admin key), the gallery the admin key
+    for probe in ("livez", "readyz", "metrics"):
+        assert httpx.get(f"{server.url}/{probe}", timeout=10).status_code == 200
+    one = {"json": {"rows": rows[:1]}, "timeout": 60}
+    missing = httpx.post(f"{server.url}/embed", **one)
+    assert missing.status_code == 401 and "needs an API key" in missing.json()["error"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(f"{server.url}/embed", headers={"Authorization": "Bearer no"}, **one)
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid API key"
+    assert httpx.get(f"{server.url}/model", timeout=10).status_code == 401
+    assert httpx.post(f"{server.url}/embed", headers=admin, **one).status_code == 200
+    enroll = {"json": {"rows": rows[:2], "identity": "radar-7"}, "timeout": 60}
+    assert httpx.post(f"{server.url}/enroll", **enroll).status_code == 401
+    refused = httpx.post(f"{server.url}/enroll", headers=api, **enroll)
+    assert refused.status_code == 403 and "admin key" in refused.json()["error"]
+    assert httpx.get(f"{server.url}/identities", headers=api, timeout=10).status_code == 403
+    assert httpx.delete(f"{server.url}/identities/radar-7", headers=api,
+                        timeout=10).status_code == 403
+    got = httpx.post(f"{server.url}/embed", json={"rows": rows * 100}, headers=api, timeout=60)
+    assert got.status_code == 413 and "ZOO_MAX_REQUEST_BYTES" in got.json()["error"]
+    got = httpx.post(f"{server.url}/embed", json={"rows": rows}, headers=api, timeout=60)
+    assert got.status_code == 200, got.text
+    assert np.abs(np.asarray(got.json()["embeddings"]) - expected["embedding"]).max() <= 1e-5
+    top = httpx.post(f"{server.url}/classify", json={"rows": rows, "top_k": 1},
+                     headers=api, timeout=60).json()["predictions"]
+    assert [r[0]["label"] for r in top] == [ref.pre.class_names[j]
+                                            for j in expected["logits"].argmax(1)]
+    who = httpx.post(f"{server.url}/identify", json={"rows": rows[:3]}, headers=api,
+                     timeout=60).json()
+    assert len(who["results"]) == 3
+    width = ref.pre.num_features
+    huge = [rows[0], [1e300] + rows[1][1:]]  # finite as float64, infinite as float32
+    for body, message in (({"rows": [rows[0][:-1]]}, f"row 0 has {width - 1} values"),
+                          ({"rows": huge}, "row 1 has a value too large for float32"),
+                          ({"rows": huge, "identity": "x"}, "row 1 has a value too large"),
+                          ({"rows": []}, "no rows"), ({}, "no rows")):
+        route = "/enroll" if "identity" in body else "/embed"
+        bad = httpx.post(f"{server.url}{route}", json=body, headers=admin, timeout=60)
+        assert bad.status_code == 400 and message in bad.json()["error"], bad.text
+    bad = httpx.post(f"{server.url}/embed", files=files([png(np.zeros((8, 8), np.uint8))]),
+                     headers=api, timeout=60)
+    assert bad.status_code == 400 and "not images" in bad.json()["error"]
+    bad = httpx.post(f"{server.url}/gradcam", files=files([png(np.zeros((8, 8), np.uint8))],
+                                                          "image"), headers=api, timeout=60)
+    assert bad.status_code == 400 and "image models" in bad.json()["error"]
+    ok = httpx.post(f"{server.url}/enroll", headers=admin, **enroll)
+    assert ok.status_code == 200 and ok.json()["entries"] == 2
+    # the OpenAI client with rows of numbers; its api_key is the bearer token
+    import openai
 
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="the-api-key",
-                               max_retries=0)
-        answer = client.embeddings.create(model="zoo-emitters", input=rows[:3])
-        assert np.abs(np.asarray([d.embedding for d in answer.data])
-                      - expected["embedding"][:3]).max() <= 1e-5
-        single = client.embeddings.create(model="zoo-emitters", input=rows[0],
-                                          encoding_format="float")
-        assert np.abs(np.asarray(single.data[0].embedding) - expected["embedding"][0]).max() <= 1e-5
-        with pytest.raises(openai.AuthenticationError, match="invalid API key"):
-            openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong",
-                          max_retries=0).embeddings.create(model="zoo-emitters", input=rows[0])
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="the-api-key",
+                           max_retries=0)
+    answer = client.embeddings.create(model="zoo-emitters", input=rows[:3])
+    assert np.abs(np.asarray([d.embedding for d in answer.data])
+                  - expected["embedding"][:3]).max() <= 1e-5
+    single = client.embeddings.create(model="zoo-emitters", input=rows[0],
+                                      encoding_format="float")
+    assert np.abs(np.asarray(single.data[0].embedding) - expected["embedding"][0]).max() <= 1e-5
+    with pytest.raises(openai.AuthenticationError, match="invalid API key"):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong",
+                      max_retries=0).embeddings.create(model="zoo-emitters", input=rows[0])
 
 
 CONCURRENT_SECONDS = 30
 
 
-def test_four_workers_lose_no_enrollment_and_find_each_at_once(store, tmp_path: Path) -> None:
+def test_four_workers_lose_no_enrollment_and_find_each_at_once(tabular_server: Server) -> None:
     """8 clients enroll and 8 identify for 30 s against 4 workers sharing one gallery table:
     every acknowledged enrollment is in the table once, and every identify sent after an
     acknowledgement finds that identity, whichever worker answers either request."""
@@ -587,62 +599,58 @@ def test_four_workers_lose_no_enrollment_and_find_each_at_once(store, tmp_path: 
 
     x = emitters().x.numpy()
     spread = x.std(0) * 0.3  # each enrolled row: a known row moved by 0.3 of each feature's std
-    gallery = tmp_path / "gallery"
-    env = _env(store, TABULAR_URI, "unused", ZOO_GALLERY_DIR=str(gallery), ZOO_WORKERS="4",
-               ZOO_ADMIN_KEY=ADMIN_KEY)
     acked: list[tuple[str, list[float]]] = []
     problems: list[str] = []
     lock = threading.Lock()
     identified = [0]
+    url = tabular_server.url
+    before = httpx.get(f"{url}/identities", headers=TABULAR_ADMIN, timeout=30).json()["total"]
+    deadline = time.monotonic() + CONCURRENT_SECONDS
 
-    with Server("serving.service:ZooService", env, timeout=180) as server:
-        before = httpx.get(f"{server.url}/identities", headers=ADMIN, timeout=30).json()["total"]
-        deadline = time.monotonic() + CONCURRENT_SECONDS
+    def enroller(client: int) -> None:
+        rng = np.random.default_rng(client)
+        with httpx.Client(base_url=url, headers=TABULAR_ADMIN, timeout=60) as http:
+            n = 0
+            while time.monotonic() < deadline:
+                row = (x[rng.integers(len(x))] + rng.normal(0, 1, x.shape[1]) * spread).tolist()
+                name = f"c{client}-{n}"
+                got = http.post("/enroll", json={"identity": name, "rows": [row]})
+                if got.status_code != 200 or got.json()["entries"] != 1:
+                    problems.append(f"enroll {name}: {got.status_code} {got.text[:200]}")
+                    continue
+                with lock:
+                    acked.append((name, row))
+                n += 1
 
-        def enroller(client: int) -> None:
-            rng = np.random.default_rng(client)
-            with httpx.Client(base_url=server.url, headers=ADMIN, timeout=60) as http:
-                n = 0
-                while time.monotonic() < deadline:
-                    row = (x[rng.integers(len(x))] + rng.normal(0, 1, x.shape[1]) * spread).tolist()
-                    name = f"c{client}-{n}"
-                    got = http.post("/enroll", json={"identity": name, "rows": [row]})
-                    if got.status_code != 200 or got.json()["entries"] != 1:
-                        problems.append(f"enroll {name}: {got.status_code} {got.text[:200]}")
-                        continue
-                    with lock:
-                        acked.append((name, row))
-                    n += 1
+    def identifier(client: int) -> None:
+        pick = random.Random(client)
+        with httpx.Client(base_url=url, headers=TABULAR_API, timeout=60) as http:
+            while time.monotonic() < deadline:
+                with lock:
+                    known = ((acked[-1] if pick.random() < 0.5 else pick.choice(acked))
+                             if acked else None)
+                if known is None:
+                    time.sleep(0.05)
+                    continue
+                name, row = known
+                got = http.post("/identify", json={"rows": [row], "top_k": 10})
+                matches = {m["identity"]: m["similarity"]
+                           for m in got.json()["results"][0]["matches"]}
+                if matches.get(name, 0) < 0.999:
+                    problems.append(f"{name}, acknowledged, not found: {matches}")
+                identified[0] += 1
 
-        def identifier(client: int) -> None:
-            pick = random.Random(client)
-            with httpx.Client(base_url=server.url, timeout=60) as http:
-                while time.monotonic() < deadline:
-                    with lock:
-                        known = ((acked[-1] if pick.random() < 0.5 else pick.choice(acked))
-                                 if acked else None)
-                    if known is None:
-                        time.sleep(0.05)
-                        continue
-                    name, row = known
-                    got = http.post("/identify", json={"rows": [row], "top_k": 10})
-                    matches = {m["identity"]: m["similarity"]
-                               for m in got.json()["results"][0]["matches"]}
-                    if matches.get(name, 0) < 0.999:
-                        problems.append(f"{name}, acknowledged, not found: {matches}")
-                    identified[0] += 1
-
-        threads = [threading.Thread(target=enroller, args=(i,)) for i in range(8)]
-        threads += [threading.Thread(target=identifier, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        total = httpx.get(f"{server.url}/identities", headers=ADMIN, timeout=30).json()["total"]
+    threads = [threading.Thread(target=enroller, args=(i,)) for i in range(8)]
+    threads += [threading.Thread(target=identifier, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = httpx.get(f"{url}/identities", headers=TABULAR_ADMIN, timeout=30).json()["total"]
 
     assert not problems, problems[:5]
     assert len(acked) > 100 and identified[0] > 100, (len(acked), identified[0])
-    with sqlite3.connect(gallery / "gallery.db") as db:
+    with sqlite3.connect(tabular_server.gallery / "gallery.db") as db:
         counts = dict(db.execute("SELECT identity, count(*) FROM zoo_gallery_entries "
                                  "WHERE identity LIKE 'c%-%' GROUP BY identity"))
     assert counts == {name: 1 for name, _ in acked}  # none lost, none twice
