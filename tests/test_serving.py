@@ -771,7 +771,8 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
     assert "enrolled 1 images of 1 identities" in capsys.readouterr().out
 
     server_env = {"MLFLOW_TRACKING_URI": again["MLFLOW_TRACKING_URI"], "ZOO_MODEL_URI": IMAGE_URI,
-                  "ZOO_CACHE_DIR": again["ZOO_CACHE_DIR"], "XDG_STATE_HOME": str(state)}
+                  "ZOO_CACHE_DIR": again["ZOO_CACHE_DIR"], "XDG_STATE_HOME": str(state),
+                  "ZOO_WORKERS": "1"}
     with Server("serving.service:ZooService", server_env,
                 host=None) as server:  # the service's own default address
         answer = httpx.post(f"{server.url}/identify", files=files([stranger] + digit_pngs[:20]),
@@ -799,7 +800,8 @@ def test_built_bento_serves_without_the_store(store, digit_pngs, tmp_path: Path)
     # No MLflow store where the Bento is served: the model must come from the Bento itself.
     gone = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'no-such-store.db'}",
             "BENTOML_HOME": str(home), "ZOO_CACHE_DIR": str(tmp_path / "empty-cache"),
-            "ZOO_GALLERY_DIR": str(tmp_path / "bento-gallery"), "BENTOML_DO_NOT_TRACK": "true"}
+            "ZOO_GALLERY_DIR": str(tmp_path / "bento-gallery"), "BENTOML_DO_NOT_TRACK": "true",
+            "ZOO_WORKERS": "1"}  # one process starts sooner; several are tested elsewhere
     with Server("zoo:latest", gone, cwd=tmp_path) as server:
         info = httpx.get(f"{server.url}/model", timeout=30).json()
         assert info["uri"] == IMAGE_URI and info["name"] == "zoo-digits"
