@@ -12,8 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ORL_FACES = REPO.parent / "shared" / "data" / "orl_faces"
 
-# Two slow cores: keep torch from oversubscribing them in the test process.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The suite runs on pytest-xdist workers (pyproject.toml): each worker, and every process it
+# starts, gets an equal share of the cores for torch's threads. Oversubscribed (two workers
+# of two threads each on two cores) the same suite took twice as long.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // _WORKERS)))
 
 
 @contextlib.contextmanager
