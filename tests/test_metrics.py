@@ -233,6 +233,79 @@ def test_recall_at_k_matches_brute_force() -> None:
         assert recall_at_k(x, y, k) == pytest.approx(expected)
 
 
+def _retrieval_in_one_search(x: np.ndarray, y: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """The implementation before chunking: every query's neighbour list held at once."""
+    xn = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    n = len(xn)
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    r = counts[inverse] - 1
+    keep = r > 0
+    depth = min(max([int(r.max()), *ks]), n - 1)
+    index = faiss.IndexFlatIP(xn.shape[1])
+    index.add(xn)
+    _, idx = index.search(xn, depth + 1)
+    is_self = idx == np.arange(n)[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    nn = idx[~is_self].reshape(n, depth)
+    hits = (inverse[nn] == inverse[:, None])[keep]
+    r = r[keep]
+    pos = np.arange(1, depth + 1)
+    rel = hits & (pos[None, :] <= r[:, None])
+    out = {
+        "precision_at_1": float(hits[:, 0].mean()),
+        "r_precision": float((rel.sum(axis=1) / r).mean()),
+        "map_at_r": float(((np.cumsum(rel, axis=1) / pos[None, :] * rel).sum(axis=1) / r).mean()),
+    }
+    for k in ks:
+        out[f"recall_at_{k}"] = float(hits[:, : max(1, min(k, depth))].any(axis=1).mean())
+    return out
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 40_000, 1 << 30])
+def test_chunked_retrieval_equals_one_search_and_pml(
+    chunk_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of one query, of a few, or of all give the same numbers as before and as pml."""
+    import zoo.metrics.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "CHUNK_BYTES", chunk_bytes)
+    x, y = clustered(11, [120, 80, 3, 60, 1, 150], noise=1.6)  # few, large, unequal classes
+    ours = retrieval_metrics(x, y, ks=(1, 5, 10))
+    before = _retrieval_in_one_search(x, y, ks=(1, 5, 10))
+    assert ours.keys() == before.keys()
+    for name, value in before.items():
+        assert ours[name] == pytest.approx(value, abs=1e-6), name
+    from pytorch_metric_learning.utils.inference import FaissKNN
+
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    ref = _pml(xn, y, knn_func=FaissKNN(index_init_fn=faiss.IndexFlatIP))
+    assert ours["precision_at_1"] == pytest.approx(ref["precision_at_1"], abs=1e-6)
+    assert ours["r_precision"] == pytest.approx(ref["r_precision"], abs=1e-6)
+    assert ours["map_at_r"] == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-6)
+    np.testing.assert_array_equal(leave_one_out_knn(x, 7), _loo_in_one_search(x, 7))
+
+
+def _loo_in_one_search(x: np.ndarray, k: int) -> np.ndarray:
+    xn = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    index = faiss.IndexFlatIP(xn.shape[1])
+    index.add(xn)
+    _, idx = index.search(xn, k + 1)
+    is_self = idx == np.arange(len(xn))[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    return idx[~is_self].reshape(len(xn), k)
+
+
+def test_retrieval_on_sampled_queries_is_seeded_and_close() -> None:
+    x, y = clustered(12, [300, 250, 200, 250], noise=2.0)  # 1,000 samples
+    exact = retrieval_metrics(x, y)
+    sampled = retrieval_metrics(x, y, max_queries=400, seed=5)
+    assert sampled == retrieval_metrics(x, y, max_queries=400, seed=5)
+    assert sampled != exact  # 400 of 1,000 queries: an estimate, not the same number
+    for name, value in exact.items():
+        assert sampled[name] == pytest.approx(value, abs=0.05), name
+    assert retrieval_metrics(x, y, max_queries=1000) == exact  # a cap of N changes nothing
+
+
 # ---------------------------------------------------------------- clustering
 
 
@@ -264,6 +337,16 @@ def test_clustering_one_point_misplaced() -> None:
     m = clustering_metrics(x, y)
     assert m["cluster_accuracy"] == pytest.approx(5 / 6)
     assert m["nmi"] == pytest.approx(normalized_mutual_info_score(y, [0, 0, 0, 0, 1, 1]))
+
+
+def test_clustering_fitted_on_a_sample_assigns_every_sample() -> None:
+    x, y = clustered(13, [400, 300, 500, 300], noise=0.6)  # 1,500 well-separated samples
+    exact = clustering_metrics(x, y)
+    assert clustering_metrics(x, y, max_fit=1500) == exact  # a cap of N changes nothing
+    sampled = clustering_metrics(x, y, max_fit=300)
+    assert sampled == clustering_metrics(x, y, max_fit=300)  # seeded
+    assert sampled["cluster_accuracy"] == pytest.approx(exact["cluster_accuracy"], abs=0.02)
+    assert sampled["nmi"] == pytest.approx(exact["nmi"], abs=0.03)
 
 
 # ---------------------------------------------------------------- verification
