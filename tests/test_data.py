@@ -14,6 +14,7 @@ from zoo.data import (
     DATASETS,
     ImageAugment,
     LazyImages,
+    StoredImages,
     LoadedData,
     PKBatchSampler,
     Preprocessing,
@@ -65,20 +66,25 @@ def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_digits_shape_range_classes(digits: LoadedData) -> None:
     assert digits.name == "digits" and digits.kind == "image"
     assert digits.x.shape == (1797, 3, 32, 32) and digits.x.dtype == torch.float32
-    assert float(digits.x.min()) == 0.0 and float(digits.x.max()) == 1.0
+    # held as 8-bit pixels (a quarter of float32), read as floats in [0, 1]
+    assert isinstance(digits.x, StoredImages) and digits.x.pixels.dtype == torch.uint8
+    assert digits.x.nbytes == 1797 * 3 * 32 * 32
+    x = digits.x[:]
+    assert x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert digits.class_names == [str(i) for i in range(10)]
     assert digits.y.dtype == torch.int64
     assert torch.equal(torch.unique(digits.y), torch.arange(10))
     # channels are replicated grey
-    assert torch.equal(digits.x[:, 0], digits.x[:, 2])
+    assert torch.equal(x[:, 0], x[:, 2])
 
 
 def test_digits_deterministic_and_options(digits: LoadedData) -> None:
     again = load_data("digits")
-    assert torch.equal(again.x, digits.x) and torch.equal(again.y, digits.y)
+    assert torch.equal(again.x[:], digits.x[:]) and torch.equal(again.y, digits.y)
     small = load_data("digits", image_size=16, channels=1)
     assert small.x.shape == (1797, 1, 16, 16)
-    assert 0.0 <= float(small.x.min()) and float(small.x.max()) <= 1.0
+    assert 0.0 <= float(small.x[:].min()) and float(small.x[:].max()) <= 1.0
 
 
 def test_digits_match_served_png(digits: LoadedData, tmp_path: Path) -> None:
@@ -101,7 +107,7 @@ def test_folder_loads_pgm_png_jpeg(image_tree: Path) -> None:
     assert data.x.shape == (27, 3, 24, 24) and data.x.dtype == torch.float32
     assert torch.equal(torch.bincount(data.y), torch.tensor([9, 9, 9]))
     assert {Path(p).suffix for p in data.paths} == {".pgm", ".png", ".jpg"}
-    assert 0.0 <= float(data.x.min()) and float(data.x.max()) <= 1.0
+    assert 0.0 <= float(data.x[:].min()) and float(data.x[:].max()) <= 1.0
     # each format decoded to its content: brightness follows the class level
     for suffix in (".pgm", ".png", ".jpg"):
         rows = [i for i, p in enumerate(data.paths) if p.endswith(suffix)]
@@ -109,7 +115,7 @@ def test_folder_loads_pgm_png_jpeg(image_tree: Path) -> None:
         assert means[0] < means[1] < means[2], (suffix, means)
     # grey PGM replicated to 3 channels
     pgm = data.paths.index(str(image_tree / "circle" / "g0.pgm"))
-    assert torch.equal(data.x[pgm, 0], data.x[pgm, 1])
+    assert torch.equal(data.x[pgm][0], data.x[pgm][1])
 
 
 def test_folder_channels_and_prefix_form(image_tree: Path) -> None:
@@ -174,7 +180,7 @@ def test_orl_faces() -> None:
 def test_lazy_images_equal_preloaded(image_tree: Path) -> None:
     eager = load_data(str(image_tree), image_size=20)
     lazy = load_data(str(image_tree), image_size=20, memory_budget=1)
-    assert isinstance(lazy.x, LazyImages) and isinstance(eager.x, torch.Tensor)
+    assert isinstance(lazy.x, LazyImages) and isinstance(eager.x, StoredImages)
     assert len(lazy.x) == 27 and lazy.x.shape == eager.x.shape
     idx = torch.tensor([26, 0, 5, 5, 13])
     assert torch.equal(lazy.x[idx], eager.x[idx])
@@ -186,7 +192,32 @@ def test_lazy_images_equal_preloaded(image_tree: Path) -> None:
     assert s_eager.preprocessing.mean == pytest.approx(s_lazy.preprocessing.mean, abs=1e-9)
     assert s_eager.preprocessing.std == pytest.approx(s_lazy.preprocessing.std, abs=1e-9)
     n = len(s_lazy.test)
-    assert torch.allclose(s_lazy.test.x[torch.arange(n)], s_eager.test.x, atol=1e-6)
+    assert torch.allclose(s_lazy.test.x[torch.arange(n)], s_eager.test.x[:], atol=1e-6)
+
+
+def test_preload_budget_counts_bytes_of_8_bit_pixels(image_tree: Path) -> None:
+    """27 images at 3x20x20 take 32,400 bytes as uint8 (129,600 as float32): that budget holds
+    them, one byte less sends them to the files."""
+    need = 27 * 3 * 20 * 20
+    stored = load_data(str(image_tree), image_size=20, memory_budget=need)
+    assert isinstance(stored.x, StoredImages) and stored.x.nbytes == need
+    assert isinstance(load_data(str(image_tree), image_size=20, memory_budget=need - 1).x,
+                      LazyImages)
+    # splits are views of the one uint8 tensor, not copies
+    splits = split_data(stored, seed=0)
+    assert splits.train.x.pixels.data_ptr() == stored.x.pixels.data_ptr()
+
+
+def test_a_batch_made_on_the_device_equals_indexing(image_tree: Path) -> None:
+    from zoo.data import batch_to
+
+    splits = split_data(load_data(str(image_tree), image_size=20), seed=0)
+    lazy = split_data(load_data(str(image_tree), image_size=20, memory_budget=1), seed=0)
+    idx = torch.tensor([4, 0, 2])
+    for x in (splits.train.x, lazy.train.x):
+        assert torch.equal(batch_to(x, idx, torch.device("cpu")), x[idx])
+    table = torch.randn(5, 3)
+    assert torch.equal(batch_to(table, idx, torch.device("cpu")), table[idx])
 
 
 def test_preprocess_images_matches_folder_loading(image_tree: Path) -> None:
@@ -199,7 +230,7 @@ def test_preprocess_images_matches_folder_loading(image_tree: Path) -> None:
     finally:
         for img in images:
             img.close()
-    assert torch.equal(served, splits.test.x)
+    assert torch.equal(served, splits.test.x[:])
     # the preprocessing survives a JSON round trip
     pre = Preprocessing.from_dict(json.loads(json.dumps(splits.preprocessing.to_dict())))
     assert pre == splits.preprocessing and pre.input_size == (3, 24, 24)
@@ -290,7 +321,7 @@ def test_splits_stratified_disjoint_deterministic(digits: LoadedData) -> None:
     assert abs(len(s.test) / len(digits) - 0.2) < 0.01
     assert abs(len(s.val) / len(digits) - 0.15) < 0.01
     same = split_data(digits, seed=0)
-    assert torch.equal(same.test.indices, s.test.indices) and torch.equal(same.test.x, s.test.x)
+    assert torch.equal(same.test.indices, s.test.indices) and torch.equal(same.test.x[:], s.test.x[:])
     other = split_data(digits, seed=1)
     assert not torch.equal(other.test.indices, s.test.indices)
 
@@ -302,8 +333,8 @@ def test_split_normalisation_from_train_only(digits: LoadedData, emitters: Loade
     assert s.preprocessing.std == pytest.approx(
         raw_train.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-5
     )
-    assert s.train.x.mean(dim=(0, 2, 3)).abs().max() < 1e-4
-    assert s.preprocessing.mean != pytest.approx(digits.x.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert s.train.x[:].mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert s.preprocessing.mean != pytest.approx(digits.x[:].mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
     t = split_data(emitters, seed=0)
     raw = emitters.x[t.train.indices].double()
     assert t.preprocessing.mean == pytest.approx(raw.mean(0).tolist(), rel=1e-6)

@@ -27,7 +27,7 @@ from training.engine.distributed import World, unused_parameters, wrap
 from training.engine.mixing import MixedBatch, mix_batch
 from training.engine.optim import centralize_gradients, frozen_norm_stats, make_optimizer
 from training.engine.param_groups import backbone_groups, param_groups
-from zoo.data import ImageAugment, PKBatchSampler, Split
+from zoo.data import ImageAugment, PKBatchSampler, Split, batch_to
 from zoo.losses import EmbeddingLoss
 from zoo.metrics import evaluate, higher_is_better
 from zoo.models import CosineClassifier, EmbeddingModel
@@ -152,7 +152,7 @@ def embed(
     model.eval()
     embs, logits = [], []
     for start in range(0, len(x), batch_size):
-        xb = x[torch.arange(start, min(start + batch_size, len(x)))].to(device, non_blocking=True)
+        xb = batch_to(x, torch.arange(start, min(start + batch_size, len(x))), device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model(xb)
             emb = out["embedding"].float()
@@ -378,7 +378,7 @@ def fit(
                    desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, disable=not world.is_main)
         for idx in bar:
-            xb = train.x[idx].to(device, non_blocking=True)
+            xb = batch_to(train.x, idx, device)
             yb = train.y[idx].to(device, non_blocking=True)
             if augment is not None:
                 xb = augment(xb)
@@ -485,7 +485,7 @@ def _any_unused(step: TrainStep, train: Split, cfg: TrainConfig, loss_fn: Embedd
     unused = None
     if world.is_main:
         idx = next(batches(train, cfg, loss_fn, 1))
-        xb, yb = train.x[idx].to(device), train.y[idx].to(device)
+        xb, yb = batch_to(train.x, idx, device), train.y[idx].to(device)
         unused = [n.removeprefix("pair.") for n in unused_parameters(step, xb, yb, yb, 1.0)]
         if unused:
             log.info("%d parameter tensors take no part in the loss (%s%s): DDP looks for "

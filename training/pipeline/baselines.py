@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from training.engine.loop import calibrate_scale
-from zoo.data import LazyImages, Split, Splits
+from zoo.data import ImageSet, Split, Splits
 from zoo.metrics import evaluate
 from zoo.models import CosineClassifier
 
@@ -39,7 +39,7 @@ PCA_MAX_COMPONENTS = 128  # eigenfaces papers keep tens to low hundreds
 PCA_MAX_FIT = 2048  # train samples the PCA is fitted on (all of them up to this many)
 CHUNK = 512  # samples flattened at a time (lazy folders decode per chunk)
 
-Inputs = torch.Tensor | LazyImages
+Inputs = torch.Tensor | ImageSet
 
 
 def _check(name: str) -> None:

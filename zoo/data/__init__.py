@@ -6,6 +6,7 @@
 """
 from .augment import ImageAugment
 from .emitters import emitters as _emitters  # noqa: F401  (registers "emitters")
+from .images import ImageSet, StoredImages, batch_to
 from .lazy import LazyImages
 from .preprocessing import Preprocessing, preprocess_images, preprocess_rows
 from .samplers import PKBatchSampler
@@ -15,11 +16,14 @@ from .splits import Split, Splits, split_data
 __all__ = [
     "DATASETS",
     "ImageAugment",
+    "ImageSet",
     "LazyImages",
     "LoadedData",
     "PKBatchSampler",
     "Preprocessing",
     "Split",
+    "StoredImages",
+    "batch_to",
     "Splits",
     "load_data",
     "preprocess_images",

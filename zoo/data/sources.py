@@ -1,6 +1,7 @@
 """Data sources: a registry of loaders and one ``load_data`` that picks by name or path.
 
-Every source returns a ``LoadedData`` of raw values (images in [0, 1], tabular as read);
+Every source returns a ``LoadedData`` of raw values (images as 8-bit pixels in an ``ImageSet``
+that reads as floats in [0, 1]; tabular as read);
 normalisation is fitted later on the training split only (see ``splits.py``).
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 from PIL import Image
 
 from ..registry import Registry
+from .images import ImageSet, StoredImages
 from .lazy import LazyImages, check_file, decode_files, thread_map
-from .preprocessing import DEFAULT_INTERPOLATION, image_to_tensor
+from .preprocessing import DEFAULT_INTERPOLATION, image_to_array
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ class LoadedData:
 
     name: str  # "digits", "emitters", the folder's name, the csv file stem
     kind: str  # "image" | "tabular"
-    x: torch.Tensor | LazyImages  # images: float32 [N,C,H,W] in [0,1]; tabular: float32 [N,F]
+    x: torch.Tensor | ImageSet  # images: uint8 at rest, read as float32 [N,C,H,W] in [0,1];
+    #                           tabular: float32 [N,F]
     y: torch.Tensor  # int64 [N], 0..C-1
     class_names: list[str]
     feature_names: list[str] | None = None
@@ -83,10 +86,10 @@ def digits(*, image_size: int | tuple[int, int] = 32, channels: int = 3,
     size = _image_size(image_size)
     bunch = load_digits()
     grey = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 16 levels -> 0..255
-    x = torch.stack(
-        [image_to_tensor(Image.fromarray(img, mode="L"), channels, size, interpolation)
+    x = StoredImages(torch.from_numpy(np.stack(
+        [image_to_array(Image.fromarray(img, mode="L"), channels, size, interpolation)
          for img in grey]
-    )
+    )))
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
     return LoadedData("digits", "image", x, y, [str(c) for c in range(10)],
                       interpolation=interpolation)
@@ -157,22 +160,23 @@ def folder(
 ) -> LoadedData:
     """A folder-per-class image tree (anything PIL reads); class = subfolder name, sorted.
 
-    Decoded once into memory when ``N*C*H*W*4`` bytes fit ``memory_budget`` (default 25% of
-    RAM); otherwise headers are checked and a ``LazyImages`` decodes batches on access.
+    Decoded once into memory as 8-bit pixels when ``N*C*H*W`` bytes fit ``memory_budget``
+    (default 25% of RAM); otherwise headers are checked and a ``LazyImages`` decodes batches
+    on access.
     """
     _check_channels(channels)
     size = _image_size(image_size)
     root = Path(path).expanduser()
     class_names, paths, labels = scan_folder(root)
     y = torch.as_tensor(labels, dtype=torch.int64)
-    need = len(paths) * channels * size[0] * size[1] * 4
+    need = len(paths) * channels * size[0] * size[1]  # uint8
     budget = memory_budget_bytes() if memory_budget is None else int(memory_budget)
     name = root.resolve().name
     if need <= budget:
-        x: torch.Tensor | LazyImages = decode_files(
+        x: ImageSet = StoredImages(decode_files(
             paths, channels, size, workers=workers, desc=f"decoding {name}",
             interpolation=interpolation,
-        )
+        ))
     else:
         log.info(
             "%s: %d images need %.1f MiB > budget %.1f MiB; decoding lazily on access",

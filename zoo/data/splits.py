@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from .images import ImageSet, StoredImages
 from .lazy import LazyImages
 from .preprocessing import Preprocessing, normalise
 from .sources import LoadedData
@@ -25,7 +27,7 @@ _MIN_STD = 1e-6
 class Split:
     """One part of a data set: normalised inputs and labels (and where they came from)."""
 
-    x: torch.Tensor | LazyImages
+    x: torch.Tensor | ImageSet
     y: torch.Tensor
     indices: torch.Tensor | None = None  # rows of the LoadedData these samples are
 
@@ -63,24 +65,30 @@ def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int
     return n - n_val - n_test, n_val, n_test
 
 
-def _image_stats(x: torch.Tensor | LazyImages, seed: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std (two passes, float64, in chunks so memory stays flat)."""
+def _image_stats(x: ImageSet, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the images in [0, 1] (two passes, float64, a chunk at a time
+    so memory stays flat; files decoded on access are sampled, and decoded once)."""
+    n = len(x)
     if isinstance(x, LazyImages):
-        n = len(x)
         if n > MAX_STAT_IMAGES:
             pick = np.sort(np.random.default_rng(seed).choice(n, MAX_STAT_IMAGES, replace=False))
             log.info("estimating mean/std from %d of %d training images", MAX_STAT_IMAGES, n)
             x = x.subset(torch.from_numpy(pick))
-        x = x.load()
+        x = StoredImages(x.raw(list(range(len(x)))))
+
+    def chunks() -> Iterator[torch.Tensor]:
+        for lo in range(0, len(x), 1024):
+            yield x[lo:lo + 1024].double()
+
     channels = x.shape[1]
     count = x.shape[0] * x.shape[2] * x.shape[3]
     total = torch.zeros(channels, dtype=torch.float64)
-    for chunk in torch.split(x, 1024):
-        total += chunk.double().sum(dim=(0, 2, 3))
+    for chunk in chunks():
+        total += chunk.sum(dim=(0, 2, 3))
     mean = total / count
     sq = torch.zeros(channels, dtype=torch.float64)
-    for chunk in torch.split(x, 1024):
-        sq += ((chunk.double() - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3))
+    for chunk in chunks():
+        sq += ((chunk - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3))
     std = (sq / count).sqrt()
     return mean.tolist(), [s if s > _MIN_STD else 1.0 for s in std.tolist()]
 
@@ -92,8 +100,8 @@ def _tabular_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
                            for s, m in zip(std.tolist(), mean.tolist())]
 
 
-def _take(x: torch.Tensor | LazyImages, idx: torch.Tensor, mean: list[float], std: list[float]):
-    if isinstance(x, LazyImages):
+def _take(x: torch.Tensor | ImageSet, idx: torch.Tensor, mean: list[float], std: list[float]):
+    if isinstance(x, ImageSet):
         return x.subset(idx).normalised(mean, std)
     return normalise(x[idx], mean, std)
 
@@ -210,5 +218,5 @@ def split_data(
     return splits
 
 
-def _select(x: torch.Tensor | LazyImages, idx: torch.Tensor) -> torch.Tensor | LazyImages:
-    return x.subset(idx) if isinstance(x, LazyImages) else x[idx]
+def _select(x: torch.Tensor | ImageSet, idx: torch.Tensor) -> torch.Tensor | ImageSet:
+    return x.subset(idx) if isinstance(x, ImageSet) else x[idx]
