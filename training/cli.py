@@ -29,8 +29,10 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
 
 
 def setup_logging() -> None:
+    """INFO lines of the zoo on stderr (``ZOO_LOG_LEVEL`` to change). ``force``: importing
+    ``mlflow.pytorch`` already called ``basicConfig(level=ERROR)``, which hid them."""
     logging.basicConfig(level=os.environ.get("ZOO_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
 class Terminated(KeyboardInterrupt):

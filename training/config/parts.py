@@ -58,6 +58,10 @@ class DataConfig:
                                                 "pretrained or init model's, else bilinear)")
     augment: str = option("light", "image augmentation strength", ("none", "light", "strong"))
     hflip: bool = option(False, "random horizontal flips (good for faces, wrong for digits)")
+    loader_workers: Optional[int] = option(None, "processes that decode a folder read lazily "
+                                                 "(too big to preload) ahead of the training "
+                                                 "step (auto: one per core, at most 8; 0: in "
+                                                 "the training process)")
     tta: str = option("none", "test-time augmentation of validation and test embeddings: flip "
                               "averages each image with its mirror (images only)",
                       ("none", "flip"))
@@ -65,6 +69,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         at_least(self, 1, "image_size", "channels")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.open_set is not None and not 0 <= self.open_set < 1:
             raise ValueError(f"open_set must be in [0, 1), got {self.open_set}")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:

@@ -28,6 +28,8 @@ from training.engine.mixing import MixedBatch, mix_batch
 from training.engine.optim import centralize_gradients, frozen_norm_stats, make_optimizer
 from training.engine.param_groups import backbone_groups, param_groups
 from zoo.data import ImageAugment, PKBatchSampler, Split, batch_to
+
+from .input_pipeline import EpochInput, default_loader_workers
 from zoo.losses import EmbeddingLoss
 from zoo.metrics import evaluate, higher_is_better
 from zoo.models import CosineClassifier, EmbeddingModel
@@ -311,6 +313,9 @@ def fit(
     n_steps = steps_per_epoch(train, cfg, loss_fn, world)
     scheduler = make_scheduler(opt.inner, cfg, n_steps)
     augment = make_augment(cfg) if model.modality == "image" else None
+    # decoding processes for a lazily read folder; under DDP the cores are shared by rank
+    workers = (max(1, default_loader_workers() // world.size) if cfg.data.loader_workers is None
+               else cfg.data.loader_workers)
     model.set_head(None)  # logits are not trained through the model; skip them
     pair = nn.ModuleDict({"model": model, "loss": loss_fn})
     step_module: nn.Module = TrainStep(pair, aux, dtype, device.type)
@@ -374,11 +379,12 @@ def fit(
         loss_fn.train()
         frozen = freeze_backbone(model, epoch <= cfg.optim.freeze_epochs)
         started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
-        bar = tqdm(batches(train, cfg, loss_fn, epoch, world), total=n_steps,
+        epoch_input = EpochInput(train.x, batches(train, cfg, loss_fn, epoch, world), device,
+                                 workers)
+        bar = tqdm(epoch_input, total=n_steps,
                    desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, disable=not world.is_main)
-        for idx in bar:
-            xb = batch_to(train.x, idx, device)
+        for idx, xb in bar:
             yb = train.y[idx].to(device, non_blocking=True)
             if augment is not None:
                 xb = augment(xb)
@@ -417,6 +423,8 @@ def fit(
             "lr": opt.inner.param_groups[0]["lr"],
             "samples_per_s": seen / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
+            # time the step waited for its input: near 0, the input keeps up with the model
+            "data_wait_s": epoch_input.wait_s,
         }
         metrics.update({k: v / max(1, seen) for k, v in sums.items()})
         if cfg.fine_tuning or cfg.optim.backbone_lr != 1.0 or cfg.optim.freeze_epochs:

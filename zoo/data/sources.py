@@ -62,8 +62,21 @@ def _check_channels(channels: int) -> None:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
 
 
+PRELOAD_ENV = "ZOO_PRELOAD_MB"
+
+
 def memory_budget_bytes(fraction: float = 0.25) -> int:
-    """A fraction of physical RAM: how much a preloaded image tensor may take."""
+    """How much preloaded images may take: ``ZOO_PRELOAD_MB`` MiB when set (a machine's
+    setting, not a model's), else a fraction of physical RAM."""
+    setting = os.environ.get(PRELOAD_ENV, "").strip()
+    if setting:
+        try:
+            mib = float(setting)
+        except ValueError:
+            mib = -1.0
+        if not mib >= 0:
+            raise ValueError(f"{PRELOAD_ENV}={setting!r} is not a size in MiB (a number >= 0)")
+        return int(mib * 2**20)
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not POSIX: assume 8 GiB
@@ -179,7 +192,7 @@ def folder(
         ))
     else:
         log.info(
-            "%s: %d images need %.1f MiB > budget %.1f MiB; decoding lazily on access",
+            "%s: %d images need %.3g MiB > budget %.3g MiB; decoding lazily on access",
             root, len(paths), need / 2**20, budget / 2**20,
         )
         for _ in thread_map(check_file, paths, workers=workers, desc=f"checking {name}"):
