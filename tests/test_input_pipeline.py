@@ -56,3 +56,40 @@ def test_the_preload_budget_is_a_machine_setting(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("ZOO_PRELOAD_MB", "lots")
     with pytest.raises(ValueError, match="ZOO_PRELOAD_MB='lots' is not a size in MiB"):
         memory_budget_bytes()
+
+
+def test_photo_crops_are_fresh_each_epoch_and_the_same_under_a_seed(photo_folder: Path) -> None:
+    from zoo.data.photo import PhotoImages, photo_view
+
+    train = split_data(load_data(str(photo_folder), image_size=24), seed=0).train
+    photos = photo_view(train.x, hflip=True)
+    assert isinstance(photos, PhotoImages) and photos.paths == train.x.paths
+    assert photos.mean == train.x.mean and photos.shape == train.x.shape
+    batches = list(torch.arange(len(train)).split(8))
+    cpu = torch.device("cpu")
+
+    def epoch(seed: int, workers: int) -> list[torch.Tensor]:
+        return [xb for _, xb in EpochInput(photos, batches, cpu, workers, seed=seed)]
+
+    first, again, other = epoch(7, 2), epoch(7, 2), epoch(8, 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # the same seed, the same crops
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))  # a new epoch, new crops
+    assert first[0].shape == (8, 3, 24, 24) and first[0].dtype == torch.float32
+    assert not torch.equal(first[0], train.x[batches[0]])  # cropped, not the resized image
+    with pytest.raises(ValueError, match="augment=photo crops each training image from its file"):
+        photo_view(split_data(load_data("digits", image_size=16), seed=0).train.x, hflip=False)
+
+
+def test_a_run_with_photo_augmentation(photo_folder: Path, tracking_uri: str) -> None:
+    import mlflow
+
+    from training.config import TrainConfig
+    from training.pipeline.run import train
+
+    cfg = TrainConfig.of(model="resnet18", loss="arcface", data=str(photo_folder), epochs=1,
+                         batch_size=8, image_size=24, embedding_dim=16, augment="photo",
+                         hflip=True, loader_workers=1, plots=False, experiment="photo")
+    train(cfg)
+    (run,) = mlflow.search_runs(experiment_names=["photo"], output_format="list")
+    assert run.info.status == "FINISHED" and run.data.params["augment"] == "photo"
+    assert run.data.metrics["data_wait_s"] >= 0 and "test_precision_at_1" in run.data.metrics

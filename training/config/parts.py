@@ -56,7 +56,10 @@ class DataConfig:
     interpolation: Optional[str] = option(None, "image resize filter: bilinear, bicubic, "
                                                 "nearest, lanczos, box or hamming (auto: the "
                                                 "pretrained or init model's, else bilinear)")
-    augment: str = option("light", "image augmentation strength", ("none", "light", "strong"))
+    augment: str = option("light", "image augmentation: light or strong jitter of the resized "
+                                   "batch, or photo (image folders: a random-resized crop of "
+                                   "each original file, flip and colour jitter, as timm trains "
+                                   "on photos)", ("none", "light", "strong", "photo"))
     hflip: bool = option(False, "random horizontal flips (good for faces, wrong for digits)")
     loader_workers: Optional[int] = option(None, "processes that decode a folder read lazily "
                                                  "(too big to preload) ahead of the training "

@@ -1,13 +1,15 @@
 """Training batches on the device, with files decoded in worker processes ahead of the step.
 
 Preloaded images and tables are indexed in the training process: a uint8 gather is far
-cheaper than a step. Folders read lazily (too big for the preload budget) go through a torch
-``DataLoader``: ``workers`` processes decode whole index batches (``__getitems__``) while the
-model trains on the previous ones, the 8-bit batch is pinned on CUDA and copied without
-blocking, and the float conversion and normalisation run on the device.
+cheaper than a step. Images read from their files (folders too big for the preload budget,
+and photo augmentation) go through a torch ``DataLoader``: ``workers`` processes decode whole
+index batches (``__getitems__``) while the model trains on the previous ones, the 8-bit batch
+is pinned on CUDA and copied without blocking, and the float conversion and normalisation run
+on the device.
 
-The batch order comes from the loop's seeded index batches, and decoding draws no random
-numbers, so the batches are the same with any number of workers. ``EpochInput.wait_s`` is the
+The batch order comes from the loop's seeded index batches; plain decoding draws no random
+numbers, so its batches are the same with any number of workers, and photo augmentation draws
+them in workers seeded from ``seed``, so the same seed and workers give the same crops. ``EpochInput.wait_s`` is the
 time the step spent waiting for input, logged per epoch as ``data_wait_s``: near 0, input
 keeps up; a large share of ``epoch_time_s``, the model waits for the decoder.
 """
@@ -20,8 +22,9 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from zoo.data import LazyImages, batch_to
+from zoo.data import ImageSet, LazyImages, batch_to
 from zoo.data.images import _unit_on
+from zoo.data.photo import PhotoImages
 
 __all__ = ["EpochInput", "default_loader_workers"]
 
@@ -31,13 +34,19 @@ def default_loader_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-class _RawBatches(torch.utils.data.Dataset):
-    """A lazy folder as a map-style dataset whose items are whole uint8 batches."""
+def reads_files(x: object) -> bool:
+    """Whether ``x``'s batches are decoded from files (and so worth worker processes)."""
+    return isinstance(x, (LazyImages, PhotoImages))
 
-    def __init__(self, images: LazyImages) -> None:
-        # one decoding thread per worker process: the processes are the parallelism
-        self.images = LazyImages(images.paths, images.channels, images.image_size, None, None,
-                                 workers=1, interpolation=images.interpolation)
+
+class _RawBatches(torch.utils.data.Dataset):
+    """Images read from files as a map-style dataset whose items are whole uint8 batches."""
+
+    def __init__(self, images: ImageSet) -> None:
+        if isinstance(images, LazyImages):  # one decoding thread per worker process
+            images = LazyImages(images.paths, images.channels, images.image_size, None, None,
+                                workers=1, interpolation=images.interpolation)
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
@@ -57,8 +66,8 @@ class EpochInput:
     """``(indices, inputs on device)`` for each index batch of one epoch, timing the waits."""
 
     def __init__(self, x, index_batches: Iterable[torch.Tensor], device: torch.device,
-                 workers: int = 0) -> None:
-        self.x, self.device, self.workers = x, torch.device(device), int(workers)
+                 workers: int = 0, seed: int = 0) -> None:
+        self.x, self.device, self.workers, self.seed = x, torch.device(device), int(workers), seed
         self.index_batches = [torch.as_tensor(i, dtype=torch.long) for i in index_batches]
         self.wait_s = 0.0
 
@@ -66,11 +75,12 @@ class EpochInput:
         return len(self.index_batches)
 
     def _inputs(self) -> Iterator[torch.Tensor]:
-        if isinstance(self.x, LazyImages) and self.workers > 0 and self.index_batches:
+        if reads_files(self.x) and self.workers > 0 and self.index_batches:
             loader = DataLoader(
                 _RawBatches(self.x), batch_sampler=[i.tolist() for i in self.index_batches],
                 num_workers=self.workers, collate_fn=_as_is, prefetch_factor=4,
                 pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.seed),
             )
             for raw in loader:
                 yield self.x._finish(_unit_on(raw, self.device))

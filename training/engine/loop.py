@@ -29,6 +29,9 @@ from training.engine.optim import centralize_gradients, frozen_norm_stats, make_
 from training.engine.param_groups import backbone_groups, param_groups
 from zoo.data import ImageAugment, PKBatchSampler, Split, batch_to
 
+from zoo.data.photo import photo_view
+from zoo.data.preprocessing import DEFAULT_INTERPOLATION
+
 from .input_pipeline import EpochInput, default_loader_workers
 from zoo.losses import EmbeddingLoss
 from zoo.metrics import evaluate, higher_is_better
@@ -71,8 +74,9 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def make_augment(cfg: TrainConfig) -> ImageAugment | None:
-    """``light``: small affine jitter; ``strong``: larger jitter plus random erasing."""
-    if cfg.data.augment == "none":
+    """``light``: small affine jitter; ``strong``: larger jitter plus random erasing;
+    ``photo`` happens as the files are read (``zoo.data.photo``), not on the batch."""
+    if cfg.data.augment in ("none", "photo"):
         return None
     if cfg.data.augment == "strong":
         return ImageAugment.preset("faces", hflip=cfg.data.hflip, strength=1.5)
@@ -313,6 +317,9 @@ def fit(
     n_steps = steps_per_epoch(train, cfg, loss_fn, world)
     scheduler = make_scheduler(opt.inner, cfg, n_steps)
     augment = make_augment(cfg) if model.modality == "image" else None
+    # what the steps read: the split itself, or its files cropped afresh (augment=photo)
+    step_x = (photo_view(train.x, cfg.data.hflip, cfg.data.interpolation or DEFAULT_INTERPOLATION)
+              if cfg.data.augment == "photo" and model.modality == "image" else train.x)
     # decoding processes for a lazily read folder; under DDP the cores are shared by rank
     workers = (max(1, default_loader_workers() // world.size) if cfg.data.loader_workers is None
                else cfg.data.loader_workers)
@@ -379,8 +386,8 @@ def fit(
         loss_fn.train()
         frozen = freeze_backbone(model, epoch <= cfg.optim.freeze_epochs)
         started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
-        epoch_input = EpochInput(train.x, batches(train, cfg, loss_fn, epoch, world), device,
-                                 workers)
+        epoch_input = EpochInput(step_x, batches(train, cfg, loss_fn, epoch, world), device,
+                                 workers, seed=cfg.training_seed * 1000 + epoch)
         bar = tqdm(epoch_input, total=n_steps,
                    desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, disable=not world.is_main)

@@ -137,13 +137,16 @@ class StoredImages(ImageSet):
     """Images decoded once into a uint8 ``[N, C, H, W]`` tensor; views share it."""
 
     def __init__(self, pixels: torch.Tensor, rows: torch.Tensor | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 paths: Sequence[str] | None = None) -> None:
         if pixels.dtype != torch.uint8 or pixels.dim() != 4:
             raise ValueError(f"stored images are uint8 [N, C, H, W], got {pixels.dtype} "
                              f"{tuple(pixels.shape)}")
         super().__init__(pixels.shape[1], pixels.shape[2:], mean, std)
         self.pixels = pixels
         self.rows = rows  # None: every row of pixels, in order
+        # the files the images were decoded from (folders), one per image of this view
+        self.paths = None if paths is None else list(paths)
 
     def __len__(self) -> int:
         return len(self.pixels) if self.rows is None else len(self.rows)
@@ -159,7 +162,9 @@ class StoredImages(ImageSet):
     def _view(self, picked: list[int], mean: list[float] | None,
               std: list[float] | None) -> "StoredImages":
         idx = torch.as_tensor(picked, dtype=torch.int64)
-        return StoredImages(self.pixels, idx if self.rows is None else self.rows[idx], mean, std)
+        paths = None if self.paths is None else [self.paths[i] for i in picked]
+        return StoredImages(self.pixels, idx if self.rows is None else self.rows[idx], mean, std,
+                            paths)
 
 
 def batch_to(x: Any, index: Any, device: torch.device) -> torch.Tensor:

@@ -100,16 +100,11 @@ def resample_filter(name: str) -> Image.Resampling:
                          ) from None
 
 
-def image_to_array(img: Image.Image, channels: int, size: tuple[int, int],
-                   interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
-    """One PIL image to uint8 ``[C, H, W]``: EXIF orientation, to L/RGB, resize (bilinear,
-    or the model's ``interpolation``).
-
-    Transparent images are composited onto white (what an image viewer shows).
-    """
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """A PIL image upright (EXIF), 8-bit, transparency composited onto white (what an image
+    viewer shows), in L (1 channel) or RGB (3)."""
     if channels not in IMAGE_CHANNEL_MODES:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    height, width = size
     if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
@@ -122,8 +117,15 @@ def image_to_array(img: Image.Image, channels: int, size: tuple[int, int],
         img = Image.new("RGB", rgba.size, (255, 255, 255))
         img.paste(rgba, mask=rgba)
     mode = IMAGE_CHANNEL_MODES[channels]
-    if img.mode != mode:
-        img = img.convert(mode)
+    return img if img.mode == mode else img.convert(mode)
+
+
+def image_to_array(img: Image.Image, channels: int, size: tuple[int, int],
+                   interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
+    """One PIL image to uint8 ``[C, H, W]``: ``to_channels``, then resize (bilinear, or the
+    model's ``interpolation``)."""
+    height, width = size
+    img = to_channels(img, channels)
     if img.size != (width, height):
         img = img.resize((width, height), resample_filter(interpolation))
     arr = np.array(img, dtype=np.uint8)  # a writable copy, detached from PIL's buffer
@@ -203,5 +205,6 @@ __all__ = [
     "normalise",
     "preprocess_images",
     "preprocess_rows",
+    "to_channels",
     "to_unit",
 ]
