@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -154,6 +154,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _as_rows(rows: Sequence[Any], dim: int) -> Rows:
+    """``(id, identity, vector blob)`` rows as one ``Rows``: ids, names, a float32 matrix."""
+    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    vectors = np.frombuffer(b"".join(r[2] for r in rows), np.float32)
+    return Rows(ids, [r[1] for r in rows], vectors.reshape(len(rows), dim))
+
+
 def _blob(vectors: np.ndarray) -> list[bytes]:
     """Rows as float32 bytes, L2-normalised here: readers take the table's vectors as they are."""
     return [row.tobytes() for row in normalised(vectors, vectors.shape[1])]
@@ -274,9 +281,7 @@ class GalleryTable:
                 .where(ENTRIES.c.model_key == self.key, ENTRIES.c.id > after_id)
                 .order_by(ENTRIES.c.id))
             for part in result.partitions(chunk):
-                ids = np.fromiter((r[0] for r in part), np.int64, len(part))
-                vectors = np.frombuffer(b"".join(r[2] for r in part), np.float32)
-                yield Rows(ids, [r[1] for r in part], vectors.reshape(len(part), dim))
+                yield _as_rows(part, dim)
 
     def changes(self, after_id: int, after_removal: int) -> Changes:
         """Everything committed since a reader's watermarks, read in one transaction."""
@@ -292,9 +297,7 @@ class GalleryTable:
                                 .where(REMOVALS.c.model_key == self.key,
                                        REMOVALS.c.seq > after_removal)
                                 .order_by(REMOVALS.c.seq)).all()
-        ids = np.array([r[0] for r in new], np.int64)
-        vectors = np.frombuffer(b"".join(r[2] for r in new), np.float32).reshape(len(new), dim)
-        return Changes(counter, Rows(ids, [r[1] for r in new], vectors),
+        return Changes(counter, _as_rows(new, dim),
                        [(r[1], int(r[2])) for r in gone], gone[-1][0] if gone else after_removal)
 
     @property
@@ -312,12 +315,11 @@ class GalleryTable:
             return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(REMOVALS.c.seq), 0))
                                     .where(REMOVALS.c.model_key == self.key)).scalar_one())
 
-    def size(self) -> tuple[int, int]:
-        """(entries, identities)."""
+    def size(self) -> int:
+        """Entries (the index counts identities as it builds: no second scan here)."""
         with self.engine.connect() as conn:
-            return tuple(conn.execute(sa.select(
-                sa.func.count(), sa.func.count(sa.distinct(ENTRIES.c.identity)))
-                .where(ENTRIES.c.model_key == self.key)).one())  # type: ignore[return-value]
+            return int(conn.execute(sa.select(sa.func.count())
+                                    .where(ENTRIES.c.model_key == self.key)).scalar_one())
 
     def counts(self, offset: int = 0, limit: int | None = None) -> dict[str, int]:
         """Entries per identity, by name, one page."""

@@ -252,8 +252,7 @@ class GalleryIndex:
         hit = np.flatnonzero((codes == code) & (ids <= up_to_id))
         if not len(hit):
             return 0
-        if isinstance(self.index, faiss.IndexIDMap2) and "HNSW" in type(
-                faiss.downcast_index(self.index.index)).__name__:
+        if self.info.kind == "hnsw":
             self._tombstones += len(hit)  # HNSW cannot remove: searches skip code -1
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(ids[hit]))

@@ -158,7 +158,7 @@ class GalleryStore:
         """Index the whole table (at start, or when an HNSW index has too many tombstones)."""
         started = time.perf_counter()
         counter, last_removal = self.table.counter(), self.table.last_removal()
-        total = self.table.size()[0]
+        total = self.table.size()
         # filled in place: a million 128-d entries are 512 MB, and copies of them add up
         ids, names = np.zeros(total, np.int64), []
         vectors = np.zeros((total, self.contract.dim), np.float32)
