@@ -9,12 +9,14 @@ on the device.
 
 The batch order comes from the loop's seeded index batches; plain decoding draws no random
 numbers, so its batches are the same with any number of workers, and photo augmentation draws
-them in workers seeded from ``seed``, so the same seed and workers give the same crops. ``EpochInput.wait_s`` is the
-time the step spent waiting for input, logged per epoch as ``data_wait_s``: near 0, input
-keeps up; a large share of ``epoch_time_s``, the model waits for the decoder.
+them in workers seeded from ``seed``, so the same seed and workers give the same crops.
+``EpochInput.wait_s`` is the time the step spent waiting for input, logged per epoch as
+``data_wait_s``: near 0, input keeps up; a large share of ``epoch_time_s``, the model waits
+for the decoder.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Iterable, Iterator
@@ -24,7 +26,6 @@ from torch.utils.data import DataLoader
 
 from zoo.data import ImageSet, LazyImages, batch_to
 from zoo.data.images import _unit_on
-from zoo.data.photo import PhotoImages
 
 __all__ = ["EpochInput", "default_loader_workers"]
 
@@ -34,18 +35,13 @@ def default_loader_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def reads_files(x: object) -> bool:
-    """Whether ``x``'s batches are decoded from files (and so worth worker processes)."""
-    return isinstance(x, (LazyImages, PhotoImages))
-
-
 class _RawBatches(torch.utils.data.Dataset):
     """Images read from files as a map-style dataset whose items are whole uint8 batches."""
 
     def __init__(self, images: ImageSet) -> None:
         if isinstance(images, LazyImages):  # one decoding thread per worker process
-            images = LazyImages(images.paths, images.channels, images.image_size, None, None,
-                                workers=1, interpolation=images.interpolation)
+            images = copy.copy(images)
+            images.workers = 1
         self.images = images
 
     def __len__(self) -> int:
@@ -85,7 +81,7 @@ class EpochInput:
         return len(self.index_batches)
 
     def _inputs(self) -> Iterator[torch.Tensor]:
-        if reads_files(self.x) and self.workers > 0 and self.index_batches:
+        if getattr(self.x, "reads_files", False) and self.workers > 0 and self.index_batches:
             loader = DataLoader(
                 _RawBatches(self.x), batch_sampler=[i.tolist() for i in self.index_batches],
                 num_workers=self.workers, collate_fn=_as_is, prefetch_factor=4,

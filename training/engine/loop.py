@@ -24,15 +24,12 @@ from tqdm.auto import tqdm
 from training.config import TrainConfig
 from training.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT, restore_rng, rng_state
 from training.engine.distributed import World, unused_parameters, wrap
+from training.engine.input_pipeline import EpochInput, default_loader_workers
 from training.engine.mixing import MixedBatch, mix_batch
 from training.engine.optim import centralize_gradients, frozen_norm_stats, make_optimizer
 from training.engine.param_groups import backbone_groups, param_groups
 from zoo.data import ImageAugment, PKBatchSampler, Split, batch_to
-
 from zoo.data.photo import photo_view
-from zoo.data.preprocessing import DEFAULT_INTERPOLATION
-
-from .input_pipeline import EpochInput, default_loader_workers
 from zoo.losses import EmbeddingLoss
 from zoo.metrics import evaluate, higher_is_better
 from zoo.models import CosineClassifier, EmbeddingModel
@@ -318,7 +315,7 @@ def fit(
     scheduler = make_scheduler(opt.inner, cfg, n_steps)
     augment = make_augment(cfg) if model.modality == "image" else None
     # what the steps read: the split itself, or its files cropped afresh (augment=photo)
-    step_x = (photo_view(train.x, cfg.data.hflip, cfg.data.interpolation or DEFAULT_INTERPOLATION)
+    step_x = (photo_view(train.x, cfg.data.hflip)
               if cfg.data.augment == "photo" and model.modality == "image" else train.x)
     # decoding processes for a lazily read folder; under DDP the cores are shared by rank
     workers = (max(1, default_loader_workers() // world.size) if cfg.data.loader_workers is None

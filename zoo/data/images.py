@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .preprocessing import normalise
+from .preprocessing import DEFAULT_INTERPOLATION, normalise
 
 __all__ = ["ImageSet", "StoredImages", "batch_to"]
 
@@ -39,6 +39,7 @@ class ImageSet:
     """N images of one shape, 8-bit at rest; ``x[idx]`` gives float32 model inputs."""
 
     dtype = torch.float32  # what indexing returns
+    reads_files = False  # True: each access decodes files (worth decoding worker processes)
 
     def __init__(self, channels: int, size: Sequence[int],
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
@@ -138,15 +139,18 @@ class StoredImages(ImageSet):
 
     def __init__(self, pixels: torch.Tensor, rows: torch.Tensor | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 paths: Sequence[str] | None = None) -> None:
+                 paths: Sequence[str] | None = None,
+                 interpolation: str = DEFAULT_INTERPOLATION) -> None:
         if pixels.dtype != torch.uint8 or pixels.dim() != 4:
             raise ValueError(f"stored images are uint8 [N, C, H, W], got {pixels.dtype} "
                              f"{tuple(pixels.shape)}")
         super().__init__(pixels.shape[1], pixels.shape[2:], mean, std)
         self.pixels = pixels
         self.rows = rows  # None: every row of pixels, in order
-        # the files the images were decoded from (folders), one per image of this view
+        # the files the images were decoded from (folders), one per image of this view, and
+        # the resize filter they were decoded with
         self.paths = None if paths is None else list(paths)
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.pixels) if self.rows is None else len(self.rows)
@@ -164,7 +168,7 @@ class StoredImages(ImageSet):
         idx = torch.as_tensor(picked, dtype=torch.int64)
         paths = None if self.paths is None else [self.paths[i] for i in picked]
         return StoredImages(self.pixels, idx if self.rows is None else self.rows[idx], mean, std,
-                            paths)
+                            paths, self.interpolation)
 
 
 def batch_to(x: Any, index: Any, device: torch.device) -> torch.Tensor:

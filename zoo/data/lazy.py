@@ -98,6 +98,8 @@ def decode_files(
 class LazyImages(ImageSet):
     """Image files decoded (in threads) on access: ``x[idx] -> float32 [n, C, H, W]``."""
 
+    reads_files = True
+
     def __init__(
         self,
         paths: Sequence[str | Path],

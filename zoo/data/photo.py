@@ -39,6 +39,8 @@ def photo_transform(channels: int, size: tuple[int, int], hflip: bool,
 class PhotoImages(ImageSet):
     """Image files, freshly cropped, flipped and jittered on every access (training only)."""
 
+    reads_files = True
+
     def __init__(self, paths: Sequence[str | Path], channels: int, size: Sequence[int],
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  hflip: bool = False, interpolation: str = DEFAULT_INTERPOLATION,
@@ -75,12 +77,13 @@ class PhotoImages(ImageSet):
                            mean, std, self.hflip, self.interpolation, self.max_side)
 
 
-def photo_view(x: Any, hflip: bool, interpolation: str = DEFAULT_INTERPOLATION) -> PhotoImages:
+def photo_view(x: Any, hflip: bool) -> PhotoImages:
     """The training images of ``x`` (an ``ImageSet`` read from a folder) with photo
-    augmentation; images that came from no file (digits, tables) are refused by name."""
+    augmentation, resized with the filter ``x`` was decoded with; images that came from no
+    file (digits, tables) are refused by name."""
     paths = getattr(x, "paths", None)
     if not isinstance(x, ImageSet) or paths is None:
         raise ValueError("augment=photo crops each training image from its file, and this data "
                          "has no image files (digits and tables are arrays): use augment=light "
                          "or strong")
-    return PhotoImages(paths, x.channels, x.image_size, x.mean, x.std, hflip, interpolation)
+    return PhotoImages(paths, x.channels, x.image_size, x.mean, x.std, hflip, x.interpolation)

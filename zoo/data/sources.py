@@ -189,7 +189,7 @@ def folder(
         x: ImageSet = StoredImages(decode_files(
             paths, channels, size, workers=workers, desc=f"decoding {name}",
             interpolation=interpolation,
-        ), paths=paths)
+        ), paths=paths, interpolation=interpolation)
     else:
         log.info(
             "%s: %d images need %.3g MiB > budget %.3g MiB; decoding lazily on access",
