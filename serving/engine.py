@@ -145,6 +145,9 @@ class ServedModel:
             "run_id": info.run_id, "model": info.meta.get("model"), "loss": info.meta.get("loss"),
             "kind": pre.kind, "input_size": list(pre.input_size),
             "feature_names": pre.feature_names, "embedding_dim": self.embedding_dim,
+            # a table's columns: numeric (with the median a missing value takes) or
+            # categorical (with the categories it knows; any other is "unknown")
+            "columns": pre.columns,
             "classes": self.class_names, "metrics": info.metrics,
             "gallery": self.gallery.describe(),
             "providers": self.session.get_providers(),

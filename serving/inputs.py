@@ -226,7 +226,7 @@ def _checked(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
              settings: ServeSettings) -> tuple[list[Upload], list[Image.Image]]:
     """The uploads checked and their headers opened (no pixels yet), within the limits."""
     if pre.kind != "image":
-        raise RequestError(f"this model takes rows of {pre.num_features} features, not images: "
+        raise RequestError(f"this model takes rows of {pre.row_width} values, not images: "
                            "send JSON {\"rows\": [[...], ...]}")
     check_count(len(uploads), "images", settings)
     checked = [check_upload(u, i, settings) for i, u in enumerate(uploads)]
@@ -285,27 +285,31 @@ async def decode_images(uploads: Sequence[Upload | NotAFile], pre: Preprocessing
     return np.stack(arrays), kept
 
 
-def rows_to_array(rows: Sequence[Sequence[float]], pre: Preprocessing,
+def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
                   settings: ServeSettings) -> np.ndarray:
-    """Model input ``[N, F]`` float32, standardised as in training; every value finite after
-    the cast to float32 (``1e300`` passes as a float64 but is infinite as a float32)."""
+    """Model input ``[N, F]`` float32, encoded and standardised as in training; every value
+    finite after the cast to float32 (``1e300`` passes as a float64 but is infinite as a
+    float32). A table's rows hold its raw columns: text for a categorical column (one the
+    model never saw is "unknown"), None for a missing value."""
     if pre.kind != "tabular":
         channels, height, width = pre.input_size
         raise RequestError(f"this model takes images ({width}x{height}, {channels} channel(s)), "
                            "not rows: upload them as multipart files named 'images'")
     check_count(len(rows), "rows", settings)
-    width = pre.num_features
+    width = pre.row_width
     for i, row in enumerate(rows):
         if not isinstance(row, (list, tuple)):
-            raise RequestError(f"row {i} is not a list of numbers")
+            raise RequestError(f"row {i} is not a list of values")
         if len(row) != width:
             names = pre.feature_names or []
             shown = f" ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})" if names else ""
             raise RequestError(f"row {i} has {len(row)} values; the model takes {width} "
-                               f"features{shown}")
+                               f"{'columns' if pre.columns is not None else 'features'}{shown}")
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # found below, row by row
-            x = preprocess_rows(np.asarray(rows, dtype=np.float64), pre).numpy()
+            table = pre.columns is not None
+            x = preprocess_rows(list(rows) if table else np.asarray(rows, dtype=np.float64),
+                                pre).numpy()
     except (ValueError, TypeError) as exc:
         raise RequestError(str(exc)) from None
     bad = ~np.isfinite(x).all(axis=1)
@@ -317,7 +321,7 @@ def rows_to_array(rows: Sequence[Sequence[float]], pre: Preprocessing,
 
 
 def model_input(images: Sequence[Upload | NotAFile] | None,
-                rows: Sequence[Sequence[float]] | None, pre: Preprocessing,
+                rows: Sequence[Sequence[Any]] | None, pre: Preprocessing,
                 settings: ServeSettings) -> tuple[np.ndarray, list[Image.Image]]:
     """Exactly one of ``images`` and ``rows`` to what ``ServedModel`` takes (uint8 images,
     standardised float32 rows), in this thread."""
@@ -327,7 +331,7 @@ def model_input(images: Sequence[Upload | NotAFile] | None,
 
 
 async def read_inputs(images: Sequence[Upload | NotAFile] | None,
-                      rows: Sequence[Sequence[float]] | None, pre: Preprocessing,
+                      rows: Sequence[Sequence[Any]] | None, pre: Preprocessing,
                       settings: ServeSettings, budget: PixelBudget, keep: bool = False
                       ) -> tuple[np.ndarray, list[Image.Image]]:
     """:func:`model_input` for the server: images decoded off the event loop."""

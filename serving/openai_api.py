@@ -70,7 +70,7 @@ def data_url_upload(text: str, index: int) -> Upload:
     return Upload(f"input-{index}", data)
 
 
-def parse_input(value: Any, kind: str) -> tuple[list[Upload] | None, list[list[float]] | None]:
+def parse_input(value: Any, kind: str) -> tuple[list[Upload] | None, list[list[Any]] | None]:
     """Images (as uploads) or rows, by what the model takes (``kind``)."""
     if value is None or value == [] or value == "":
         raise OpenAIError("input is empty: send at least one item", 400, "input")
@@ -80,16 +80,19 @@ def parse_input(value: Any, kind: str) -> tuple[list[Upload] | None, list[list[f
             raise OpenAIError("this model embeds images: input must be a data URL of an image "
                               "or a list of them", 400, "input")
         return [data_url_upload(item, i) for i, item in enumerate(items)], None
-    if all(_number(v) for v in items):
-        return None, [[float(v) for v in items]]
-    if all(isinstance(row, list) and row and all(_number(v) for v in row) for row in items):
-        return None, [[float(v) for v in row] for row in items]
-    raise OpenAIError("this model embeds rows of numbers: input must be a list of numbers (one "
-                      "row) or a list of such lists", 400, "input")
+    if all(_value(v) for v in items):
+        return None, [list(items)]
+    if all(isinstance(row, list) and row and all(_value(v) for v in row) for row in items):
+        return None, [list(row) for row in items]
+    raise OpenAIError("this model embeds rows: input must be one row (a list of values: "
+                      "numbers, text for a table's categories, null where missing) or a list "
+                      "of rows", 400, "input")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _value(value: Any) -> bool:
+    """A value a row may hold: a number, a category's text, or null (missing)."""
+    return value is None or isinstance(value, str) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def embedding_response(embeddings: np.ndarray, model: str, encoding: str) -> dict[str, Any]:

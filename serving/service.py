@@ -52,7 +52,9 @@ multipart.install(max_files=SETTINGS.max_images + 2)  # never fetch a text value
 _FILES = {"type": "array", "items": {"type": "file", "format": "binary"}}
 Images = Annotated[list[ImageFile] | None, Field(description="image files (multipart)"),
                    WithJsonSchema({**_FILES, "description": "image files (multipart)"})]
-Rows = Annotated[list[list[float]] | None, Field(description="rows of raw features (JSON)")]
+# A value is a number, a table's category as text, or null where missing.
+Rows = Annotated[list[list[float | str | None]] | None,
+                 Field(description="rows of raw features (JSON)")]
 Reference = Annotated[list[ImageFile] | None, Field(
     max_length=1, description="an image to explain the similarity to (instead of a class)"),
     WithJsonSchema({**_FILES, "maxItems": 1, "description": "an image to explain the "
@@ -115,7 +117,7 @@ class ZooService:
                  info.run_id, len(self.model.gallery))
 
     async def _inputs(self, images: list[Upload | NotAFile] | None,
-                      rows: list[list[float]] | None, keep: bool = False
+                      rows: list[list[Any]] | None, keep: bool = False
                       ) -> tuple[np.ndarray, list[Image.Image]]:
         return await read_inputs(images, rows, self.model.pre, SETTINGS, self.budget, keep)
 
@@ -222,7 +224,7 @@ class ZooService:
     async def v1_embeddings(self, input: Any = None, model: str | None = None,
                             encoding_format: str | None = None, dimensions: int | None = None,
                             user: str | None = None) -> dict[str, Any]:
-        """OpenAI's embeddings API: data URLs of images (or rows of numbers) in, embeddings
+        """OpenAI's embeddings API: data URLs of images (or rows of values) in, embeddings
         in OpenAI's answer out (``openai.OpenAI(base_url=.../v1).embeddings.create``)."""
         info = self.model.info
         encoding = openai_api.check_request(model, encoding_format, dimensions,

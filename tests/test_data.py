@@ -16,6 +16,7 @@ from zoo.data import (
     LazyImages,
     StoredImages,
     LoadedData,
+    Table,
     PKBatchSampler,
     Preprocessing,
     load_data,
@@ -251,7 +252,7 @@ def test_csv_source(tmp_path: Path) -> None:
     data = load_data(str(_write_csv(tmp_path / "pets.csv")))
     assert data.name == "pets" and data.kind == "tabular"
     assert data.class_names == ["cat", "dog", "emu"] and data.feature_names == ["a", "b"]
-    assert data.x.shape == (30, 2) and data.x.dtype == torch.float32
+    assert data.x.shape == (30, 2) and isinstance(data.x, Table)
     assert data.y.tolist()[:4] == [0, 1, 2, 0]
     # numeric labels sort as numbers; another label column by name
     frame = pd.DataFrame({"f": np.arange(8.0), "kind": [10, 2, 10, 2, 1, 1, 2, 10]})
@@ -264,12 +265,12 @@ def test_csv_errors(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "t.csv")
     with pytest.raises(ValueError, match=r"no label column 'target'; columns: a, label, b"):
         load_data(str(path), label_column="target")
-    words = _write_csv(tmp_path / "w.csv", colour=["red"] * 30)
-    with pytest.raises(ValueError, match=r"non-numeric feature column\(s\) \['colour'\]"):
-        load_data(str(words))
-    nan = _write_csv(tmp_path / "nan.csv", c=[np.nan] + [1.0] * 29)
-    with pytest.raises(ValueError, match=r"NaN.*'c': 1"):
-        load_data(str(nan))
+    empty = _write_csv(tmp_path / "e.csv", c=[np.nan] * 30)
+    with pytest.raises(ValueError, match=r"column 'c' has no values"):
+        load_data(str(empty))
+    gaps = _write_csv(tmp_path / "g.csv", label=[None] + ["cat", "dog"] * 14 + ["emu"])
+    with pytest.raises(ValueError, match=r"1 empty value\(s\) in label column 'label'"):
+        load_data(str(gaps))
     with pytest.raises(FileNotFoundError):
         load_data(f"csv:{tmp_path / 'missing.csv'}")
 

@@ -305,7 +305,8 @@ def test_zero_shot_evaluation_scores_every_sample_as_unseen(source: dict) -> Non
     model = mlflow.pytorch.load_model(source["uri"])
     pre = model.zoo_meta["preprocessing"]
     data = load_data(str(source["second"]))
-    emb, _ = embed(model, normalise(data.x, pre["mean"], pre["std"]), torch.device("cpu"))
+    raw = torch.from_numpy(data.x.frame.to_numpy(np.float32))  # all numeric, complete
+    emb, _ = embed(model, normalise(raw, pre["mean"], pre["std"]), torch.device("cpu"))
     expected = evaluate(emb, data.y, None, prefix="open_")
     for key in ("open_precision_at_1", "open_map_at_r", "open_nmi", "open_roc_auc"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key

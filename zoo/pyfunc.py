@@ -9,7 +9,8 @@ the file, so loading it runs no pickled Python code. ``predict`` takes:
   text as MLflow's scoring server hands them over), resized and normalised here exactly as
   in training and serving;
 - for tabular models, a DataFrame of the raw feature columns (or an ndarray ``[B, F]`` of
-  raw features), standardised here.
+  raw features), encoded and standardised here as in training: a table's text categories
+  (an unseen one is "unknown") and missing values (None, NaN) included.
 
 It answers a DataFrame, one row per input: ``embedding`` (L2-normalised), and where the
 model classifies, ``logits``, the top ``label`` and its ``probability``.

@@ -32,9 +32,9 @@ from training.pipeline.export import source_config, source_splits
 from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_config_data
 from training.tracking.model_source import load_source
 from training.tracking.store import configure_tracking, log_params_once, training_run
-from zoo.data import LoadedData, Preprocessing, Split
+from zoo.data import LoadedData, Preprocessing, Split, Table
 from zoo.data.images import ImageSet
-from zoo.data.preprocessing import normalise
+from zoo.data.preprocessing import normalise, preprocess_rows
 from zoo.metrics import evaluate
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,12 @@ def unseen_split(data: LoadedData, model: torch.nn.Module) -> Split:
     if pre.kind == "tabular" and list(data.feature_names or []) != list(pre.feature_names or []):
         raise ValueError(f"{data.name!r} has features {data.feature_names} but the model was "
                          f"trained on {pre.feature_names}")
-    x = (data.x.normalised(pre.mean, pre.std) if isinstance(data.x, ImageSet)
-         else normalise(data.x, pre.mean, pre.std))
+    if isinstance(data.x, ImageSet):
+        x = data.x.normalised(pre.mean, pre.std)
+    elif isinstance(data.x, Table):  # the model's own columns: its categories, its medians
+        x = preprocess_rows(data.x.frame, pre)
+    else:
+        x = normalise(data.x, pre.mean, pre.std)
     return Split(x, data.y, torch.arange(len(data)))
 
 

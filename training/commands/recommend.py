@@ -35,7 +35,7 @@ class RecommendConfig(FlatParams):
     WHAT = "recommend"
 
     data: str = option("digits", "the new data: a source name, a folder of images or a .csv file")
-    label_column: str = option("label", "label column of a CSV source")
+    label_column: str = option("label", "label column of a CSV or Parquet table")
     neighbours: int = option(2, "how many of the most similar swept data sets to show")
     top: int = option(3, "how many combinations of each to show")
     experiment: Optional[str] = option(None, "only sweeps of this experiment (auto: all)")

@@ -34,13 +34,22 @@ def channel_values(text: str | None, name: str = "mean") -> list[float] | None:
         raise ValueError(f"{name}={text!r} is not a comma list of numbers") from None
 
 
+def comma_list(text: str | None) -> list[str] | None:
+    """``"a, b"`` → ``["a", "b"]``; None or empty stays None."""
+    names = [v.strip() for v in str(text or "").split(",") if v.strip()]
+    return names or None
+
+
 @dataclass
 class DataConfig:
     """The data, its split, and how its samples reach the model."""
 
     source: str = option("digits", "data source name, a folder-per-class image tree, or a .csv "
-                                    "file", param="data")
-    label_column: str = option("label", "label column of a CSV source")
+                                    "or .parquet table", param="data")
+    label_column: str = option("label", "label column of a CSV or Parquet table")
+    categorical_columns: Optional[str] = option(None, "comma list of a table's numeric columns "
+                                                      "that hold categories (text columns "
+                                                      "always do)")
     seed: int = option(0, "seed of the split (and, unless init_seed is set, of the "
                           "initialisation, batches and augmentation)")
     val_fraction: float = option(0.15, "fraction of each class held out for validation")

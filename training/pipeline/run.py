@@ -15,7 +15,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from torch import nn
 
-from training.config import TrainConfig, channel_values
+from training.config import TrainConfig, channel_values, comma_list
 from training.engine.checkpoint import RunCheckpoints
 from training.engine.distributed import World, checksum, current_world, process_group
 from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
@@ -64,7 +64,8 @@ def load_config_data(cfg: TrainConfig) -> LoadedData:
     """The data set a config names, at its image size, channels and resize filter."""
     return load_data(cfg.data.source, image_size=cfg.data.image_size, channels=cfg.data.channels, seed=cfg.data.seed,
                      label_column=cfg.data.label_column,
-                     interpolation=cfg.data.interpolation or DEFAULT_INTERPOLATION)
+                     interpolation=cfg.data.interpolation or DEFAULT_INTERPOLATION,
+                     categorical_columns=comma_list(cfg.data.categorical_columns))
 
 
 def config_splits(cfg: TrainConfig, data: LoadedData) -> Splits:
@@ -290,7 +291,8 @@ def build_model_and_loss(cfg: TrainConfig, splits: Splits, start: Start | None =
     num_classes = len(splits.class_names)
     model = create_model(
         cfg.model.name, num_classes, cfg.model.embedding_dim, in_chans=cfg.data.channels,
-        image_size=cfg.data.image_size, num_features=splits.train.x.shape[1], dropout=cfg.model.dropout,
+        image_size=cfg.data.image_size, num_features=splits.train.x.shape[1],
+        feature_groups=splits.preprocessing.feature_groups, dropout=cfg.model.dropout,
         stage=cfg.model.stage, grid=cfg.model.grid, parts=cfg.model.parts, cnn_branch=cfg.model.cnn_branch,
         transformer_branch=cfg.model.transformer_branch,
         weights=start.weights if start is not None else None, **architecture_options(cfg),

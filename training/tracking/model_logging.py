@@ -29,6 +29,8 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
 import zoo
 from training.tracking import model_flavor
+from zoo.data.preprocessing import Preprocessing
+from zoo.data.table_encoding import CATEGORICAL, decode
 from zoo.models import EmbeddingModel
 from zoo.quiet import quiet_loggers
 
@@ -68,18 +70,30 @@ def pyfunc_signature(pre: dict[str, Any], num_classes: int) -> ModelSignature:
     if num_classes:
         outputs += [ColSpec(Array(DataType.float), "logits"), ColSpec(DataType.string, "label"),
                     ColSpec(DataType.double, "probability")]
-    inputs = (Schema([ColSpec(DataType.double, name) for name in pre["feature_names"]])
-              if pre["kind"] == "tabular" and pre.get("feature_names") else None)
-    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+    return ModelSignature(inputs=row_schema(pre), outputs=Schema(outputs))
+
+
+def row_schema(pre: dict[str, Any]) -> Schema | None:
+    """A tabular model's raw columns: numbers as doubles (NaN where missing), a table's
+    categorical columns as strings; None for image models."""
+    if pre["kind"] != "tabular" or not pre.get("feature_names"):
+        return None
+    if pre.get("columns") is None:
+        return Schema([ColSpec(DataType.double, name) for name in pre["feature_names"]])
+    return Schema([ColSpec(DataType.string if c.kind == CATEGORICAL else DataType.double,
+                           c.name, required=False)
+                   for c in Preprocessing.from_dict(pre).table_columns])
 
 
 def input_example(example: torch.Tensor, pre: dict[str, Any]) -> Any:
     """Two inputs as ``zoo.pyfunc`` takes them: the preprocessed image batch, or the raw
-    feature rows (the normalisation undone) as a DataFrame."""
+    feature rows (the normalisation and a table's encoding undone) as a DataFrame."""
     x = example[:2].cpu().numpy().astype(np.float32)
     if pre["kind"] != "tabular":
         return x
     raw = x * np.asarray(pre["std"], np.float32) + np.asarray(pre["mean"], np.float32)
+    if pre.get("columns") is not None:
+        return decode(raw, Preprocessing.from_dict(pre).table_columns)
     columns = pre.get("feature_names") or [f"f{i}" for i in range(raw.shape[1])]
     return pd.DataFrame(raw.astype(np.float64), columns=columns)
 

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import torch
 
-from zoo.data import LoadedData
+from zoo.data import LoadedData, Table
 from zoo.probe import PROBE_VERSION, probe
 
 PROBE_TAG = "zoo.probe"
@@ -23,6 +23,8 @@ def probe_sample(data: LoadedData, samples: int = PROBE_SAMPLES, seed: int = 0) 
     n = len(data)
     pick = np.sort(np.random.default_rng(seed).choice(n, min(n, samples), replace=False))
     x = data.x[torch.from_numpy(pick)]
+    if isinstance(x, Table):  # encoded with the sample's own columns: a fixed function of it
+        x = x.encoded(x.fit())
     return probe(x, data.kind)
 
 

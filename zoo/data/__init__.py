@@ -1,6 +1,6 @@
 """Data for the zoo: sources, splits, class-balanced sampling, augmentation, preprocessing.
 
-``load_data`` picks a source by name (``digits``, ``emitters``) or path (image folder, CSV);
+``load_data`` picks a source by name (``digits``, ``emitters``) or path (image folder, CSV or Parquet table);
 ``split_data`` makes deterministic stratified splits normalised with training statistics;
 ``Preprocessing`` carries those statistics with the model to the server.
 """
@@ -12,6 +12,7 @@ from .preprocessing import Preprocessing, preprocess_images, preprocess_rows
 from .samplers import PKBatchSampler
 from .sources import DATASETS, LoadedData, load_data
 from .splits import Split, Splits, split_data
+from .tables import Table
 
 __all__ = [
     "DATASETS",
@@ -23,6 +24,7 @@ __all__ = [
     "Preprocessing",
     "Split",
     "StoredImages",
+    "Table",
     "batch_to",
     "Splits",
     "load_data",

@@ -10,8 +10,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, ImageOps
+
+from .table_encoding import Column, encode, total_width
 
 IMAGE_CHANNEL_MODES = {1: "L", 3: "RGB"}
 _EXIF_ORIENTATION = 0x0112
@@ -31,8 +34,11 @@ class Preprocessing:
     mean: list[float]  # per channel (images) or per feature (tabular)
     std: list[float]
     class_names: list[str]
-    feature_names: list[str] | None = None  # tabular only
+    feature_names: list[str] | None = None  # tabular only: the raw columns, in order
     interpolation: str = DEFAULT_INTERPOLATION  # images: the resize filter
+    # tables: each raw column as fitted on the training split (``table_encoding.Column``
+    # dicts); None for rows that are model features as they are (all numeric, complete)
+    columns: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "tabular"):
@@ -56,6 +62,29 @@ class Preprocessing:
         if self.kind == "image" and width not in IMAGE_CHANNEL_MODES:
             raise ValueError(f"images must have 1 or 3 channels, got {width}")
         resample_filter(self.interpolation)
+        if self.columns is not None:
+            if self.kind != "tabular":
+                raise ValueError("only tabular preprocessing has table columns")
+            self.columns = [Column.from_dict(c).to_dict() for c in self.columns]
+            if total_width(self.table_columns) != width:
+                raise ValueError(f"the table columns make {total_width(self.table_columns)} "
+                                 f"features, but input_size is {self.input_size}")
+            self.feature_names = [c["name"] for c in self.columns]
+
+    @property
+    def table_columns(self) -> list[Column]:
+        """The fitted raw columns of a table (empty for rows taken as they are)."""
+        return [Column.from_dict(c) for c in self.columns or []]
+
+    @property
+    def row_width(self) -> int:
+        """Values per raw row (tabular only): the columns of a table, else the features."""
+        return len(self.columns) if self.columns is not None else self.input_size[0]
+
+    @property
+    def feature_groups(self) -> list[int] | None:
+        """Model features per raw column (a table's), for one FT-Transformer token each."""
+        return [c.width for c in self.table_columns] if self.columns is not None else None
 
     @property
     def channels(self) -> int:
@@ -64,7 +93,7 @@ class Preprocessing:
 
     @property
     def num_features(self) -> int:
-        """Feature count (tabular only)."""
+        """Model features (tabular only): one-hot slots and missing indicators included."""
         return self.input_size[0]
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,12 +198,17 @@ def preprocess_images(images: Sequence[Image.Image], pre: Preprocessing) -> torc
 
 
 def preprocess_rows(rows: Any, pre: Preprocessing) -> torch.Tensor:
-    """Rows of raw features to the model's input: float32 ``[N, F]``, standardised.
+    """Raw rows to the model's input: float32 ``[N, F]``, encoded and standardised.
 
-    A pandas DataFrame holding every named feature is reordered by name first.
+    ``rows`` is a DataFrame (columns found by name), a list of dicts, or rows of values in
+    the training column order (lists, an ndarray, a tensor). A table's rows may hold text
+    for categorical columns and missing values (None, NaN); other models take numbers only.
     """
     if pre.kind != "tabular":
         raise ValueError(f"preprocess_rows needs tabular preprocessing, got {pre.kind!r}")
+    if pre.columns is not None:
+        frame = rows_frame(rows, pre)
+        return normalise(torch.from_numpy(encode(frame, pre.table_columns)), pre.mean, pre.std)
     n_features = pre.input_size[0]
     if hasattr(rows, "columns") and pre.feature_names:
         if all(name in rows.columns for name in pre.feature_names):
@@ -196,6 +230,37 @@ def preprocess_rows(rows: Any, pre: Preprocessing) -> torch.Tensor:
     if not np.isfinite(arr).all():
         raise ValueError("rows contain NaN or infinite values")
     return normalise(torch.from_numpy(arr.astype(np.float32)), pre.mean, pre.std)
+
+
+def rows_frame(rows: Any, pre: Preprocessing) -> pd.DataFrame:
+    """A table's raw rows as a DataFrame with its training columns, in order."""
+    names = list(pre.feature_names or [])
+    if isinstance(rows, torch.Tensor):
+        rows = rows.detach().cpu().numpy()
+    if isinstance(rows, dict):
+        rows = pd.DataFrame(rows)
+    if isinstance(rows, (list, tuple)) and rows and all(isinstance(r, dict) for r in rows):
+        rows = pd.DataFrame(list(rows))
+    if isinstance(rows, pd.DataFrame):
+        if all(name in rows.columns for name in names):
+            return rows[names]
+        if rows.shape[1] != len(names):
+            absent = [n for n in names if n not in rows.columns]
+            raise ValueError(f"rows lack the column(s) {absent[:8]}; the model takes "
+                             f"{', '.join(names)}")
+        return rows.set_axis(names, axis=1)
+    if isinstance(rows, np.ndarray):
+        rows = rows.tolist()
+    rows = list(rows)
+    if rows and not isinstance(rows[0], (list, tuple)):
+        rows = [rows]  # one row
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)):
+            raise ValueError(f"row {i} is not a list of values")
+        if len(row) != len(names):
+            raise ValueError(f"row {i} has {len(row)} values; the model takes {len(names)} "
+                             f"columns ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+    return pd.DataFrame(rows, columns=names)
 
 
 __all__ = [

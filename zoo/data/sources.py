@@ -11,10 +11,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
@@ -22,6 +21,9 @@ from ..registry import Registry
 from .images import ImageSet, StoredImages
 from .lazy import LazyImages, check_file, decode_files, thread_map
 from .preprocessing import DEFAULT_INTERPOLATION, image_to_array
+
+if TYPE_CHECKING:
+    from .tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ class LoadedData:
 
     name: str  # "digits", "emitters", the folder's name, the csv file stem
     kind: str  # "image" | "tabular"
-    x: torch.Tensor | ImageSet  # images: uint8 at rest, read as float32 [N,C,H,W] in [0,1];
-    #                           tabular: float32 [N,F]
+    x: "torch.Tensor | ImageSet | Table"  # images: uint8 at rest, read as float32
+    #   [N,C,H,W] in [0,1]; tables: their raw columns; other rows: float32 [N,F]
     y: torch.Tensor  # int64 [N], 0..C-1
     class_names: list[str]
     feature_names: list[str] | None = None
@@ -202,82 +204,12 @@ def folder(
     return LoadedData(name, "image", x, y, class_names, paths=paths, interpolation=interpolation)
 
 
-# --------------------------------------------------------------------------- csv
-def _label_name(value: Any) -> str:
-    """``3.0`` reads as ``"3"``: float labels usually come from a column with blanks."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-@DATASETS.register("csv")
-def csv(
-    path: str | Path,
-    *,
-    label_column: str = "label",
-    feature_columns: list[str] | None = None,
-) -> LoadedData:
-    """A CSV table: ``label_column`` holds the class, the other (numeric) columns are features.
-
-    Class names are the sorted unique labels as strings (numbers sort as numbers).
-    """
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise FileNotFoundError(f"CSV file {file} does not exist")
-    if not file.is_file():
-        raise ValueError(f"{file} is not a file")
-    try:
-        frame = pd.read_csv(file)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read CSV {file}: {str(err).strip()}") from None
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
-    if label_column not in columns:
-        raise ValueError(
-            f"CSV {file} has no label column {label_column!r}; columns: {', '.join(columns)}"
-        )
-    features = feature_columns or [c for c in columns if c != label_column]
-    missing = [c for c in features if c not in columns]
-    if missing:
-        raise ValueError(f"CSV {file} has no feature column(s) {missing}; columns: {columns}")
-    if not features:
-        raise ValueError(f"CSV {file} has no feature columns besides {label_column!r}")
-    non_numeric = [
-        c for c in features
-        if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
-    ]
-    if non_numeric:
-        raise ValueError(
-            f"CSV {file} has non-numeric feature column(s) {non_numeric}; "
-            f"encode them as numbers or leave them out with feature_columns"
-        )
-    values = frame[features].to_numpy(dtype=np.float64)
-    bad = [c for c, col in zip(features, values.T) if not np.isfinite(col).all()]
-    if bad:
-        counts = {c: int((~np.isfinite(frame[c].to_numpy(dtype=np.float64))).sum()) for c in bad}
-        raise ValueError(f"CSV {file} has NaN or infinite values in column(s) {counts}")
-    labels = frame[label_column]
-    if labels.isna().any():
-        raise ValueError(
-            f"CSV {file} has {int(labels.isna().sum())} empty value(s) in label column "
-            f"{label_column!r}"
-        )
-    uniques = sorted(labels.unique(), key=lambda v: (isinstance(v, str), v))
-    names = [_label_name(v) for v in uniques]
-    if len(set(names)) != len(names):  # e.g. 1 and "1" mixed in one column
-        uniques = sorted(set(labels.astype(str)))
-        labels, names = labels.astype(str), list(uniques)
-    if len(names) < 2:
-        raise ValueError(f"CSV {file} needs at least 2 classes in {label_column!r}, found {names}")
-    index = {v: i for i, v in enumerate(uniques)}
-    y = torch.from_numpy(np.array(labels.map(index), dtype=np.int64))
-    x = torch.from_numpy(values.astype(np.float32))
-    log.info("%s: %d rows, %d features, %d classes", file, len(y), len(features), len(names))
-    return LoadedData(file.stem, "tabular", x, y, names, feature_names=list(features))
-
-
 # --------------------------------------------------------------------------- dispatch
-_COMMON = ("image_size", "channels", "seed", "label_column", "interpolation")
+_COMMON = ("image_size", "channels", "seed", "label_column", "interpolation",
+           "categorical_columns")
+#: Sources that read a path: by name, and by a file's suffix.
+_PATH_SOURCES = {"folder": "folder", "csv": "csv", "parquet": "parquet", ".csv": "csv",
+                 ".parquet": "parquet", ".pq": "parquet"}
 
 
 def _call(name: str, factory: Callable[..., LoadedData], args: tuple, common: dict, kw: dict):
@@ -303,33 +235,37 @@ def load_data(
     seed: int = 0,
     label_column: str = "label",
     interpolation: str = DEFAULT_INTERPOLATION,
+    categorical_columns: Sequence[str] | None = None,
     **kw: Any,
 ) -> LoadedData:
     """Load a data set by registry name (``digits``, ``emitters``) or path.
 
-    A directory is an image ``folder``, a ``.csv`` file a ``csv`` table; ``folder:PATH`` and
-    ``csv:PATH`` say so explicitly. ``interpolation`` is the resize filter of images.
+    A directory is an image ``folder``, a ``.csv`` file a ``csv`` table, a ``.parquet`` file a
+    ``parquet`` one; ``folder:PATH``, ``csv:PATH`` and ``parquet:PATH`` say so explicitly.
+    ``interpolation`` is the resize filter of images, ``categorical_columns`` the numeric
+    columns of a table that hold categories.
     ``kw`` goes to the source (e.g. ``num_emitters=5``).
     """
     data = str(data)
     common = dict(image_size=image_size, channels=channels, seed=seed, label_column=label_column,
-                  interpolation=interpolation)
+                  interpolation=interpolation, categorical_columns=categorical_columns)
     prefix, sep, rest = data.partition(":")
-    if sep and prefix in DATASETS and prefix in ("folder", "csv"):
+    if sep and prefix in DATASETS and prefix in _PATH_SOURCES:
         return _call(prefix, DATASETS.get(prefix).factory, (rest,), common, kw)
-    if data in DATASETS and data not in ("folder", "csv"):
+    if data in DATASETS and data not in _PATH_SOURCES:
         return _call(data, DATASETS.get(data).factory, (), common, kw)
     path = Path(data).expanduser()
     if path.is_dir():
         return _call("folder", DATASETS.get("folder").factory, (path,), common, kw)
     if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return _call("csv", DATASETS.get("csv").factory, (path,), common, kw)
+        source = _PATH_SOURCES.get(path.suffix.lower())
+        if source is not None:
+            return _call(source, DATASETS.get(source).factory, (path,), common, kw)
         raise ValueError(
-            f"cannot tell what {path} is: give a folder of images, a .csv file, "
-            f"or 'folder:PATH' / 'csv:PATH'"
+            f"cannot tell what {path} is: give a folder of images, a .csv or .parquet file, "
+            f"or 'folder:PATH' / 'csv:PATH' / 'parquet:PATH'"
         )
-    builtin = [n for n in DATASETS.names() if n not in ("folder", "csv")]
+    builtin = [n for n in DATASETS.names() if n not in _PATH_SOURCES]
     raise FileNotFoundError(
         f"data {data!r} is neither a registered data set ({', '.join(builtin)}) "
         f"nor an existing file or folder"

@@ -16,6 +16,8 @@ from .images import ImageSet, StoredImages
 from .lazy import LazyImages
 from .preprocessing import Preprocessing, normalise
 from .sources import LoadedData
+from .table_encoding import numeric_positions
+from .tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +95,17 @@ def _image_stats(x: ImageSet, seed: int) -> tuple[list[float], list[float]]:
     return mean.tolist(), [s if s > _MIN_STD else 1.0 for s in std.tolist()]
 
 
-def _tabular_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-feature mean/std; constant features get std 1 so they stay finite."""
+def _tabular_stats(x: torch.Tensor, positions: list[int] | None = None
+                   ) -> tuple[list[float], list[float]]:
+    """Per-feature mean/std; constant features get std 1 so they stay finite. Only the
+    features at ``positions`` (default all) are standardised; others keep mean 0, std 1."""
     std, mean = torch.std_mean(x.double(), dim=0, unbiased=False)
-    return mean.tolist(), [s if s > _MIN_STD * max(1.0, abs(m)) else 1.0
-                           for s, m in zip(std.tolist(), mean.tolist())]
+    stats = [(m, s if s > _MIN_STD * max(1.0, abs(m)) else 1.0)
+             for s, m in zip(std.tolist(), mean.tolist())]
+    if positions is not None:
+        kept = set(positions)
+        stats = [stat if j in kept else (0.0, 1.0) for j, stat in enumerate(stats)]
+    return [m for m, _ in stats], [s for _, s in stats]
 
 
 def _take(x: torch.Tensor | ImageSet, idx: torch.Tensor, mean: list[float], std: list[float]):
@@ -175,7 +183,11 @@ def split_data(
         remap[old] = new
     y_all = remap[data.y.long()]
 
-    input_size = tuple(int(s) for s in data.x.shape[1:])
+    x, columns = data.x, None
+    if isinstance(x, Table):  # fitted on the training rows, then every row encoded
+        columns = x[index["train"]].fit()
+        x = x.encoded(columns)
+    input_size = tuple(int(s) for s in x.shape[1:])
     if mean is not None and std is not None:
         mean, std = [float(m) for m in mean], [float(s) for s in std]
         if len(mean) != input_size[0] or len(std) != input_size[0]:
@@ -183,9 +195,10 @@ def split_data(
             raise ValueError(f"mean and std need one value per {what} ({input_size[0]}), got "
                              f"{len(mean)} and {len(std)}")
     elif data.kind == "image":
-        mean, std = _image_stats(_select(data.x, index["train"]), seed)
+        mean, std = _image_stats(_select(x, index["train"]), seed)
     else:
-        mean, std = _tabular_stats(data.x[index["train"]])
+        mean, std = _tabular_stats(x[index["train"]],
+                                   numeric_positions(columns) if columns else None)
     class_names = [data.class_names[c] for c in trained]
     open_names = [data.class_names[c] for c in open_classes]
     pre = Preprocessing(
@@ -196,10 +209,11 @@ def split_data(
         class_names=class_names,
         feature_names=list(data.feature_names) if data.feature_names else None,
         interpolation=data.interpolation,
+        columns=[c.to_dict() for c in columns] if columns else None,
     )
 
     def make(idx: torch.Tensor) -> Split:
-        return Split(_take(data.x, idx, mean, std), y_all[idx], idx)
+        return Split(_take(x, idx, mean, std), y_all[idx], idx)
 
     splits = Splits(
         train=make(index["train"]),

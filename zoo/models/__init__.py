@@ -67,8 +67,9 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
 
     Image models take ``in_chans``, ``image_size``, ``stage`` and ``grid``, and timm-backed
     ones pretrained ``weights`` (``zoo.models.pretrained.resolve_weights``); tabular ones
-    ``num_features``. Keyword arguments a family does not use are ignored, so one call site
-    serves all, except a feature-map read-out or weights asked of a model that has neither.
+    ``num_features`` (and a table's ``feature_groups``: features per column). Keyword
+    arguments a family does not use are ignored, so one call site serves all, except a
+    feature-map read-out or weights asked of a model that has neither.
     The returned model's ``zoo_meta["build"]`` is the recipe ``zoo.models.rebuild`` builds
     the same architecture from (JSON, no pickles).
     """
@@ -86,6 +87,8 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
     if name != "hybrid":
         for key in BRANCH_KWARGS:
             kwargs.pop(key, None)
+    if kwargs.get("feature_groups") is None or modality == "image":
+        kwargs.pop("feature_groups", None)
     if modality == "image":
         kwargs.pop("num_features", None)
     else:

@@ -28,8 +28,15 @@ RECIPE_FORMAT = 1
 #: What a recipe may pass to ``create_model``: the image, hybrid and tabular options, never
 #: pretrained weights (the state dict replaces them).
 REBUILD_KWARGS = frozenset({*IMAGE_KWARGS, *BRANCH_KWARGS, "num_features", "hidden", "width",
-                            "depth", "d_token", "heads"}) - {"weights"}
+                            "depth", "d_token", "heads", "feature_groups"}) - {"weights"}
 _SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """A JSON scalar, or a list of ints (a table's features per column)."""
+    if isinstance(value, list):
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, _SCALARS)
 
 
 def rebuild(build: dict[str, Any]) -> EmbeddingModel:
@@ -40,8 +47,7 @@ def rebuild(build: dict[str, Any]) -> EmbeddingModel:
         raise ValueError(f"build recipe names no zoo or timm model: {name!r}")
     if not isinstance(kwargs, dict):
         raise ValueError(f"build recipe options are not a mapping: {kwargs!r}")
-    refused = sorted(k for k, v in kwargs.items()
-                     if k not in REBUILD_KWARGS or not isinstance(v, _SCALARS))
+    refused = sorted(k for k, v in kwargs.items() if k not in REBUILD_KWARGS or not _plain(v))
     if refused:
         raise ValueError(f"build recipe of {name!r} has options a rebuild does not take: "
                          f"{', '.join(refused)}")

@@ -1,11 +1,13 @@
 """Tabular encoders: a residual MLP and an FT-Transformer (Gorishniy et al., 2021).
 
-Rows arrive standardised (mean/std of the training split travel with the model), so the
-encoders see zero-mean, unit-variance features of shape ``[B, F]``.
+Rows arrive encoded and standardised (``Preprocessing`` travels with the model): numeric
+features at zero mean and unit variance, a table's missing indicators and one-hot category
+slots as 0/1, ``[B, F]`` in all. The residual MLP reads the one-hot blocks as they are; the
+FT-Transformer makes one token of each column (``feature_groups``).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -46,16 +48,36 @@ class ResidualMLP(nn.Module):
 
 
 class FeatureTokenizer(nn.Module):
-    """One learned token per numeric feature: ``x_j * W_j + b_j``, plus a [CLS] token."""
+    """One learned token per column, plus a [CLS] token.
 
-    def __init__(self, num_features: int, d_token: int) -> None:
+    A numeric feature ``x_j`` gives ``x_j * W_j + b_j``. A table's column may span several
+    features (``groups``: a value and its missing indicator, or a one-hot block of
+    categories); its token is the sum of its features' ``x_f * W_f`` plus one bias, which
+    for a one-hot block is exactly the embedding lookup of the paper's categorical tokens.
+    """
+
+    def __init__(self, num_features: int, d_token: int,
+                 groups: Sequence[int] | None = None) -> None:
         super().__init__()
+        groups = list(groups) if groups else [1] * num_features
+        if sum(groups) != num_features or min(groups) < 1:
+            raise ValueError(f"feature groups {groups} do not split {num_features} features")
         self.weight = nn.Parameter(torch.randn(num_features, d_token) / d_token**0.5)
-        self.bias = nn.Parameter(torch.zeros(num_features, d_token))
+        self.bias = nn.Parameter(torch.zeros(len(groups), d_token))
         self.cls = nn.Parameter(torch.randn(1, 1, d_token) / d_token**0.5)
+        self.grouped = any(g > 1 for g in groups)
+        # [tokens, features]: which features add up to which token (not saved: the groups
+        # are part of the architecture's recipe)
+        owner = [t for t, width in enumerate(groups) for _ in range(width)]
+        self.register_buffer("assign", torch.tensor(
+            [[float(owner[f] == t) for f in range(num_features)] for t in range(len(groups))]),
+            persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.unsqueeze(-1) * self.weight + self.bias
+        tokens = x.unsqueeze(-1) * self.weight
+        if self.grouped:
+            tokens = torch.matmul(self.assign, tokens)
+        tokens = tokens + self.bias
         return torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
 
 
@@ -64,10 +86,10 @@ class FTTransformer(nn.Module):
 
     def __init__(
         self, num_features: int, d_token: int = 64, depth: int = 3, heads: int = 4,
-        dropout: float = 0.1,
+        dropout: float = 0.1, groups: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.tokenizer = FeatureTokenizer(num_features, d_token)
+        self.tokenizer = FeatureTokenizer(num_features, d_token, groups)
         layer = nn.TransformerEncoderLayer(
             d_token, heads, dim_feedforward=d_token * 2, dropout=dropout,
             activation="gelu", batch_first=True, norm_first=True,
@@ -102,11 +124,12 @@ def residual_mlp(
 @MODELS.register()
 def ft_transformer(
     num_classes: int, embedding_dim: int, *, num_features: int, d_token: int = 64,
-    depth: int = 3, heads: int = 4, dropout: float = 0.1, **_: Any,
+    depth: int = 3, heads: int = 4, dropout: float = 0.1,
+    feature_groups: Sequence[int] | None = None, **_: Any,
 ) -> EmbeddingModel:
-    """FT-Transformer for tabular rows (feature tokens + Transformer, [CLS] output)"""
-    return _tabular("ft_transformer", FTTransformer(num_features, d_token, depth, heads, dropout),
-                    num_classes, embedding_dim, 0.0)
+    """FT-Transformer for tabular rows (a token per column + Transformer, [CLS] output)"""
+    backbone = FTTransformer(num_features, d_token, depth, heads, dropout, feature_groups)
+    return _tabular("ft_transformer", backbone, num_classes, embedding_dim, 0.0)
 
 
 residual_mlp.modality = "tabular"  # type: ignore[attr-defined]

@@ -1,0 +1,221 @@
+"""Raw table columns to model features: one function for training rows and served rows.
+
+A table's columns are fitted on the training split only (:func:`fit_columns`) and saved in
+the model's ``Preprocessing``; :func:`encode` then turns any rows with those columns (the
+training table, a DataFrame handed to the MLflow model, JSON rows sent to the server) into
+the same float features:
+
+- a **numeric** column gives its value, with a missing value filled by the training median;
+  where the training split had missing values, a second 0/1 feature marks the filled ones;
+- a **categorical** column (text, pandas ``category``, or named as categorical) gives a
+  one-hot block: slot 0 is "unknown" (a missing value, or a category the training split
+  did not hold), slots 1.. the training split's categories, at most ``MAX_CATEGORIES`` of
+  the most frequent.
+
+The model's input stays one float tensor, so export, ONNX Runtime and the server are the
+same for tables as for anything else. A column's features are contiguous (its *group*), so
+the FT-Transformer makes one token of each group; a one-hot group times a linear map is
+exactly the categorical embedding lookup of the FT-Transformer paper.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+MAX_CATEGORIES = 256  # per column; rarer categories share the unknown slot
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One raw column and what training fitted on it."""
+
+    name: str
+    kind: str  # NUMERIC | CATEGORICAL
+    median: float = 0.0  # numeric: fills a missing value
+    indicator: bool = False  # numeric: a 0/1 feature marks filled values
+    categories: tuple[str, ...] = field(default_factory=tuple)  # categorical: slots 1..
+
+    def __post_init__(self) -> None:
+        if self.kind not in (NUMERIC, CATEGORICAL):
+            raise ValueError(f"column {self.name!r}: kind must be {NUMERIC!r} or "
+                             f"{CATEGORICAL!r}, got {self.kind!r}")
+        object.__setattr__(self, "categories", tuple(str(c) for c in self.categories))
+
+    @property
+    def width(self) -> int:
+        """How many model features the column becomes."""
+        return 1 + len(self.categories) if self.kind == CATEGORICAL else 1 + self.indicator
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == CATEGORICAL:
+            return {"name": self.name, "kind": self.kind, "categories": list(self.categories)}
+        return {"name": self.name, "kind": self.kind, "median": self.median,
+                "indicator": self.indicator}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Column":
+        return cls(str(d["name"]), str(d["kind"]), float(d.get("median", 0.0)),
+                   bool(d.get("indicator", False)), tuple(d.get("categories", ())))
+
+
+def category_text(value: Any) -> str | None:
+    """A category as text, the same whichever way it arrives: ``3``, ``3.0`` and ``"3"``
+    are ``"3"``; a missing value (None, NaN, empty text) is None."""
+    if value is None or (isinstance(value, str) and value == ""):
+        return None
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        if float(value).is_integer():
+            return str(int(value))
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return str(value)
+
+
+def is_categorical(series: pd.Series) -> bool:
+    """Text, pandas ``category`` and mixed columns are categories; numbers and booleans are
+    numeric."""
+    return not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series))
+
+
+def fit_columns(frame: pd.DataFrame, categorical: Iterable[str] = ()) -> list[Column]:
+    """The columns of ``frame`` (the training split's rows) fitted: medians, which numeric
+    columns had missing values, the categories of each categorical column."""
+    forced = set(categorical)
+    unknown = sorted(forced - set(frame.columns))
+    if unknown:
+        raise ValueError(f"categorical column(s) {unknown} are not features of the table; "
+                         f"features: {', '.join(map(str, frame.columns))}")
+    columns = []
+    for name in frame.columns:
+        series = frame[name]
+        if name in forced or is_categorical(series):
+            columns.append(_fit_categorical(str(name), series))
+        else:
+            values = _numbers(series, str(name))
+            missing = np.isnan(values)
+            if missing.all():
+                raise ValueError(f"column {name!r} has no values in the training split: leave "
+                                 "it out (feature_columns) or fill it in")
+            columns.append(Column(str(name), NUMERIC, float(np.median(values[~missing])),
+                                  bool(missing.any())))
+    return columns
+
+
+def _fit_categorical(name: str, series: pd.Series) -> Column:
+    texts = series.map(category_text).dropna()
+    counts = texts.value_counts()
+    if len(counts) > MAX_CATEGORIES:
+        log.info("column %r: %d categories; the %d most frequent keep their own slot, the rest "
+                 "share the unknown slot", name, len(counts), MAX_CATEGORIES)
+        counts = counts.iloc[:MAX_CATEGORIES]
+    return Column(name, CATEGORICAL, categories=tuple(sorted(counts.index)))
+
+
+def _numbers(series: pd.Series, name: str) -> np.ndarray:
+    """A numeric column as float64, missing values (None, NaN, empty text) as NaN; text that
+    is not a number, and infinities, are errors that name the row."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.to_numpy(dtype=np.float64)
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:  # served rows: numbers, numbers as text, None
+        values = np.empty(len(series), dtype=np.float64)
+        for i, value in enumerate(series):
+            number = _number(value)
+            if number is None:
+                raise ValueError(f"column {name!r} is numeric, but row {i} holds {value!r}")
+            values[i] = number
+    infinite = np.flatnonzero(np.isinf(values))
+    if len(infinite):
+        raise ValueError(f"column {name!r} has an infinite value in row {int(infinite[0])}")
+    return values
+
+
+def _number(value: Any) -> float | None:
+    """One value of a numeric column as a float (NaN if missing), None if it is no number."""
+    if value is None or value is pd.NA or (isinstance(value, str) and value.strip() == ""):
+        return math.nan
+    if isinstance(value, (bool, int, float, np.number)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def encode(frame: pd.DataFrame, columns: Sequence[Column]) -> np.ndarray:
+    """Rows holding every column of ``columns`` by name to float32 ``[N, width]`` features
+    (not standardised: ``Preprocessing`` does that, as for every model input)."""
+    out = np.zeros((len(frame), total_width(columns)), dtype=np.float32)
+    at = 0
+    for column in columns:
+        series = frame[column.name]
+        if column.kind == NUMERIC:
+            values = _numbers(series, column.name)
+            missing = np.isnan(values)
+            out[:, at] = np.where(missing, column.median, values)
+            if column.indicator:
+                out[:, at + 1] = missing
+        else:
+            slot = {c: i + 1 for i, c in enumerate(column.categories)}
+            slots = np.fromiter((slot.get(category_text(v), 0) for v in series),
+                                np.int64, len(series))
+            out[np.arange(len(frame)), at + slots] = 1.0
+        at += column.width
+    return out
+
+
+def decode(x: np.ndarray, columns: Sequence[Column]) -> pd.DataFrame:
+    """Encoded features back to raw rows (a filled value back to missing, an unknown slot to
+    None): the input example logged with a model."""
+    data: dict[str, list[Any]] = {}
+    at = 0
+    for column in columns:
+        block = x[:, at:at + column.width]
+        if column.kind == NUMERIC:
+            missing = block[:, 1] > 0.5 if column.indicator else np.zeros(len(x), bool)
+            data[column.name] = [None if m else float(v) for v, m in zip(block[:, 0], missing)]
+        else:
+            slots = block.argmax(axis=1)
+            data[column.name] = [column.categories[s - 1] if s > 0 else None for s in slots]
+        at += column.width
+    return pd.DataFrame(data)
+
+
+def total_width(columns: Sequence[Column]) -> int:
+    return sum(c.width for c in columns)
+
+
+def numeric_positions(columns: Sequence[Column]) -> list[int]:
+    """The features standardised by the training mean and std: numeric values, not the 0/1
+    indicators and one-hot slots (they keep mean 0 and std 1, so a category stays a pure
+    lookup)."""
+    positions, at = [], 0
+    for column in columns:
+        if column.kind == NUMERIC:
+            positions.append(at)
+        at += column.width
+    return positions
+
+
+def feature_names(columns: Sequence[Column]) -> list[str]:
+    """A name per model feature (``age``, ``age:missing``, ``city=Oslo``, ``city=?``)."""
+    names = []
+    for column in columns:
+        if column.kind == NUMERIC:
+            names += [column.name] + ([f"{column.name}:missing"] if column.indicator else [])
+        else:
+            names += [f"{column.name}=?"] + [f"{column.name}={c}" for c in column.categories]
+    return names
