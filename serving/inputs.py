@@ -310,6 +310,9 @@ def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
             table = pre.columns is not None
             x = preprocess_rows(list(rows) if table else np.asarray(rows, dtype=np.float64),
                                 pre).numpy()
+    except OverflowError:  # an integer beyond any float, for a model without table columns
+        raise RequestError("a row holds a number too large for the model (about 3.4e38 "
+                           "after standardising)") from None
     except (ValueError, TypeError) as exc:
         raise RequestError(str(exc)) from None
     bad = ~np.isfinite(x).all(axis=1)

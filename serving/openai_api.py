@@ -85,14 +85,13 @@ def parse_input(value: Any, kind: str) -> tuple[list[Upload] | None, list[list[A
     if all(isinstance(row, list) and row and all(_value(v) for v in row) for row in items):
         return None, [list(row) for row in items]
     raise OpenAIError("this model embeds rows: input must be one row (a list of values: "
-                      "numbers, text for a table's categories, null where missing) or a list "
-                      "of rows", 400, "input")
+                      "numbers, text or booleans for a table's categories, null where "
+                      "missing) or a list of rows", 400, "input")
 
 
 def _value(value: Any) -> bool:
-    """A value a row may hold: a number, a category's text, or null (missing)."""
-    return value is None or isinstance(value, str) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
+    """A value a row may hold: a number, a category's text (or a flag), or null (missing)."""
+    return value is None or isinstance(value, (str, int, float))
 
 
 def embedding_response(embeddings: np.ndarray, model: str, encoding: str) -> dict[str, Any]:

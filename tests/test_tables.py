@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from support.process import REPO, Server
-from zoo.data import Preprocessing, Table, load_data, preprocess_rows, split_data
+from zoo.data import LoadedData, Preprocessing, Table, load_data, preprocess_rows, split_data
 from zoo.data.table_encoding import (MAX_CATEGORIES, Column, category_text, decode, encode,
                                      feature_names, fit_columns)
 from zoo.models import create_model
@@ -59,9 +59,22 @@ def test_columns_are_fitted_on_the_training_rows_only() -> None:
 
 
 def test_category_text_is_the_same_however_it_arrives() -> None:
-    assert {category_text(v) for v in (3, 3.0, "3", np.int64(3), np.float32(3))} == {"3"}
-    assert [category_text(v) for v in (None, np.nan, "", pd.NA)] == [None] * 4
+    assert {category_text(v) for v in (3, 3.0, "3", "03", "3.0", np.int64(3),
+                                       np.float32(3))} == {"3"}
+    assert {category_text(v) for v in (0.1, np.float32(0.1), "0.10")} == {"0.1"}
+    assert [category_text(v) for v in (None, np.nan, "", " ", pd.NA)] == [None] * 5
     assert category_text(2.5) == "2.5" and category_text("Oslo") == "Oslo"
+    assert category_text(True) == category_text(np.bool_(True)) == "True"
+    # a float32 code column (Parquet) fits the categories a client sends
+    codes = fit_columns(pd.DataFrame({"f": np.array([0.1, 0.3, 0.1], np.float32)}),
+                        categorical=["f"])[0]
+    assert codes.categories == ("0.1", "0.3")
+    assert encode(pd.DataFrame({"f": [0.3, "0.1"]}), [codes]).argmax(1).tolist() == [2, 1]
+    # a flag with gaps is a category: JSON true lands where the CSV's True did
+    flags = fit_columns(pd.DataFrame({"b": [True, None, False]}, dtype=object))[0]
+    assert flags.kind == "categorical" and flags.categories == ("False", "True")
+    assert encode(pd.DataFrame({"b": [True, False, None]}), [flags]).argmax(1).tolist() == \
+        [2, 1, 0]
     column = fit_columns(pd.DataFrame({"code": [1, 2, 3]}), categorical=["code"])[0]
     assert column.categories == ("1", "2", "3")
     served = encode(pd.DataFrame({"code": ["2", 2.0, 7]}), [column])
@@ -76,9 +89,36 @@ def test_bad_values_name_the_column_and_row() -> None:
         encode(pd.DataFrame({"x": [np.inf], "c": ["a"]}), columns)
     with pytest.raises(ValueError, match=r"column 'x' has no values in the training split"):
         fit_columns(pd.DataFrame({"x": [np.nan, np.nan]}))
+    with pytest.raises(ValueError, match=r"column 'x' has an infinite value in row 0"):
+        encode(pd.DataFrame({"x": [10**400], "c": ["a"]}, dtype=object), columns)
     # numbers as text and blanks are fine in served rows
     ok = encode(pd.DataFrame({"x": ["2.5", "", None], "c": ["a", "b", "a"]}), columns)
     assert ok[:, 0].tolist() == [2.5, 1.5, 1.5]
+
+
+def test_hostile_rows_are_4xx() -> None:
+    from serving.inputs import RequestError, rows_to_array
+    from serving.settings import ServeSettings
+
+    frame = pd.DataFrame({"x": [1.0, 2.0, np.nan], "c": ["a", "b", "a"], "label": [0, 1, 0]})
+    pre = split_data(load_frame(frame), val_fraction=0, test_fraction=0).preprocessing
+    settings = ServeSettings()
+    assert rows_to_array([[True, None]], pre, settings).shape == (1, pre.num_features)
+    for rows, message in (([[10**400, "a"]], "infinite"), ([[1.0]], "takes 2 columns"),
+                          ([[[1.0], "a"]], "is numeric"), (["x"], "not a list"),
+                          ([[1e300, "a"]], "too large for float32")):
+        with pytest.raises(RequestError, match=message):
+            rows_to_array(rows, pre, settings)
+    legacy = Preprocessing("tabular", (2,), [0.0, 0.0], [1.0, 1.0], ["a", "b"])
+    with pytest.raises(RequestError, match="too large"):
+        rows_to_array([[10**400, 1.0]], legacy, settings)
+
+
+def load_frame(frame: pd.DataFrame) -> LoadedData:
+    from zoo.data.tables import table_data
+
+    return table_data(frame, "t.csv", "CSV", label_column="label", feature_columns=None,
+                      categorical_columns=None)
 
 
 def test_rare_categories_share_the_unknown_slot() -> None:
@@ -191,7 +231,7 @@ def test_a_mixed_table_trains_exports_and_serves_raw_rows(tracking_uri: str,
 
     # MLflow's pyfunc takes the raw DataFrame (the logged signature: strings, nulls)
     pyfunc = mlflow.pyfunc.load_model(uri)
-    frame = pd.DataFrame(rows, columns=pre.feature_names).astype({"code": str})
+    frame = pd.DataFrame(rows, columns=pre.feature_names)
     by_pyfunc = np.stack(pyfunc.predict(frame)["embedding"])
     assert np.abs(by_pyfunc - expected).max() <= 1e-5
 

@@ -25,12 +25,12 @@ import torch
 from mlflow.models import Model
 from mlflow.models.model import ModelInfo
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
+from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema, TensorSpec
 
 import zoo
 from training.tracking import model_flavor
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.table_encoding import CATEGORICAL, decode
+from zoo.data.table_encoding import decode
 from zoo.models import EmbeddingModel
 from zoo.quiet import quiet_loggers
 
@@ -74,15 +74,14 @@ def pyfunc_signature(pre: dict[str, Any], num_classes: int) -> ModelSignature:
 
 
 def row_schema(pre: dict[str, Any]) -> Schema | None:
-    """A tabular model's raw columns: numbers as doubles (NaN where missing), a table's
-    categorical columns as strings; None for image models."""
+    """A tabular model's raw columns by name: doubles, or for a table any type, optional (a
+    code column may come as numbers or text, a flag as booleans, any value may be missing;
+    ``zoo.pyfunc`` checks each value and says which is wrong); None for image models."""
     if pre["kind"] != "tabular" or not pre.get("feature_names"):
         return None
     if pre.get("columns") is None:
         return Schema([ColSpec(DataType.double, name) for name in pre["feature_names"]])
-    return Schema([ColSpec(DataType.string if c.kind == CATEGORICAL else DataType.double,
-                           c.name, required=False)
-                   for c in Preprocessing.from_dict(pre).table_columns])
+    return Schema([ColSpec(AnyType(), name, required=False) for name in pre["feature_names"]])
 
 
 def input_example(example: torch.Tensor, pre: dict[str, Any]) -> Any:

@@ -67,18 +67,35 @@ class Column:
 
 
 def category_text(value: Any) -> str | None:
-    """A category as text, the same whichever way it arrives: ``3``, ``3.0`` and ``"3"``
-    are ``"3"``; a missing value (None, NaN, empty text) is None."""
-    if value is None or (isinstance(value, str) and value == ""):
+    """A category as text, the same whichever way it arrives: ``3``, ``3.0``, ``"3"``,
+    ``"03"`` and ``"3.0"`` are ``"3"``, ``0.1`` as a float32 or float64 or text is ``"0.1"``;
+    a missing value (None, NaN, empty text) is None. A CSV reads a code column as numbers
+    and a client may send it as text (or the other way round): both land in one slot."""
+    if value is None or value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
             return None
-        if float(value).is_integer():
-            return str(int(value))
-    if value is pd.NA or value is pd.NaT:
-        return None
+        try:
+            number = float(text)
+        except ValueError:
+            return value
+        return _number_text(number) if math.isfinite(number) else value
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else _number_text(value)
     return str(value)
+
+
+def _number_text(number: float | np.floating) -> str:
+    """The shortest text of a number in its own precision (``np.float32(0.1)`` is 0.1)."""
+    if float(number).is_integer() and abs(number) < 2**63:
+        return str(int(number))
+    return str(number) if isinstance(number, np.floating) else repr(float(number))
 
 
 def is_categorical(series: pd.Series) -> bool:
@@ -111,8 +128,13 @@ def fit_columns(frame: pd.DataFrame, categorical: Iterable[str] = ()) -> list[Co
     return columns
 
 
+def _texts(series: pd.Series) -> list[str | None]:
+    """The column's values as category text (numpy values: a float32 keeps its precision)."""
+    return [category_text(v) for v in series.to_numpy()]
+
+
 def _fit_categorical(name: str, series: pd.Series) -> Column:
-    texts = series.map(category_text).dropna()
+    texts = pd.Series(_texts(series), dtype=object).dropna()
     counts = texts.value_counts()
     if len(counts) > MAX_CATEGORIES:
         log.info("column %r: %d categories; the %d most frequent keep their own slot, the rest "
@@ -131,7 +153,7 @@ def _numbers(series: pd.Series, name: str) -> np.ndarray:
     else:  # served rows: numbers, numbers as text, None
         values = np.empty(len(series), dtype=np.float64)
         for i, value in enumerate(series):
-            number = _number(value)
+            number = _float(value)
             if number is None:
                 raise ValueError(f"column {name!r} is numeric, but row {i} holds {value!r}")
             values[i] = number
@@ -155,6 +177,14 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _float(value: Any) -> float | None:
+    """:func:`_number`, with an integer too large for a float as infinite (reported)."""
+    try:
+        return _number(value)
+    except OverflowError:
+        return math.inf
+
+
 def encode(frame: pd.DataFrame, columns: Sequence[Column]) -> np.ndarray:
     """Rows holding every column of ``columns`` by name to float32 ``[N, width]`` features
     (not standardised: ``Preprocessing`` does that, as for every model input)."""
@@ -170,8 +200,8 @@ def encode(frame: pd.DataFrame, columns: Sequence[Column]) -> np.ndarray:
                 out[:, at + 1] = missing
         else:
             slot = {c: i + 1 for i, c in enumerate(column.categories)}
-            slots = np.fromiter((slot.get(category_text(v), 0) for v in series),
-                                np.int64, len(series))
+            slots = np.fromiter((slot.get(t, 0) for t in _texts(series)), np.int64,
+                                len(series))
             out[np.arange(len(frame)), at + slots] = 1.0
         at += column.width
     return out

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .sources import DATASETS, LoadedData
-from .table_encoding import Column, category_text, encode, fit_columns
+from .table_encoding import Column, encode, fit_columns
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,11 @@ class Table:
 
 
 def _label_name(value: Any) -> str:
-    """``3.0`` reads as ``"3"``: float labels usually come from a column with blanks."""
-    return category_text(value) or ""
+    """``3.0`` reads as ``"3"``: float labels usually come from a column with blanks (text
+    labels stay as written: ``"007"`` is not ``"7"``)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _read(file: Path, what: str) -> pd.DataFrame:
