@@ -1,7 +1,8 @@
 """A served model as one folder: the ONNX file, the PyTorch weights, the gallery and a manifest.
 
 The server needs four things of a registered version: ``model.onnx`` (embeddings and classes,
-what answers requests), the PyTorch module (GradCAM needs hooks and gradients), the default
+what answers requests), the PyTorch module (GradCAM needs hooks and gradients; it answers
+requests instead where the export timed it faster, serving/runtimes.py), the default
 identification gallery, and what describes the version (URI, metrics, preprocessing). The
 module is rebuilt from the export's ``weights/`` (a JSON recipe and a safetensors state
 dict, ``zoo.models.rebuild``), never unpickled: whoever can write the tracking server's
@@ -21,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ class BundleInfo:
     run_id: str
     metrics: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # the model's zoo_meta
+    runtime: str | None = None  # the runtime the export timed as faster (zoo.runtime tag)
+    timing: str | None = None  # the figures it chose by (zoo.runtime.timing, JSON)
 
     @property
     def key(self) -> str:
@@ -67,7 +70,8 @@ class BundleInfo:
 
     @classmethod
     def from_json(cls, text: str) -> "BundleInfo":
-        return cls(**json.loads(text))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ class Bundle:
         return cls(path, info)
 
     def load_pytorch(self) -> Any:
-        """The eager ``EmbeddingModel`` (CPU, eval mode) for GradCAM, rebuilt from
+        """The eager ``EmbeddingModel`` (CPU, eval mode) for GradCAM and the PyTorch runtime,
+        rebuilt from
         ``weights/recipe.json`` with ``weights/model.safetensors`` loaded strictly: nothing
         is unpickled. ``LookupError`` when the version was exported without them."""
         from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE, load_weights
@@ -115,7 +120,7 @@ class Bundle:
         folder = self.weights_path
         if not ((folder / RECIPE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):
             raise LookupError(
-                f"{self.info.uri} was exported before GradCAM weights were saved (its bundle "
+                f"{self.info.uri} was exported without PyTorch weights (its bundle "
                 f"{self.path} has no {WEIGHTS_DIR}/{RECIPE_FILE} and "
                 f"{WEIGHTS_DIR}/{WEIGHTS_FILE}): export it again with `mlflow run . -e export --env-manager local "
                 f"-P model_uri={self.info.uri}`, then restart the server (or rebuild the Bento)")
@@ -153,13 +158,15 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
         version=str(version.version) if version else None, alias=source.alias,
         run_id=source.run_id,
         metrics={k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(_METRIC_PREFIXES)},
+        **_runtime_tags(version.tags if version else run.data.tags),
     )
     dest = cache_root / f"{info.key}-{source.run_id[:12]}"
     artifacts = f"runs:/{source.run_id}/{ARTIFACT_DIR}"
     if (dest / MANIFEST).exists():
         bundle = Bundle.open(dest)
         bundle.info.uri, bundle.info.alias = model_uri, source.alias
-        if _explainable(bundle.info.meta) and not bundle.weights_path.exists():
+        bundle.info.runtime, bundle.info.timing = info.runtime, info.timing
+        if not bundle.weights_path.exists():
             _add_weights(artifacts, dest, source.describe())  # fetched before an export had them
         return bundle
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -179,8 +186,7 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
             log.warning("%s has no exported gallery; /identify starts empty", source.describe())
         mlflow.artifacts.download_artifacts(source.load_uri, dst_path=str(tmp / PYTORCH_DIR))
         info.meta = _meta_of(tmp / PYTORCH_DIR)
-        if _explainable(info.meta):
-            _download_weights(artifacts, tmp, source.describe())
+        _download_weights(artifacts, tmp, source.describe())
         (tmp / MANIFEST).write_text(info.to_json())
         try:
             os.replace(tmp, dest)
@@ -192,9 +198,12 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
     return Bundle.open(dest)
 
 
-def _explainable(meta: dict[str, Any]) -> bool:
-    """Whether GradCAM (and so the weights) applies: image models only."""
-    return (meta.get("preprocessing") or {}).get("kind") == "image"
+def _runtime_tags(tags: dict[str, str] | None) -> dict[str, str | None]:
+    """The export's runtime choice and its figures from the version's (or run's) tags."""
+    from zoo.export.runtime_timing import RUNTIME_TAG, TIMING_TAG
+
+    tags = tags or {}
+    return {"runtime": tags.get(RUNTIME_TAG), "timing": tags.get(TIMING_TAG)}
 
 
 def _download_weights(artifacts: str, folder: Path, what: str) -> bool:
@@ -212,8 +221,9 @@ def _download_weights(artifacts: str, folder: Path, what: str) -> bool:
     if (target / RECIPE_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
         return True
     shutil.rmtree(target, ignore_errors=True)
-    log.warning("%s was exported without GradCAM weights (%s/%s); GradCAM is unavailable until "
-                "it is exported again", what, artifacts, WEIGHTS_DIR)
+    log.warning("%s was exported without PyTorch weights (%s/%s); GradCAM and the PyTorch "
+                "runtime are unavailable until it is exported again", what, artifacts,
+                WEIGHTS_DIR)
     return False
 
 

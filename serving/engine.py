@@ -1,4 +1,5 @@
-"""The served model: ONNX Runtime for answers, PyTorch for GradCAM, the gallery for identities.
+"""The served model: ONNX Runtime or PyTorch for answers (whichever the export timed faster,
+serving/runtimes.py), PyTorch for GradCAM, the gallery for identities.
 
 Everything an endpoint computes is here, free of HTTP, so the BentoML service and the
 offline predictor (``python -m serving.predict``) give the same answers from the same code.
@@ -6,7 +7,6 @@ offline predictor (``python -m serving.predict``) give the same answers from the
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,7 +21,8 @@ from serving.schemas import ClassScore
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.data.preprocessing import normalise, to_unit
-from zoo.export import onnx_session, session_options
+from serving.runtimes import open_runtime
+from zoo.export.runtime_timing import worker_threads
 from zoo.metrics.classification import softmax
 
 if TYPE_CHECKING:  # imported on first use: pytorch-grad-cam and torchvision take ~4 s to import
@@ -49,13 +50,16 @@ class ServedModel:
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.bundle, self.info, self.settings = bundle, bundle.info, settings
         self.pre = Preprocessing.from_dict(bundle.info.preprocessing)
-        threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // settings.worker_count)
-        self.session = onnx_session(bundle.onnx_path, settings.device, threads,
-                                    options=session_options(threads, spin=settings.spin))
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        threads = settings.threads or worker_threads(settings.worker_count, settings.device)
+        # Torch preprocesses (on the event loop) and runs GradCAM: one thread, or its OpenMP
+        # workers fight the model's for the cores (3 ms per request instead of 30 us); the
+        # PyTorch runtime sets its own threads
+        torch.set_num_threads(1)
+        self.runtime = open_runtime(bundle, settings.runtime, settings.device, threads,
+                                    settings.spin)
+        self.output_names = self.runtime.output_names
         self.batcher = Batcher(self.run, settings.max_batch_size, on_batch)
-        dim = self.embedding_dim = int(self.session.get_outputs()[0].shape[-1])
+        dim = self.embedding_dim = self.runtime.embedding_dim
         self.contract = embedding_contract(bundle, dim)
         # keyed by the run too: a store made afresh numbers its versions from 1 again
         folder = settings.gallery_path(f"{self.info.key}-{self.info.run_id[:12]}")
@@ -63,9 +67,8 @@ class ServedModel:
                                     settings.gallery_uri, settings.gallery_index)
         self._explainer: Explainer | None = None
         self._explainer_lock = threading.Lock()
-        # Torch only preprocesses (on the event loop) and runs GradCAM here: one thread, or its
-        # OpenMP workers fight ONNX Runtime's for the cores (3 ms per request instead of 30 us).
-        torch.set_num_threads(1)
+        log.info("%s runs on %s (%s)", self.info.uri, self.runtime.name,
+                 ", ".join(self.runtime.describe()))
 
     @property
     def class_names(self) -> list[str]:
@@ -83,9 +86,8 @@ class ServedModel:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def run(self, x: np.ndarray) -> Outputs:
-        """ONNX Runtime on one batch (any size, uint8 images or rows), synchronously."""
-        outputs = self.session.run(self.output_names, {self.input_name: self.model_input(x)})
-        return dict(zip(self.output_names, outputs))
+        """The runtime on one batch (any size, uint8 images or rows), synchronously."""
+        return self.runtime(self.model_input(x))
 
     def run_batched(self, x: np.ndarray) -> Outputs:
         """:meth:`run` in chunks of ``max_batch_size`` (offline use)."""
@@ -150,7 +152,7 @@ class ServedModel:
             "columns": pre.columns,
             "classes": self.class_names, "metrics": info.metrics,
             "gallery": self.gallery.describe(),
-            "providers": self.session.get_providers(),
+            "runtime": self.runtime.name, "providers": self.runtime.describe(),
         }
 
     def close(self) -> None:

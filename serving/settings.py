@@ -50,6 +50,9 @@ class ServeSettings:
     workers: int = 0  # server processes, each with its own model (0: auto, see .worker_count)
     threads: int = 0  # ONNX Runtime intra-op threads per worker (0: cores / workers)
     spin: bool = False  # ONNX Runtime threads spin between calls (steals CPU from HTTP work)
+    # what runs the model: auto (the runtime the export timed as faster on the version),
+    # onnxruntime or pytorch (serving/runtimes.py)
+    runtime: str = "auto"
     access_log: bool = False  # one log line per request (BentoML's access log; costs ~25 %)
     trace: bool = False  # OpenTelemetry spans for the model endpoints (BentoML's tracing)
     top_k: int = 5  # default of /classify and /identify
@@ -100,6 +103,11 @@ class ServeSettings:
         for name in ("threads", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be 0 (auto) or more")
+        from zoo.export.runtime_timing import RUNTIMES
+
+        if self.runtime.strip().lower() not in ("auto", *RUNTIMES):
+            raise ValueError(f"{ENV_PREFIX}RUNTIME={self.runtime!r}: choose auto, "
+                             f"{' or '.join(RUNTIMES)}")
         self.keys()
 
     def keys(self) -> "Keys":
@@ -137,11 +145,9 @@ class ServeSettings:
         """
         if self.workers:
             return self.workers
-        import torch
+        from zoo.export.runtime_timing import auto_workers
 
-        if self.device != "cpu" and torch.cuda.is_available():
-            return 1
-        return max(1, min(4, len(os.sched_getaffinity(0))))
+        return auto_workers(self.device)
 
     def gallery_path(self, model_key: str) -> Path:
         return Path(self.gallery_dir) if self.gallery_dir else _state_home() / "galleries" / model_key

@@ -215,7 +215,7 @@ def test_export_logs_files_and_tags_and_fails_loudly(
         assert run.data.metrics[f"export_{fmt}_mean_cosine"] > 0.9999
     files = {a.path for a in client.list_artifacts(version.run_id, "export")}
     assert files == {"export/model.onnx", "export/model.torchscript.pt", "export/model.pt2",
-                     "export/parity.json", "export/gallery"}
+                     "export/parity.json", "export/gallery", "export/weights"}
     # The default gallery: the training split's embeddings, with the run's FAR 1e-3 threshold.
     gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
         f"runs:/{version.run_id}/export/gallery")))
@@ -343,7 +343,7 @@ def test_export_saves_weights_the_server_rebuilds_without_unpickling(
     # A bundle fetched before the weights were exported: GradCAM says how to export again,
     # and the next fetch adds them once the version has them.
     shutil.rmtree(bundle.weights_path)
-    with pytest.raises(LookupError, match="exported before GradCAM weights were saved") as miss:
+    with pytest.raises(LookupError, match="exported without PyTorch weights") as miss:
         Bundle.open(bundle.path).load_pytorch()
     assert f"mlflow run . -e export --env-manager local -P model_uri={parts_champion}" in str(
         miss.value)
@@ -367,5 +367,63 @@ def test_weights_are_skipped_not_fatal_when_a_rebuild_differs(tmp_path: Path) ->
     # a model logged before recipes: the recipe comes from its run's config instead
     assert save_rebuildable(model, example, tmp_path / "old", lambda: build) is None
     assert json.loads((tmp_path / "old" / RECIPE_FILE).read_text())["build"] == build
-    assert "not an image model" in save_rebuildable(
-        create_model("residual_mlp", 3, 8, num_features=4), torch.randn(2, 4), tmp_path / "tab")
+    # tabular models too: the PyTorch runtime serves from these weights
+    assert save_rebuildable(create_model("residual_mlp", 3, 8, num_features=4),
+                            torch.randn(2, 4), tmp_path / "tab") is None
+
+
+def test_the_faster_runtime_is_timed_tagged_and_served(
+        champion: str, tracking_uri: str, tmp_path: Path) -> None:
+    """The export times ONNX Runtime against PyTorch and tags the faster on the version; a
+    server runs it unless ZOO_RUNTIME says otherwise, and both answer alike; `retime` times
+    again and a server started afterwards follows the new tag."""
+    from serving.engine import ServedModel
+    from serving.settings import ServeSettings
+    from training.commands.retime import RetimeConfig, retime
+    from zoo.export.runtime_timing import (RUNTIME_TAG, RUNTIMES, TIMING_TAG,
+                                           RuntimeTiming)
+
+    result = export_model(ExportConfig(model_uri=champion, formats="onnx"))
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("zoo-emitters", "champion")
+    timing = RuntimeTiming.from_json(version.tags[TIMING_TAG])
+    assert timing == result.timing and version.tags[RUNTIME_TAG] == timing.faster
+    assert set(timing.ms) == set(RUNTIMES)
+    assert all(set(ms) == {"1", "64"} and min(ms.values()) > 0 for ms in timing.ms.values())
+    assert timing.threads >= 1 and timing.speedup() >= 1.0
+    assert client.get_run(version.run_id).data.tags[RUNTIME_TAG] == timing.faster
+
+    x = emitters_rows(8)
+
+    def served(runtime: str, cache: str = "cache") -> tuple[str, dict]:
+        bundle = fetch_bundle(champion, tmp_path / cache)
+        threads = torch.get_num_threads()  # a served model sets torch's threads for its process
+        model = ServedModel(bundle, ServeSettings(runtime=runtime, threads=1, workers=1,
+                                                  gallery_dir=str(tmp_path / "gallery")))
+        try:
+            assert model.describe()["runtime"] == model.runtime.name
+            return model.runtime.name, model.run(x)
+        finally:
+            model.close()
+            torch.set_num_threads(threads)
+
+    (ort_name, by_ort), (torch_name, by_torch) = served("onnxruntime"), served("pytorch")
+    assert (ort_name, torch_name) == ("onnxruntime", "pytorch")
+    for key in ("embedding", "logits"):
+        assert np.abs(by_ort[key] - by_torch[key]).max() < 1e-4
+    assert served("auto")[0] == timing.faster
+    with pytest.raises(ValueError, match="ZOO_RUNTIME='tensorrt'"):
+        ServeSettings(runtime="tensorrt").check()
+
+    other = next(r for r in RUNTIMES if r != timing.faster)  # as if timed on other hardware
+    client.set_model_version_tag("zoo-emitters", version.version, RUNTIME_TAG, other)
+    assert served("auto")[0] == other  # the cached bundle follows the version's tag
+    again = retime(RetimeConfig(model_uri=champion, threads=1))
+    tags = client.get_model_version("zoo-emitters", version.version).tags
+    assert tags[RUNTIME_TAG] == again.faster and RuntimeTiming.from_json(tags[TIMING_TAG]) == again
+    assert served("auto")[0] == again.faster
+
+
+def emitters_rows(n: int) -> np.ndarray:
+    """Standardised rows of the emitters' width (what the served model takes)."""
+    return np.random.default_rng(0).standard_normal((n, 12)).astype(np.float32)

@@ -12,6 +12,7 @@ from training.commands.distill import DistillConfig
 from training.commands.evaluate import EvaluateConfig
 from training.commands.recommend import RecommendConfig
 from training.commands.register import RegisterConfig
+from training.commands.retime import RetimeConfig
 from training.commands.sweep import SweepConfig
 from training.commands.tune import TuneConfig
 from training.config import TrainConfig, params_of
@@ -97,6 +98,9 @@ def entries() -> list[Entry]:
               "training.commands.register", RegisterConfig),
         Entry("export", "a registered model to ONNX, TorchScript and .pt2, with a parity check "
               "on its test split", "training.commands.export", ExportConfig),
+        Entry("retime", "time an exported version's runtimes (ONNX Runtime, PyTorch) on this "
+              "machine and tag the faster, which servers run", "training.commands.retime",
+              RetimeConfig),
         Entry("distill", "train a student on a registered teacher (KL on softened logits + "
               "embedding distance)", "training.commands.distill", DistillConfig, DISTILL),
         Entry("evaluate", "evaluate registered models on their test split, several as an "

@@ -43,6 +43,8 @@ from zoo.export.formats import eager_runner, example_batch
 from zoo.export.onnx_format import DEFAULT_OPSET, MIN_OPSET
 from zoo.export.parity import reference_outputs
 from zoo.export.program_format import export_program
+from zoo.export.runtime_timing import (RUNTIME_TAG, TIMING_TAG, RuntimeTiming,
+                                       time_runtimes)
 from zoo.gallery import Gallery
 from zoo.models import rebuild as rebuilding
 
@@ -67,6 +69,9 @@ class ExportConfig(FlatParams):
     max_abs_diff: float = option(1e-4, "largest allowed difference of any embedding value")
     min_top1_agreement: float = option(0.999, "smallest allowed share of equal top-1 classes")
     batch_size: int = option(64, "batch size of the parity check")
+    time_runtimes: bool = option(True, "time ONNX Runtime against PyTorch at batch 1 and 64 "
+                                       "and tag the faster on the version (what a server "
+                                       "here runs)")
 
 
     def __post_init__(self) -> None:
@@ -97,8 +102,9 @@ class ExportResult:
     parities: list[Parity]
     errors: list[str]
     onnx_model_uri: str | None = None
-    weights_saved: bool = False  # export/weights/: what GradCAM on a server loads
-    weights_error: str | None = None  # why an image model has none
+    weights_saved: bool = False  # export/weights/: what GradCAM and the PyTorch runtime load
+    weights_error: str | None = None  # why the model has none
+    timing: RuntimeTiming | None = None  # ONNX Runtime against PyTorch on this machine
 
     @property
     def ok(self) -> bool:
@@ -120,10 +126,13 @@ class ExportResult:
                          f"(and {layout.GALLERY_DIR}/: the training split as the "
                          "identification gallery)")
             if self.weights_saved:
-                lines.append(f"  GradCAM weights: {layout.ARTIFACT_DIR}/"
+                lines.append(f"  PyTorch weights: {layout.ARTIFACT_DIR}/"
                              f"{layout.WEIGHTS_DIR}/ (safetensors and recipe)")
             elif self.weights_error:
-                lines.append(f"  no GradCAM weights, GradCAM unavailable: {self.weights_error}")
+                lines.append(f"  no PyTorch weights (no GradCAM, no PyTorch runtime): "
+                             f"{self.weights_error}")
+            if self.timing is not None:
+                lines.append("  " + self.timing.summary().replace("\n", "\n  "))
             if self.onnx_model_uri:
                 lines.append(f"  onnx model: {self.onnx_model_uri} "
                              "(mlflow.onnx.load_model / mlflow.pyfunc.load_model)")
@@ -199,13 +208,16 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
         weights_dir = Path(tmp) / layout.WEIGHTS_DIR
         if result.ok:
             build_gallery(model, splits, run, cfg.batch_size).save(gallery_dir)
-            if getattr(model, "modality", None) == "image":
-                result.weights_error = save_rebuildable(
-                    model, example, weights_dir, lambda: _build_from_config(train_cfg, splits))
-                result.weights_saved = result.weights_error is None
-                if result.weights_error is not None:
-                    log.warning("%s: GradCAM will be unavailable for this version: %s",
-                                source.describe(), result.weights_error)
+            result.weights_error = save_rebuildable(
+                model, example, weights_dir, lambda: _build_from_config(train_cfg, splits))
+            result.weights_saved = result.weights_error is None
+            if result.weights_error is not None:
+                log.warning("%s: GradCAM and the PyTorch runtime will be unavailable for this "
+                            "version: %s", source.describe(), result.weights_error)
+            onnx_file = next((f.path for f in files if f.format == "onnx"), None)
+            if onnx_file is not None and result.weights_saved and cfg.time_runtimes:
+                result.timing = time_runtimes(onnx_file, model,
+                                              tuple(int(s) for s in example.shape[1:]))
         _record(result, model, example, cfg, gallery_dir, weights_dir)
     print(result.summary())
     if errors:
@@ -213,16 +225,20 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
     return result
 
 
+def runtime_tags(timing: RuntimeTiming) -> dict[str, str]:
+    """The faster runtime and the figures, as tags a server reads."""
+    return {RUNTIME_TAG: timing.faster, TIMING_TAG: timing.to_json()}
+
+
 def save_rebuildable(model: torch.nn.Module, example: torch.Tensor, folder: Path,
                      fallback: Callable[[], dict[str, Any] | None] | None = None) -> str | None:
     """Save ``model`` as ``folder/model.safetensors`` and ``folder/recipe.json``, kept once
     the module rebuilt from them (the recipe's architecture, the file loaded strictly: the
     server's path) answers like ``model`` on ``example``. Returns why not instead (no
-    recipe, a mismatch); the export goes on without them, only GradCAM is then unavailable.
+    recipe, a mismatch); the export goes on without them, only GradCAM and the PyTorch
+    runtime are then unavailable.
     ``fallback()`` gives the build recipe of a model logged before recipes were recorded
     (from its run's config)."""
-    if getattr(model, "modality", None) != "image":
-        return "not an image model (GradCAM explains images only)"
     try:
         build = model.zoo_meta.get("build")
         if not build and fallback is not None:
@@ -299,6 +315,9 @@ def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
             "zoo.export.gallery": f"{artifacts}/{layout.GALLERY_DIR}"}
     if result.onnx_model_uri:
         tags["zoo.onnx_model_uri"] = result.onnx_model_uri
+    if result.timing is not None:
+        tags.update(runtime_tags(result.timing))
+        mlflow.MlflowClient().set_tag(result.source.run_id, RUNTIME_TAG, result.timing.faster)
     export_artifacts.tag_version(result.source, result.parities, tags,
                                "; ".join(result.errors) or None)
     if mlflow.active_run() is not None:  # the run `mlflow run -e export` made: say what it did
