@@ -23,13 +23,14 @@ from PIL import Image
 from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from serving import multipart, openai_api
+from serving import latency, multipart, openai_api
 from serving.auth import RequireKeys
 from serving.bundle import Bundle, fetch_bundle
 from serving.engine import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
                             check_finite, identity_name, read_inputs)
 from serving.limits import RequestSizeLimit
+from serving.raw_images import RawImageEmbed
 from serving.packaging import bento_model
 from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse,
                              Identification, IdentifyResponse, Match, header_value)
@@ -46,14 +47,16 @@ try:  # fail here, before any worker starts, with one line that says what is mis
 except (LookupError, FileNotFoundError, ValueError) as exc:
     raise SystemExit(f"error: cannot serve: {exc}") from None
 multipart.install(max_files=SETTINGS.max_images + 2)  # never fetch a text value as a URL
+latency.cancel_finished_request_timers()  # BentoML's per-request timers: the tail (latency.py)
 
 # Schemas of type "file": BentoML's clients send such fields as multipart files (a Path, a
 # PIL image opened from a file, a binary file object), not as JSON.
 _FILES = {"type": "array", "items": {"type": "file", "format": "binary"}}
 Images = Annotated[list[ImageFile] | None, Field(description="image files (multipart)"),
                    WithJsonSchema({**_FILES, "description": "image files (multipart)"})]
-# A value is a number, a table's category as text, or null where missing.
-Rows = Annotated[list[list[float | str | None]] | None,
+# A value is a number, a table's category as text (or a flag), or null where missing; bool
+# first, or JSON true would become 1.0
+Rows = Annotated[list[list[bool | float | str | None]] | None,
                  Field(description="rows of raw features (JSON)")]
 Reference = Annotated[list[ImageFile] | None, Field(
     max_length=1, description="an image to explain the similarity to (instead of a class)"),
@@ -68,6 +71,7 @@ BATCH_SIZES = bentoml.metrics.Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 info_app = FastAPI(title="model-zoo model info")
+_RUNNING: list["ZooService"] = []  # this worker's service, once it has started
 
 
 def answers_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -115,6 +119,8 @@ class ZooService:
         self.budget = PixelBudget(SETTINGS.max_request_pixels)
         log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
                  info.run_id, len(self.model.gallery))
+        _RUNNING[:] = [self]  # what the raw-image route answers with (serving/raw_images.py)
+        latency.freeze_startup_heap()  # full collections walk only what requests make
 
     async def _inputs(self, images: list[Upload | NotAFile] | None,
                       rows: list[list[Any]] | None, keep: bool = False
@@ -286,6 +292,7 @@ class ZooService:
 
 ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
 ZooService.add_asgi_middleware(RequireKeys, keys=KEYS)
+ZooService.add_asgi_middleware(RawImageEmbed, service=lambda: _RUNNING[0] if _RUNNING else None)
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:

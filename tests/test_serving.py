@@ -496,6 +496,28 @@ def test_load_64_clients_2000_requests(image_server: Server, store, digit_pngs) 
     assert done == 2000
 
 
+def test_an_image_as_the_raw_body_is_embedded_like_a_multipart_one(
+        image_server: Server, store, digit_pngs) -> None:
+    """The light route: POST /embed with the image itself as the body (no multipart)."""
+    import httpx
+
+    expected = Reference(store, IMAGE_URI).images(digit_pngs[:3])["embedding"]
+    with httpx.Client(base_url=image_server.url, timeout=60) as http:
+        for i, (png, kind) in enumerate(zip(digit_pngs[:3], ("image/png", "IMAGE/PNG",
+                                                            "application/octet-stream"))):
+            got = http.post("/embed", content=png, headers={"Content-Type": kind})
+            assert got.status_code == 200, got.text
+            body = got.json()
+            assert body["model"] == "zoo-digits" and len(body["embeddings"]) == 1
+            assert np.abs(np.asarray(body["embeddings"][0]) - expected[i]).max() <= 1e-5
+        for bad, message in ((b"", "empty"), (b"not an image", "not an image"),
+                             (digit_pngs[0][:40], "")):
+            got = http.post("/embed", content=bad, headers={"Content-Type": "image/png"})
+            assert got.status_code == 400 and message in got.json()["error"], got.text
+        # the multipart and JSON forms are unchanged
+        assert http.post("/embed", files=files(digit_pngs[:1])).status_code == 200
+
+
 TABULAR_API = {"Authorization": "Bearer the-api-key"}
 TABULAR_ADMIN = {"Authorization": "Bearer the-admin-key"}
 
@@ -567,6 +589,12 @@ def test_tabular_server(tabular_server: Server, store) -> None:
     bad = httpx.post(f"{server.url}/gradcam", files=files([png(np.zeros((8, 8), np.uint8))],
                                                           "image"), headers=api, timeout=60)
     assert bad.status_code == 400 and "image models" in bad.json()["error"]
+    # the raw-image route sits behind the keys, and a tabular model refuses images there too
+    raw = {"content": png(np.zeros((8, 8), np.uint8)), "headers": {"Content-Type": "image/png"}}
+    assert httpx.post(f"{server.url}/embed", timeout=60, **raw).status_code == 401
+    raw["headers"].update(api)
+    bad = httpx.post(f"{server.url}/embed", timeout=60, **raw)
+    assert bad.status_code == 400 and "not images" in bad.json()["error"]
     ok = httpx.post(f"{server.url}/enroll", headers=admin, **enroll)
     assert ok.status_code == 200 and ok.json()["entries"] == 2
     # the OpenAI client with rows of numbers; its api_key is the bearer token

@@ -318,3 +318,42 @@ def test_header_values_are_safe_and_read_back() -> None:
         value = header_value(name)
         value.encode("ascii")
         assert unquote(value) == name and "\r" not in value and "\n" not in value
+
+
+def test_a_finished_request_leaves_no_timer_and_a_slow_one_still_gets_its_504() -> None:
+    """BentoML's TimeoutMiddleware kept every request's timer (and its future) alive for the
+    whole traffic timeout; the full garbage collections that walked them were the tail
+    latency (serving/latency.py). Patched, a finished request leaves no timer behind."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from serving.latency import cancel_finished_request_timers
+
+    cancel_finished_request_timers()
+    cancel_finished_request_timers()  # idempotent
+
+    async def quick(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def slow(scope, receive, send) -> None:
+        await asyncio.sleep(5)
+
+    async def serve(app, timeout: float, count: int) -> tuple[list[int], int]:
+        middleware, statuses = TimeoutMiddleware(app, timeout=timeout), []
+
+        async def send(message) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b""}
+
+        await asyncio.gather(*(middleware({"type": "http"}, receive, send)
+                               for _ in range(count)))
+        loop = asyncio.get_running_loop()
+        return statuses, sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    statuses, live = asyncio.run(serve(quick, 300.0, 200))
+    assert statuses == [200] * 200 and live == 0
+    statuses, live = asyncio.run(serve(slow, 0.05, 3))
+    assert statuses == [504] * 3 and live == 0
