@@ -64,7 +64,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
     root = np.real(root)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    # never below 0 (it is a squared distance); sqrtm's rounding can dip a hair under it
+    return max(0.0, float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root)))
 
 
 def dissimilarity(a: np.ndarray, classes_a: int, b: np.ndarray, classes_b: int) -> float:
