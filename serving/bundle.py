@@ -112,9 +112,9 @@ class Bundle:
 
     def load_pytorch(self) -> Any:
         """The eager ``EmbeddingModel`` (CPU, eval mode) for GradCAM and the PyTorch runtime,
-        rebuilt from
-        ``weights/recipe.json`` with ``weights/model.safetensors`` loaded strictly: nothing
-        is unpickled. ``LookupError`` when the version was exported without them."""
+        rebuilt from ``weights/recipe.json`` with ``weights/model.safetensors`` loaded
+        strictly: nothing is unpickled. ``LookupError`` when the version was exported
+        without them."""
         from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE, load_weights
 
         folder = self.weights_path

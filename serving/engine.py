@@ -17,11 +17,11 @@ import torch
 from serving.batcher import Batcher, Outputs
 from serving.bundle import Bundle
 from serving.gallery_store import GalleryStore, embedding_contract
+from serving.runtimes import open_runtime
 from serving.schemas import ClassScore
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.data.preprocessing import normalise, to_unit
-from serving.runtimes import open_runtime
 from zoo.export.runtime_timing import worker_threads
 from zoo.metrics.classification import softmax
 

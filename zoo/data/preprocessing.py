@@ -65,11 +65,12 @@ class Preprocessing:
         if self.columns is not None:
             if self.kind != "tabular":
                 raise ValueError("only tabular preprocessing has table columns")
-            self.columns = [Column.from_dict(c).to_dict() for c in self.columns]
-            if total_width(self.table_columns) != width:
-                raise ValueError(f"the table columns make {total_width(self.table_columns)} "
-                                 f"features, but input_size is {self.input_size}")
-            self.feature_names = [c["name"] for c in self.columns]
+            columns = [Column.from_dict(c) for c in self.columns]
+            if total_width(columns) != width:
+                raise ValueError(f"the table columns make {total_width(columns)} features, "
+                                 f"but input_size is {self.input_size}")
+            self.columns = [c.to_dict() for c in columns]
+            self.feature_names = [c.name for c in columns]
 
     @property
     def table_columns(self) -> list[Column]:

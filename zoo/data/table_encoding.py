@@ -107,25 +107,38 @@ def is_categorical(series: pd.Series) -> bool:
 def fit_columns(frame: pd.DataFrame, categorical: Iterable[str] = ()) -> list[Column]:
     """The columns of ``frame`` (the training split's rows) fitted: medians, which numeric
     columns had missing values, the categories of each categorical column."""
+    forced = _forced(frame, categorical)
+    return [_fit_categorical(str(name), frame[name]) if name in forced
+            or is_categorical(frame[name]) else _fit_numeric(str(name), frame[name])
+            for name in frame.columns]
+
+
+def check_columns(frame: pd.DataFrame, categorical: Iterable[str] = ()) -> None:
+    """What :func:`fit_columns` would refuse, checked without fitting the categories: a
+    numeric column holding text or infinities, or no values at all."""
+    forced = _forced(frame, categorical)
+    for name in frame.columns:
+        if name not in forced and not is_categorical(frame[name]):
+            _fit_numeric(str(name), frame[name])
+
+
+def _forced(frame: pd.DataFrame, categorical: Iterable[str]) -> set[str]:
+    """The columns named categorical, each checked to be one of ``frame``'s."""
     forced = set(categorical)
     unknown = sorted(forced - set(frame.columns))
     if unknown:
         raise ValueError(f"categorical column(s) {unknown} are not features of the table; "
                          f"features: {', '.join(map(str, frame.columns))}")
-    columns = []
-    for name in frame.columns:
-        series = frame[name]
-        if name in forced or is_categorical(series):
-            columns.append(_fit_categorical(str(name), series))
-        else:
-            values = _numbers(series, str(name))
-            missing = np.isnan(values)
-            if missing.all():
-                raise ValueError(f"column {name!r} has no values in the training split: leave "
-                                 "it out (feature_columns) or fill it in")
-            columns.append(Column(str(name), NUMERIC, float(np.median(values[~missing])),
-                                  bool(missing.any())))
-    return columns
+    return forced
+
+
+def _fit_numeric(name: str, series: pd.Series) -> Column:
+    values = _numbers(series, name)
+    missing = np.isnan(values)
+    if missing.all():
+        raise ValueError(f"column {name!r} has no values in the training split: leave "
+                         "it out (feature_columns) or fill it in")
+    return Column(name, NUMERIC, float(np.median(values[~missing])), bool(missing.any()))
 
 
 def _texts(series: pd.Series) -> list[str | None]:
@@ -153,7 +166,7 @@ def _numbers(series: pd.Series, name: str) -> np.ndarray:
     else:  # served rows: numbers, numbers as text, None
         values = np.empty(len(series), dtype=np.float64)
         for i, value in enumerate(series):
-            number = _float(value)
+            number = _number(value)
             if number is None:
                 raise ValueError(f"column {name!r} is numeric, but row {i} holds {value!r}")
             values[i] = number
@@ -164,25 +177,20 @@ def _numbers(series: pd.Series, name: str) -> np.ndarray:
 
 
 def _number(value: Any) -> float | None:
-    """One value of a numeric column as a float (NaN if missing), None if it is no number."""
+    """One value of a numeric column as a float (NaN if missing, infinite if an integer is
+    too large for any float), None if it is no number."""
     if value is None or value is pd.NA or (isinstance(value, str) and value.strip() == ""):
         return math.nan
-    if isinstance(value, (bool, int, float, np.number)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _float(value: Any) -> float | None:
-    """:func:`_number`, with an integer too large for a float as infinite (reported)."""
     try:
-        return _number(value)
+        if isinstance(value, (bool, int, float, np.number)):
+            return float(value)
+        if isinstance(value, str):
+            return float(value)
     except OverflowError:
         return math.inf
+    except ValueError:
+        return None
+    return None
 
 
 def encode(frame: pd.DataFrame, columns: Sequence[Column]) -> np.ndarray:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .sources import DATASETS, LoadedData
-from .table_encoding import Column, encode, fit_columns
+from .table_encoding import Column, check_columns, encode, fit_columns
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def table_data(frame: pd.DataFrame, name: str, what: str, *, label_column: str,
     index = {v: i for i, v in enumerate(uniques)}
     y = torch.from_numpy(np.array(labels.map(index), dtype=np.int64))
     table = Table(frame[features], categorical)
-    table.fit()  # checks every column now (a numeric column holding text, an empty one)
+    check_columns(table.frame, categorical)  # now: a numeric column holding text, an empty one
     log.info("%s: %d rows, %d features, %d classes", name, len(y), len(features), len(names))
     return LoadedData(Path(name).stem, "tabular", table, y, names, feature_names=features)
 
