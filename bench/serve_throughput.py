@@ -1,6 +1,6 @@
 """The server under load, side by side with raw ONNX Runtime and MLflow's scoring server.
 
-    python bench/serve_throughput.py [--markdown] [--seconds 10]
+    python bench/serve_throughput.py [--markdown] [--seconds 10] [--baseline REV]
 
 Two cases, each a resnet18 trained for one epoch on digits, registered and exported into a
 temporary store (weights do not change speed), loaded by 1, 8, 32 and 64 concurrent
@@ -13,6 +13,8 @@ clients sending one image per request:
 - HTTP-bound: 32 px, the default. ONNX Runtime is fast; requests/s is set by HTTP handling,
   so the run also sends the image as the raw body (``Content-Type: image/png``) besides
   multipart, and breaks one request's CPU time down (decode, model, JSON, the rest).
+  ``--baseline REV`` serves this case with another revision's server too (a temporary git
+  worktree, multipart), so what a change gained is measured side by side in one run.
 
 Each case also serves the same registered version with ``mlflow models serve`` (MLflow's
 scoring server running the model's pyfunc, base64 images in ``dataframe_split`` JSON, the
@@ -28,17 +30,34 @@ import argparse
 import asyncio
 import contextlib
 import io
+import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # support.*
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """``revision`` of this repository in a temporary git worktree, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="zoo-baseline-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder),
+                    revision], check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)],
+                       check=False, capture_output=True)
 
 
 @dataclass
@@ -48,10 +67,17 @@ class Load:
     seconds: float
     latencies: list[float]
     errors: int
+    server_cpu: float = math.nan  # CPU seconds of the server's processes meanwhile
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU per request (all its processes and threads), microseconds: a
+        steadier measure than requests/s on a machine whose speed drifts."""
+        return self.server_cpu / max(self.requests, 1) * 1e6
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000
@@ -148,13 +174,33 @@ def multipart(png: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process and all its descendants (a server's workers), or NaN."""
+    import psutil
+
+    if pid is None:
+        return math.nan
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+    except psutil.Error:
+        return math.nan
+
+
 async def load(url: str, bodies: list[tuple[bytes, str]], concurrency: int,
-               seconds: float, route: str = "/embed") -> Load:
+               seconds: float, route: str = "/embed", server_pid: int | None = None) -> Load:
+    """``concurrency`` clients posting ``bodies`` in turn for ``seconds``, after one second
+    of warm-up; with ``server_pid``, the server's CPU time over the same span."""
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
-    stop = time.perf_counter() + seconds
+    stop = time.perf_counter() + 1.0
 
     async def client(worker: int, session: aiohttp.ClientSession) -> None:
         nonlocal errors
@@ -175,11 +221,14 @@ async def load(url: str, bodies: list[tuple[bytes, str]], concurrency: int,
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(client(w, session) for w in range(min(concurrency, 4))))  # warm
         latencies.clear()
+        errors = 0
+        cpu = cpu_seconds(server_pid)
         stop = time.perf_counter() + seconds
         start = time.perf_counter()
         await asyncio.gather(*(client(w, session) for w in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return Load(concurrency, len(latencies), elapsed, latencies, errors)
+        cpu = cpu_seconds(server_pid) - cpu
+    return Load(concurrency, len(latencies), elapsed, latencies, errors, cpu)
 
 
 def cpu_breakdown(onnx: str, pngs: list[bytes]) -> dict[str, float]:
@@ -221,22 +270,26 @@ def cpu_breakdown(onnx: str, pngs: list[bytes]) -> dict[str, float]:
 
 
 def serve_case(env: dict[str, str], bodies: list[tuple[bytes, str]], seconds: float,
-               concurrencies: list[int], raw: Raw) -> list[tuple[float, Load]]:
-    """Each load measured between two raw measurements: (mean raw img/s, load)."""
+               concurrencies: list[int], raw: Raw, code: Path = REPO
+               ) -> list[tuple[float, Load]]:
+    """Each load measured between two raw measurements: (mean raw img/s, load). ``code``:
+    the checkout whose server runs (another revision's, for ``--baseline``)."""
     from support.process import Server
 
-    with Server("serving.service:ZooService", {k: v for k, v in env.items() if k != "onnx"}) \
+    env = {k: v for k, v in env.items() if k != "onnx"}
+    with Server("serving.service:ZooService", {**env, "PYTHONPATH": str(code)}, cwd=code) \
             as server:
-        return measured(server.url, "/embed", bodies, seconds, concurrencies, raw)
+        return measured(server.url, "/embed", bodies, seconds, concurrencies, raw,
+                        server.process.pid)
 
 
 def measured(url: str, route: str, bodies: list[tuple[bytes, str]], seconds: float,
-             concurrencies: list[int], raw: Raw) -> list[tuple[float, Load]]:
+             concurrencies: list[int], raw: Raw, pid: int) -> list[tuple[float, Load]]:
     asyncio.run(load(url, bodies, 4, 2, route))  # warm up
     before = raw.measure(seconds / 2)
     results = []
     for concurrency in concurrencies:
-        result = asyncio.run(load(url, bodies, concurrency, seconds, route))
+        result = asyncio.run(load(url, bodies, concurrency, seconds, route, pid))
         time.sleep(1)
         after = raw.measure(seconds / 2)
         results.append(((before + after) / 2, result))
@@ -265,15 +318,16 @@ def mlflow_case(env: dict[str, str], pngs: list[bytes], seconds: float,
         ScoringServerClient("127.0.0.1", port).wait_server_ready(timeout=180,
                                                                  scoring_server_proc=proc)
         return measured(f"http://127.0.0.1:{port}", "/invocations",
-                        [scoring_json(p) for p in pngs], seconds, concurrencies, raw)
+                        [scoring_json(p) for p in pngs], seconds, concurrencies, raw, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def summary(rows: list[tuple[int, str, float, Load]]) -> list[str]:
+def summary(rows: list[tuple[int, str, float, Load]], baseline: str | None) -> list[str]:
     """The targets, side by side: p99/p50 of the defaults, the zoo against MLflow's scoring
-    server at 32 clients, the raw-body route against multipart."""
+    server at 32 clients, the raw-body route against multipart (this revision's, and the
+    ``baseline`` revision's)."""
     at = {(size, name, r.concurrency): r for size, name, _, r in rows}
     lines = []
     for size in sorted({s for s, *_ in rows}, reverse=True):
@@ -291,7 +345,16 @@ def summary(rows: list[tuple[int, str, float, Load]]) -> list[str]:
         light = at.get((size, "default, raw body", 32))
         if ours and light:
             lines.append(f"  32 clients: the raw-body route {light.rps / ours.rps:.2f}x multipart's "
-                         f"requests/s ({light.rps:.0f} vs {ours.rps:.0f})")
+                         f"requests/s ({light.rps:.0f} vs {ours.rps:.0f}), "
+                         f"{light.cpu_us:.0f} vs {ours.cpu_us:.0f} us of server CPU each")
+        before = at.get((size, f"{baseline}, default", 32))
+        if before and ours:
+            for name, now in (("multipart", ours), ("the raw-body route", light)):
+                if now:
+                    lines.append(
+                        f"  32 clients: {name} {now.rps / before.rps:.2f}x {baseline}'s "
+                        f"requests/s ({now.rps:.0f} vs {before.rps:.0f}; target >= 1.5), "
+                        f"{now.cpu_us:.0f} vs {before.cpu_us:.0f} us of server CPU each")
     return lines
 
 
@@ -300,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="also serve the 32 px case with this git revision's server "
+                             "(multipart), side by side: what a change gained")
     args = parser.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.WARNING)
@@ -307,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = [1, 8, 32, 64]
     multiparts, raws = [multipart(p) for p in pngs], [raw_body(p) for p in pngs]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="zoo-serve-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-serve-bench-"))
+        baseline = stack.enter_context(checkout(args.baseline)) if args.baseline else None
         for size in (112, 32):
             print(f"preparing resnet18 at {size} px ...", file=sys.stderr, flush=True)
             env = prepare(size, Path(tmp))
@@ -315,13 +383,16 @@ def main(argv: list[str] | None = None) -> int:
             from serving.settings import ServeSettings
 
             workers = ServeSettings().worker_count
-            cases = [("default", {}, multiparts), ("1 worker", {"ZOO_WORKERS": "1"}, multiparts)]
+            cases = [("default", {}, multiparts, REPO),
+                     ("1 worker", {"ZOO_WORKERS": "1"}, multiparts, REPO)]
             if size == 32:
-                cases.insert(1, ("default, raw body", {}, raws))
-            for name, extra, bodies in cases:
+                cases.insert(1, ("default, raw body", {}, raws, REPO))
+                if baseline is not None:
+                    cases.insert(0, (f"{args.baseline}, default", {}, multiparts, baseline))
+            for name, extra, bodies, code in cases:
                 print(f"  {size} px, {name} ...", file=sys.stderr, flush=True)
                 for rate, result in serve_case({**env, **extra}, bodies, args.seconds,
-                                               concurrencies, raw):
+                                               concurrencies, raw, code):
                     rows.append((size, name, rate, result))
             print(f"  {size} px, mlflow models serve ...", file=sys.stderr, flush=True)
             for rate, result in mlflow_case(env, pngs, args.seconds, concurrencies, raw,
@@ -332,18 +403,18 @@ def main(argv: list[str] | None = None) -> int:
                 breakdown = cpu_breakdown(env["onnx"], pngs)
     sep = "|" if args.markdown else " "
     header = ["px", "server", "raw ORT img/s (b32)", "clients", "req/s", "p50 ms", "p99 ms",
-              "p99/p50", "errors", "server/raw"]
+              "p99/p50", "server CPU us/req", "errors", "server/raw"]
     lines = [sep.join(header)]
     if args.markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for size, name, raw, r in rows:
         cells = [str(size), name, f"{raw:.0f}", str(r.concurrency), f"{r.rps:.0f}",
                  f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", f"{r.pct(99) / r.pct(50):.1f}",
-                 str(r.errors), f"{r.rps / raw:.2f}"]
+                 f"{r.cpu_us:.0f}", str(r.errors), f"{r.rps / raw:.2f}"]
         lines.append("| " + " | ".join(cells) + " |" if args.markdown else sep.join(cells))
     print("\n".join(lines))
     print()
-    for line in summary(rows):
+    for line in summary(rows, args.baseline):
         print(line)
     best32 = max((r.rps for s, n, _, r in rows if s == 32 and n == "default"), default=0)
     if best32:

@@ -35,6 +35,7 @@ class _Job:
     inputs: np.ndarray
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
+    checked: bool = True  # False for a chunk of a large request: checked whole, afterwards
 
 
 def _settle(future: asyncio.Future[Outputs], result: Outputs | BaseException) -> None:
@@ -50,10 +51,15 @@ class Batcher:
     """Coalesce ``await batcher(x)`` calls into calls of ``fn`` on concatenated inputs."""
 
     def __init__(self, fn: Callable[[np.ndarray], Outputs], max_batch_size: int = 64,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 check: Callable[[Outputs], None] | None = None) -> None:
+        """``check`` raises for outputs a caller must not get; it runs on the whole batch
+        (one vectorised call), and on each caller's share only when the batch fails it, so
+        that only the callers whose outputs are bad get the error."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.fn, self.max_batch_size, self.on_batch = fn, max_batch_size, on_batch
+        self.check = check
         self._queue: deque[_Job] = deque()
         self._ready = threading.Condition()
         self._closed = False
@@ -62,12 +68,20 @@ class Batcher:
 
     async def __call__(self, inputs: np.ndarray) -> Outputs:
         """The model's outputs for ``inputs`` (``[N, ...]``), computed with others' inputs."""
-        if len(inputs) > self.max_batch_size:  # one large request: in chunks, each batched
-            parts = [await self(inputs[i:i + self.max_batch_size])
-                     for i in range(0, len(inputs), self.max_batch_size)]
-            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if len(inputs) <= self.max_batch_size:
+            return await self._submit(inputs, checked=True)
+        # one large request: in chunks, each batched, checked as a whole (the error then
+        # names the input's index in the request, not in its chunk)
+        parts = [await self._submit(inputs[i:i + self.max_batch_size], checked=False)
+                 for i in range(0, len(inputs), self.max_batch_size)]
+        outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if self.check is not None:
+            self.check(outputs)
+        return outputs
+
+    async def _submit(self, inputs: np.ndarray, checked: bool) -> Outputs:
         loop = asyncio.get_running_loop()
-        job = _Job(inputs, loop.create_future(), loop)
+        job = _Job(inputs, loop.create_future(), loop, checked)
         with self._ready:
             if self._closed:
                 raise RuntimeError("the model is shutting down")
@@ -104,12 +118,33 @@ class Batcher:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(batch))
-            start = 0
+            parts, start = [], 0
             for job in jobs:
                 end = start + len(job.inputs)
-                part = {k: v[start:end] for k, v in outputs.items()}
-                job.loop.call_soon_threadsafe(_settle, job.future, part)
+                parts.append({k: v[start:end] for k, v in outputs.items()})
                 start = end
+            for job, result in zip(jobs, self._checked(outputs, jobs, parts)):
+                job.loop.call_soon_threadsafe(_settle, job.future, result)
+
+    def _checked(self, outputs: Outputs, jobs: list[_Job], parts: list[Outputs]
+                 ) -> list[Outputs | BaseException]:
+        """Each caller's share of ``outputs``, or the error ``check`` raises for it."""
+        if self.check is None:
+            return list(parts)
+        try:
+            self.check(outputs)
+            return list(parts)
+        except Exception:  # noqa: BLE001 - some share is bad: find whose
+            pass
+        results: list[Outputs | BaseException] = []
+        for job, part in zip(jobs, parts):
+            try:
+                if job.checked:
+                    self.check(part)
+                results.append(part)
+            except Exception as exc:  # noqa: BLE001 - that caller's error, and only theirs
+                results.append(exc)
+        return results
 
     def close(self) -> None:
         with self._ready:

@@ -17,6 +17,7 @@ import torch
 from serving.batcher import Batcher, Outputs
 from serving.bundle import Bundle
 from serving.gallery_store import GalleryStore, embedding_contract
+from serving.inputs import check_finite
 from serving.runtimes import open_runtime
 from serving.schemas import ClassScore
 from serving.settings import ServeSettings
@@ -58,7 +59,7 @@ class ServedModel:
         self.runtime = open_runtime(bundle, settings.runtime, settings.device, threads,
                                     settings.spin)
         self.output_names = self.runtime.output_names
-        self.batcher = Batcher(self.run, settings.max_batch_size, on_batch)
+        self.batcher = Batcher(self.run, settings.max_batch_size, on_batch, check_finite)
         dim = self.embedding_dim = self.runtime.embedding_dim
         self.contract = embedding_contract(bundle, dim)
         # keyed by the run too: a store made afresh numbers its versions from 1 again
@@ -96,7 +97,8 @@ class ServedModel:
         return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
 
     async def infer(self, x: np.ndarray) -> Outputs:
-        """:meth:`run` batched with concurrent requests."""
+        """:meth:`run` batched with concurrent requests; a non-finite output is a
+        ``RequestError`` (``check_finite``) for the request whose input it was."""
         return await self.batcher(x)
 
     def top_classes(self, logits: np.ndarray, k: int) -> list[list[ClassScore]]:

@@ -28,7 +28,7 @@ from serving.auth import RequireKeys
 from serving.bundle import Bundle, fetch_bundle
 from serving.engine import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
-                            check_finite, identity_name, read_inputs)
+                            identity_name, read_inputs)
 from serving.limits import RequestSizeLimit
 from serving.raw_images import RawImageEmbed
 from serving.packaging import bento_model
@@ -127,17 +127,12 @@ class ZooService:
                       ) -> tuple[np.ndarray, list[Image.Image]]:
         return await read_inputs(images, rows, self.model.pre, SETTINGS, self.budget, keep)
 
-    async def _infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        out = await self.model.infer(x)
-        check_finite(out)
-        return out
-
     @bentoml.api
     @answers_errors
     async def embed(self, images: Images = None, rows: Rows = None) -> EmbedResponse:
         """One L2-normalised embedding per image or row."""
         x, _ = await self._inputs(images, rows)
-        out = await self._infer(x)
+        out = await self.model.infer(x)
         return EmbedResponse(**self.served, embeddings=out["embedding"].tolist())
 
     @bentoml.api
@@ -148,7 +143,7 @@ class ZooService:
         if not self.model.has_classes:
             raise RequestError("this model has no classifier head: use /embed or /identify")
         x, _ = await self._inputs(images, rows)
-        out = await self._infer(x)
+        out = await self.model.infer(x)
         top = self.model.top_classes(out["logits"], top_k or SETTINGS.top_k)
         return ClassifyResponse(**self.served, predictions=top)
 
@@ -158,7 +153,7 @@ class ZooService:
                        top_k: TopK = None) -> IdentifyResponse:
         """Nearest gallery identities; ``unknown`` below the FAR 1e-3 threshold."""
         x, _ = await self._inputs(images, rows)
-        out = await self._infer(x)
+        out = await self.model.infer(x)
         answers = await _in_thread(self.model.identify, out["embedding"], top_k or SETTINGS.top_k)
         return IdentifyResponse(**self.served, threshold=self.model.threshold, results=[
             Identification(identity=a.identity, known=a.known,
@@ -172,7 +167,7 @@ class ZooService:
         """Add images (or rows) of ``identity`` to the gallery, saved before answering."""
         name = identity_name(identity)
         x, _ = await self._inputs(images, rows)
-        out = await self._infer(x)
+        out = await self.model.infer(x)
         digests = ([hashlib.sha256(upload.data).hexdigest() for upload in images] if images
                    else [hashlib.sha256(json.dumps(row).encode()).hexdigest()
                          for row in rows or []])
@@ -206,7 +201,7 @@ class ZooService:
             if target.strip():
                 raise RequestError("send a target class or a reference image, not both")
             ref_x, _ = await self._inputs(reference, None)
-            ref = torch.from_numpy((await self._infer(ref_x))["embedding"])
+            ref = torch.from_numpy((await self.model.infer(ref_x))["embedding"])
         elif not self.model.has_classes:
             raise RequestError("this model has no classes: send a reference image to explain "
                                "a similarity")
@@ -240,7 +235,7 @@ class ZooService:
             x, _ = await self._inputs(images, rows)
         except RequestError as exc:
             raise openai_api.OpenAIError(str(exc), exc.status, "input") from None
-        out = await self._infer(x)
+        out = await self.model.infer(x)
         return openai_api.embedding_response(out["embedding"], info.name, encoding)
 
     @property

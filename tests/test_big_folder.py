@@ -68,7 +68,8 @@ def test_a_folder_beyond_the_budget_trains_exports_and_serves(tracking_uri: str,
     assert runs[0].data.params["loader_workers"] == "2"
 
     register_best(runs, "test_precision_at_1")
-    export_model(ExportConfig(model_uri="models:/zoo-photos@champion", formats="onnx"))
+    export_model(ExportConfig(model_uri="models:/zoo-photos@champion", formats="onnx",
+                              time_runtimes=False))
     version = client.get_model_version_by_alias("zoo-photos", "champion")
     onnx_path = mlflow.artifacts.download_artifacts(
         f"runs:/{version.run_id}/export/model.onnx", dst_path=str(tmp_path / "ref"))

@@ -70,7 +70,7 @@ def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
             train(cfg)
             register_best(runs_of_experiment(cfg.tracking.experiment), "test_precision_at_1")
             export_model(ExportConfig(model_uri=f"models:/zoo-{cfg.data.source}@champion",
-                                      formats="onnx"))
+                                      formats="onnx", time_runtimes=False))
     finally:
         os.chdir(cwd)
         for key, value in saved.items():

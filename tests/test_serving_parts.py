@@ -15,8 +15,9 @@ from PIL import Image
 
 from serving.batcher import Batcher
 from serving.gradcam import Explainer, default_target_layer
-from serving.inputs import (NotAFile, PixelBudget, RequestError, Upload, _to_upload, decode_images,
-                            identity_name, model_input, open_image)
+from serving.inputs import (NotAFile, PixelBudget, RequestError, Upload, _to_upload,
+                            check_finite, decode_images, identity_name, model_input,
+                            open_image)
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.models import create_model
@@ -67,6 +68,70 @@ def test_batcher_gives_a_failure_to_every_caller_of_the_batch() -> None:
     assert isinstance(first, ValueError)
     # The second call either shared the failing batch or ran alone and succeeded.
     assert isinstance(second, ValueError) or second["y"][0, 0] == 1.0
+
+
+def test_a_bad_output_fails_only_the_caller_it_belongs_to() -> None:
+    """The batcher checks outputs once per batch; when the batch fails, only the caller
+    whose rows are not finite gets the error, naming its own input."""
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def model(x: np.ndarray) -> dict[str, np.ndarray]:
+        release.wait(5)
+        with np.errstate(invalid="ignore"):
+            return {"embedding": np.log(x)}  # log(-1) is NaN
+
+    batcher = Batcher(model, max_batch_size=8, on_batch=sizes.append, check=check_finite)
+
+    async def main() -> list:
+        first = asyncio.ensure_future(batcher(np.ones((1, 2))))
+        await asyncio.sleep(0.2)  # the model holds the first batch; the next three queue
+        rest = [asyncio.ensure_future(batcher(x)) for x in
+                (np.ones((2, 2)), np.array([[1.0, 1.0], [1.0, -1.0]]), np.full((1, 2), 2.0))]
+        await asyncio.sleep(0.2)
+        release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    first, good, bad, last = asyncio.run(main())
+    big = np.ones((20, 2))  # in chunks of 8; the index is the request's, not the chunk's
+    big[17, 1] = -1
+    with pytest.raises(RequestError, match="embedding of input 17 is not finite"):
+        asyncio.run(batcher(big))
+    batcher.close()
+    assert sizes[:2] == [1, 5]  # the three shared one batch
+    assert isinstance(bad, RequestError) and "embedding of input 1 is not finite" in str(bad)
+    assert (good["embedding"] == 0).all() and first["embedding"].shape == (1, 2)
+    assert np.allclose(last["embedding"], np.log(2.0))
+
+
+def test_one_small_image_is_decoded_on_the_loop_and_others_in_threads(monkeypatch) -> None:
+    """One small image skips the two thread hops (the light, frequent request); several
+    images, or a large one, are decoded in threads. Both give the offline arrays."""
+    import anyio.to_thread
+
+    import serving.inputs as inputs
+
+    settings = ServeSettings()
+    pre = Preprocessing("image", (3, 32, 32), [0.5] * 3, [0.25] * 3, ["a"])
+    rng = np.random.default_rng(0)
+    small = Upload("s.png", _png(rng.integers(0, 255, (8, 8), np.uint8)))
+    large = Upload("l.png", _png(rng.integers(0, 255, (200, 200), np.uint8)))
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(fn, *args, **kwargs):
+        hops.append(fn.__name__)
+        return await run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(inputs.anyio.to_thread, "run_sync", counted)
+    budget = PixelBudget(settings.max_request_pixels)
+    for uploads, expected in (([small], []), ([small, small], ["_checked", "_decode", "_decode"]),
+                              ([large], ["_checked", "_decode"])):
+        hops.clear()
+        x, _ = asyncio.run(decode_images(uploads, pre, settings, budget))
+        assert hops == expected
+        assert np.array_equal(x, inputs.images_to_array(uploads, pre, settings)[0])
+    assert len(small.data) <= inputs.SMALL_IMAGE_BYTES < len(large.data)
 
 
 @pytest.mark.parametrize("name,size,layer", [
