@@ -23,8 +23,9 @@ run: $(STAMP)    ## train the default model (resnet18 + ArcFace on digits) into 
 serve: $(STAMP)  ## serve ZOO_MODEL_URI (default models:/zoo-digits@champion) on http://127.0.0.1:3000 (ZOO_HOST)
 	bentoml serve serving.service:ZooService
 
-test: $(STAMP)   ## the whole test suite
-	$(PY) -m pytest
+test: $(STAMP)   ## ruff, then the whole test suite (beside a throwaway PostgreSQL where it is installed)
+	$(PY) -m ruff check .
+	$(PY) tests/support/throwaway_postgres.py $(PY) -m pytest
 
 ui: $(STAMP)     ## the MLflow UI over the embedded store
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns

@@ -43,7 +43,8 @@ y = np.arange(n) % classes
 x = np.empty((n, dim), np.float32)
 for lo in range(0, n, 100_000):
     part = y[lo:lo + 100_000]
-    x[lo:lo + len(part)] = centres[part] + 1.5 * rng.normal(size=(len(part), dim)).astype(np.float32)
+    x[lo:lo + len(part)] = (centres[part]
+                            + 1.5 * rng.normal(size=(len(part), dim)).astype(np.float32))
 out = {{"data_rss_mb": rss_mb()}}
 if mode == "before":
     import faiss

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*
 
-from bench.serve_throughput import prepare  # noqa: E402
+from bench.serve_throughput import prepare
 
 BYTES_PER_PIXEL_AT_WORST = 16  # RGBA decoded, a white RGBA, the composite, then RGB
 
@@ -117,7 +117,8 @@ def main() -> None:
           f"({len(image) * count / 1024:.0f} KB on the wire, "
           f"{count * side * side * 4 / mib:.0f} MiB decoded), {args.seconds:.0f} s, "
           f"{workers} workers")
-    print(f"requests answered: {len(answers)} ({', '.join(f'{s}: {answers.count(s)}' for s in sorted(set(answers)))})")
+    print(f"requests answered: {len(answers)} "
+          f"({', '.join(f'{s}: {answers.count(s)}' for s in sorted(set(answers)))})")
     print(f"RSS with the model loaded: {baseline / mib:.0f} MiB; peak under load: "
           f"{peak[0] / mib:.0f} MiB (+{(peak[0] - baseline) / mib:.0f} MiB)")
     print(f"bound set by the pixel budget: {bound / mib:.0f} MiB ({workers} workers x "

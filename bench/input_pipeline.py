@@ -37,10 +37,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.engine.input_pipeline import EpochInput  # noqa: E402
-from zoo.data import LazyImages, load_data  # noqa: E402
-from zoo.losses import create_loss  # noqa: E402
-from zoo.models import create_model  # noqa: E402
+from training.engine.input_pipeline import EpochInput
+from zoo.data import LazyImages, load_data
+from zoo.losses import create_loss
+from zoo.models import create_model
 
 
 def make_folder(root: Path, images: int, classes: int) -> Path:

@@ -344,7 +344,8 @@ def summary(rows: list[tuple[int, str, float, Load]], baseline: str | None) -> l
                          f"{ours.pct(99):.0f} vs {theirs.pct(99):.0f} ms")
         light = at.get((size, "default, raw body", 32))
         if ours and light:
-            lines.append(f"  32 clients: the raw-body route {light.rps / ours.rps:.2f}x multipart's "
+            lines.append("  32 clients: the raw-body route "
+                         f"{light.rps / ours.rps:.2f}x multipart's "
                          f"requests/s ({light.rps:.0f} vs {ours.rps:.0f}), "
                          f"{light.cpu_us:.0f} vs {ours.cpu_us:.0f} us of server CPU each")
         before = at.get((size, f"{baseline}, default", 32))

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zoo.losses import create_loss  # noqa: E402
-from zoo.models import create_model  # noqa: E402
+from zoo.losses import create_loss
+from zoo.models import create_model
 
 MODELS = "resnet18,convnext_atto,mobilenetv3_small_100,hybrid,timm/vgg11_bn@faces-small"
 

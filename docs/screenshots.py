@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*
-from support.mlflow_process import mlflow_process  # noqa: E402
+from support.mlflow_process import mlflow_process
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,7 +68,8 @@ def main() -> None:
     with mlflow_process("ui", "--backend-store-uri", args.store) as url:
         screenshot(f"{url}/#/compare-runs?{query}", args.out / "mlflow_compare.png", "1600,1100")
         order = urllib.parse.urlencode({"orderByKey": "metrics.`test_precision_at_1`",
-                                        "searchFilter": f"tags.`zoo.sweep` = '{parent.info.run_id}'",
+                                        "searchFilter": "tags.`zoo.sweep` = "
+                                                        f"'{parent.info.run_id}'",
                                         "orderByAsc": "false", "isComparingRuns": "false"})
         screenshot(f"{url}/#/experiments/{parent.info.experiment_id}/runs?{order}",
                    args.out / "mlflow_runs.png", "1800,1000")

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from serving.bundle import fetch_bundle
 from serving.engine import ServedModel
 from serving.inputs import RequestError, Upload, identity_name, images_to_array
+from serving.mlflow_source import fetch_bundle
 from serving.settings import ServeSettings
+from zoo.cli import StrictParser
 from zoo.data.sources import image_extensions
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,8 @@ def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.enroll", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictParser(prog="python -m serving.enroll", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True,
                         help="folder with one sub-folder of images per identity")
     parser.add_argument("--model-uri", default=ServeSettings().model_uri,

@@ -24,7 +24,8 @@ class BodyTooLarge(Exception):
 class RequestSizeLimit:
     """ASGI middleware: 413 for bodies over ``max_bytes``."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
+                 max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from _bentoml_impl import serde as bentoml_serde  # noqa: I001 - BentoML's table of readers
+from _bentoml_impl import serde as bentoml_serde  # BentoML's table of readers
 from _bentoml_sdk.typing_utils import is_list_type, is_union_type
 
 if t.TYPE_CHECKING:

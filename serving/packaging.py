@@ -21,7 +21,7 @@ from pathlib import Path
 import bentoml
 import yaml
 
-from serving.bundle import BENTO_LABEL, Bundle, fetch_bundle
+from serving.bundle import BENTO_LABEL, Bundle
 from serving.settings import ServeSettings
 from zoo.values import parse_bool
 
@@ -98,5 +98,7 @@ def bento_model(settings: ServeSettings) -> bentoml.models.BentoModel | None:
     args = _arguments()
     if not parse_bool(args.get(PACK_ARGUMENT) or "false", PACK_ARGUMENT):
         return None
+    from serving.mlflow_source import fetch_bundle  # `bentoml build` only: it reads MLflow
+
     uri = args.get(MODEL_URI_ARGUMENT) or settings.model_uri
     return bentoml.models.BentoModel(pack(fetch_bundle(uri, settings.cache_path())))

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.bundle import fetch_bundle
 from serving.engine import ServedModel
 from serving.gradcam import METHODS
 from serving.inputs import RequestError, Upload, open_image
+from serving.mlflow_source import fetch_bundle
 from serving.settings import ServeSettings
+from zoo.cli import StrictParser
 from zoo.data import preprocess_images
 from zoo.data.sources import image_extensions
 
@@ -112,8 +113,8 @@ def _overlays(model: ServedModel, decoded: list, x: np.ndarray, folder: Path, ro
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictParser(prog="python -m serving.predict", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
     parser.add_argument("--model-uri", default=ServeSettings().model_uri,
                         help="registered model (default: %(default)s)")
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}" + (f" and overlays in {args.gradcam_dir}" if args.gradcam_dir
-                                     else "") + (f" ({failed} unreadable images)" if failed else ""))
+                                     else "")
+          + (f" ({failed} unreadable images)" if failed else ""))
     return 0
 
 

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse
 
 from serving import latency, multipart, openai_api
 from serving.auth import RequireKeys
-from serving.bundle import Bundle, fetch_bundle
+from serving.bundle import Bundle
 from serving.engine import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
                             identity_name, read_inputs)
@@ -42,8 +42,12 @@ try:  # fail here, before any worker starts, with one line that says what is mis
     SETTINGS = ServeSettings.from_env()
     KEYS = SETTINGS.keys()
     PACKED = bento_model(SETTINGS)
-    BUNDLE = None if PACKED is not None else fetch_bundle(SETTINGS.model_uri,
-                                                          SETTINGS.cache_path())
+    if PACKED is None:  # from the MLflow store (a built Bento holds its model: no MLflow)
+        from serving.mlflow_source import fetch_bundle
+
+        BUNDLE = fetch_bundle(SETTINGS.model_uri, SETTINGS.cache_path())
+    else:
+        BUNDLE = None
 except (LookupError, FileNotFoundError, ValueError) as exc:
     raise SystemExit(f"error: cannot serve: {exc}") from None
 multipart.install(max_files=SETTINGS.max_images + 2)  # never fetch a text value as a URL

@@ -9,10 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import get_type_hints
+from typing import TYPE_CHECKING, get_type_hints
 
-from training.tracking.model_source import DEFAULT_MODEL_URI
 from zoo.values import parse_value
+
+if TYPE_CHECKING:
+    from serving.auth import Keys
+
+#: What the server answers for when ZOO_MODEL_URI is unset.
+DEFAULT_MODEL_URI = "models:/zoo-digits@champion"
 
 ENV_PREFIX = "ZOO_"
 
@@ -150,7 +155,8 @@ class ServeSettings:
         return auto_workers(self.device)
 
     def gallery_path(self, model_key: str) -> Path:
-        return Path(self.gallery_dir) if self.gallery_dir else _state_home() / "galleries" / model_key
+        return (Path(self.gallery_dir) if self.gallery_dir
+                else _state_home() / "galleries" / model_key)
 
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else _cache_home() / "bundles"

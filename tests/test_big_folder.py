@@ -80,8 +80,10 @@ def test_a_folder_beyond_the_budget_trains_exports_and_serves(tracking_uri: str,
     sample = [folder / f"kind{c}" / "0.jpg" for c in range(CLASSES)]
     expected = session.run(["embedding"], {"input": preprocess_images(
         [Image.open(p) for p in sample], pre).numpy()})[0]
-    server_env = {"MLFLOW_TRACKING_URI": tracking_uri, "ZOO_MODEL_URI": "models:/zoo-photos@champion",
-                  "ZOO_CACHE_DIR": str(tmp_path / "cache"), "ZOO_GALLERY_DIR": str(tmp_path / "gallery"),
+    server_env = {"MLFLOW_TRACKING_URI": tracking_uri,
+                  "ZOO_MODEL_URI": "models:/zoo-photos@champion",
+                  "ZOO_CACHE_DIR": str(tmp_path / "cache"),
+                  "ZOO_GALLERY_DIR": str(tmp_path / "gallery"),
                   "ZOO_WORKERS": "1"}
     with Server("serving.service:ZooService", server_env) as server:
         got = httpx.post(f"{server.url}/embed", timeout=60, files=[

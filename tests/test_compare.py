@@ -8,8 +8,8 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 
-from training.pipeline.compare import (Row, comparison_table, format_table, mean_over_seeds, plot_heatmap,
-                              to_markdown, write_tables)
+from training.pipeline.compare import (Row, comparison_table, format_table, mean_over_seeds,
+                                       plot_heatmap, to_markdown, write_tables)
 
 METRIC = "test_map_at_r"
 
@@ -104,7 +104,8 @@ def test_tables_written_and_parseable(rows: list[Row], tmp_path: Path) -> None:
     assert (csv_path.name, md_path.name) == ("comparison.csv", "comparison.md")
     back = pd.read_csv(csv_path)
     assert list(back.columns) == list(df.columns)
-    pd.testing.assert_frame_equal(back[["model", "loss", "status"]], df[["model", "loss", "status"]])
+    pd.testing.assert_frame_equal(back[["model", "loss", "status"]],
+                                  df[["model", "loss", "status"]])
     pd.testing.assert_series_equal(back[METRIC], df[METRIC])
     assert back["error"].iloc[-1] == df["error"].iloc[-1]  # multi-line text survives
 

@@ -322,7 +322,8 @@ def test_splits_stratified_disjoint_deterministic(digits: LoadedData) -> None:
     assert abs(len(s.test) / len(digits) - 0.2) < 0.01
     assert abs(len(s.val) / len(digits) - 0.15) < 0.01
     same = split_data(digits, seed=0)
-    assert torch.equal(same.test.indices, s.test.indices) and torch.equal(same.test.x[:], s.test.x[:])
+    assert (torch.equal(same.test.indices, s.test.indices)
+            and torch.equal(same.test.x[:], s.test.x[:]))
     other = split_data(digits, seed=1)
     assert not torch.equal(other.test.indices, s.test.indices)
 

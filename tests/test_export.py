@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 import training.pipeline.export
-from serving.bundle import Bundle, fetch_bundle
+from serving.bundle import Bundle
+from serving.mlflow_source import fetch_bundle
 from tests.conftest import REPO
 from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model, save_rebuildable
@@ -380,8 +381,8 @@ def test_the_faster_runtime_is_timed_tagged_and_served(
     from serving.engine import ServedModel
     from serving.settings import ServeSettings
     from training.commands.retime import RetimeConfig, retime
-    from zoo.export.runtime_timing import (RUNTIME_TAG, RUNTIMES, TIMING_TAG,
-                                           RuntimeTiming)
+    from zoo.export.runtime_timing import RUNTIMES, RuntimeTiming
+    from zoo.names import RUNTIME_TAG, TIMING_TAG
 
     result = export_model(ExportConfig(model_uri=champion, formats="onnx"))
     client = mlflow.MlflowClient()

@@ -22,7 +22,8 @@ WITH_CLASSIFIER = MARGIN + LINEAR
 C, D, IN = 4, 16, 8  # classes, embedding dim, blob input dim
 
 
-def pk_batch(seed: int = 0, p: int = C, k: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pk_batch(seed: int = 0, p: int = C,
+             k: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A random P x K batch: (unit embeddings as a leaf tensor, labels, feature norms)."""
     g = torch.Generator().manual_seed(seed)
     raw = torch.randn(p * k, D, generator=g) * 3
@@ -39,7 +40,8 @@ def blobs(seed: int, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     1-NN gets about 60 %; an embedder must learn to ignore the nuisance to reach 90 %.
     The means do not depend on ``seed``.
     """
-    rotation, _ = torch.linalg.qr(torch.randn(IN, IN, generator=torch.Generator().manual_seed(1234)))
+    rotation, _ = torch.linalg.qr(torch.randn(IN, IN,
+                                              generator=torch.Generator().manual_seed(1234)))
     means = 5 * torch.eye(IN)[:C]
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(C * per_class, IN, generator=g)

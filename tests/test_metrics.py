@@ -42,7 +42,8 @@ def on_circle(degrees: list[float], radii: list[float] | None = None) -> np.ndar
     return np.stack([np.cos(a), np.sin(a)], axis=1) * r[:, None]
 
 
-def clustered(seed: int, sizes: list[int], dim: int = 16, noise: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+def clustered(seed: int, sizes: list[int], dim: int = 16,
+              noise: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian blobs of unequal sizes, shuffled."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(len(sizes), dim))
@@ -94,7 +95,8 @@ def test_expected_calibration_error_by_hand() -> None:
     # Binning matters here: conf 0.75 all right (gap .25) + conf 0.9 all wrong (gap .9) gives
     # (0.25 + 0.9) / 2 in separate bins, but |acc 1/2 - mean conf 0.825| in a single bin.
     labels3 = [0, 0, 0, 0, 1, 1, 1, 1]
-    assert expected_calibration_error(logits2, labels3, n_bins=15) == pytest.approx((0.25 + 0.9) / 2)
+    assert (expected_calibration_error(logits2, labels3, n_bins=15)
+            == pytest.approx((0.25 + 0.9) / 2))
     assert expected_calibration_error(logits2, labels3, n_bins=1) == pytest.approx(abs(0.5 - 0.825))
 
 
@@ -369,7 +371,8 @@ def test_verification_by_hand() -> None:
     assert roc_auc(sims, same) == pytest.approx(7 / 8)
 
     m = verification_metrics(VER_X, VER_Y, fars=(0.25, 0.1))
-    assert set(m) == {"roc_auc", "tar_at_far_0.25", "threshold_at_far_0.25", "tar_at_far_1e-1", "threshold_at_far_1e-1"}
+    assert set(m) == {"roc_auc", "tar_at_far_0.25", "threshold_at_far_0.25", "tar_at_far_1e-1",
+                      "threshold_at_far_1e-1"}
     assert m["roc_auc"] == pytest.approx(7 / 8)
     assert m["tar_at_far_0.25"] == pytest.approx(1.0)
     assert m["threshold_at_far_0.25"] == pytest.approx(math.cos(math.radians(55)), abs=1e-6)
@@ -436,17 +439,20 @@ def test_evaluate_key_sets() -> None:
     full = evaluate(torch.tensor(x), torch.tensor(y))
     assert set(full) == {"test_" + k for k in FULL_KEYS}
     assert all(isinstance(v, float) for v in full.values())
-    assert full["test_precision_at_1"] > 0.95 and full["test_nmi"] > 0.9 and full["test_roc_auc"] > 0.95
+    assert (full["test_precision_at_1"] > 0.95 and full["test_nmi"] > 0.9
+            and full["test_roc_auc"] > 0.95)
 
     with_logits = evaluate(x, y, logits)
-    assert set(with_logits) == {"test_" + k for k in FULL_KEYS | {"accuracy", "top5_accuracy", "ece"}}
+    assert set(with_logits) == {"test_" + k
+                                for k in FULL_KEYS | {"accuracy", "top5_accuracy", "ece"}}
     assert with_logits["test_top5_accuracy"] == 1.0  # k clipped to 4 classes
     assert list(with_logits) == metric_names("test_")
 
     cheap = evaluate(x, y, logits, prefix="val_", clustering=False, verification=False)
     assert set(cheap) == {
         f"val_{k}"
-        for k in ("precision_at_1", "r_precision", "map_at_r", "recall_at_5", "recall_at_10", "accuracy", "top5_accuracy", "ece")
+        for k in ("precision_at_1", "r_precision", "map_at_r", "recall_at_5", "recall_at_10",
+                  "accuracy", "top5_accuracy", "ece")
     }
     assert cheap["val_map_at_r"] == full["test_map_at_r"]
 

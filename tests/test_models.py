@@ -70,8 +70,8 @@ def _trainable_pairs() -> list[tuple[str, str]]:
     from zoo.losses import needed_outputs
     from zoo.models import training_outputs
 
-    return [(m, l) for m in (*CURATED_IMAGE_MODELS, *TABULAR, *AUTOENCODERS)
-            for l in LOSSES.names() if needed_outputs(l) <= training_outputs(m)]
+    return [(m, loss) for m in (*CURATED_IMAGE_MODELS, *TABULAR, *AUTOENCODERS)
+            for loss in LOSSES.names() if needed_outputs(loss) <= training_outputs(m)]
 
 
 @pytest.mark.parametrize("model_name, loss_name", _trainable_pairs())
@@ -131,7 +131,8 @@ def test_bad_stage_or_grid_says_what_exists(kwargs: dict, message: str) -> None:
 
 
 def test_tabular_models_refuse_a_feature_map_read_out() -> None:
-    with pytest.raises(ValueError, match="grid shape image backbones; tabular model 'residual_mlp'"):
+    with pytest.raises(ValueError,
+                       match="grid shape image backbones; tabular model 'residual_mlp'"):
         create_model("residual_mlp", 2, 8, num_features=7, grid=2)
     assert create_model("residual_mlp", 2, 8, num_features=7, grid=1, stage=None)
 
@@ -209,7 +210,7 @@ def test_zoo_list_shows_each_models_size_at_the_default_input() -> None:
     from zoo.__main__ import catalogue
 
     text = catalogue()
-    line = next(l for l in text.splitlines() if l.strip().startswith("resnet50 "))
+    line = next(row for row in text.splitlines() if row.strip().startswith("resnet50 "))
     real = sum(p.numel() for p in create_model("resnet50", 0, 128, image_size=32).parameters())
     assert f"{real / 1e6:.2f}M" in line
     assert "width_multiplier" in text and "drop_path_rate" in text and "seresnet152" in text

@@ -45,7 +45,8 @@ def store(tracking_uri: str, empty_store: Path) -> str:
 def make_run(p1: float, *, loss: str = "arcface", model: str = "residual_mlp",
              dataset: str = "digits", experiment: str = EXPERIMENT, nested: bool = False,
              tags: dict[str, str] | None = None, log_model: bool = True) -> Run:
-    """A FINISHED run shaped like training.pipeline.run's: zoo.* tags, test metrics, a logged model."""
+    """A FINISHED run shaped like training.pipeline.run's: zoo.* tags, test metrics, a logged
+    model."""
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"{model}-{loss}", nested=nested) as run:
         mlflow.set_tags({"zoo.model": model, "zoo.loss": loss, "zoo.dataset": dataset,

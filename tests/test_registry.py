@@ -35,7 +35,9 @@ def test_unknown_name_lists_choices_and_suggests() -> None:
     reg: Registry = Registry("loss")
     reg.register("arcface")(lambda: 1)
     reg.register("cosface")(lambda: 2)
-    with pytest.raises(UnknownNameError, match=r"unknown loss 'arcfce' \(did you mean 'arcface'\?\); choose from: arcface, cosface"):
+    with pytest.raises(UnknownNameError,
+                       match=r"unknown loss 'arcfce' \(did you mean 'arcface'\?\); "
+                             r"choose from: arcface, cosface"):
         reg.create("arcfce")
 
 

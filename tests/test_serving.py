@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from support.process import BENTOML, REPO, Server
+from support.process import BENTOML, REPO, Server, isolated_env
 from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model
 from training.pipeline.run import train
@@ -36,6 +37,7 @@ from training.tracking.registration import register_best, runs_of_experiment
 from zoo.data import Preprocessing, preprocess_images, preprocess_rows
 from zoo.data.emitters import emitters
 from zoo.export.onnx_format import read_metadata
+from zoo.gallery import Gallery
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +104,7 @@ class Reference:
                 dst_path=str(Path(store["root"]) / f"ref-{version.name}"))
         finally:
             mlflow.set_tracking_uri(None)
-        self.version = str(version.version)
+        self.version, self.run_id = str(version.version), version.run_id
         self.pre = Preprocessing.from_dict(read_metadata(Path(path))["preprocessing"])
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
@@ -815,32 +817,87 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
                 httpx.get(f"http://{ip}:{server.port}/livez", timeout=5)
 
 
-def test_built_bento_serves_without_the_store(store, digit_pngs, tmp_path: Path) -> None:
+def clean_clone(dest: Path) -> Path:
+    """The checkout's files as a fresh clone of this commit would hold them (tracked files, and
+    new ones not ignored), without build outputs, the venv or the store."""
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_built_bento_serves_alone(store, digit_pngs, tmp_path: Path) -> None:
+    """The README's "as a Bento" commands: built from a clean clone, then served from another
+    folder as in a container: no MLflow store, and neither the checkout, the training code nor
+    MLflow importable. The Bento holds serving/ and zoo/ and no training code."""
+    import base64
+
     import httpx
+    import openai
 
     home = tmp_path / "bentoml"
+    clone = clean_clone(tmp_path / "clone")
     env = {**os.environ, **_env(store, IMAGE_URI, "gallery-bento"), "BENTOML_HOME": str(home),
-           "BENTOML_DO_NOT_TRACK": "true"}
-    built = subprocess.run([BENTOML, "build", "-f", "serving/bentofile.yaml", "."], cwd=REPO,
+           "BENTOML_DO_NOT_TRACK": "true", **isolated_env(hide=("training",), checkout=False)}
+    built = subprocess.run([BENTOML, "build", "-f", "serving/bentofile.yaml", ".", "--arg",
+                            f"model_uri={IMAGE_URI}"], cwd=clone,
                            env=env, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
     assert 'Successfully built Bento(tag="zoo:' in built.stdout
-    # No MLflow store where the Bento is served: the model must come from the Bento itself.
+    src = next((home / "bentos" / "zoo").glob("*/src"))
+    assert (src / "serving" / "service.py").is_file() and (src / "zoo" / "names.py").is_file()
+    assert not (src / "training").exists()
+    # served from elsewhere: the model, the code and every name come from the Bento alone
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     gone = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'no-such-store.db'}",
             "BENTOML_HOME": str(home), "ZOO_CACHE_DIR": str(tmp_path / "empty-cache"),
             "ZOO_GALLERY_DIR": str(tmp_path / "bento-gallery"), "BENTOML_DO_NOT_TRACK": "true",
-            "ZOO_WORKERS": "1"}  # one process starts sooner; several are tested elsewhere
-    with Server("zoo:latest", gone, cwd=tmp_path) as server:
+            "ZOO_WORKERS": "1",  # one process starts sooner; several are tested elsewhere
+            **isolated_env(hide=("training", "mlflow"), checkout=False)}
+    reference = Reference(store, IMAGE_URI)
+    with Server("zoo:latest", gone, cwd=elsewhere) as server:
         info = httpx.get(f"{server.url}/model", timeout=30).json()
         assert info["uri"] == IMAGE_URI and info["name"] == "zoo-digits"
-        expected = Reference(store, IMAGE_URI).images(digit_pngs[:4])["embedding"]
+        expected = reference.images(digit_pngs[:4])["embedding"]
         got = httpx.post(f"{server.url}/embed", files=files(digit_pngs[:4]), timeout=60).json()
         assert np.abs(np.asarray(got["embeddings"]) - expected).max() <= 1e-5
+        # /identify against the exported gallery (the training split) the Bento carries
+        gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
+            f"runs:/{reference.run_id}/export/gallery", dst_path=str(tmp_path / "g"),
+            tracking_uri=store["MLFLOW_TRACKING_URI"])))
+        similarity = expected @ gallery.vectors().T
+        results = httpx.post(f"{server.url}/identify", files=files(digit_pngs[:4]),
+                             timeout=60).json()["results"]
+        for result, row in zip(results, similarity, strict=True):
+            assert result["matches"][0]["identity"] == gallery.labels[int(row.argmax())]
+            assert abs(result["matches"][0]["similarity"] - row.max()) <= 1e-4
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0,
+                               timeout=60)
+        urls = [f"data:image/png;base64,{base64.b64encode(b).decode()}" for b in digit_pngs[:2]]
+        answer = client.embeddings.create(model="zoo-digits", input=urls)
+        assert np.abs(np.asarray([d.embedding for d in answer.data]) - expected[:2]).max() <= 1e-5
         # no admin key here: the gallery is read-only
         refused = httpx.post(f"{server.url}/enroll", files=files(digit_pngs[:1]),
                              data={"identity": "x"}, timeout=60)
         assert refused.status_code == 403 and "read-only" in refused.json()["error"]
     assert not (tmp_path / "no-such-store.db").exists()
+
+
+def test_service_imports_without_the_training_code(store) -> None:
+    """serving/ reads MLflow through serving.mlflow_source alone: with ``training`` not
+    importable the service module loads its model from the store."""
+    code = ("import sys, serving.service as s; "
+            "print(s.BUNDLE.info.uri, 'training' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=180,
+                          env={**os.environ, **_env(store, IMAGE_URI, "gallery-import"),
+                               **isolated_env(hide=("training",))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [IMAGE_URI, "False"]
 
 
 # --- real clients: BentoML's, OpenAI's, MLflow's scoring server; keys; identities ---------

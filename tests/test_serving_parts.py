@@ -201,7 +201,8 @@ def test_inputs_are_checked_before_decoding() -> None:
     tabular = Preprocessing("tabular", (3,), [0.0] * 3, [1.0] * 3, ["a", "b"], ["f", "g", "h"])
     rows, _ = model_input(None, [[1, 2, 3]], tabular, settings)
     assert rows.dtype == np.float32 and rows.shape == (1, 3)
-    with pytest.raises(RequestError, match=r"row 1 has 2 values; the model takes 3 features \(f, g"):
+    with pytest.raises(RequestError,
+                       match=r"row 1 has 2 values; the model takes 3 features \(f, g"):
         model_input(None, [[1, 2, 3], [1, 2]], tabular, settings)
     with pytest.raises(RequestError, match="not images"):
         model_input([Upload("a.png", small)], None, tabular, settings)

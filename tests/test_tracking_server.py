@@ -1,14 +1,17 @@
-"""Beyond one machine: a 2 x 2 sweep as Ray tasks against a real ``mlflow server`` over HTTP,
-registered and exported there, and served from there.
+"""Beyond one machine: a real ``mlflow server`` over HTTP, trained into, registered and
+exported there, and served from there.
 
-The server's backend store is SQLite by default; with ``ZOO_TEST_POSTGRES_URI`` set
-(``postgresql://user:password@host:port/database``, an empty database) the same test runs
-against a server on that PostgreSQL store too.
+- On a SQLite backend store: a sweep of two models as Ray tasks.
+- On a PostgreSQL backend store (``ZOO_TEST_POSTGRES_URI``,
+  ``postgresql://user:password@host:port/database``, which ``make test`` sets to a throwaway
+  server): one run trained, registered and exported in process, in a database of its own
+  that the test creates there.
 """
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 import sys
 from pathlib import Path
 
@@ -21,26 +24,28 @@ from support.mlflow_process import mlflow_process
 POSTGRES = os.environ.get("ZOO_TEST_POSTGRES_URI", "")
 
 
-def _backend_store(kind: str, tmp_path: Path) -> str:
-    if kind == "postgres":
-        if not POSTGRES:
-            pytest.skip("set ZOO_TEST_POSTGRES_URI to run against a PostgreSQL backend store")
-        return POSTGRES
-    return f"sqlite:///{tmp_path / 'server.db'}"
+def _fresh_database(uri: str) -> str:
+    """An empty database beside ``uri``'s: MLflow's schema in a database of its own."""
+    import psycopg
+
+    name = f"zoo_tracking_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(uri, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return f"{uri.rsplit('/', 1)[0]}/{name}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
-        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = _backend_store(kind, tmp_path)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = f"sqlite:///{tmp_path / 'server.db'}"
     with mlflow_process("server", "--backend-store-uri", store, "--artifacts-destination",
                         str(tmp_path / "server-artifacts"), "--workers", "1") as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1"}
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "RAY_ADDRESS"):
             env.pop(var, None)
         proc = subprocess.run(
-            [sys.executable, "-m", "training.commands.sweep", "--backend", "ray", "--data", "emitters",
+            [sys.executable, "-m", "training.commands.sweep", "--backend", "ray",
+             "--data", "emitters",
              "--models", "residual_mlp,ft_transformer", "--losses", "arcface",
              "--epochs", "1", "--embedding_dim", "16", "--plots", "false",
              "--experiment", "server-sweep"],
@@ -78,7 +83,7 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
 
         # the serving side loads the exported champion from the same server
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        from serving.bundle import fetch_bundle
+        from serving.mlflow_source import fetch_bundle
         from serving.engine import ServedModel
         from serving.settings import ServeSettings
 
@@ -89,3 +94,54 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
         out = served.run(rows)
         assert out["embedding"].shape == (3, 16)
         assert np.allclose(np.linalg.norm(out["embedding"], axis=1), 1, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_postgresql_backed_tracking_server_trains_registers_exports_and_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not POSTGRES:
+        pytest.skip("set ZOO_TEST_POSTGRES_URI to run against a PostgreSQL backend store "
+                    "(make test starts a throwaway one where PostgreSQL is installed)")
+    import mlflow
+
+    from serving.engine import ServedModel
+    from serving.mlflow_source import fetch_bundle
+    from serving.settings import ServeSettings
+    from training.config import TrainConfig
+    from training.pipeline.export import ExportConfig, export_model
+    from training.pipeline.run import train
+    from training.tracking.registration import register_best, runs_of_experiment
+
+    store = _fresh_database(POSTGRES)
+    with mlflow_process("server", "--backend-store-uri", store, "--artifacts-destination",
+                        str(tmp_path / "server-artifacts"), "--workers", "1") as url:
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.chdir(tmp_path)
+        mlflow.set_tracking_uri(url)
+        try:
+            result = train(TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters",
+                                          epochs=1, embedding_dim=16, plots=False,
+                                          experiment="pg-store"))
+            registered = register_best(runs_of_experiment("pg-store"), "test_precision_at_1")
+            export_model(ExportConfig(model_uri="models:/zoo-emitters@champion", formats="onnx",
+                                      time_runtimes=False))
+            version = mlflow.MlflowClient().get_model_version_by_alias("zoo-emitters",
+                                                                       "champion")
+            bundle = fetch_bundle("models:/zoo-emitters@champion", tmp_path / "cache")
+        finally:
+            mlflow.set_tracking_uri(None)  # (which also unsets MLFLOW_TRACKING_URI)
+        assert registered.champion_moved and version.run_id == result.run_id
+        assert version.tags["zoo.exported"] == "true" and bundle.info.run_id == result.run_id
+        assert not (tmp_path / "mlruns").exists()  # everything went to the server
+        served = ServedModel(bundle, ServeSettings(threads=1, workers=1))
+        rows = np.random.default_rng(0).normal(size=(3, 12)).astype(np.float32)
+        assert served.run(rows)["embedding"].shape == (3, 16)
+    # the runs, the version and its tags are rows of that PostgreSQL database
+    import psycopg
+
+    with psycopg.connect(store) as connection:
+        tags = dict(connection.execute(
+            "SELECT key, value FROM model_version_tags WHERE name = 'zoo-emitters'").fetchall())
+    assert tags["zoo.exported"] == "true"

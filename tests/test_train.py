@@ -131,12 +131,45 @@ def test_config_parsing() -> None:
     cfg = TrainConfig.from_dict({"epochs": "3", "margin": "", "hflip": "true", "lr": "1e-3"})
     assert (cfg.optim.epochs == 3 and cfg.loss.margin is None and cfg.data.hflip is True
             and cfg.optim.lr == 1e-3)
-    with pytest.raises(ValueError, match="unknown training parameter"):
+    with pytest.raises(ValueError, match=r"unknown training parameter\(s\): epoch \(did you mean "
+                                         r"epochs\?\)"):
         TrainConfig.from_dict({"epoch": "3"})
     with pytest.raises(ValueError, match="epochs='x' is not a valid int"):
         TrainConfig.from_dict({"epochs": "x"})
     with pytest.raises(ValueError, match="schedule='linear' is not one of"):
         TrainConfig.of(schedule="linear")
+
+
+def test_command_line_refuses_abbreviations_and_unknown_names(capsys) -> None:
+    """argparse took ``--epoch`` for ``--epochs`` (and ``-P init=`` for ``--init_seed``
+    before ``init`` existed); now each is refused with the name it most likely meant."""
+    from training.cli import build_parser
+
+    parser = build_parser(TrainConfig)
+    assert parser.parse_args(["--epochs", "5", "--init_seed", "3"]).epochs == "5"
+    for argv, message in ((["--epoch", "5"], "unknown parameter epoch; did you mean epochs?"),
+                          (["--init_see=3"], "unknown parameter init_see; did you mean init_seed?"),
+                          (["--wobble", "1"], "unknown parameter wobble (")):
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args(argv)
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_mlflow_run_refuses_an_unknown_parameter(tracking_uri: str, tmp_path: Path) -> None:
+    """``mlflow run -P epoch=1`` (declared or not, MLflow hands it on as ``--epoch 1``) fails
+    with the suggestion instead of training with ``epochs=1``."""
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run(
+        [str(bin_dir / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
+         "--experiment-name", "typo", "-P", "epoch=1"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+                                     "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode != 0
+    assert "error: unknown parameter epoch; did you mean epochs?" in proc.stderr
+    assert _only_run("typo").info.status == "FAILED"
 
 
 def test_orl_faces_folder_run(tracking_uri: str, orl_faces: Path) -> None:

@@ -12,13 +12,14 @@ import threading
 from typing import Any, Callable, Iterator
 
 from training.config import params_of
+from zoo.cli import StrictParser
 from zoo.values import format_value
 
 
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """One ``--name`` option per parameter of the config (its parts' included), with its
-    help and default."""
-    parser = argparse.ArgumentParser(description=description)
+    help and default. No abbreviations: ``--epoch`` is refused, not taken as ``--epochs``."""
+    parser = StrictParser(description=description, noun="parameter")
     for param in params_of(config_cls):
         helptext = param.help + f" (default: {format_value(param.default)})"
         if param.choices:

@@ -2,9 +2,9 @@
 ``python -m zoo stages MODEL``: the feature stages an image model can be read at (``stage=``)."""
 from __future__ import annotations
 
-import argparse
 import sys
 
+from zoo.cli import StrictParser
 from zoo.registry import Registry
 
 
@@ -79,7 +79,7 @@ def stages(model: str, image_size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
+    parser = StrictParser(prog="python -m zoo", description=__doc__)
     parser.add_argument("command", choices=["list", "stages"],
                         help="list the catalogue, or the feature stages of one image model")
     parser.add_argument("model", nargs="?", help="stages: a model name or timm/<name>")

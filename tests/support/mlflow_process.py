@@ -6,6 +6,7 @@ takes the README's screenshots of the MLflow UI.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -27,13 +28,17 @@ def mlflow_process(command: str, *args: str, timeout_s: float = 120.0) -> Iterat
     """Run ``mlflow <command> <args> --host 127.0.0.1 --port <free>``; yield its URL.
 
     The process is stopped (terminate, then kill) when the block ends; if it dies or does
-    not answer ``/health`` in ``timeout_s``, its stderr tail is in the error.
+    not answer ``/health`` in ``timeout_s``, its stderr tail is in the error. MLflow's job
+    runner is off: on a database store it starts about ten huey consumers that take the two
+    cores here for half a minute (a one-epoch run beside them took 19 s instead of 0.4), and
+    the zoo runs no server jobs.
     """
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
         [str(mlflow_cli), command, *args, "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     try:

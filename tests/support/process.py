@@ -12,6 +12,18 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
+ISOLATED = Path(__file__).resolve().parent / "isolated"  # its sitecustomize.py
+
+
+def isolated_env(hide: tuple[str, ...] = ("training",), checkout: bool = True) -> dict[str, str]:
+    """Environment variables under which a process (and its children) cannot import the
+    ``hide`` packages, nor, with ``checkout=False``, the project from this checkout (run it
+    from another folder): as in a container that holds only a Bento. See
+    ``support/isolated/sitecustomize.py``."""
+    env = {"PYTHONPATH": str(ISOLATED), "ZOO_TEST_HIDE": ",".join(hide)}
+    if not checkout:
+        env.update(ZOO_TEST_NO_CHECKOUT="1", ZOO_TEST_CHECKOUT=str(REPO))
+    return env
 
 
 def free_port() -> int:

@@ -29,6 +29,7 @@ from training.pipeline.export import source_config
 from training.pipeline.run import RunResult, train
 from training.tracking.model_source import load_source
 from training.tracking.store import configure_tracking
+from zoo import names
 from zoo.data import Splits
 from zoo.losses import EmbeddingLoss
 from zoo.models import EmbeddingModel
@@ -148,11 +149,11 @@ class Distiller(AuxiliaryLoss):
 def load_teacher(uri: str) -> tuple[EmbeddingModel, TrainConfig, dict[str, str]]:
     """The teacher module, its training config and the tags that record it on the student."""
     source, run, teacher = load_source(uri)
-    tags = {"zoo.teacher": uri, "zoo.teacher_run_id": source.run_id,
-            "zoo.teacher_model": str(teacher.zoo_meta.get("model", ""))}
+    tags = {names.TEACHER_TAG: uri, names.TEACHER_RUN_TAG: source.run_id,
+            names.TEACHER_MODEL_TAG: str(teacher.zoo_meta.get("model", ""))}
     if source.version is not None:
-        tags["zoo.teacher_version"] = str(source.version.version)
-        tags["zoo.teacher_registered_model"] = source.version.name
+        tags[names.TEACHER_VERSION_TAG] = str(source.version.version)
+        tags[names.TEACHER_REGISTERED_TAG] = source.version.name
     log.info("teacher: %s", source.describe())
     return teacher, source_config(source, run, teacher), tags
 

@@ -32,6 +32,7 @@ from training.pipeline.export import source_config, source_splits
 from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_config_data
 from training.tracking.model_source import load_source
 from training.tracking.store import configure_tracking, log_params_once, training_run
+from zoo import names
 from zoo.data import LoadedData, Preprocessing, Split, Table
 from zoo.data.images import ImageSet
 from zoo.data.preprocessing import normalise, preprocess_rows
@@ -171,10 +172,11 @@ def evaluate_models(cfg: EvaluateConfig) -> dict[str, float]:
             first.tags["experiment_id"]).name
         kind = "ensemble" if len(members) > 1 else "evaluate"
     models = "+".join(str(m.model.zoo_meta.get("model", "?")) for m in members)
-    tags = {"zoo.dataset": name, "zoo.evaluation": kind, "zoo.members": ",".join(cfg.uris),
-            "zoo.model": models,
-            "zoo.loss": "+".join(str(m.model.zoo_meta.get("loss", "?")) for m in members),
-            **({"zoo.trained_on": ",".join(sorted({m.tags["dataset"] for m in members}))}
+    tags = {names.DATASET_TAG: name, names.EVALUATION_TAG: kind,
+            names.MEMBERS_TAG: ",".join(cfg.uris),
+            names.MODEL_TAG: models,
+            names.LOSS_TAG: "+".join(str(m.model.zoo_meta.get("loss", "?")) for m in members),
+            **({names.TRAINED_ON_TAG: ",".join(sorted({m.tags["dataset"] for m in members}))}
                if first.zero_shot else {})}
     run_name = f"zero-shot-{models}" if first.zero_shot else f"{kind}-{len(members)}"
     with training_run(run_name, experiment, tags):

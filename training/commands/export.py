@@ -13,6 +13,7 @@ import sys
 from training.cli import run_cli
 from training.pipeline.export import ExportConfig, ExportResult, export_model
 from training.tracking.store import configure_tracking, log_params_once, training_run
+from zoo import names
 
 
 def export_entry(cfg: ExportConfig) -> ExportResult:
@@ -20,7 +21,7 @@ def export_entry(cfg: ExportConfig) -> ExportResult:
     if not os.environ.get("MLFLOW_RUN_ID"):
         return export_model(cfg)
     configure_tracking()
-    with training_run("export", "", {"zoo.export.model_uri": cfg.model_uri}):
+    with training_run("export", "", {names.EXPORT_MODEL_URI_TAG: cfg.model_uri}):
         log_params_once({f.name: str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
         return export_model(cfg)
 

@@ -21,8 +21,9 @@ import pandas as pd
 from training.cli import run_cli
 from training.config import FlatParams, option
 from training.pipeline.run import dataset_name
-from training.tracking.probe import PROBE_ARTIFACT, PROBE_TAG, probe_sample
+from training.tracking.probe import probe_sample
 from training.tracking.store import configure_tracking
+from zoo import names
 from zoo.data import LoadedData, load_data
 from zoo.probe import PROBE_VERSION, dissimilarity
 
@@ -60,7 +61,8 @@ class Neighbour:
 
 def _sweeps(experiment: str | None) -> list[mlflow.entities.Run]:
     """Finished sweep parents that logged a probe, the newest first."""
-    filters = f"tags.`zoo.sweep` = 'parent' and tags.`{PROBE_TAG}` = '{PROBE_VERSION}'"
+    filters = (f"tags.`{names.SWEEP_TAG}` = 'parent' and "
+               f"tags.`{names.PROBE_TAG}` = '{PROBE_VERSION}'")
     kwargs: dict[str, Any] = ({"experiment_names": [experiment]} if experiment
                               else {"search_all_experiments": True})
     runs = mlflow.search_runs(filter_string=filters, output_format="list",
@@ -70,7 +72,7 @@ def _sweeps(experiment: str | None) -> list[mlflow.entities.Run]:
 
 def _winners(run: mlflow.entities.Run, top: int) -> tuple[str, list[tuple[str, str, float]]]:
     """The sweep's ranking metric and its best finished combinations (baselines left out)."""
-    metric = run.data.tags.get("zoo.metric", "test_precision_at_1")
+    metric = run.data.tags.get(names.METRIC_TAG, "test_precision_at_1")
     path = mlflow.MlflowClient().download_artifacts(run.info.run_id,
                                                     "comparison/comparison.csv")
     table = pd.read_csv(path)
@@ -88,10 +90,10 @@ def recommend(cfg: RecommendConfig) -> list[Neighbour]:
     found: dict[str, Neighbour] = {}
     client = mlflow.MlflowClient()
     for run in _sweeps(cfg.experiment):
-        dataset = run.data.tags.get("zoo.dataset", "?")
+        dataset = run.data.tags.get(names.DATASET_TAG, "?")
         if dataset in found:
             continue  # the newest sweep of each data set speaks for it
-        with np.load(client.download_artifacts(run.info.run_id, PROBE_ARTIFACT)) as stored:
+        with np.load(client.download_artifacts(run.info.run_id, names.PROBE_ARTIFACT)) as stored:
             if str(stored["kind"]) != data.kind:
                 continue
             distance = dissimilarity(mine, data.num_classes, stored["embeddings"],
@@ -119,7 +121,7 @@ def _print(name: str, data: LoadedData, nearest: list[Neighbour], cfg: Recommend
     best = nearest[0].best
     if best:
         models = ",".join(dict.fromkeys(m for m, _, _ in best))
-        losses = ",".join(dict.fromkeys(l for _, l, _ in best))
+        losses = ",".join(dict.fromkeys(loss for _, loss, _ in best))
         print(f"\nstart with: mlflow run . -e sweep --env-manager local -P data={cfg.data} "
               f"-P models={models} -P losses={losses}")
 

@@ -17,10 +17,10 @@ import mlflow
 from training.cli import run_cli
 from training.config import FlatParams, option
 from training.pipeline.export import runtime_tags
-from training.tracking.layout import ARTIFACT_DIR, EXPORTED_TAG, WEIGHTS_DIR
 from training.tracking.model_source import DEFAULT_MODEL_URI, load_source
 from training.tracking.store import configure_tracking
-from zoo.export.runtime_timing import RUNTIME_TAG, RuntimeTiming, time_runtimes
+from zoo import names
+from zoo.export.runtime_timing import RuntimeTiming, time_runtimes
 
 
 @dataclass
@@ -46,24 +46,24 @@ def retime(cfg: RetimeConfig) -> RuntimeTiming:
     source, _, model = load_source(cfg.model_uri)
     version = source.version
     client = mlflow.MlflowClient()
-    if version is None or (version.tags or {}).get(EXPORTED_TAG) != "true":
+    if version is None or (version.tags or {}).get(names.EXPORTED_TAG) != "true":
         raise LookupError(f"{source.describe()} is not an exported model version: run `mlflow "
                           f"run . -e export --env-manager local -P model_uri={cfg.model_uri}`")
-    weights = [a.path for a in client.list_artifacts(source.run_id, f"{ARTIFACT_DIR}/"
-                                                                    f"{WEIGHTS_DIR}")]
+    weights = [a.path for a in client.list_artifacts(source.run_id, f"{names.EXPORT_DIR}/"
+                                                                    f"{names.WEIGHTS_DIR}")]
     if not weights:
         raise LookupError(f"{source.describe()} was exported without PyTorch weights, so only "
                           "ONNX Runtime can serve it: export it again to time both")
     with tempfile.TemporaryDirectory(prefix="zoo-retime-") as tmp:
         onnx = mlflow.artifacts.download_artifacts(
-            f"runs:/{source.run_id}/{ARTIFACT_DIR}/model.onnx", dst_path=tmp)
+            f"runs:/{source.run_id}/{names.EXPORT_DIR}/model.onnx", dst_path=tmp)
         shape = tuple(int(s) for s in model.zoo_meta["preprocessing"]["input_size"])
         timing = time_runtimes(onnx, model, shape, cfg.threads or None)
     for key, value in runtime_tags(timing).items():
         client.set_model_version_tag(version.name, str(version.version), key, value)
-    client.set_tag(source.run_id, RUNTIME_TAG, timing.faster)
+    client.set_tag(source.run_id, names.RUNTIME_TAG, timing.faster)
     print(f"{source.describe()}\n{timing.summary()}\n"
-          f"tagged {RUNTIME_TAG}={timing.faster}: servers started from now on run it "
+          f"tagged {names.RUNTIME_TAG}={timing.faster}: servers started from now on run it "
           "(ZOO_RUNTIME overrides)")
     return timing
 

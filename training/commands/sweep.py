@@ -26,25 +26,23 @@ from tqdm.auto import tqdm
 
 from training.cli import run_cli
 from training.config import FlatParams, TrainConfig, one_process_per_run, option, part
-from training.engine.checkpoint import ARTIFACT_DIR as CHECKPOINT_DIR
 from training.pipeline import baselines, compare
 from training.pipeline.export import ExportConfig, export_model
 from training.pipeline.run import (RunResult, check_names, config_splits, dataset_name,
                                    load_config_data, train)
 from training.pipeline.transfer import InitSource, architecture_conflicts, resolve_init
-from training.tracking.layout import EXPORTED_TAG
 from training.tracking.probe import log_probe
 from training.tracking.registration import (CHAMPION, DEFAULT_METRIC, RegistrationResult,
                                             metric_for, register_best, runs_of_sweep,
                                             selection_note)
 from training.tracking.store import configure_tracking, log_params_once, training_run
+from zoo import names
 from zoo.data import LoadedData
 from zoo.losses import LOSSES, needed_outputs
 from zoo.models import CURATED_IMAGE_MODELS, models_for, training_outputs
 
 log = logging.getLogger(__name__)
 
-SWEEP_TAG = "zoo.sweep"
 
 
 @dataclass
@@ -105,7 +103,7 @@ class SweepConfig(FlatParams):
         if skipped:
             log.info("left out %d combination(s) of a reconstruction loss with a model that "
                      "does not give what it reads: %s", len(skipped),
-                     ", ".join(f"{m}-{l}" for m, l in skipped))
+                     ", ".join(f"{m}-{loss}" for m, loss in skipped))
         if not grid:
             raise ValueError(f"no model of {models} can train with any loss of {losses}: "
                              "elbo needs vae, sparse_recon vae or sae")
@@ -132,7 +130,7 @@ class SweepConfig(FlatParams):
 
     def jobs(self, data_kind: str, init: InitSource | None = None) -> list[Job]:
         """Every (model, loss, seed) to train: the grid, once per seed."""
-        return [Job(m, l, s) for m, l in self.combinations(data_kind, init)
+        return [Job(m, loss, s) for m, loss in self.combinations(data_kind, init)
                 for s in self.seed_list()]
 
     def child(self, model: str, loss: str, seed: int | None = None) -> TrainConfig:
@@ -214,7 +212,8 @@ def run_sweep(cfg: SweepConfig) -> list[Outcome]:
     for model, loss in dict.fromkeys((job.model, job.loss) for job in jobs):
         check_names(cfg.child(model, loss))
     several_seeds = len(cfg.seed_list()) > 1
-    tags = {SWEEP_TAG: "parent", "zoo.dataset": name, "zoo.metric": cfg.ranking_metric}
+    tags = {names.SWEEP_TAG: "parent", names.DATASET_TAG: name,
+            names.METRIC_TAG: cfg.ranking_metric}
     started: dict[str, str] = {}
     try:
         return _sweep_in_run(cfg, name, data, jobs, several_seeds, tags, started)
@@ -289,7 +288,7 @@ def _export_champion(result: RegistrationResult, data: LoadedData | None) -> Non
     one is checked on its own run's data.
     """
     version = mlflow.MlflowClient().get_model_version(result.name, result.champion_version)
-    if not result.champion_moved and (version.tags or {}).get(EXPORTED_TAG) == "true":
+    if not result.champion_moved and (version.tags or {}).get(names.EXPORTED_TAG) == "true":
         log.info("champion %s v%s is already exported", result.name, version.version)
         return
     print()
@@ -302,7 +301,7 @@ def _note_resume(cfg: SweepConfig) -> None:
     went."""
     own = os.environ.get("MLFLOW_RUN_ID")
     if cfg.resume and own and own != cfg.resume:
-        mlflow.MlflowClient().set_tag(own, "zoo.resumed", cfg.resume)
+        mlflow.MlflowClient().set_tag(own, names.RESUMED_TAG, cfg.resume)
 
 
 def _children_by_job(parent_id: str) -> tuple[dict[Job, Outcome], dict[Job, str]]:
@@ -317,7 +316,7 @@ def _children_by_job(parent_id: str) -> tuple[dict[Job, Outcome], dict[Job, str]
         return done, stopped
     client = mlflow.MlflowClient()
     for run in sorted(children, key=lambda r: r.info.start_time or 0):
-        model, loss = run.data.tags.get("zoo.model"), run.data.tags.get("zoo.loss")
+        model, loss = run.data.tags.get(names.MODEL_TAG), run.data.tags.get(names.LOSS_TAG)
         seed = run.data.params.get("seed")
         if not (model and loss and seed is not None):
             continue
@@ -325,7 +324,7 @@ def _children_by_job(parent_id: str) -> tuple[dict[Job, Outcome], dict[Job, str]
         if run.info.status == "FINISHED":
             done[job] = Outcome(job, run.info.run_id, dict(run.data.metrics))
         elif run.info.status in ("KILLED", "RUNNING") and client.list_artifacts(
-                run.info.run_id, CHECKPOINT_DIR):
+                run.info.run_id, names.CHECKPOINT_DIR):
             stopped[job] = run.info.run_id
     return done, {job: run_id for job, run_id in stopped.items() if job not in done}
 
@@ -445,7 +444,7 @@ def _train_one(cfg: SweepConfig, job: Job, parent_id: str, several_seeds: bool,
         result: RunResult = train(child,
                                   parent_run_id=parent_id, data=data,
                                   run_name=_label(job, several_seeds),
-                                  tags={SWEEP_TAG: parent_id})
+                                  tags={names.SWEEP_TAG: parent_id})
         return Outcome(job, result.run_id, result.metrics)
     except KeyboardInterrupt:
         raise
@@ -486,7 +485,7 @@ def _log_comparison(rows: list[compare.Row], runs: list[compare.Row], metric: st
         folder = Path(tmp)
         compare.write_tables(table, folder, note=f"Ranked by {metric}: {selection_note(metric)}.")
         compare.plot_heatmap(runs, metric, folder / "heatmap.png")
-        mlflow.log_artifacts(str(folder), artifact_path="comparison")
+        mlflow.log_artifacts(str(folder), artifact_path=names.COMPARISON_DIR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
-"""``python -m training.commands.train``: train one model × loss combination (the MLproject ``train``).
+"""``python -m training.commands.train``: train one model × loss combination
+(the MLproject ``train``).
 
 With ``--nproc N`` (N > 1) it starts itself N times under torchrun, data-parallel; started by
-torchrun directly (``torchrun --nproc_per_node=N -m training.commands.train ...``) it is one of them.
+torchrun directly (``torchrun --nproc_per_node=N -m training.commands.train ...``) it is one
+of them.
 """
 from __future__ import annotations
 

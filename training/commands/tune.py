@@ -27,6 +27,7 @@ from training.config import FlatParams, TrainConfig, one_process_per_run, option
 from training.pipeline.run import check_names, dataset_name, load_config_data, train
 from training.pipeline.transfer import apply_init
 from training.tracking.store import configure_tracking, log_params_once, training_run
+from zoo import names
 from zoo.data import LoadedData
 from zoo.losses import check_loss, loss_parameters
 from zoo.metrics import higher_is_better
@@ -34,8 +35,6 @@ from zoo.values import format_value
 
 log = logging.getLogger(__name__)
 
-TUNE_TAG = "zoo.tune"
-TRIAL_STATE_TAG = "zoo.trial_state"
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,9 @@ def run_tune(cfg: TuneConfig) -> optuna.Study:
     space = cfg.space()
     name = dataset_name(cfg.train.data.source)
     data = load_config_data(cfg.train)
-    tags = {TUNE_TAG: "parent", "zoo.dataset": name, "zoo.model": cfg.train.model.name,
-            "zoo.loss": cfg.train.loss.name, "zoo.metric": cfg.train.optim.monitor}
+    tags = {names.TUNE_TAG: "parent", names.DATASET_TAG: name,
+            names.MODEL_TAG: cfg.train.model.name,
+            names.LOSS_TAG: cfg.train.loss.name, names.METRIC_TAG: cfg.train.optim.monitor}
     with training_run(f"tune-{cfg.train.model.name}-{cfg.train.loss.name}",
                       cfg.train.tracking.experiment or f"zoo-{name}", tags) as parent:
         parent_id = parent.info.run_id
@@ -186,15 +186,15 @@ def _objective(cfg: TuneConfig, space: dict[str, Knob], parent_id: str,
             if not math.isnan(value):
                 trial.report(value, epoch)
             if epoch < child.optim.epochs and trial.should_prune():  # the last epoch is done anyway
-                mlflow.set_tag(TRIAL_STATE_TAG, "pruned")
+                mlflow.set_tag(names.TRIAL_STATE_TAG, "pruned")
                 raise TrialPruned(f"pruned after epoch {epoch}: "
                                   f"{cfg.train.optim.monitor}={value:.4f} "
                                   "is below the median of the earlier trials")
 
         result = train(child, parent_run_id=parent_id, data=data,
                        run_name=f"trial-{trial.number}", on_epoch=report,
-                       tags={TUNE_TAG: parent_id, "zoo.trial": str(trial.number),
-                             TRIAL_STATE_TAG: "complete"})
+                       tags={names.TUNE_TAG: parent_id, names.TRIAL_TAG: str(trial.number),
+                             names.TRIAL_STATE_TAG: "complete"})
         return result.history.best_value
 
     return objective
@@ -209,7 +209,7 @@ def _report(cfg: TuneConfig, study: optuna.Study) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trials.csv"
         frame.to_csv(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path="tune")
+        mlflow.log_artifact(str(path), artifact_path=names.TUNE_DIR)
     states = [t.state for t in study.trials]
     counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if s in states}
     mlflow.log_metrics({f"trials_{k}": float(v) for k, v in counts.items()})
@@ -224,8 +224,8 @@ def _report(cfg: TuneConfig, study: optuna.Study) -> None:
     chosen = best.user_attrs["values"]  # what the trial trained with (rounded)
     mlflow.log_params({f"best_{k}": format_value(v) for k, v in chosen.items()})
     mlflow.log_metric(f"best_{cfg.train.optim.monitor}", float(best.value))
-    mlflow.set_tags({"zoo.best_trial": str(best.number),
-                     "zoo.best_run_id": str(best.user_attrs.get("run_id", ""))})
+    mlflow.set_tags({names.BEST_TRIAL_TAG: str(best.number),
+                     names.BEST_RUN_TAG: str(best.user_attrs.get("run_id", ""))})
     flags = " ".join(f"-P {k}={format_value(v)}" for k, v in chosen.items())
     print(f"\nbest: trial {best.number} (run {best.user_attrs.get('run_id')}), "
           f"{cfg.train.optim.monitor}={best.value:.4f}\n  {flags}\n"

@@ -6,10 +6,11 @@ from training.config.params import (Param, build, check_choices, internal, optio
 from training.config.parts import (INTERPOLATIONS, LR_SCALING, DataConfig, LossConfig,
                                    ModelConfig, OptimConfig, RuntimeConfig, TrackingConfig,
                                    channel_values, comma_list)
-from training.config.train import (RESOLVED_PREFIX, SPLIT_FIELDS, FlatParams, TrainConfig,
+from training.config.train import (SPLIT_FIELDS, FlatParams, TrainConfig,
                                    one_process_per_run)
 
-__all__ = ["Param", "build", "check_choices", "internal", "option", "params_of", "part", "parse_params",
+__all__ = ["Param", "build", "check_choices", "internal", "option", "params_of", "part",
+           "parse_params",
            "INTERPOLATIONS", "LR_SCALING", "DataConfig", "LossConfig", "ModelConfig",
            "OptimConfig", "RuntimeConfig", "TrackingConfig", "channel_values", "comma_list",
-           "RESOLVED_PREFIX", "SPLIT_FIELDS", "FlatParams", "TrainConfig", "one_process_per_run"]
+           "SPLIT_FIELDS", "FlatParams", "TrainConfig", "one_process_per_run"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, get_type_hints
 
 from training.presets import apply_preset
+from zoo.cli import closest
 from zoo.values import base_type, format_value, parse_value
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, *,
@@ -100,7 +101,9 @@ def parse_params(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]
     params = {p.name: p for p in params_of(cls)}
     unknown = sorted(set(values) - set(params))
     if unknown:
-        raise ValueError(f"unknown {what} parameter(s): {', '.join(unknown)}")
+        hints = [f"{name} (did you mean {close}?)" if (close := closest(name, params)) else name
+                 for name in unknown]
+        raise ValueError(f"unknown {what} parameter(s): {', '.join(hints)}")
     return {k: parse_value(params[k].type, v, k) for k, v in values.items()}
 
 

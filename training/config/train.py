@@ -17,13 +17,10 @@ from training.config.params import (Param, assemble, build, check_choices, flat_
 from training.config.parts import (DataConfig, LossConfig, ModelConfig, OptimConfig,
                                    RuntimeConfig, TrackingConfig)
 from training.presets import preset_fields, preset_names
+from zoo.names import RESOLVED_PREFIX
 
 #: The parameters that decide which samples are test samples (and which classes are unseen).
 SPLIT_FIELDS = ("data", "seed", "val_fraction", "test_fraction", "open_set", "label_column")
-
-#: Tags ``zoo.resolved.<param>`` hold what an ``auto`` parameter (or a preset) made of a
-#: parameter that ``mlflow run`` had already logged.
-RESOLVED_PREFIX = "zoo.resolved."
 
 
 def one_process_per_run(train: "TrainConfig", why: str) -> None:

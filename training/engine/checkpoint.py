@@ -31,9 +31,10 @@ import mlflow
 import numpy as np
 import torch
 
+from zoo import names
+
 log = logging.getLogger(__name__)
 
-ARTIFACT_DIR = "checkpoints"
 SLOTS = ("epoch-odd.pt", "epoch-even.pt")
 FORMAT = 2  # bumped when the state's layout changes (2: plain data, loaded weights-only)
 
@@ -102,22 +103,23 @@ class RunCheckpoints:
     def save(self, state: dict[str, Any]) -> None:
         """Write the epoch's state atomically, then log it to the run."""
         path = save_atomic(state, self.folder / slot_name(int(state["epoch"])))
-        mlflow.MlflowClient().log_artifact(self.run_id, str(path), ARTIFACT_DIR)
+        mlflow.MlflowClient().log_artifact(self.run_id, str(path), names.CHECKPOINT_DIR)
         log.debug("checkpoint of epoch %d logged to run %s", state["epoch"], self.run_id)
 
     def latest(self) -> dict[str, Any]:
         """The newest readable checkpoint logged to the run."""
         client = mlflow.MlflowClient()
-        logged = {Path(a.path).name for a in client.list_artifacts(self.run_id, ARTIFACT_DIR)}
-        names = [name for name in SLOTS if name in logged]
-        if not names:
+        logged = {Path(a.path).name
+                  for a in client.list_artifacts(self.run_id, names.CHECKPOINT_DIR)}
+        found = [name for name in SLOTS if name in logged]
+        if not found:
             raise CheckpointError(f"run {self.run_id} has no checkpoint under "
-                                  f"{ARTIFACT_DIR}/ (it was trained with checkpoint=false, "
+                                  f"{names.CHECKPOINT_DIR}/ (it was trained with checkpoint=false, "
                                   "finished, or stopped before its first epoch ended)")
         states, errors = [], []
-        for name in names:
+        for name in found:
             try:
-                local = client.download_artifacts(self.run_id, f"{ARTIFACT_DIR}/{name}",
+                local = client.download_artifacts(self.run_id, f"{names.CHECKPOINT_DIR}/{name}",
                                                   str(self.folder))
                 states.append(load_checkpoint(Path(local)))
             except CheckpointError as exc:
@@ -134,7 +136,7 @@ class RunCheckpoints:
 
         run = mlflow.MlflowClient().get_run(self.run_id)
         try:
-            get_artifact_repository(run.info.artifact_uri).delete_artifacts(ARTIFACT_DIR)
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts(names.CHECKPOINT_DIR)
         except Exception as exc:  # noqa: BLE001 - some stores cannot delete; keep going
             log.info("checkpoints of run %s kept: the artifact store cannot delete (%s)",
                      self.run_id, exc)

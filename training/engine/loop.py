@@ -111,8 +111,8 @@ def batches(
     n = len(split)
     if loss_fn.needs_pk_batches:
         sampler = PKBatchSampler(
-            split.y, batch_size=cfg.optim.batch_size, k=cfg.loss.samples_per_class, seed=cfg.training_seed,
-            num_replicas=world.size, rank=world.rank,
+            split.y, batch_size=cfg.optim.batch_size, k=cfg.loss.samples_per_class,
+            seed=cfg.training_seed, num_replicas=world.size, rank=world.rank,
         )
         sampler.set_epoch(epoch)
         for idx in sampler:
@@ -298,19 +298,21 @@ def fit(
     check_methods(cfg, model, loss_fn, device)
     if len(val) == 0 and cfg.optim.monitor != "none":
         raise ValueError(f"there is no validation split (val_fraction={cfg.data.val_fraction}) to "
-                         f"pick the best epoch by {cfg.optim.monitor}: use monitor=none to keep the "
-                         "last epoch, or a val_fraction > 0")
+                         f"pick the best epoch by {cfg.optim.monitor}: use monitor=none to keep "
+                         "the last epoch, or a val_fraction > 0")
     model.to(device)
     loss_fn.to(device)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
     lr = cfg.optim.lr * world.lr_factor(cfg.optim.lr_scaling)
-    groups = param_groups(model, loss_fn, cfg.optim.weight_decay, lr, cfg.optim.backbone_lr, cfg.optim.lr_decay)
+    groups = param_groups(model, loss_fn, cfg.optim.weight_decay, lr, cfg.optim.backbone_lr,
+                          cfg.optim.lr_decay)
     if aux is not None:
         aux.to(device)
         groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
                        "weight_decay": cfg.optim.weight_decay, "lr": lr})
-    opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.optim.sam_rho, cfg.optim.lookahead)
+    opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.optim.sam_rho,
+                         cfg.optim.lookahead)
     n_steps = steps_per_epoch(train, cfg, loss_fn, world)
     scheduler = make_scheduler(opt.inner, cfg, n_steps)
     augment = make_augment(cfg) if model.modality == "image" else None
@@ -368,7 +370,8 @@ def fit(
         loss, parts = step_module(mixed.x, mixed.y_a, mixed.y_b, mixed.lam)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"{cfg.loss.name} loss became {loss.item()} at epoch {epoch}; lower lr or check the data"
+                f"{cfg.loss.name} loss became {loss.item()} at epoch {epoch}; "
+                "lower lr or check the data"
             )
         scaler.scale(loss).backward()
         if cfg.optim.grad_centralization:
@@ -463,7 +466,8 @@ def fit(
             on_checkpoint(checkpoint(epoch))
         if cfg.optim.patience and since_best >= cfg.optim.patience:
             history.stopped_early = True
-            log.info("early stop: no better %s for %d epochs", cfg.optim.monitor, cfg.optim.patience)
+            log.info("early stop: no better %s for %d epochs", cfg.optim.monitor,
+                     cfg.optim.patience)
             break
 
     freeze_backbone(model, False)
@@ -515,7 +519,8 @@ def monitored(cfg: TrainConfig, metrics: dict[str, float], epoch: int, val_sampl
         return float(epoch)
     value = metrics.get(cfg.optim.monitor)
     if value is None:
-        raise ValueError(f"monitor={cfg.optim.monitor!r} is not a validation metric; choose none or "
+        raise ValueError(f"monitor={cfg.optim.monitor!r} is not a validation metric; "
+                         "choose none or "
                          f"one of: {', '.join(k for k in metrics if k.startswith('val_'))}")
     if math.isnan(value):
         raise ValueError(

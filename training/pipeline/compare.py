@@ -17,12 +17,12 @@ from typing import Iterable, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Rectangle
 
-from zoo.metrics import higher_is_better  # noqa: E402  (one definition everywhere)
+from zoo.metrics import higher_is_better
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,8 @@ def format_table(df: pd.DataFrame) -> str:
         if has_value and not failed:
             rank += 1
         cells = [str(rank) if has_value and not failed else "-", _text(rec["model"]),
-                 _text(rec["loss"]), _text(rec["status"]).lower() if failed else _text(rec["status"])]
+                 _text(rec["loss"]),
+                 _text(rec["status"]).lower() if failed else _text(rec["status"])]
         cells += [_cell(rec, c, 1 if c.endswith("_time_s") else 4) for c in metric_cols]
         body.append(cells)
         if failed:
@@ -322,16 +323,16 @@ def plot_heatmap(rows: Sequence[Row], metric: str, path: Path) -> Path:
     font = 8 if n_losses <= 8 else 7
 
     data = np.full((n_models, n_losses), np.nan)
-    for (m, l), c in cells.items():
-        data[models.index(m), losses.index(l)] = c.mean
+    for (m, loss), c in cells.items():
+        data[models.index(m), losses.index(loss)] = c.mean
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, aspect="auto")
     best = None
     if finite and cells:
         pick = np.nanargmax if higher else np.nanargmin
         if not np.all(np.isnan(data)):
             best = np.unravel_index(pick(data), data.shape)
-    for (m, l), c in cells.items():
-        i, j = models.index(m), losses.index(l)
+    for (m, loss), c in cells.items():
+        i, j = models.index(m), losses.index(loss)
         if math.isnan(c.mean):
             face = "#d9d9d9" if c.failed else "#f2f2f2"
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=face,
@@ -345,8 +346,8 @@ def plot_heatmap(rows: Sequence[Row], metric: str, path: Path) -> Path:
         beats = best_base is not None and (c.mean > best_base if higher else c.mean < best_base)
         ax.text(j, i, text, ha="center", va="center", fontsize=font,
                 color=_ink(cmap(norm(c.mean))), fontweight="bold" if beats else "normal")
-    for (m, l) in [(a, b) for a in models for b in losses if (a, b) not in cells]:
-        i, j = models.index(m), losses.index(l)
+    for (m, loss) in [(a, b) for a in models for b in losses if (a, b) not in cells]:
+        i, j = models.index(m), losses.index(loss)
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f2f2f2", lw=0))
         ax.text(j, i, MISSING, ha="center", va="center", fontsize=font, color="#555555")
     if best is not None:
@@ -371,7 +372,7 @@ def plot_heatmap(rows: Sequence[Row], metric: str, path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     cbar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
     cbar.ax.tick_params(labelsize=8)
-    for name, v in baselines:
+    for _name, v in baselines:
         if not math.isnan(v):
             cbar.ax.axhline(v, color="#d62728", lw=1.5)  # where the baselines sit
 

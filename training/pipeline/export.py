@@ -30,10 +30,11 @@ import torch
 
 from training.config import FlatParams, TrainConfig, option
 from training.pipeline.run import build_model_and_loss, config_splits, load_config_data
-from training.tracking import export_artifacts, layout
+from training.tracking import export_artifacts
 from training.tracking.model_source import (DEFAULT_MODEL_URI, ModelSource, load_source,
                                              training_config)
 from training.tracking.store import configure_tracking
+from zoo import names
 from zoo.data import LoadedData, Splits
 from zoo.export import (
     FORMATS, ExportFailure, ExportedFile, Parity, ParityThresholds, export_format,
@@ -43,7 +44,7 @@ from zoo.export.formats import eager_runner, example_batch
 from zoo.export.onnx_format import DEFAULT_OPSET, MIN_OPSET
 from zoo.export.parity import reference_outputs
 from zoo.export.program_format import export_program
-from zoo.export.runtime_timing import (RUNTIME_TAG, TIMING_TAG, RuntimeTiming,
+from zoo.export.runtime_timing import (RuntimeTiming,
                                        time_runtimes)
 from zoo.gallery import Gallery
 from zoo.models import rebuild as rebuilding
@@ -122,12 +123,12 @@ class ExportResult:
                          f"{agree:>12} {f.size_mb:>8.1f} {f.seconds:>9.1f}")
         lines.append(f"  on {self.parities[0].samples if self.parities else 0} test samples")
         if self.ok:
-            lines.append(f"  files: runs:/{self.source.run_id}/{layout.ARTIFACT_DIR}/ "
-                         f"(and {layout.GALLERY_DIR}/: the training split as the "
+            lines.append(f"  files: runs:/{self.source.run_id}/{names.EXPORT_DIR}/ "
+                         f"(and {names.GALLERY_DIR}/: the training split as the "
                          "identification gallery)")
             if self.weights_saved:
-                lines.append(f"  PyTorch weights: {layout.ARTIFACT_DIR}/"
-                             f"{layout.WEIGHTS_DIR}/ (safetensors and recipe)")
+                lines.append(f"  PyTorch weights: {names.EXPORT_DIR}/"
+                             f"{names.WEIGHTS_DIR}/ (safetensors and recipe)")
             elif self.weights_error:
                 lines.append(f"  no PyTorch weights (no GradCAM, no PyTorch runtime): "
                              f"{self.weights_error}")
@@ -155,14 +156,16 @@ def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | N
         try:
             data = load_config_data(cfg)
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}; the training run read data={cfg.data.source!r} relative to "
+            raise FileNotFoundError(f"{exc}; the training run read "
+                                    f"data={cfg.data.source!r} relative to "
                                     "its working directory: pass --data with where it is now "
                                     "(-P data=... under mlflow run)") from None
     splits = config_splits(cfg, data)
     trained = model.zoo_meta.get("preprocessing", {}).get("class_names")
     if trained is not None and list(trained) != list(splits.class_names):
-        raise ValueError(f"data {cfg.data.source!r} has classes {splits.class_names[:5]}... but the model "
-                         f"was trained on {trained[:5]}...: not the data it was trained on")
+        raise ValueError(f"data {cfg.data.source!r} has classes {splits.class_names[:5]}... "
+                         f"but the model was trained on {trained[:5]}...: not the data it was "
+                         "trained on")
     return splits
 
 
@@ -172,7 +175,8 @@ def build_gallery(model: torch.nn.Module, splits: Splits, run: mlflow.entities.R
     threshold the run's evaluation chose at a false accept rate of 1e-3."""
     embeddings = reference_outputs(eager_runner(model), splits.train.x, batch_size)["embedding"]
     threshold = run.data.metrics.get(GALLERY_THRESHOLD_METRIC)
-    gallery = Gallery(embeddings.shape[1], threshold, GALLERY_FAR if threshold is not None else None)
+    gallery = Gallery(embeddings.shape[1], threshold,
+                      GALLERY_FAR if threshold is not None else None)
     gallery.add(embeddings, [splits.class_names[int(y)] for y in splits.train.y])
     return gallery
 
@@ -204,8 +208,8 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
             parities.append(parity)
             errors += [f"{fmt}: {problem}" for problem in parity.failures(cfg.thresholds)]
         result = ExportResult(source, files, parities, errors)
-        gallery_dir = Path(tmp) / layout.GALLERY_DIR
-        weights_dir = Path(tmp) / layout.WEIGHTS_DIR
+        gallery_dir = Path(tmp) / names.GALLERY_DIR
+        weights_dir = Path(tmp) / names.WEIGHTS_DIR
         if result.ok:
             build_gallery(model, splits, run, cfg.batch_size).save(gallery_dir)
             result.weights_error = save_rebuildable(
@@ -227,7 +231,7 @@ def export_model(cfg: ExportConfig, data: LoadedData | None = None) -> ExportRes
 
 def runtime_tags(timing: RuntimeTiming) -> dict[str, str]:
     """The faster runtime and the figures, as tags a server reads."""
-    return {RUNTIME_TAG: timing.faster, TIMING_TAG: timing.to_json()}
+    return {names.RUNTIME_TAG: timing.faster, names.TIMING_TAG: timing.to_json()}
 
 
 def save_rebuildable(model: torch.nn.Module, example: torch.Tensor, folder: Path,
@@ -305,21 +309,21 @@ def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
             info = export_artifacts.log_files({f.format: f.path for f in result.files},
                                             model.zoo_meta, example.numpy().astype(np.float32))
             result.onnx_model_uri = info.model_uri if info else None
-            mlflow.log_artifacts(str(gallery_dir), f"{layout.ARTIFACT_DIR}/"
-                                                   f"{layout.GALLERY_DIR}")
+            mlflow.log_artifacts(str(gallery_dir), f"{names.EXPORT_DIR}/"
+                                                   f"{names.GALLERY_DIR}")
             if weights_dir is not None and result.weights_saved:
                 export_artifacts.log_weights(weights_dir)
-    artifacts = f"runs:/{result.source.run_id}/{layout.ARTIFACT_DIR}"
-    tags = {"zoo.export.formats": ",".join(f.format for f in result.files),
-            "zoo.export.artifacts": artifacts,
-            "zoo.export.gallery": f"{artifacts}/{layout.GALLERY_DIR}"}
+    artifacts = f"runs:/{result.source.run_id}/{names.EXPORT_DIR}"
+    tags = {names.EXPORT_FORMATS_TAG: ",".join(f.format for f in result.files),
+            names.EXPORT_ARTIFACTS_TAG: artifacts,
+            names.EXPORT_GALLERY_TAG: f"{artifacts}/{names.GALLERY_DIR}"}
     if result.onnx_model_uri:
-        tags["zoo.onnx_model_uri"] = result.onnx_model_uri
+        tags[names.ONNX_MODEL_URI_TAG] = result.onnx_model_uri
     if result.timing is not None:
         tags.update(runtime_tags(result.timing))
-        mlflow.MlflowClient().set_tag(result.source.run_id, RUNTIME_TAG, result.timing.faster)
+        mlflow.MlflowClient().set_tag(result.source.run_id, names.RUNTIME_TAG, result.timing.faster)
     export_artifacts.tag_version(result.source, result.parities, tags,
                                "; ".join(result.errors) or None)
     if mlflow.active_run() is not None:  # the run `mlflow run -e export` made: say what it did
-        mlflow.set_tags({"zoo.export.source_run": result.source.run_id, **tags})
+        mlflow.set_tags({names.EXPORT_SOURCE_RUN_TAG: result.source.run_id, **tags})
         mlflow.log_metrics(export_artifacts.parity_metrics(result.parities))

@@ -20,11 +20,12 @@ from training.engine.checkpoint import RunCheckpoints
 from training.engine.distributed import World, checksum, current_world, process_group
 from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
                            pick_device)
-from training.pipeline.transfer import INIT_TAG, InitSource, Start, apply_init, resolve_start
+from training.pipeline.transfer import InitSource, Start, apply_init, resolve_start
 from training.tracking import plots
 from training.tracking.model_logging import log_trained_model
 from training.tracking.model_source import RECIPE_KEY
 from training.tracking.store import configure_tracking, log_params_once, training_run
+from zoo import names
 from zoo.data import LoadedData, Splits, load_data, split_data
 from zoo.data.preprocessing import DEFAULT_INTERPOLATION
 from zoo.losses import EmbeddingLoss, check_loss, create_loss
@@ -62,8 +63,8 @@ def dataset_name(data: str) -> str:
 
 def load_config_data(cfg: TrainConfig) -> LoadedData:
     """The data set a config names, at its image size, channels and resize filter."""
-    return load_data(cfg.data.source, image_size=cfg.data.image_size, channels=cfg.data.channels, seed=cfg.data.seed,
-                     label_column=cfg.data.label_column,
+    return load_data(cfg.data.source, image_size=cfg.data.image_size, channels=cfg.data.channels,
+                     seed=cfg.data.seed, label_column=cfg.data.label_column,
                      interpolation=cfg.data.interpolation or DEFAULT_INTERPOLATION,
                      categorical_columns=comma_list(cfg.data.categorical_columns))
 
@@ -73,7 +74,8 @@ def config_splits(cfg: TrainConfig, data: LoadedData) -> Splits:
     normalised by the config's mean and std when set (else the training split's)."""
     return split_data(data, seed=cfg.data.seed, val_fraction=cfg.data.val_fraction,
                       test_fraction=cfg.data.test_fraction, open_set=cfg.data.open_set,
-                      mean=channel_values(cfg.data.mean, "mean"), std=channel_values(cfg.data.std, "std"))
+                      mean=channel_values(cfg.data.mean, "mean"),
+                      std=channel_values(cfg.data.std, "std"))
 
 
 def check_names(cfg: TrainConfig) -> None:
@@ -88,7 +90,8 @@ def check_modality(cfg: TrainConfig, data: LoadedData) -> None:
     wanted = model_modality(cfg.model.name)
     if wanted != data.kind:
         raise ValueError(
-            f"model {cfg.model.name!r} takes {wanted} data but {cfg.data.source!r} is {data.kind} data; "
+            f"model {cfg.model.name!r} takes {wanted} data but {cfg.data.source!r} is "
+            f"{data.kind} data; "
             f"use one of: {', '.join(models_for(data.kind))}"
         )
 
@@ -140,11 +143,12 @@ def check_world(cfg: TrainConfig, world: World, *, parent_run_id: str | None,
         raise ValueError("data-parallel training (torchrun) is for single runs (-e train); a "
                          "sweep trains `workers` combinations at once instead")
     if cfg.runtime.nproc > 1 and not world.distributed:
-        raise ValueError(f"nproc={cfg.runtime.nproc} trains with {cfg.runtime.nproc} processes, started by "
-                         f"torchrun: use `python -m training.commands.train --nproc {cfg.runtime.nproc} ...`, "
+        raise ValueError(f"nproc={cfg.runtime.nproc} trains with {cfg.runtime.nproc} processes, "
+                         "started by torchrun: use "
+                         f"`python -m training.commands.train --nproc {cfg.runtime.nproc} ...`, "
                          f"`mlflow run . -e train -P nproc={cfg.runtime.nproc}` or `torchrun "
-                         f"--nproc_per_node={cfg.runtime.nproc} -m training.commands.train ...` (a sweep or "
-                         "distillation runs in one process each)")
+                         f"--nproc_per_node={cfg.runtime.nproc} -m training.commands.train ...` "
+                         "(a sweep or distillation runs in one process each)")
     if world.distributed:
         cfg.runtime.nproc = world.size  # what torchrun started, whatever the parameter said
 
@@ -160,24 +164,27 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
     if resume_id:
         cfg, state = resume_point(resume_id)
         if cfg.runtime.nproc != world.size:  # the learning rate and batches depend on it
-            raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.runtime.nproc}: resume it "
-                             f"with the same number of processes (-P nproc={cfg.runtime.nproc})")
+            raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.runtime.nproc}: "
+                             "resume it with the same number of processes "
+                             f"(-P nproc={cfg.runtime.nproc})")
         world.broadcast((cfg, state))  # the other processes resume from the same point
     seed_and_threads(cfg)
     init, from_init = apply_init(cfg)  # the init model's architecture, before the run is named
     name = dataset_name(cfg.data.source)
-    run_tags = {"zoo.model": cfg.model.name, "zoo.loss": cfg.loss.name, "zoo.dataset": name,
-                **({"zoo.preset": cfg.preset} if cfg.preset != "none" else {}),
-                **({INIT_TAG: cfg.model.init} if cfg.model.init else {}), **(tags or {})}
+    run_tags = {names.MODEL_TAG: cfg.model.name, names.LOSS_TAG: cfg.loss.name,
+                names.DATASET_TAG: name,
+                **({names.PRESET_TAG: cfg.preset} if cfg.preset != "none" else {}),
+                **({names.INIT_TAG: cfg.model.init} if cfg.model.init else {}), **(tags or {})}
     progress: dict[str, Any] = {"epoch": int(state["epoch"]) if state else 0}
     try:
-        with training_run(run_name or f"{cfg.model.name}-{cfg.loss.name}", cfg.tracking.experiment or f"zoo-{name}",
+        with training_run(run_name or f"{cfg.model.name}-{cfg.loss.name}",
+                          cfg.tracking.experiment or f"zoo-{name}",
                           run_tags, parent_run_id=parent_run_id, run_id=resume_id) as run:
             progress["run_id"] = run.info.run_id
             wrapper = os.environ.get("MLFLOW_RUN_ID")
             if resume_id and not parent_run_id and wrapper not in (None, resume_id):
                 # under `mlflow run -P resume_run=...`: the run mlflow made says where it went
-                mlflow.MlflowClient().set_tag(wrapper, "zoo.resumed", resume_id)
+                mlflow.MlflowClient().set_tag(wrapper, names.RESUMED_TAG, resume_id)
             return _train_in_run(cfg, run, name, data, aux, state, progress, world, device,
                                  on_epoch, init, from_init, params or {})
     except KeyboardInterrupt as exc:
@@ -212,7 +219,7 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict[str, Any]]:
                          ) from None
     if run.info.status == "FINISHED":
         raise ValueError(f"resume_run={run_id}: that run is FINISHED; there is nothing to resume")
-    if "zoo.teacher" in run.data.tags:
+    if names.TEACHER_TAG in run.data.tags:
         raise ValueError(f"resume_run={run_id} is a distillation run, whose teacher a resumed "
                          "run would not have; train the student again")
     cfg = TrainConfig.from_run(run.data.params, run.data.tags)
@@ -279,7 +286,7 @@ def replica_digests(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World)
 def check_replicas(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World) -> None:
     """Every process must end with the same weights; tag their digests on the run."""
     digests = replica_digests(model, loss_fn, world)
-    mlflow.set_tag("zoo.ddp.replica_checksums", ",".join(digests))
+    mlflow.set_tag(names.DDP_CHECKSUMS_TAG, ",".join(digests))
     if len(set(digests)) > 1:
         raise RuntimeError(f"the {world.size} data-parallel processes ended with different "
                            f"weights ({', '.join(digests)}): a DDP bug; please report it")
@@ -293,8 +300,8 @@ def build_model_and_loss(cfg: TrainConfig, splits: Splits, start: Start | None =
         cfg.model.name, num_classes, cfg.model.embedding_dim, in_chans=cfg.data.channels,
         image_size=cfg.data.image_size, num_features=splits.train.x.shape[1],
         feature_groups=splits.preprocessing.feature_groups, dropout=cfg.model.dropout,
-        stage=cfg.model.stage, grid=cfg.model.grid, parts=cfg.model.parts, cnn_branch=cfg.model.cnn_branch,
-        transformer_branch=cfg.model.transformer_branch,
+        stage=cfg.model.stage, grid=cfg.model.grid, parts=cfg.model.parts,
+        cnn_branch=cfg.model.cnn_branch, transformer_branch=cfg.model.transformer_branch,
         weights=start.weights if start is not None else None, **architecture_options(cfg),
     )
     if start is not None:
@@ -366,7 +373,7 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
         info = log_trained_model(model, splits.test.x[torch.arange(min(2, len(splits.test)))],
                                  meta, metrics)
         model_uri = info.model_uri
-        mlflow.set_tag("zoo.model_uri", model_uri)
+        mlflow.set_tag(names.MODEL_URI_TAG, model_uri)
     if checkpoints is not None:
         checkpoints.delete()
     summary = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
@@ -448,8 +455,8 @@ def log_figures(history: History, splits: Splits, test_emb: torch.Tensor,
                 plots.plot_confusion(matrix, splits.class_names, out / "confusion_matrix.png")
             plots.plot_embedding_map(test_emb.numpy(), splits.test.y.numpy(),
                                      splits.class_names, out / "embeddings.png", seed=seed)
-            mlflow.log_artifacts(str(out), artifact_path="plots")
+            mlflow.log_artifacts(str(out), artifact_path=names.PLOTS_DIR)
     mlflow.log_dict({"history": history.epochs, "best_epoch": history.best_epoch,
-                     "stopped_early": history.stopped_early}, "history.json")
+                     "stopped_early": history.stopped_early}, names.HISTORY_ARTIFACT)
     run = mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id)
-    mlflow.log_dict(run.data.metrics, "metrics.json")
+    mlflow.log_dict(run.data.metrics, names.METRICS_ARTIFACT)

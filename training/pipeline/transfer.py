@@ -19,6 +19,7 @@ import torch
 from training.config import TrainConfig, params_of
 from training.tracking.model_source import (ModelSource, artifact_location, load_pytorch_model,
                                              resolve_model, training_config)
+from zoo import names
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
                         is_timm_backed, timm_name_of)
 from zoo.models.pretrained import PretrainedWeights, resolve_weights
@@ -31,8 +32,6 @@ ARCHITECTURE = ("model", "embedding_dim", "stage", "grid", "parts", "width_multi
                 "image_size")
 #: The parts of a zoo model that carry over to a run with new classes (the head does not).
 CARRIED = ("backbone.", "neck.")
-INIT_TAG = "zoo.init"
-REPORT_ARTIFACT = "pretrained/load_report.json"
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ def apply_init(cfg: TrainConfig) -> tuple[InitSource | None, tuple[str, ...]]:
     init = resolve_init(cfg.model.init)
     conflicts = architecture_conflicts(cfg, init)
     if conflicts:
-        raise ValueError(f"init={cfg.model.init} is a {init.config.model.name} model; it cannot start a run "
-                         f"with {', '.join(conflicts)}: leave those unset")
+        raise ValueError(f"init={cfg.model.init} is a {init.config.model.name} model; it cannot "
+                         f"start a run with {', '.join(conflicts)}: leave those unset")
     changed = tuple(n for n in ARCHITECTURE if cfg.param(n) != init.config.param(n))
     for name in changed:
         cfg.set_param(name, init.config.param(name))
@@ -115,13 +114,13 @@ class Start:
 
     def tags(self) -> dict[str, str]:
         if self.weights is not None:
-            return {"zoo.pretrained.source": self.weights.source,
-                    "zoo.pretrained.sha256": self.weights.sha256}
+            return {names.PRETRAINED_SOURCE_TAG: self.weights.source,
+                    names.PRETRAINED_SHA256_TAG: self.weights.sha256}
         if self.init is not None:
             source = self.init.source
-            tags = {INIT_TAG: self.init.uri, f"{INIT_TAG}.run_id": source.run_id}
+            tags = {names.INIT_TAG: self.init.uri, names.INIT_RUN_TAG: source.run_id}
             if source.version is not None:
-                tags[f"{INIT_TAG}.version"] = f"{source.version.name}/{source.version.version}"
+                tags[names.INIT_VERSION_TAG] = f"{source.version.name}/{source.version.version}"
             return tags
         return {}
 
@@ -131,7 +130,7 @@ class Start:
         if self.weights is not None:
             mlflow.log_dict({"source": self.weights.source, "sha256": self.weights.sha256,
                              "architecture": self.weights.timm_name,
-                             **self.weights.report.to_dict()}, REPORT_ARTIFACT)
+                             **self.weights.report.to_dict()}, names.LOAD_REPORT_ARTIFACT)
         if self.init is not None:
             model_id = logged_model_id(self.init.source)
             if model_id:
@@ -160,8 +159,8 @@ def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
     if cfg.model.pretrained:
         if not is_timm_backed(cfg.model.name):
             raise ValueError(f"pretrained={cfg.model.pretrained} loads timm weights into one timm "
-                             f"backbone; {cfg.model.name!r} is not one (use a curated image model or "
-                             "timm/<name>, or start from a zoo model with init=<model uri>)")
+                             f"backbone; {cfg.model.name!r} is not one (use a curated image model "
+                             "or timm/<name>, or start from a zoo model with init=<model uri>)")
         start.weights = resolve_weights(
             timm_name_of(cfg.model.name), cfg.model.pretrained, in_chans=cfg.data.channels,
             image_size=cfg.data.image_size, candidates=(*CURATED_IMAGE_MODELS, *MORE_IMAGE_MODELS),

@@ -17,10 +17,9 @@ import mlflow
 import numpy as np
 from mlflow.models.model import ModelInfo
 
-from training.tracking.layout import (ARTIFACT_DIR, ERROR_TAG, EXPORTED_TAG, METRIC_PREFIX,
-                                     ONNX_MODEL_NAME, WEIGHTS_DIR)
 from training.tracking.model_logging import model_signature
 from training.tracking.model_source import ModelSource
+from zoo import names
 from zoo.export import Parity
 from zoo.quiet import quiet_loggers
 
@@ -61,20 +60,21 @@ def onnx_requirements() -> list[str]:
 def parity_metrics(parities: list[Parity]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for parity in parities:
-        metrics.update(parity.metrics(METRIC_PREFIX))
+        metrics.update(parity.metrics(names.EXPORT_METRIC_PREFIX))
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
 def log_parity(parities: list[Parity], report: dict[str, Any]) -> None:
     """Figures as metrics of the active run, the whole report as ``export/parity.json``."""
     mlflow.log_metrics(parity_metrics(parities))
-    mlflow.log_dict(report, f"{ARTIFACT_DIR}/parity.json")
+    mlflow.log_dict(report, f"{names.EXPORT_DIR}/{names.PARITY_ARTIFACT}")
 
 
-def log_files(files: dict[str, Path], meta: dict[str, Any], example: np.ndarray) -> ModelInfo | None:
+def log_files(files: dict[str, Path], meta: dict[str, Any],
+              example: np.ndarray) -> ModelInfo | None:
     """The exported files under ``export/`` and the ONNX file as an MLflow ``onnx`` model."""
     for path in files.values():
-        mlflow.log_artifact(str(path), artifact_path=ARTIFACT_DIR)
+        mlflow.log_artifact(str(path), artifact_path=names.EXPORT_DIR)
     if "onnx" not in files:
         return None
     import onnx  # here: the server imports this module, and onnx takes a second to import
@@ -86,7 +86,7 @@ def log_files(files: dict[str, Path], meta: dict[str, Any], example: np.ndarray)
     # Providers are chosen where the model is loaded; CPU is what every machine has.
     with quiet_loggers("mlflow.models.model", "mlflow.onnx"):
         return mlflow.onnx.log_model(
-            onnx.load(str(files["onnx"])), name=ONNX_MODEL_NAME, signature=signature,
+            onnx.load(str(files["onnx"])), name=names.ONNX_MODEL_NAME, signature=signature,
             input_example=example, pip_requirements=onnx_requirements(),
             onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
             metadata={"zoo": json.loads(json.dumps(meta, default=str))},
@@ -95,7 +95,7 @@ def log_files(files: dict[str, Path], meta: dict[str, Any], example: np.ndarray)
 
 def log_weights(folder: Path) -> None:
     """``model.safetensors`` and ``recipe.json`` under ``export/weights/`` of the active run."""
-    mlflow.log_artifacts(str(folder), f"{ARTIFACT_DIR}/{WEIGHTS_DIR}")
+    mlflow.log_artifacts(str(folder), f"{names.EXPORT_DIR}/{names.WEIGHTS_DIR}")
 
 
 def tag_version(source: ModelSource, parities: list[Parity], files: dict[str, str],
@@ -107,12 +107,12 @@ def tag_version(source: ModelSource, parities: list[Parity], files: dict[str, st
     name, number = source.version.name, str(source.version.version)
     tags = {k: f"{v:.6g}" for k, v in parity_metrics(parities).items()}
     if error is None:
-        tags.update({EXPORTED_TAG: "true", **files})
+        tags.update({names.EXPORTED_TAG: "true", **files})
     else:
-        tags[ERROR_TAG] = error[:5000]
+        tags[names.EXPORT_ERROR_TAG] = error[:5000]
     for key, value in tags.items():
         client.set_model_version_tag(name, number, key, value)
-    stale = (EXPORTED_TAG,) if error is not None else (ERROR_TAG,)
+    stale = (names.EXPORTED_TAG,) if error is not None else (names.EXPORT_ERROR_TAG,)
     for key in stale:
         if key in (client.get_model_version(name, number).tags or {}):
             client.delete_model_version_tag(name, number, key)

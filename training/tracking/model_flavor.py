@@ -22,11 +22,10 @@ from mlflow.models import Model
 from mlflow.utils.environment import _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
 from mlflow.utils.model_utils import MLMODEL_FILE_NAME
 
+from zoo import names
 from zoo import pyfunc as zoo_pyfunc
 from zoo.export.torchscript_format import export_torchscript, save_torchscript
 
-#: Where the traced model lives inside the logged model's folder.
-PYFUNC_DIR = "pyfunc"
 FLAVOR_NAME = "pytorch"  # what the MLflow UI lists the logged model as
 
 
@@ -36,13 +35,13 @@ def save_model(pytorch_model: torch.nn.Module, path: str, mlflow_model: Model | 
     (a preprocessed batch of two or more) as the ``python_function`` flavor."""
     mlflow_model = mlflow_model if mlflow_model is not None else Model()
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, **kwargs)
-    folder = Path(path) / PYFUNC_DIR
+    folder = Path(path) / names.PYFUNC_DIR
     folder.mkdir()
     model = pytorch_model.eval()
     save_torchscript(export_torchscript(model, example), folder / zoo_pyfunc.MODEL_FILE,
                      json.loads(json.dumps(model.zoo_meta, default=str)))
     code = mlflow_model.flavors[pyfunc.FLAVOR_NAME].get(pyfunc.CODE)
-    pyfunc.add_to_model(mlflow_model, loader_module=zoo_pyfunc.__name__, data=PYFUNC_DIR,
+    pyfunc.add_to_model(mlflow_model, loader_module=zoo_pyfunc.__name__, data=names.PYFUNC_DIR,
                         code=code, conda_env=_CONDA_ENV_FILE_NAME,
                         python_env=_PYTHON_ENV_FILE_NAME)
     mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))

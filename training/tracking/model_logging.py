@@ -49,7 +49,8 @@ def runtime_requirements() -> list[str]:
     return reqs
 
 
-def model_signature(input_shape: tuple[int, ...], embedding_dim: int, num_classes: int) -> ModelSignature:
+def model_signature(input_shape: tuple[int, ...], embedding_dim: int,
+                    num_classes: int) -> ModelSignature:
     """Float32 batch in; named ``embedding`` and ``logits`` out."""
     f32 = np.dtype(np.float32)
     return ModelSignature(

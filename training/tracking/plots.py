@@ -7,8 +7,8 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
@@ -72,7 +72,8 @@ def plot_embedding_map(
         xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
         method = "t-SNE"
     else:
-        xy = PCA(2, random_state=seed).fit_transform(emb) if len(emb) > 2 else np.zeros((len(emb), 2))
+        xy = (PCA(2, random_state=seed).fit_transform(emb) if len(emb) > 2
+              else np.zeros((len(emb), 2)))
         method = "PCA"
     fig, ax = plt.subplots(figsize=(7, 6))
     cmap = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")

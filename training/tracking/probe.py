@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from zoo.data import LoadedData, Table
+from zoo import names
 from zoo.probe import PROBE_VERSION, probe
 
-PROBE_TAG = "zoo.probe"
-PROBE_ARTIFACT = "probe/probe.npz"
 PROBE_SAMPLES = 512
 
 
@@ -31,8 +30,8 @@ def probe_sample(data: LoadedData, samples: int = PROBE_SAMPLES, seed: int = 0) 
 def log_probe(data: LoadedData) -> None:
     """Log the data's probe embeddings to the active run (a sweep's parent)."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / Path(PROBE_ARTIFACT).name
+        path = Path(folder) / Path(names.PROBE_ARTIFACT).name
         np.savez(path, embeddings=probe_sample(data), kind=data.kind,
                  num_classes=data.num_classes, name=data.name)
-        mlflow.log_artifact(str(path), str(Path(PROBE_ARTIFACT).parent))
-    mlflow.set_tag(PROBE_TAG, PROBE_VERSION)
+        mlflow.log_artifact(str(path), str(Path(names.PROBE_ARTIFACT).parent))
+    mlflow.set_tag(names.PROBE_TAG, PROBE_VERSION)

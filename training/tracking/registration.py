@@ -26,6 +26,7 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS, MLFLOW_PARENT_RUN_ID
 
 from training.tracking.store import registry_lock
+from zoo import names
 from zoo.metrics import higher_is_better
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ CHAMPION = "champion"
 #: ranked by the monitor's test counterpart, and everything that reports it says so.
 DEFAULT_METRIC = "auto"
 FALLBACK_METRIC = "test_map_at_r"
-MODEL_URI_TAG = "zoo.model_uri"
 # Run metrics copied onto every version as tags, so the registry alone compares versions.
 VERSION_METRIC_PREFIXES = ("test_", "open_")
 # A metric is minimised when one of these is a word of its name (``test_ece``, ``train_loss``).
@@ -90,7 +90,7 @@ def selection_metric(runs: list[Run]) -> str:
                 for r in runs]
     monitor = max(set(monitors), key=monitors.count) if monitors else ""
     finished = [r for r in runs if r.info.status == RunStatus.to_string(RunStatus.FINISHED)
-                and r.data.tags.get(MODEL_URI_TAG)]
+                and r.data.tags.get(names.MODEL_URI_TAG)]
     validated = metric_for(monitor, True)
     if finished and all(_metric(r, validated) is not None for r in finished):
         return validated
@@ -251,9 +251,9 @@ def eligible_runs(runs: list[Run], metric: str) -> list[Run]:
     for run in runs:
         if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
             reason = f"{run.info.status.lower()}"
-        elif not run.data.tags.get(MODEL_URI_TAG):
-            reason = f"without a logged model (tag {MODEL_URI_TAG})"
-        elif not run.data.tags.get("zoo.dataset"):
+        elif not run.data.tags.get(names.MODEL_URI_TAG):
+            reason = f"without a logged model (tag {names.MODEL_URI_TAG})"
+        elif not run.data.tags.get(names.DATASET_TAG):
             reason = "without a zoo.dataset tag"
         elif _metric(run, metric) is None:
             reason = f"without {metric}"
@@ -291,7 +291,7 @@ def _ensure_registered_model(client: mlflow.MlflowClient, name: str, dataset: st
         "model, loss and source run."
     )
     try:
-        client.create_registered_model(name, tags={"zoo.dataset": dataset},
+        client.create_registered_model(name, tags={names.DATASET_TAG: dataset},
                                        description=description)
         log.info("created registered model %s", name)
     except MlflowException as exc:  # another process created it meanwhile
@@ -314,12 +314,12 @@ def _version_tags(run: Run, metric: str) -> dict[str, str]:
     tags = {k: str(v) for k, v in run.data.metrics.items()
             if k.startswith(VERSION_METRIC_PREFIXES)}
     tags[metric] = str(run.data.metrics[metric])
-    for key in ("zoo.model", "zoo.loss", "zoo.dataset"):
+    for key in (names.MODEL_TAG, names.LOSS_TAG, names.DATASET_TAG):
         tags[key] = run.data.tags.get(key, "")
-    tags.update({"zoo.metric": metric, "zoo.run_id": run.info.run_id,
-                 "zoo.selected_on": "test" if uses_test(metric) else "validation"})
-    tags.update({k: run.data.tags[k] for k in ("zoo.init", "zoo.pretrained.source",
-                                                "zoo.pretrained.sha256") if k in run.data.tags})
+    tags.update({names.METRIC_TAG: metric, names.RUN_ID_TAG: run.info.run_id,
+                 names.SELECTED_ON_TAG: "test" if uses_test(metric) else "validation"})
+    tags.update({k: run.data.tags[k] for k in (names.INIT_TAG, names.PRETRAINED_SOURCE_TAG,
+                                                names.PRETRAINED_SHA256_TAG) if k in run.data.tags})
     return tags
 
 
@@ -327,13 +327,13 @@ def _version_description(run: Run, metric: str) -> str:
     tags = run.data.tags
     test = {k: run.data.metrics[k] for k in ("test_precision_at_1", "test_map_at_r")
             if k in run.data.metrics}
-    started = (f" Started from {tags['zoo.init']} (run {tags.get('zoo.init.run_id', '?')})."
-               if tags.get("zoo.init") else
-               f" Started from pretrained weights {tags['zoo.pretrained.source']} (sha256 "
-               f"{tags.get('zoo.pretrained.sha256', '?')[:12]})."
-               if tags.get("zoo.pretrained.source") else "")
-    return (f"{tags.get('zoo.model', '?')} trained with {tags.get('zoo.loss', '?')} on "
-            f"{tags.get('zoo.dataset', '?')}: {metric} = {run.data.metrics[metric]:.4f} "
+    started = (f" Started from {tags[names.INIT_TAG]} (run {tags.get(names.INIT_RUN_TAG, '?')})."
+               if tags.get(names.INIT_TAG) else
+               f" Started from pretrained weights {tags[names.PRETRAINED_SOURCE_TAG]} (sha256 "
+               f"{tags.get(names.PRETRAINED_SHA256_TAG, '?')[:12]})."
+               if tags.get(names.PRETRAINED_SOURCE_TAG) else "")
+    return (f"{tags.get(names.MODEL_TAG, '?')} trained with {tags.get(names.LOSS_TAG, '?')} on "
+            f"{tags.get(names.DATASET_TAG, '?')}: {metric} = {run.data.metrics[metric]:.4f} "
             f"(run {run.info.run_id}); {selection_note(metric)}"
             + (f" ({', '.join(f'{k} = {v:.4f}' for k, v in test.items())})" if test and
                not uses_test(metric) else "") + f".{started}")
@@ -366,7 +366,7 @@ class _Versions:
 
     def of(self, run: Run) -> ModelVersion:
         """The version whose source is this run's model, registering it if there is none."""
-        uri = run.data.tags[MODEL_URI_TAG]
+        uri = run.data.tags[names.MODEL_URI_TAG]
         key = (run.info.run_id, uri)
         if key in self.by_run:
             mv = self.by_run[key]
@@ -453,7 +453,7 @@ def register_best(runs: list[Run], metric: str = DEFAULT_METRIC, *, force: bool 
     if metric == DEFAULT_METRIC:
         metric = selection_metric(runs)
     candidates = eligible_runs(runs, metric)
-    datasets = sorted({r.data.tags["zoo.dataset"] for r in candidates})
+    datasets = sorted({r.data.tags[names.DATASET_TAG] for r in candidates})
     if len(datasets) > 1:
         raise ValueError(f"runs of {len(datasets)} data sets ({', '.join(datasets)}): register "
                          "one data set at a time (one experiment or sweep per data set)")
@@ -477,7 +477,7 @@ def _register_locked(client: mlflow.MlflowClient, candidates: list[Run], dataset
 
     by_loss: dict[str, list[Run]] = {}
     for run in candidates:
-        if loss := run.data.tags.get("zoo.loss"):
+        if loss := run.data.tags.get(names.LOSS_TAG):
             by_loss.setdefault(loss, []).append(run)
     loss_outcomes: dict[str, AliasOutcome] = {}
     for loss, loss_runs in sorted(by_loss.items()):

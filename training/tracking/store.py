@@ -20,19 +20,11 @@ import mlflow
 from filelock import FileLock
 from mlflow.entities import RunStatus
 
-from training.config import RESOLVED_PREFIX
+from serving.mlflow_source import STORE_DIR, embedded_store_uri
+from zoo import names
 from zoo.values import AUTO
 
 log = logging.getLogger(__name__)
-
-STORE_DIR = Path("mlruns")
-ERROR_TAG = "zoo.error"
-
-
-def embedded_store_uri(root: Path | None = None) -> str:
-    """``sqlite:///<root>/mlruns/mlflow.db`` (absolute, so any working directory agrees)."""
-    store = ((root or Path.cwd()) / STORE_DIR).resolve()
-    return f"sqlite:///{store / 'mlflow.db'}"
 
 
 def configure_tracking() -> str:
@@ -149,7 +141,7 @@ def training_run(
         status = getattr(exc, "run_status", None) or (
             "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         with contextlib.suppress(Exception):
-            mlflow.set_tag(ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+            mlflow.set_tag(names.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
         mlflow.end_run(status=status)
         raise
     else:
@@ -173,7 +165,7 @@ def log_params_once(params: dict[str, str], resolved_keys: tuple[str, ...] = ())
         if _same(existing[key], params[key]):
             continue
         if existing[key].lower() == AUTO or key in resolved_keys:  # the code chose: say what
-            resolved[f"{RESOLVED_PREFIX}{key}"] = params[key]
+            resolved[f"{names.RESOLVED_PREFIX}{key}"] = params[key]
         else:
             log.warning("parameter %s: run has %r, config has %r", key, existing[key], params[key])
     if resolved:

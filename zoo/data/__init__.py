@@ -1,6 +1,7 @@
 """Data for the zoo: sources, splits, class-balanced sampling, augmentation, preprocessing.
 
-``load_data`` picks a source by name (``digits``, ``emitters``) or path (image folder, CSV or Parquet table);
+``load_data`` picks a source by name (``digits``, ``emitters``) or path (image folder, CSV or
+Parquet table);
 ``split_data`` makes deterministic stratified splits normalised with training statistics;
 ``Preprocessing`` carries those statistics with the model to the server.
 """

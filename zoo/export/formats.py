@@ -106,7 +106,7 @@ def export_format(fmt: str, model: nn.Module, example: torch.Tensor, folder: Pat
             torchscript_format.save_torchscript(traced, path, meta)
         else:
             onnx_format.export_onnx(model, example, path, meta, outputs, opset)
-    except Exception as exc:  # noqa: BLE001 - explained below
+    except Exception as exc:
         path.unlink(missing_ok=True)
         attempt = (torchscript_format.attempt_torchscript if fmt == "torchscript"
                    else program_format.attempt_program)

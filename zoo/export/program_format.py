@@ -28,7 +28,8 @@ def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
 
 def attempt_program(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Export one submodule with the inputs it receives (for locating a failure)."""
-    batch = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() else None
+    batch = (args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim()
+             else None)
     dynamic = None
     if batch is not None and not kwargs:
         dim = batch_dim()

@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 ONNXRUNTIME, PYTORCH = "onnxruntime", "pytorch"
 RUNTIMES = (ONNXRUNTIME, PYTORCH)
 TIMED_BATCHES = (1, 64)
-RUNTIME_TAG = "zoo.runtime"  # on the version (and run): the faster runtime
-TIMING_TAG = "zoo.runtime.timing"  # the figures it was chosen by (JSON)
 
 
 def auto_workers(device: str = "auto") -> int:
@@ -150,7 +148,7 @@ def time_runtimes(onnx_path: str | Path, module: torch.nn.Module,
         for _ in range(rounds):
             for b in batches:
                 ms[ONNXRUNTIME][str(b)] = min(ms[ONNXRUNTIME][str(b)], _best_ms(
-                    lambda: session.run(None, {name: inputs[b]}), min_seconds))
+                    lambda b=b: session.run(None, {name: inputs[b]}), min_seconds))
                 ms[PYTORCH][str(b)] = min(ms[PYTORCH][str(b)], _best_ms(eager(b), min_seconds))
     finally:
         torch.set_num_threads(previous)

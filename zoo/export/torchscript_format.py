@@ -48,7 +48,8 @@ def save_torchscript(module: torch.jit.ScriptModule, path: Path, meta: dict[str,
         torch.jit.save(module, str(path), _extra_files={META_FILE: json.dumps(meta, default=str)})
 
 
-def load_torchscript(path: Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+def load_torchscript(path: Path,
+                     device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """The traced module (eval mode) and the zoo metadata saved with it."""
     extra = {META_FILE: ""}
     with warnings.catch_warnings():

@@ -80,4 +80,5 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, parts: int = 1,
     return entry.factory(num_classes=num_classes, embedding_dim=embedding_dim, **accepted)
 
 
-__all__ = ["LOSSES", "create_loss", "check_loss", "needed_outputs", "CombinedLoss", "EmbeddingLoss", "PartLoss"]
+__all__ = ["LOSSES", "create_loss", "check_loss", "needed_outputs", "CombinedLoss", "EmbeddingLoss",
+           "PartLoss"]

@@ -297,7 +297,8 @@ def curricularface(
     scale: float = DEFAULT_SCALE,
     t_alpha: float = 0.01,
 ) -> EmbeddingLoss:
-    """CurricularFace: ArcFace margin plus adaptive weighting of hard negatives (margin in radians)."""
+    """CurricularFace: ArcFace margin plus adaptive weighting of hard negatives (margin in radians).
+    """
     return CurricularFaceLoss(
         num_classes, embedding_dim, margin=margin, scale=scale, t_alpha=t_alpha
     )

@@ -28,7 +28,8 @@ class PartClassifier(nn.Module):
     def __init__(self, heads: list[nn.Module]) -> None:
         super().__init__()
         self.heads = nn.ModuleList(heads)
-        self.num_classes = int(getattr(heads[0], "num_classes", getattr(heads[0], "out_features", 0)))
+        self.num_classes = int(getattr(heads[0], "num_classes",
+                                       getattr(heads[0], "out_features", 0)))
         if all(isinstance(h, CosineClassifier) for h in heads):
             self.register_buffer("scale", heads[0].scale.detach().clone())
             for head in heads:

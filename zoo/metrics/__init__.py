@@ -11,9 +11,11 @@ import logging
 import re
 from typing import Any
 
-from .classification import accuracy, confusion_matrix, expected_calibration_error, softmax, top_k_accuracy
+from .classification import (accuracy, confusion_matrix, expected_calibration_error, softmax,
+                             top_k_accuracy)
 from .clustering import cluster_accuracy, clustering_metrics, hungarian_accuracy, nmi
-from .retrieval import leave_one_out_knn, map_at_r, precision_at_1, r_precision, recall_at_k, retrieval_metrics
+from .retrieval import (leave_one_out_knn, map_at_r, precision_at_1, r_precision, recall_at_k,
+                        retrieval_metrics)
 from .verification import pair_scores, roc_auc, tar_at_far, verification_metrics
 
 __all__ = [

@@ -13,7 +13,8 @@ import numpy as np
 
 from ._utils import to_numpy
 
-__all__ = ["accuracy", "top_k_accuracy", "expected_calibration_error", "confusion_matrix", "softmax"]
+__all__ = ["accuracy", "top_k_accuracy", "expected_calibration_error", "confusion_matrix",
+           "softmax"]
 
 
 def _logits_and_labels(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -62,7 +62,8 @@ def pair_scores(
                 start += m
         return sims, same
 
-    log.info("verification: %d samples give %d pairs; scoring %d random pairs (seed %d)", n, n_pairs, max_pairs, seed)
+    log.info("verification: %d samples give %d pairs; scoring %d random pairs (seed %d)",
+             n, n_pairs, max_pairs, seed)
     rng = np.random.default_rng(seed)
     i = rng.integers(0, n, size=max_pairs)
     j = rng.integers(0, n - 1, size=max_pairs)

@@ -1,0 +1,81 @@
+"""Every MLflow tag and artifact name the zoo writes and reads, in one place.
+
+Training writes these names onto runs, registered versions and their artifacts; the server,
+the sweep table, the registry and ``-e recommend`` read them back. They are plain strings
+with no MLflow import, so the server (and a built Bento, which holds no training code) reads
+the same constants the trainer writes. A name here is a contract: renaming one orphans what
+older runs recorded.
+"""
+from __future__ import annotations
+
+# --- tags on every training run (and copied onto its registered version) -----------------
+MODEL_TAG = "zoo.model"  # the architecture's catalogue name
+LOSS_TAG = "zoo.loss"
+DATASET_TAG = "zoo.dataset"  # also on each registered model: which data it was trained on
+PRESET_TAG = "zoo.preset"
+MODEL_URI_TAG = "zoo.model_uri"  # the logged model's URI (models:/m-...)
+ERROR_TAG = "zoo.error"  # why a run FAILED (or was KILLED)
+RESUMED_TAG = "zoo.resumed"  # the run (or sweep) this one resumed
+#: what an ``auto`` parameter (or one a preset set) became: ``zoo.resolved.<param>``
+RESOLVED_PREFIX = "zoo.resolved."
+DDP_CHECKSUMS_TAG = "zoo.ddp.replica_checksums"  # one digest per replica: they agree
+
+# lineage: pretrained weights, or an earlier zoo model (``init=``)
+PRETRAINED_SOURCE_TAG = "zoo.pretrained.source"
+PRETRAINED_SHA256_TAG = "zoo.pretrained.sha256"
+INIT_TAG = "zoo.init"
+INIT_RUN_TAG = "zoo.init.run_id"
+INIT_VERSION_TAG = "zoo.init.version"
+LINEAGE_TAGS = (INIT_TAG, INIT_RUN_TAG, INIT_VERSION_TAG, PRETRAINED_SOURCE_TAG,
+                PRETRAINED_SHA256_TAG)
+
+# distillation
+TEACHER_TAG = "zoo.teacher"
+TEACHER_RUN_TAG = "zoo.teacher_run_id"
+TEACHER_MODEL_TAG = "zoo.teacher_model"
+TEACHER_VERSION_TAG = "zoo.teacher_version"
+TEACHER_REGISTERED_TAG = "zoo.teacher_registered_model"
+
+# --- sweeps, searches and evaluations ------------------------------------------------------
+SWEEP_TAG = "zoo.sweep"  # "parent" on a sweep; its children carry MLflow's parentRunId
+METRIC_TAG = "zoo.metric"  # the metric a sweep, search or registration ranked by
+PROBE_TAG = "zoo.probe"  # a sweep logged a sample of its data (for -e recommend)
+TUNE_TAG = "zoo.tune"  # "parent" on a search; a trial holds its parent's run id
+TRIAL_TAG = "zoo.trial"
+TRIAL_STATE_TAG = "zoo.trial_state"
+BEST_TRIAL_TAG = "zoo.best_trial"
+BEST_RUN_TAG = "zoo.best_run_id"
+EVALUATION_TAG = "zoo.evaluation"  # zero-shot, or an ensemble
+MEMBERS_TAG = "zoo.members"
+TRAINED_ON_TAG = "zoo.trained_on"
+
+# --- registered versions -------------------------------------------------------------------
+RUN_ID_TAG = "zoo.run_id"
+SELECTED_ON_TAG = "zoo.selected_on"  # validation or test
+EXPORTED_TAG = "zoo.exported"  # "true" once every format passed its parity check
+EXPORT_ERROR_TAG = "zoo.export_error"  # why the last export of the version failed
+EXPORT_FORMATS_TAG = "zoo.export.formats"
+EXPORT_ARTIFACTS_TAG = "zoo.export.artifacts"
+EXPORT_GALLERY_TAG = "zoo.export.gallery"
+EXPORT_SOURCE_RUN_TAG = "zoo.export.source_run"  # on the run `-e export` makes
+EXPORT_MODEL_URI_TAG = "zoo.export.model_uri"
+ONNX_MODEL_URI_TAG = "zoo.onnx_model_uri"
+RUNTIME_TAG = "zoo.runtime"  # on the version (and run): the runtime the export timed faster
+TIMING_TAG = "zoo.runtime.timing"  # the figures it was chosen by (JSON)
+
+# --- artifacts -----------------------------------------------------------------------------
+EXPORT_DIR = "export"  # model.onnx, model.torchscript.pt, model.pt2, parity.json
+GALLERY_DIR = "gallery"  # under EXPORT_DIR: the default identification gallery
+WEIGHTS_DIR = "weights"  # under EXPORT_DIR: recipe.json + model.safetensors (never unpickled)
+PARITY_ARTIFACT = "parity.json"  # under EXPORT_DIR
+ONNX_MODEL_NAME = "onnx"  # the logged ONNX model's name
+EXPORT_METRIC_PREFIX = "export_"
+CHECKPOINT_DIR = "checkpoints"
+PLOTS_DIR = "plots"
+HISTORY_ARTIFACT = "history.json"
+METRICS_ARTIFACT = "metrics.json"
+COMPARISON_DIR = "comparison"  # a sweep's table and heatmap
+TUNE_DIR = "tune"
+PROBE_ARTIFACT = "probe/probe.npz"
+LOAD_REPORT_ARTIFACT = "pretrained/load_report.json"
+PYFUNC_DIR = "pyfunc"  # inside a logged model: the TorchScript trace the pyfunc loads
