@@ -236,12 +236,11 @@ def cpu_breakdown(onnx: str, pngs: list[bytes]) -> dict[str, float]:
     from serving.inputs import Upload, images_to_array
     from serving.schemas import EmbedResponse
     from serving.settings import ServeSettings
-    from zoo.data import Preprocessing
     from zoo.data.preprocessing import normalise, to_unit
     from zoo.export import onnx_session
-    from zoo.export.onnx_format import read_metadata
+    from zoo.export.onnx_format import read_record
 
-    pre = Preprocessing.from_dict(read_metadata(Path(onnx))["preprocessing"])
+    pre = read_record(Path(onnx)).pre
     settings, n = ServeSettings(), 2000
     t0 = time.process_time()
     for i in range(n):

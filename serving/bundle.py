@@ -3,29 +3,30 @@
 The server needs four things of a registered version: ``model.onnx`` (embeddings and classes,
 what answers requests), the PyTorch module (GradCAM needs hooks and gradients; it answers
 requests instead where the export timed it faster, serving/runtimes.py), the default
-identification gallery, and what describes the version (URI, metrics, preprocessing). The
+identification gallery, and what describes the version (URI, metrics, and the model's record:
+preprocessing, classes, recipes). The
 module is rebuilt from the export's ``weights/`` (a JSON recipe and a safetensors state
 dict, ``zoo.models.rebuild``), never unpickled: whoever can write the tracking server's
-artifacts must not be able to run code on the server. A
-bundle holds exactly these, so the same loading code serves from the MLflow store (fetched
-into a cache once per version) and from a built Bento (packed as a BentoML model), where no
-MLflow store exists. Fetching one from MLflow is ``serving.mlflow_source``'s job; this module
-imports neither MLflow nor the training code.
+artifacts must not be able to run code on the server. A bundle holds exactly these (no
+pickle: the record comes from the logged model's metadata), so the same loading code serves
+from the MLflow store (fetched into a cache once per version) and from a built Bento (packed
+as a BentoML model), where no MLflow store exists. Fetching one from MLflow is
+``serving.mlflow_source``'s job; this module imports neither MLflow nor the training code.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from zoo import names
+from zoo.record import ModelRecord
 
 MANIFEST = "bundle.json"
 ONNX_FILE = "model.onnx"
-PYTORCH_DIR = "pytorch"
 GALLERY_DIR = names.GALLERY_DIR
 WEIGHTS_DIR = names.WEIGHTS_DIR  # recipe.json + model.safetensors
 BENTO_LABEL = "zoo-bundle"
@@ -40,8 +41,8 @@ class BundleInfo:
     version: str | None
     alias: str | None
     run_id: str
+    record: ModelRecord  # what the model is: preprocessing, classes, recipes (zoo.record)
     metrics: dict[str, float] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)  # the model's zoo_meta
     runtime: str | None = None  # the runtime the export timed as faster (zoo.runtime tag)
     timing: str | None = None  # the figures it chose by (zoo.runtime.timing, JSON)
 
@@ -51,21 +52,22 @@ class BundleInfo:
         base = f"{self.name}-v{self.version}" if self.version else f"run-{self.run_id}"
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)
 
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return dict(self.meta.get("preprocessing") or {})
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(c) for c in self.preprocessing.get("class_names", [])]
-
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["record"] = self.record.to_dict()
+        return json.dumps(data, indent=2, default=str)
 
     @classmethod
     def from_json(cls, text: str) -> "BundleInfo":
+        """A manifest; one written before records existed holds the untyped dict as
+        ``meta``, which ``ModelRecord.from_dict`` reads as well."""
+        data = json.loads(text)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+        record = data.get("record") or data.get("meta")
+        if not record:
+            raise ValueError("the manifest holds no model record")
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(**{**values, "record": ModelRecord.from_dict(record)})
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,6 @@ class Bundle:
         return self.path / ONNX_FILE
 
     @property
-    def pytorch_path(self) -> Path:
-        return self.path / PYTORCH_DIR
-
-    @property
     def gallery_path(self) -> Path:
         return self.path / GALLERY_DIR
 
@@ -94,7 +92,7 @@ class Bundle:
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Bundle":
         path = Path(path)
-        for needed in (MANIFEST, ONNX_FILE, PYTORCH_DIR):
+        for needed in (MANIFEST, ONNX_FILE):
             if not (path / needed).exists():
                 raise FileNotFoundError(f"model bundle {path} has no {needed}: "
                                         "not a bundle, or an interrupted copy")

@@ -21,7 +21,6 @@ from serving.inputs import check_finite
 from serving.runtimes import open_runtime
 from serving.schemas import ClassScore
 from serving.settings import ServeSettings
-from zoo.data import Preprocessing
 from zoo.data.preprocessing import normalise, to_unit
 from zoo.export.runtime_timing import worker_threads
 from zoo.metrics.classification import softmax
@@ -50,7 +49,8 @@ class ServedModel:
     def __init__(self, bundle: Bundle, settings: ServeSettings,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.bundle, self.info, self.settings = bundle, bundle.info, settings
-        self.pre = Preprocessing.from_dict(bundle.info.preprocessing)
+        self.record = bundle.info.record
+        self.pre = self.record.pre
         threads = settings.threads or worker_threads(settings.worker_count, settings.device)
         # Torch preprocesses (on the event loop) and runs GradCAM: one thread, or its OpenMP
         # workers fight the model's for the cores (3 ms per request instead of 30 us); the
@@ -146,7 +146,7 @@ class ServedModel:
         info, pre = self.info, self.pre
         return {
             "uri": info.uri, "name": info.name, "version": info.version, "alias": info.alias,
-            "run_id": info.run_id, "model": info.meta.get("model"), "loss": info.meta.get("loss"),
+            "run_id": info.run_id, "model": self.record.model, "loss": self.record.loss,
             "kind": pre.kind, "input_size": list(pre.input_size),
             "feature_names": pre.feature_names, "embedding_dim": self.embedding_dim,
             # a table's columns: numeric (with the median a missing value takes) or

@@ -16,7 +16,6 @@ identity acknowledged by one worker is found by all of them.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -71,10 +70,9 @@ def embedding_contract(bundle: "Bundle", dim: int) -> EmbeddingContract:
     with open(bundle.onnx_path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    pre = json.dumps(bundle.info.preprocessing, sort_keys=True, default=str).encode()
     info = bundle.info
     return EmbeddingContract(info.name, info.version, info.run_id, digest.hexdigest(), dim,
-                             hashlib.sha256(pre).hexdigest())
+                             info.record.preprocessing_digest())
 
 
 def _describe(recorded: dict[str, Any]) -> str:

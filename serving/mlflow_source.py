@@ -22,16 +22,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from serving.bundle import (GALLERY_DIR, MANIFEST, ONNX_FILE, PYTORCH_DIR, WEIGHTS_DIR, Bundle,
-                            BundleInfo)
+from serving.bundle import GALLERY_DIR, MANIFEST, ONNX_FILE, WEIGHTS_DIR, Bundle, BundleInfo
 from zoo import names
 from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE
+from zoo.record import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,7 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
         uri=model_uri,
         name=version.name if version else run.data.tags.get(names.MODEL_TAG, "model"),
         version=str(version.version) if version else None, alias=source.alias,
-        run_id=source.run_id,
+        run_id=source.run_id, record=_record_of(source),
         metrics={k: v for k, v in sorted(run.data.metrics.items())
                  if k.startswith(_METRIC_PREFIXES)},
         runtime=tags.get(names.RUNTIME_TAG), timing=tags.get(names.TIMING_TAG),
@@ -214,8 +213,6 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
             mlflow.artifacts.download_artifacts(f"{artifacts}/{GALLERY_DIR}", dst_path=str(tmp))
         except Exception:  # noqa: BLE001 - an older export without a gallery: start empty
             log.warning("%s has no exported gallery; /identify starts empty", source.describe())
-        mlflow.artifacts.download_artifacts(source.load_uri, dst_path=str(tmp / PYTORCH_DIR))
-        info.meta = _meta_of(tmp / PYTORCH_DIR)
         _download_weights(artifacts, tmp, source.describe())
         (tmp / MANIFEST).write_text(info.to_json())
         try:
@@ -258,12 +255,11 @@ def _add_weights(artifacts: str, dest: Path, what: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _meta_of(model_dir: Path) -> dict[str, Any]:
-    """The model's ``zoo_meta`` from the MLflow model folder (``MLmodel`` metadata)."""
-    import yaml
-
-    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text()) or {}
-    meta = (mlmodel.get("metadata") or {}).get("zoo")
-    if not meta:
-        raise ValueError(f"{model_dir / 'MLmodel'} has no zoo metadata: not a model-zoo model")
-    return dict(meta)
+def _record_of(source: ModelSource) -> ModelRecord:
+    """The model's record from its ``MLmodel`` metadata (no weights, no pickle downloaded)."""
+    info = mlflow.models.get_model_info(source.load_uri)
+    data = (info.metadata or {}).get(names.MLMODEL_RECORD_KEY)
+    if not data:
+        raise ValueError(f"the logged model of {source.describe()} has no model-zoo record in "
+                         "its MLmodel metadata: not a model-zoo model")
+    return ModelRecord.from_dict(data)

@@ -65,7 +65,7 @@ class TorchRuntime:
         self.module = bundle.load_pytorch().to(self.device).eval()
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            probe = self.module(torch.zeros((1, *bundle.info.preprocessing["input_size"]),
+            probe = self.module(torch.zeros((1, *bundle.info.record.input_size),
                                             device=self.device))
         self.output_names = [k for k in OUTPUTS if k in probe]
         self.embedding_dim = int(probe["embedding"].shape[-1])

@@ -21,6 +21,7 @@ import torch
 from tests.conftest import REPO
 from training.engine.checkpoint import (FORMAT, SLOTS, CheckpointError, RunCheckpoints,
                                  load_checkpoint, restore_rng, save_atomic, slot_name)
+from zoo.record import ModelRecord
 
 # Every stateful part of the loop is on: EMA, Lookahead, mixing (its own generator),
 # augmentation (torch's generator), the cosine schedule.
@@ -93,6 +94,7 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_same_result(
                              cwd=REPO, env=_env(module_tracking_uri), capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "carries no model record" not in resumed.stderr  # the config came from the record
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     for key in COMPARED:
@@ -243,10 +245,15 @@ def test_a_real_checkpoint_round_trips_weights_only(tracking_uri: str, tmp_path:
         logged(self, state)
 
     monkeypatch.setattr(RunCheckpoints, "save", keep)
-    train(TrainConfig.of(model="residual_mlp", data="emitters", epochs=2, embedding_dim=8,
+    cfg = TrainConfig.of(model="residual_mlp", data="emitters", epochs=2, embedding_dim=8,
                          ema_decay=0.9, lookahead=True, mix="mixup", experiment="plain",
-                         plots=False, log_model=False))
+                         plots=False, log_model=False)
+    train(cfg)
     assert [s["epoch"] for s in states] == [1, 2]
+    # the model's record rides along: resume rebuilds the config from its training recipe
+    record = ModelRecord.from_dict(states[-1]["record"])
+    assert record.model == "residual_mlp" and record.dataset == "emitters"
+    assert TrainConfig.from_recipe(record.recipe) == cfg
     state = states[-1]
     path = save_atomic(state, tmp_path / slot_name(2))
     loaded = load_checkpoint(path)

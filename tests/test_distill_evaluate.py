@@ -1,6 +1,7 @@
 """Distillation from a registered teacher and (ensemble) evaluation, in a real MLflow store."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -51,18 +52,18 @@ def test_student_learns_from_the_teacher_and_records_it(teacher) -> None:
 
 def test_distiller_projects_and_matches_the_teachers_preprocessing(teacher) -> None:
     model = mlflow.pytorch.load_model(teacher.model_uri)
-    pre = model.zoo_meta["preprocessing"]
-    student_pre = {**pre, "mean": [m + 1.0 for m in pre["mean"]],
-                   "std": [s * 2 for s in pre["std"]]}
+    pre = model.record.pre
+    student_pre = dataclasses.replace(pre, mean=[m + 1.0 for m in pre.mean],
+                                      std=[s * 2 for s in pre.std])
     cfg = DistillConfig.of(embedding_dim=16, kd_weight=0.0)
     from zoo.losses import create_loss
 
     distiller = Distiller(model, create_loss("arcface", 10, 16), 16, cfg, student_pre, pre)
     assert distiller.weights == {"embedding": 1.0}
     assert distiller.project.weight.shape == (64, 16)  # student 16-d → teacher 64-d
-    raw = torch.randn(4, len(pre["mean"]))
-    as_student = (raw - torch.tensor(student_pre["mean"])) / torch.tensor(student_pre["std"])
-    as_teacher = (raw - torch.tensor(pre["mean"])) / torch.tensor(pre["std"])
+    raw = torch.randn(4, len(pre.mean))
+    as_student = (raw - torch.tensor(student_pre.mean)) / torch.tensor(student_pre.std)
+    as_teacher = (raw - torch.tensor(pre.mean)) / torch.tensor(pre.std)
     assert torch.allclose(distiller.teacher_view(as_student), as_teacher, atol=1e-5)
 
 

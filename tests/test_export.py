@@ -36,6 +36,7 @@ from zoo.export.parity import reference_outputs
 from zoo.gallery import Gallery
 from zoo.models import EmbeddingModel, create_model
 from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE
+from zoo.record import ModelRecord
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def real_inputs() -> dict[str, tuple[torch.Tensor, list[str]]]:
     for kind, data in (("image", "digits"), ("tabular", "emitters")):
         splits = split_data(load_data(data, image_size=32), seed=0, val_fraction=0.1,
                             test_fraction=0.2)
-        out[kind] = (splits.test.x[:50], splits.class_names, splits.preprocessing.to_dict())
+        out[kind] = (splits.test.x[:50], splits.class_names, splits.preprocessing)
     return out
 
 
@@ -64,7 +65,7 @@ def test_every_format_answers_like_eager(name: str, options: dict, formats: tupl
     torch.manual_seed(0)
     model = create_model(name, len(classes), 32, image_size=32, num_features=x.shape[1],
                          **options).eval()
-    model.zoo_meta["preprocessing"] = pre
+    model.record = model.record.with_(preprocessing=pre, loss="arcface")
     reference = reference_outputs(eager_runner(model), x, batch_size=32)
     for fmt in formats:
         exported = export_format(fmt, model, x[:2], tmp_path)
@@ -73,7 +74,8 @@ def test_every_format_answers_like_eager(name: str, options: dict, formats: tupl
         parity = measure_parity(fmt, runner, x, reference, batch_size=32)
         assert parity.failures(ParityThresholds()) == [], (fmt, parity)
         assert parity.samples == 50 and parity.top1_agreement == 1.0
-        assert runner.meta["preprocessing"]["class_names"] == classes
+        assert runner.record == model.record  # each format carries the model's record
+        assert runner.record.class_names == classes
         assert runner(x[:1].numpy())["embedding"].shape == (1, 32)  # batch 1 works too
     proto = onnx.load(str(tmp_path / "model.onnx"))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
@@ -81,7 +83,7 @@ def test_every_format_answers_like_eager(name: str, options: dict, formats: tupl
     assert [o.name for o in proto.graph.output] == ["embedding", "logits"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     meta = read_metadata(tmp_path / "model.onnx")
-    assert meta["class_names"] == classes and meta["preprocessing"] == pre
+    assert meta["class_names"] == classes and meta["preprocessing"] == pre.to_dict()
 
 
 def test_parity_catches_a_deviant_export(real_inputs) -> None:
@@ -170,11 +172,14 @@ def test_the_model_carries_its_recipe(champion: str) -> None:
     are only the fallback for models logged before they carried a recipe."""
     from types import SimpleNamespace
 
-    from training.tracking.model_source import model_meta, resolve_model, training_config
+    from training.tracking.model_source import model_record, resolve_model, training_config
 
     source = resolve_model(champion)
     run = mlflow.MlflowClient().get_run(source.run_id)
-    recipe = model_meta(source)["recipe"]
+    record = model_record(source)
+    recipe = record.recipe
+    assert (record.model, record.loss, record.dataset, record.run_id) == (
+        "residual_mlp", "arcface", "emitters", source.run_id)
     assert (recipe["data"], recipe["model"], recipe["embedding_dim"]) == ("emitters",
                                                                           "residual_mlp", 16)
     assert (recipe["seed"], recipe["val_fraction"], recipe["test_fraction"],
@@ -184,13 +189,13 @@ def test_the_model_carries_its_recipe(champion: str) -> None:
     assert recipe == expected.params()
     no_run = SimpleNamespace(data=SimpleNamespace(params={}, tags={}))
     assert training_config(source, no_run) == expected  # the run is not needed
-    legacy = SimpleNamespace(zoo_meta={})  # logged before models carried a recipe
+    legacy = SimpleNamespace()  # a module without a record: logged before models carried one
     assert training_config(source, run, legacy) == TrainConfig.from_run(run.data.params,
                                                                         run.data.tags)
 
 
 def eager_classes(uri: str) -> list[str]:
-    return mlflow.pytorch.load_model(uri).zoo_meta["preprocessing"]["class_names"]
+    return mlflow.pytorch.load_model(uri).record.class_names
 
 
 def _env(uri: str) -> dict[str, str]:
@@ -315,7 +320,7 @@ def test_export_saves_weights_the_server_rebuilds_without_unpickling(
         f"runs:/{run_id}/export/weights/{RECIPE_FILE}")).read_text())
     assert recipe["build"]["name"] == "resnet18"
     assert recipe["build"]["kwargs"]["parts"] is True and recipe["head"]["type"] == "parts"
-    assert recipe["zoo_meta"]["preprocessing"]["input_size"] == [1, 32, 32]
+    assert ModelRecord.from_dict(recipe["zoo_meta"]).input_size == (1, 32, 32)
 
     # The server's path: nothing is unpickled (pickled modules and torch.load both refuse).
     bundle = fetch_bundle(parts_champion, tmp_path / "cache")
@@ -328,7 +333,9 @@ def test_export_saves_weights_the_server_rebuilds_without_unpickling(
         patched.setattr(mlflow.pytorch, "load_model", refuse)
         patched.setattr(torch, "load", refuse)
         module = bundle.load_pytorch()
-    assert not module.training and module.zoo_meta["model"] == "resnet18"
+    assert not module.training and module.record == bundle.info.record
+    assert module.record.model == "resnet18" and module.record.loss == "arcface"
+    assert not (bundle.path / "pytorch").exists()  # the pickled module is not fetched
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         out = module(x)
@@ -359,11 +366,12 @@ def test_weights_are_skipped_not_fatal_when_a_rebuild_differs(tmp_path: Path) ->
     assert save_rebuildable(model, example, tmp_path / "ok") is None
     assert {p.name for p in (tmp_path / "ok").iterdir()} == {WEIGHTS_FILE, RECIPE_FILE}
 
-    build = json.loads(json.dumps(model.zoo_meta["build"]))
-    model.zoo_meta["build"]["kwargs"]["grid"] = 2  # a recipe that no longer fits the weights
+    build = json.loads(json.dumps(model.record.build))
+    misfit = {**build, "kwargs": {**build["kwargs"], "grid": 2}}  # no longer fits the weights
+    model.record = model.record.with_(build=misfit)
     reason = save_rebuildable(model, example, tmp_path / "bad")
     assert reason is not None and "cannot rebuild" in reason and not (tmp_path / "bad").exists()
-    del model.zoo_meta["build"]
+    model.record = model.record.with_(build=None)
     assert "no build recipe" in save_rebuildable(model, example, tmp_path / "none")
     # a model logged before recipes: the recipe comes from its run's config instead
     assert save_rebuildable(model, example, tmp_path / "old", lambda: build) is None

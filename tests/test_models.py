@@ -47,7 +47,7 @@ def test_model_without_classes_has_no_logits() -> None:
 def test_neck_sized_from_forward_pass_not_num_features() -> None:
     # mobilenetv3's num_features (576) is not the width of its pooled output (1024).
     model = create_model("mobilenetv3_small_100", 3, 16, image_size=32)
-    assert model.zoo_meta["feature_dim"] == 1024
+    assert model.record.architecture["feature_dim"] == 1024
     assert model.neck.fc.in_features == 1024
 
 
@@ -106,7 +106,7 @@ def test_stage_and_grid_read_an_earlier_feature_map_cell_by_cell() -> None:
     expected = cells.mean(dim=(2, 3)).flatten(1)
     assert torch.allclose(model.backbone(x), expected, atol=1e-6)
     assert model.neck.fc.in_features == 256 * 4
-    assert model.zoo_meta["stage"] == 2 and model.zoo_meta["grid"] == 2
+    assert model.record.architecture["stage"] == 2 and model.record.architecture["grid"] == 2
     out = model.eval()(x)
     assert out["embedding"].shape == (4, 16) and out["logits"].shape == (4, 3)
     # the network stops at the stage it is read from: no later VGG layers are kept
@@ -180,7 +180,8 @@ def test_architecture_options_go_straight_to_timm() -> None:
 
 
 @pytest.mark.parametrize("name, multiplier, check", [
-    ("mobilenetv3_small_100", 0.5, lambda m: m.zoo_meta["timm_name"] == "mobilenetv3_small_050"),
+    ("mobilenetv3_small_100", 0.5,
+     lambda m: m.record.architecture["timm_name"] == "mobilenetv3_small_050"),
     ("resnet50", 2.0, lambda m: m.backbone.layer1[0].conv2.out_channels == 128),  # base 64
     ("convnext_atto", 0.5, lambda m: m.backbone.stages[0].blocks[0].conv_dw.out_channels == 20),
 ])
@@ -230,7 +231,7 @@ def test_hybrid_concatenates_a_convnext_and_a_swin_branch_built_for_small_inputs
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
     features = backbone(x)
     assert torch.equal(features[:, :320], backbone.cnn(x))
-    assert model.neck.fc.in_features == 320 + 768 == model.zoo_meta["feature_dim"]
+    assert model.neck.fc.in_features == 320 + 768 == model.record.architecture["feature_dim"]
     loss_fn = create_loss("arcface", 4, 16)
     opt = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=1e-3)
     model.set_head(None)
@@ -244,7 +245,7 @@ def test_hybrid_concatenates_a_convnext_and_a_swin_branch_built_for_small_inputs
     assert losses[-1] < losses[0]
     other = create_model("hybrid", 4, 16, image_size=64, cnn_branch="convnext_atto",
                          transformer_branch="swinv2_cr_tiny_ns_224")
-    assert other.zoo_meta["cnn_branch"] == "convnext_atto"
+    assert other.record.architecture["cnn_branch"] == "convnext_atto"
     assert other(torch.randn(2, 3, 64, 64))["embedding"].shape == (2, 16)
     with pytest.raises(ValueError, match="hybrid pools each branch on its own"):
         create_model("hybrid", 4, 16, grid=2)

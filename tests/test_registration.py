@@ -56,10 +56,10 @@ def make_run(p1: float, *, loss: str = "arcface", model: str = "residual_mlp",
         if log_model:
             net = create_model("residual_mlp", 3, 8, num_features=4)
             pre = Preprocessing(kind="tabular", input_size=(4,), mean=[0] * 4, std=[1] * 4,
-                                class_names=["a", "b", "c"]).to_dict()
-            meta = {"preprocessing": pre, "loss": loss, "dataset": dataset,
-                    "run_id": run.info.run_id}
-            info = log_trained_model(net, torch.randn(2, 4), meta, metrics)
+                                class_names=["a", "b", "c"])
+            record = net.record.with_(preprocessing=pre, loss=loss, dataset=dataset,
+                                      run_id=run.info.run_id)
+            info = log_trained_model(net, torch.randn(2, 4), record, metrics)
             mlflow.set_tag("zoo.model_uri", info.model_uri)
     return mlflow.MlflowClient().get_run(run.info.run_id)
 
@@ -109,7 +109,7 @@ def test_best_run_registered_with_tags_description_and_champion(store: str) -> N
     assert "digits" in client.get_registered_model("zoo-digits").description
 
     loaded = mlflow.pytorch.load_model("models:/zoo-digits@champion")
-    assert loaded.zoo_meta["preprocessing"]["class_names"] == ["a", "b", "c"]
+    assert loaded.record.class_names == ["a", "b", "c"]
     assert loaded(torch.randn(2, 4))["embedding"].shape == (2, 8)
     assert "champion -> v1" in result.summary()
 
@@ -184,7 +184,7 @@ def test_per_loss_aliases_and_idempotent_rerun(store: str) -> None:
     assert set(result.loss_aliases) == {"arcface", "triplet", "subcenter_arcface"}
     assert all(o.moved for o in result.loss_aliases.values())
     loaded = mlflow.pytorch.load_model("models:/zoo-digits@triplet-best")
-    assert loaded.zoo_meta["loss"] == "triplet"
+    assert loaded.record.loss == "triplet"
 
     again = register_best(runs_of_experiment(EXPERIMENT), P1)
     assert again.new_versions == [] and sorted(again.reused_versions) == ["1", "2", "3"]

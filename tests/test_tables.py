@@ -178,8 +178,8 @@ def test_ft_transformer_makes_one_token_per_column() -> None:
     plain = create_model("ft_transformer", 3, 8, num_features=3).backbone.tokenizer
     assert plain.bias.shape == (3, 64) and not plain.grouped
     # the recipe rebuilds the grouped architecture, and nothing but lists of ints passes
-    assert model.zoo_meta["build"]["kwargs"]["feature_groups"] == groups
-    again = rebuild(model.zoo_meta["build"])
+    assert model.record.build["kwargs"]["feature_groups"] == groups
+    again = rebuild(model.record.build)
     again.load_state_dict(model.state_dict())
     torch.testing.assert_close(again.eval()(x)["embedding"], model.eval()(x)["embedding"])
     with pytest.raises(ValueError, match="do not split 7 features"):

@@ -62,10 +62,13 @@ def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_pa
     assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     model = mlflow.pytorch.load_model(run.data.tags["zoo.model_uri"]).eval()
-    meta = model.zoo_meta
-    assert meta["preprocessing"]["class_names"] == [str(d) for d in range(10)]
-    assert meta["preprocessing"]["input_size"] == [3, 32, 32]
-    assert meta["loss"] == "arcface" and meta["dataset"] == "digits"
+    record = model.record
+    assert record.class_names == [str(d) for d in range(10)]
+    assert record.input_size == (3, 32, 32) and record.build["name"] == "resnet18"
+    assert record.loss == "arcface" and record.dataset == "digits"
+    assert record.run_id == run.info.run_id and record.recipe["epochs"] == 1
+    assert model.zoo_meta["format"] == 1 and model.zoo_meta["preprocessing"]["input_size"] == [
+        3, 32, 32]  # the dict form, as files and metadata hold it
     out = model(torch.randn(3, 3, 32, 32))
     assert out["embedding"].shape == (3, 32) and out["logits"].shape == (3, 10)
     assert torch.allclose(out["embedding"].norm(dim=1), torch.ones(3), atol=1e-5)

@@ -143,8 +143,10 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     backbone_lr = [m.value for m in client.get_metric_history(finished.info.run_id, "lr_backbone")]
     assert backbone_lr[0] == 0.0 and backbone_lr[1] > 0  # frozen for one epoch, then trained
     model = mlflow.pytorch.load_model(tags["zoo.model_uri"])
-    assert model.zoo_meta["preprocessing"]["interpolation"] == cfg.interpolation
-    assert model.zoo_meta["preprocessing"]["mean"] == pytest.approx(list(cfg.mean))
+    assert model.record.pre.interpolation == cfg.interpolation
+    assert (model.record.lineage.pretrained, model.record.lineage.pretrained_sha256) == (
+        tags["zoo.pretrained.source"], tags["zoo.pretrained.sha256"])  # the record's lineage
+    assert model.record.pre.mean == pytest.approx(list(cfg.mean))
     # export and evaluate rebuild the run's inputs from the recipe the model carries, and
     # the run's parameters with their resolved tags give the same config (the fallback)
     from training.pipeline.export import source_config
@@ -155,8 +157,8 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     assert rebuilt == TrainConfig.from_run(finished.data.params, tags)
     splits = config_splits(rebuilt, load_config_data(rebuilt))
     assert splits.preprocessing.interpolation == cfg.interpolation
-    assert splits.preprocessing.mean == pytest.approx(model.zoo_meta["preprocessing"]["mean"])
-    assert splits.preprocessing.std == pytest.approx(model.zoo_meta["preprocessing"]["std"])
+    assert splits.preprocessing.mean == pytest.approx(model.record.pre.mean)
+    assert splits.preprocessing.std == pytest.approx(model.record.pre.std)
 
 
 # --- init: a zoo model as the start --------------------------------------------------------
@@ -197,15 +199,16 @@ def test_init_carries_architecture_weights_and_preprocessing(source: dict) -> No
     assert [i.model_id for i in run.inputs.model_inputs] == [  # MLflow's lineage
         source["result"].model_uri.removeprefix("models:/")]
     tuned = mlflow.pytorch.load_model(result.model_uri)
-    assert tuned.num_classes == 5 and tuned.zoo_meta["loss"] == "softmax"  # a new head
+    assert tuned.num_classes == 5 and tuned.record.loss == "softmax"  # a new head
+    assert tuned.record.lineage.init == source["uri"]
     before, after = start.state_dict(), tuned.state_dict()
     for key in before:
         if key.startswith("backbone."):
             assert torch.equal(before[key], after[key]), key
     assert not torch.equal(before["neck.fc.weight"], after["neck.fc.weight"])  # the neck trained
     # the init model's normalisation, not statistics of the new data
-    assert tuned.zoo_meta["preprocessing"]["mean"] == pytest.approx(
-        start.zoo_meta["preprocessing"]["mean"], rel=1e-5)
+    assert tuned.record.pre.mean == pytest.approx(
+        start.record.pre.mean, rel=1e-5)
 
     with pytest.raises(ValueError, match=r"init=models:/zoo-first@champion is a residual_mlp "
                                          r"model; it cannot start a run with model='ft_trans"):
@@ -303,10 +306,10 @@ def test_zero_shot_evaluation_scores_every_sample_as_unseen(source: dict) -> Non
     from zoo.metrics import evaluate
 
     model = mlflow.pytorch.load_model(source["uri"])
-    pre = model.zoo_meta["preprocessing"]
+    pre = model.record.pre
     data = load_data(str(source["second"]))
     raw = torch.from_numpy(data.x.frame.to_numpy(np.float32))  # all numeric, complete
-    emb, _ = embed(model, normalise(raw, pre["mean"], pre["std"]), torch.device("cpu"))
+    emb, _ = embed(model, normalise(raw, pre.mean, pre.std), torch.device("cpu"))
     expected = evaluate(emb, data.y, None, prefix="open_")
     for key in ("open_precision_at_1", "open_map_at_r", "open_nmi", "open_roc_auc"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key

@@ -79,3 +79,7 @@ TUNE_DIR = "tune"
 PROBE_ARTIFACT = "probe/probe.npz"
 LOAD_REPORT_ARTIFACT = "pretrained/load_report.json"
 PYFUNC_DIR = "pyfunc"  # inside a logged model: the TorchScript trace the pyfunc loads
+MLMODEL_RECORD_KEY = "zoo"  # a logged model's MLmodel metadata: its record (zoo.record)
+RECORD_FILE = "zoo_meta.json"  # beside a logged model: its record, as JSON
+PREPROCESSING_FILE = "preprocessing.json"  # beside a logged model: its preprocessing alone
+LABELS_FILE = "labels.json"  # beside a logged model: its class names

@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zoo.data.preprocessing import Preprocessing, preprocess_images, preprocess_rows
+from zoo.data.preprocessing import preprocess_images, preprocess_rows
 from zoo.export.torchscript_format import load_torchscript
 from zoo.metrics.classification import softmax
+from zoo.record import ModelRecord
 
 MODEL_FILE = "model.torchscript.pt"
 IMAGE_COLUMN = "image"
@@ -38,9 +39,11 @@ IMAGE_COLUMN = "image"
 class ZooPredictor:
     """A traced zoo model with its preprocessing."""
 
-    def __init__(self, module: torch.jit.ScriptModule, meta: dict[str, Any]) -> None:
-        self.module, self.meta = module, meta
-        self.pre = Preprocessing.from_dict(meta["preprocessing"])
+    def __init__(self, module: torch.jit.ScriptModule, record: ModelRecord | None) -> None:
+        if record is None:
+            raise ValueError("the traced model carries no model record: not a model-zoo model")
+        self.module, self.record = module, record
+        self.pre = record.pre
 
     def inputs(self, data: Any) -> torch.Tensor:
         """The model's float32 input batch from any of the accepted forms."""
@@ -101,8 +104,8 @@ def _image(value: Any, index: int) -> Any:
 
 
 def load(folder: str | Path) -> ZooPredictor:
-    module, meta = load_torchscript(Path(folder) / MODEL_FILE)
-    return ZooPredictor(module, meta)
+    module, record = load_torchscript(Path(folder) / MODEL_FILE)
+    return ZooPredictor(module, record)
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> ZooPredictor:

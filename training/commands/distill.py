@@ -30,7 +30,7 @@ from training.pipeline.run import RunResult, train
 from training.tracking.model_source import load_source
 from training.tracking.store import configure_tracking
 from zoo import names
-from zoo.data import Splits
+from zoo.data import Preprocessing, Splits
 from zoo.losses import EmbeddingLoss
 from zoo.models import EmbeddingModel
 from zoo.values import UNSET_WORDS
@@ -93,7 +93,8 @@ class Distiller(AuxiliaryLoss):
     """The teacher's terms of the student's loss; the teacher itself is frozen."""
 
     def __init__(self, teacher: nn.Module, student_loss: EmbeddingLoss, student_dim: int,
-                 cfg: DistillConfig, student_input: dict, teacher_input: dict) -> None:
+                 cfg: DistillConfig, student_input: Preprocessing,
+                 teacher_input: Preprocessing) -> None:
         super().__init__()
         self.teacher = teacher.eval().requires_grad_(False)
         self.student_loss = [student_loss]  # a list: not a submodule, trained by the loop
@@ -103,13 +104,13 @@ class Distiller(AuxiliaryLoss):
         self.temperature = cfg.kd_temperature
         self.weights = {name: w for name, w in (("kd", cfg.kd_weight),
                                                 ("embedding", cfg.embedding_weight)) if w > 0}
-        self.teacher_size = tuple(teacher_input["input_size"][1:])
-        rescale = (student_input["mean"] != teacher_input["mean"]
-                   or student_input["std"] != teacher_input["std"])
+        self.teacher_size = tuple(teacher_input.input_size[1:])
+        rescale = (student_input.mean != teacher_input.mean
+                   or student_input.std != teacher_input.std)
         self.renormalise = (
             [torch.tensor(v, dtype=torch.float32) for v in (
-                student_input["std"], student_input["mean"], teacher_input["mean"],
-                teacher_input["std"])]
+                student_input.std, student_input.mean, teacher_input.mean,
+                teacher_input.std)]
             if rescale else None
         )
 
@@ -150,7 +151,7 @@ def load_teacher(uri: str) -> tuple[EmbeddingModel, TrainConfig, dict[str, str]]
     """The teacher module, its training config and the tags that record it on the student."""
     source, run, teacher = load_source(uri)
     tags = {names.TEACHER_TAG: uri, names.TEACHER_RUN_TAG: source.run_id,
-            names.TEACHER_MODEL_TAG: str(teacher.zoo_meta.get("model", ""))}
+            names.TEACHER_MODEL_TAG: teacher.record.model}
     if source.version is not None:
         tags[names.TEACHER_VERSION_TAG] = str(source.version.version)
         tags[names.TEACHER_REGISTERED_TAG] = source.version.name
@@ -163,10 +164,10 @@ def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig, student: Trai
 
     def build(splits: Splits, model: EmbeddingModel, loss_fn: EmbeddingLoss,
               device: torch.device) -> Distiller:
-        teacher_pre = teacher.zoo_meta["preprocessing"]
-        if list(teacher_pre["class_names"]) != list(splits.class_names):
+        taught = teacher.record.class_names
+        if taught != list(splits.class_names):
             raise ValueError(
-                f"the teacher was trained on classes {teacher_pre['class_names'][:5]}... but the "
+                f"the teacher was trained on classes {taught[:5]}... but the "
                 f"student's data {student.data.source!r} has {splits.class_names[:5]}...: "
                 "distil on the teacher's data (leave data=auto)")
         if cfg.kd_weight > 0 and not loss_fn.has_classes:
@@ -174,7 +175,7 @@ def distiller_factory(teacher: EmbeddingModel, cfg: DistillConfig, student: Trai
                              f"{student.loss.name!r} has no class weights: use a "
                              "classification-style loss or kd_weight=0")
         return Distiller(teacher, loss_fn, student.model.embedding_dim, cfg,
-                         splits.preprocessing.to_dict(), teacher_pre)
+                         splits.preprocessing, teacher.record.pre)
 
     return build
 

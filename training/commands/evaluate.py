@@ -33,7 +33,7 @@ from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_config_data
 from training.tracking.model_source import load_source
 from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo import names
-from zoo.data import LoadedData, Preprocessing, Split, Table
+from zoo.data import LoadedData, Split, Table
 from zoo.data.images import ImageSet
 from zoo.data.preprocessing import normalise, preprocess_rows
 from zoo.metrics import evaluate
@@ -95,9 +95,8 @@ def load_member(uri: str, data: str) -> Member:
         return Member(uri, model, cfg, splits.test, splits.open, tags)
     cfg = cfg.replace(data=data)
     loaded = load_config_data(cfg)  # the model's input size, channels and resize filter
-    meta = model.zoo_meta
-    trained = list(meta.get("preprocessing", {}).get("class_names", []))
-    if sorted(loaded.class_names) == sorted(trained + list(meta.get("open_class_names", []))):
+    record = model.record
+    if sorted(loaded.class_names) == sorted(record.class_names + list(record.open_class_names)):
         splits = source_splits(cfg, model, loaded)  # the training data, moved
         return Member(uri, model, cfg, splits.test, splits.open, tags)
     return Member(uri, model, cfg, None, unseen_split(loaded, model), tags, zero_shot=True)
@@ -106,7 +105,7 @@ def load_member(uri: str, data: str) -> Member:
 def unseen_split(data: LoadedData, model: torch.nn.Module) -> Split:
     """All of ``data``, normalised as the model's training data was (its own mean and std,
     never the new data's)."""
-    pre = Preprocessing.from_dict(model.zoo_meta["preprocessing"])
+    pre = model.record.pre
     if data.kind != pre.kind:
         raise ValueError(f"the model takes {pre.kind} data but {data.name!r} is {data.kind} data")
     if pre.kind == "tabular" and list(data.feature_names or []) != list(pre.feature_names or []):
@@ -171,11 +170,11 @@ def evaluate_models(cfg: EvaluateConfig) -> dict[str, float]:
         experiment = cfg.experiment or mlflow.MlflowClient().get_experiment(
             first.tags["experiment_id"]).name
         kind = "ensemble" if len(members) > 1 else "evaluate"
-    models = "+".join(str(m.model.zoo_meta.get("model", "?")) for m in members)
+    models = "+".join(m.model.record.model for m in members)
     tags = {names.DATASET_TAG: name, names.EVALUATION_TAG: kind,
             names.MEMBERS_TAG: ",".join(cfg.uris),
             names.MODEL_TAG: models,
-            names.LOSS_TAG: "+".join(str(m.model.zoo_meta.get("loss", "?")) for m in members),
+            names.LOSS_TAG: "+".join(m.model.record.loss or "?" for m in members),
             **({names.TRAINED_ON_TAG: ",".join(sorted({m.tags["dataset"] for m in members}))}
                if first.zero_shot else {})}
     run_name = f"zero-shot-{models}" if first.zero_shot else f"{kind}-{len(members)}"

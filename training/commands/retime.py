@@ -57,7 +57,7 @@ def retime(cfg: RetimeConfig) -> RuntimeTiming:
     with tempfile.TemporaryDirectory(prefix="zoo-retime-") as tmp:
         onnx = mlflow.artifacts.download_artifacts(
             f"runs:/{source.run_id}/{names.EXPORT_DIR}/model.onnx", dst_path=tmp)
-        shape = tuple(int(s) for s in model.zoo_meta["preprocessing"]["input_size"])
+        shape = model.record.input_size
         timing = time_runtimes(onnx, model, shape, cfg.threads or None)
     for key, value in runtime_tags(timing).items():
         client.set_model_version_tag(version.name, str(version.version), key, value)

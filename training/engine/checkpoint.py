@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 SLOTS = ("epoch-odd.pt", "epoch-even.pt")
 FORMAT = 2  # bumped when the state's layout changes (2: plain data, loaded weights-only)
+#: The model's record (``zoo.record``, as a dict) in the state: resume rebuilds the run's
+#: config from its training recipe. Checkpoints written before it had none.
+RECORD_KEY = "record"
 
 
 class CheckpointError(RuntimeError):

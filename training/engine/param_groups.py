@@ -67,10 +67,11 @@ def _timm_parameters(model: EmbeddingModel) -> tuple[dict[str, nn.Parameter], An
     """The backbone's parameters under their names in the whole timm model
     (``features_only`` renames ``layer1.0`` to ``layer1_0``), and that model's
     ``group_matcher``."""
-    timm_name = model.zoo_meta.get("timm_name")
+    architecture = model.record.architecture
+    timm_name = architecture.get("timm_name")
     if timm_name is None:
         raise ValueError(f"lr_decay groups the layers of a timm backbone; "
-                         f"{model.zoo_meta.get('model')!r} is not one (use lr_decay=1)")
+                         f"{model.record.model!r} is not one (use lr_decay=1)")
     body = getattr(getattr(model.backbone, "body", None), "features", None)
     if body is None:  # the whole timm model, globally pooled
         whole = model.backbone
@@ -78,7 +79,7 @@ def _timm_parameters(model: EmbeddingModel) -> tuple[dict[str, nn.Parameter], An
     else:
         with torch.device("meta"):
             whole = timm.create_model(timm_name, pretrained=False, num_classes=0,
-                                      **model.zoo_meta.get("timm_options", {}))
+                                      **architecture.get("timm_options", {}))
         known = {n for n, _ in whole.named_parameters()}
         params = {}
         for name, param in body.named_parameters():

@@ -48,6 +48,7 @@ from zoo.export.runtime_timing import (RuntimeTiming,
                                        time_runtimes)
 from zoo.gallery import Gallery
 from zoo.models import rebuild as rebuilding
+from zoo.record import record_of
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,9 @@ def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | N
                                     "its working directory: pass --data with where it is now "
                                     "(-P data=... under mlflow run)") from None
     splits = config_splits(cfg, data)
-    trained = model.zoo_meta.get("preprocessing", {}).get("class_names")
-    if trained is not None and list(trained) != list(splits.class_names):
+    record = record_of(model)
+    trained = record.class_names if record is not None and record.preprocessing else None
+    if trained is not None and trained != list(splits.class_names):
         raise ValueError(f"data {cfg.data.source!r} has classes {splits.class_names[:5]}... "
                          f"but the model was trained on {trained[:5]}...: not the data it was "
                          "trained on")
@@ -244,7 +246,7 @@ def save_rebuildable(model: torch.nn.Module, example: torch.Tensor, folder: Path
     ``fallback()`` gives the build recipe of a model logged before recipes were recorded
     (from its run's config)."""
     try:
-        build = model.zoo_meta.get("build")
+        build = model.record.build
         if not build and fallback is not None:
             log.info("the model predates build recipes; rebuilding it from its run's config")
             build = fallback()
@@ -264,7 +266,7 @@ def save_rebuildable(model: torch.nn.Module, example: torch.Tensor, folder: Path
 def _build_from_config(cfg: TrainConfig, splits: Splits) -> dict[str, Any] | None:
     """The build recipe of the model the run's config describes (no weights loaded)."""
     model, _ = build_model_and_loss(cfg, splits)
-    return model.zoo_meta.get("build")
+    return model.record.build
 
 
 def _largest_difference(model: torch.nn.Module, rebuilt: torch.nn.Module,
@@ -307,7 +309,7 @@ def _record(result: ExportResult, model: torch.nn.Module, example: torch.Tensor,
         export_artifacts.log_parity(result.parities, report)
         if result.ok:
             info = export_artifacts.log_files({f.format: f.path for f in result.files},
-                                            model.zoo_meta, example.numpy().astype(np.float32))
+                                            model.record, example.numpy().astype(np.float32))
             result.onnx_model_uri = info.model_uri if info else None
             mlflow.log_artifacts(str(gallery_dir), f"{names.EXPORT_DIR}/"
                                                    f"{names.GALLERY_DIR}")

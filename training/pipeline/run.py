@@ -1,6 +1,7 @@
 """One model × loss run: data → model → fit → test metrics, plots and model in MLflow."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -16,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from training.config import TrainConfig, channel_values, comma_list
+from training.engine.checkpoint import RECORD_KEY as CHECKPOINT_RECORD_KEY
 from training.engine.checkpoint import RunCheckpoints
 from training.engine.distributed import World, checksum, current_world, process_group
 from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
@@ -23,11 +25,11 @@ from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_
 from training.pipeline.transfer import InitSource, Start, apply_init, resolve_start
 from training.tracking import plots
 from training.tracking.model_logging import log_trained_model
-from training.tracking.model_source import RECIPE_KEY
 from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo import names
 from zoo.data import LoadedData, Splits, load_data, split_data
 from zoo.data.preprocessing import DEFAULT_INTERPOLATION
+from zoo.record import ModelRecord
 from zoo.losses import EmbeddingLoss, check_loss, create_loss
 from zoo.metrics import confusion_matrix, evaluate
 from zoo.models import (MODELS, TIMM_OPTIONS, TIMM_PREFIX, EmbeddingModel, create_model,
@@ -222,12 +224,18 @@ def resume_point(run_id: str) -> tuple[TrainConfig, dict[str, Any]]:
     if names.TEACHER_TAG in run.data.tags:
         raise ValueError(f"resume_run={run_id} is a distillation run, whose teacher a resumed "
                          "run would not have; train the student again")
-    cfg = TrainConfig.from_run(run.data.params, run.data.tags)
     checkpoints = RunCheckpoints(run_id)
     try:
         state = checkpoints.latest()
     finally:
         checkpoints.close()
+    recorded = state.pop(CHECKPOINT_RECORD_KEY, None)
+    if recorded:  # the config the run trained with, as its checkpoint records it
+        cfg = TrainConfig.from_recipe(ModelRecord.from_dict(recorded).recipe)
+    else:  # a checkpoint written before checkpoints carried the record
+        log.info("checkpoint of run %s carries no model record: reading the run's parameters",
+                 run_id)
+        cfg = TrainConfig.from_run(run.data.params, run.data.tags)
     log.info("resuming run %s (%s) after epoch %d", run_id, run.info.run_name, state["epoch"])
     return cfg, state
 
@@ -312,6 +320,18 @@ def build_model_and_loss(cfg: TrainConfig, splits: Splits, start: Start | None =
     return model, loss_fn
 
 
+def trained_record(model: EmbeddingModel, cfg: TrainConfig, splits: Splits, dataset: str,
+                   run_id: str) -> ModelRecord:
+    """The record of ``model`` trained by ``cfg`` on ``splits``: its architecture's record
+    (build recipe, lineage) completed with the preprocessing, the training recipe (what
+    export, evaluate, distill and resume rebuild the config from), data set, loss and run."""
+    record = model.record
+    return record.with_(
+        preprocessing=splits.preprocessing, recipe=cfg.params(), dataset=dataset,
+        loss=cfg.loss.name, run_id=run_id, open_class_names=tuple(splits.open_class_names),
+        lineage=dataclasses.replace(record.lineage, init=cfg.model.init or None))
+
+
 def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: LoadedData | None,
                   aux: AuxFactory | None, state: dict[str, Any] | None,
                   progress: dict[str, Any], world: World, device: torch.device,
@@ -329,6 +349,9 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
         log_params_once({**cfg.to_params(), **(params or {})}, resolved_keys=resolved)
         log_params_once(describe(splits, model, device, world))
         start.log()
+    # what the model is: written into every checkpoint (resume reads it) and onto the model
+    record = trained_record(model, cfg, splits, name, run.info.run_id)
+    model.record = record
     log.info("training %s with %s on %s (%d classes, %d/%d/%d samples) on %s",
              cfg.model.name, cfg.loss.name, name, num_classes, len(splits.train), len(splits.val),
              len(splits.test), device)
@@ -341,7 +364,7 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
             on_epoch(epoch, metrics)
 
     def save(checkpoint: dict[str, Any]) -> None:
-        checkpoints.save(checkpoint)
+        checkpoints.save({**checkpoint, CHECKPOINT_RECORD_KEY: record.to_dict()})
         progress["epoch"] = int(checkpoint["epoch"])
 
     try:
@@ -364,14 +387,8 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
     log_figures(history, splits, test_emb, test_logits, cfg.data.seed, cfg.tracking.plots)
     model_uri = None
     if cfg.tracking.log_model:
-        meta = {
-            "preprocessing": splits.preprocessing.to_dict(), "loss": cfg.loss.name,
-            "dataset": name, "run_id": run.info.run_id,
-            "open_class_names": splits.open_class_names,
-            RECIPE_KEY: cfg.params(),  # what export, evaluate and distill rebuild it from
-        }
         info = log_trained_model(model, splits.test.x[torch.arange(min(2, len(splits.test)))],
-                                 meta, metrics)
+                                 record, metrics)
         model_uri = info.model_uri
         mlflow.set_tag(names.MODEL_URI_TAG, model_uri)
     if checkpoints is not None:

@@ -20,6 +20,7 @@ from training.config import TrainConfig, params_of
 from training.tracking.model_source import (ModelSource, artifact_location, load_pytorch_model,
                                              resolve_model, training_config)
 from zoo import names
+from zoo.data.preprocessing import Preprocessing
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
                         is_timm_backed, timm_name_of)
 from zoo.models.pretrained import PretrainedWeights, resolve_weights
@@ -88,14 +89,16 @@ class Start:
     weights: PretrainedWeights | None = None
     init: InitSource | None = None
     init_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    init_preprocessing: dict[str, Any] = field(default_factory=dict)
+    init_preprocessing: Preprocessing | None = None
 
     def preprocessing(self, channels: int) -> dict[str, Any]:
         """The mean, std and interpolation the starting weights were trained with."""
         if self.weights is not None:
             return self.weights.preprocessing(channels)
         pre = self.init_preprocessing
-        return {k: pre[k] for k in ("mean", "std", "interpolation") if k in pre}
+        if pre is None:
+            return {}
+        return {"mean": pre.mean, "std": pre.std, "interpolation": pre.interpolation}
 
     def apply(self, model: EmbeddingModel) -> None:
         """Copy the init model's backbone and neck weights into ``model`` (all of them:
@@ -172,7 +175,7 @@ def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
                                    artifact_location(init.source))
         start.init = init
         start.init_state = {k: v for k, v in model.state_dict().items() if k.startswith(CARRIED)}
-        start.init_preprocessing = dict(model.zoo_meta.get("preprocessing", {}))
+        start.init_preprocessing = model.record.preprocessing
     if start.weights is not None or start.init is not None:
         own = start.preprocessing(cfg.data.channels)
         if cfg.data.mean is None and "mean" in own:

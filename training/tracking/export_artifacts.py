@@ -6,7 +6,6 @@ it had, so an export never turns a FINISHED training run into a running or faile
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from importlib import metadata
@@ -22,6 +21,7 @@ from training.tracking.model_source import ModelSource
 from zoo import names
 from zoo.export import Parity
 from zoo.quiet import quiet_loggers
+from zoo.record import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def log_parity(parities: list[Parity], report: dict[str, Any]) -> None:
     mlflow.log_dict(report, f"{names.EXPORT_DIR}/{names.PARITY_ARTIFACT}")
 
 
-def log_files(files: dict[str, Path], meta: dict[str, Any],
+def log_files(files: dict[str, Path], record: ModelRecord,
               example: np.ndarray) -> ModelInfo | None:
     """The exported files under ``export/`` and the ONNX file as an MLflow ``onnx`` model."""
     for path in files.values():
@@ -79,17 +79,15 @@ def log_files(files: dict[str, Path], meta: dict[str, Any],
         return None
     import onnx  # here: the server imports this module, and onnx takes a second to import
 
-    pre = meta.get("preprocessing", {})
-    signature = model_signature(tuple(pre.get("input_size", example.shape[1:])),
-                                int(meta.get("embedding_dim", 0)) or -1,
-                                len(pre.get("class_names", [])) or -1)
+    shape = record.input_size if record.preprocessing else tuple(example.shape[1:])
+    signature = model_signature(shape, record.embedding_dim or -1, len(record.class_names) or -1)
     # Providers are chosen where the model is loaded; CPU is what every machine has.
     with quiet_loggers("mlflow.models.model", "mlflow.onnx"):
         return mlflow.onnx.log_model(
             onnx.load(str(files["onnx"])), name=names.ONNX_MODEL_NAME, signature=signature,
             input_example=example, pip_requirements=onnx_requirements(),
             onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
-            metadata={"zoo": json.loads(json.dumps(meta, default=str))},
+            metadata={names.MLMODEL_RECORD_KEY: record.to_dict()},
         )
 
 

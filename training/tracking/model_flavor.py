@@ -11,7 +11,6 @@ batches, encoded images or table rows. ``Model.log(flavor=this module, ...)`` lo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def save_model(pytorch_model: torch.nn.Module, path: str, mlflow_model: Model | 
     folder.mkdir()
     model = pytorch_model.eval()
     save_torchscript(export_torchscript(model, example), folder / zoo_pyfunc.MODEL_FILE,
-                     json.loads(json.dumps(model.zoo_meta, default=str)))
+                     model.record)
     code = mlflow_model.flavors[pyfunc.FLAVOR_NAME].get(pyfunc.CODE)
     pyfunc.add_to_model(mlflow_model, loader_module=zoo_pyfunc.__name__, data=names.PYFUNC_DIR,
                         code=code, conda_env=_CONDA_ENV_FILE_NAME,

@@ -2,7 +2,7 @@
 
 The module is pickled (not MLflow 3's default ``pt2`` graph) on purpose: GradCAM needs the
 real module structure for its hooks, and ``mlflow.pytorch.load_model`` then returns the same
-``EmbeddingModel`` with its preprocessing and class names in ``zoo_meta``. Beside it,
+``EmbeddingModel`` with its record (``zoo.record``: preprocessing, class names, recipes). Beside it,
 ``training.tracking.model_flavor`` adds a ``python_function`` flavor that MLflow's own tools call
 (``mlflow.pyfunc.load_model``, ``mlflow models serve``): a TorchScript trace, loaded without
 unpickling code. The ``zoo`` package travels with the model (``code_paths``), so neither
@@ -29,10 +29,12 @@ from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema, Tenso
 
 import zoo
 from training.tracking import model_flavor
+from zoo import names
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.table_encoding import decode
 from zoo.models import EmbeddingModel
 from zoo.quiet import quiet_loggers
+from zoo.record import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def model_signature(input_shape: tuple[int, ...], embedding_dim: int,
     )
 
 
-def pyfunc_signature(pre: dict[str, Any], num_classes: int) -> ModelSignature:
+def pyfunc_signature(pre: Preprocessing, num_classes: int) -> ModelSignature:
     """What ``zoo.pyfunc`` answers: one row per input with ``embedding`` (and ``logits``,
     ``label``, ``probability`` where the model classifies). Tabular models take their raw
     feature columns; image models take a preprocessed ndarray batch or a DataFrame ``image``
@@ -74,43 +76,45 @@ def pyfunc_signature(pre: dict[str, Any], num_classes: int) -> ModelSignature:
     return ModelSignature(inputs=row_schema(pre), outputs=Schema(outputs))
 
 
-def row_schema(pre: dict[str, Any]) -> Schema | None:
+def row_schema(pre: Preprocessing) -> Schema | None:
     """A tabular model's raw columns by name: doubles, or for a table any type, optional (a
     code column may come as numbers or text, a flag as booleans, any value may be missing;
     ``zoo.pyfunc`` checks each value and says which is wrong); None for image models."""
-    if pre["kind"] != "tabular" or not pre.get("feature_names"):
+    if pre.kind != "tabular" or not pre.feature_names:
         return None
-    if pre.get("columns") is None:
-        return Schema([ColSpec(DataType.double, name) for name in pre["feature_names"]])
-    return Schema([ColSpec(AnyType(), name, required=False) for name in pre["feature_names"]])
+    if pre.columns is None:
+        return Schema([ColSpec(DataType.double, name) for name in pre.feature_names])
+    return Schema([ColSpec(AnyType(), name, required=False) for name in pre.feature_names])
 
 
-def input_example(example: torch.Tensor, pre: dict[str, Any]) -> Any:
+def input_example(example: torch.Tensor, pre: Preprocessing) -> Any:
     """Two inputs as ``zoo.pyfunc`` takes them: the preprocessed image batch, or the raw
     feature rows (the normalisation and a table's encoding undone) as a DataFrame."""
     x = example[:2].cpu().numpy().astype(np.float32)
-    if pre["kind"] != "tabular":
+    if pre.kind != "tabular":
         return x
-    raw = x * np.asarray(pre["std"], np.float32) + np.asarray(pre["mean"], np.float32)
-    if pre.get("columns") is not None:
-        return decode(raw, Preprocessing.from_dict(pre).table_columns)
-    columns = pre.get("feature_names") or [f"f{i}" for i in range(raw.shape[1])]
+    raw = x * np.asarray(pre.std, np.float32) + np.asarray(pre.mean, np.float32)
+    if pre.columns is not None:
+        return decode(raw, pre.table_columns)
+    columns = pre.feature_names or [f"f{i}" for i in range(raw.shape[1])]
     return pd.DataFrame(raw.astype(np.float64), columns=columns)
 
 
 def log_trained_model(
-    model: EmbeddingModel, example: torch.Tensor, meta: dict[str, Any], metrics: dict[str, float]
+    model: EmbeddingModel, example: torch.Tensor, record: ModelRecord, metrics: dict[str, float]
 ) -> ModelInfo:
-    """Log ``model`` (CPU, eval mode) with signature, input example and its metadata."""
+    """Log ``model`` (CPU, eval mode) with signature, input example and ``record`` (which
+    becomes the model's own)."""
     model = model.cpu().eval()
-    model.zoo_meta.update(meta)
-    pre = meta["preprocessing"]
-    signature = pyfunc_signature(pre, model.num_classes)
+    model.record = record
+    full = record.to_dict()
+    pre = full["preprocessing"]
+    signature = pyfunc_signature(record.pre, model.num_classes)
     with tempfile.TemporaryDirectory() as tmp:
         files = []
-        for name, content in (("preprocessing.json", pre),
-                              ("labels.json", pre["class_names"]),
-                              ("zoo_meta.json", model.zoo_meta)):
+        for name, content in ((names.PREPROCESSING_FILE, pre),
+                              (names.LABELS_FILE, record.class_names),
+                              (names.RECORD_FILE, full)):
             path = Path(tmp) / name
             path.write_text(json.dumps(content, indent=2, default=str))
             files.append(str(path))
@@ -127,10 +131,10 @@ def log_trained_model(
                 serialization_format="pickle",
                 code_paths=[str(Path(zoo.__file__).parent)],
                 signature=signature,
-                input_example=input_example(example, pre),
+                input_example=input_example(example, record.pre),
                 pip_requirements=runtime_requirements(),
                 extra_files=files,
-                metadata={"zoo": json.loads(json.dumps(model.zoo_meta, default=str))},
+                metadata={names.MLMODEL_RECORD_KEY: full},
             )
     with contextlib.suppress(Exception):
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)},

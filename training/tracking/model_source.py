@@ -14,20 +14,17 @@ import mlflow
 from serving.mlflow_source import ModelSource, logged_model_location, resolve_model
 from serving.settings import DEFAULT_MODEL_URI
 from training.config import TrainConfig
+from zoo import names
+from zoo.record import ModelRecord, record_of
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["DEFAULT_MODEL_URI", "ModelFileError", "ModelSource", "artifact_location",
-           "load_pytorch_model", "load_source", "model_meta", "resolve_model",
+           "load_pytorch_model", "load_source", "model_record", "resolve_model",
            "training_config"]
 
 log = logging.getLogger(__name__)
-
-#: Where a logged model's ``zoo_meta`` (and its MLmodel metadata under ``zoo``) keeps the
-#: training parameters it was trained with, every ``auto`` and preset resolved.
-RECIPE_KEY = "recipe"
-
 
 def load_source(uri: str) -> tuple[ModelSource, mlflow.entities.Run, torch.nn.Module]:
     """Resolve ``uri``, fetch its training run, and load its module on the CPU in eval mode."""
@@ -38,13 +35,14 @@ def load_source(uri: str) -> tuple[ModelSource, mlflow.entities.Run, torch.nn.Mo
     return source, run, model
 
 
-def model_meta(source: ModelSource, model: Any = None) -> dict[str, Any]:
-    """The model's ``zoo_meta``: from the loaded module, or without loading any weights
-    from its MLmodel metadata."""
+def model_record(source: ModelSource, model: Any = None) -> ModelRecord | None:
+    """The model's record: from the loaded module, or without loading any weights from its
+    MLmodel metadata (None for a model the zoo did not log)."""
     if model is not None:
-        return dict(getattr(model, "zoo_meta", {}))
+        return record_of(model)
     info = mlflow.models.get_model_info(source.load_uri)
-    return dict((info.metadata or {}).get("zoo", {}))
+    data = (info.metadata or {}).get(names.MLMODEL_RECORD_KEY)
+    return ModelRecord.from_dict(data) if data else None
 
 
 def training_config(source: ModelSource, run: mlflow.entities.Run,
@@ -52,9 +50,9 @@ def training_config(source: ModelSource, run: mlflow.entities.Run,
     """What the model was trained with, as the model itself records it (its recipe: data,
     split seed and fractions, open-set share, preprocessing, architecture). Models logged
     before they carried a recipe fall back to their run's parameters and resolved tags."""
-    recipe = model_meta(source, model).get(RECIPE_KEY)
-    if recipe:
-        return TrainConfig.from_recipe(recipe)
+    record = model_record(source, model)
+    if record is not None and record.recipe:
+        return TrainConfig.from_recipe(record.recipe)
     log.info("%s carries no training recipe (logged before models recorded one): reading "
              "its run's parameters", source.describe())
     return TrainConfig.from_run(run.data.params, run.data.tags)

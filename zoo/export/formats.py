@@ -16,6 +16,7 @@ from torch import nn
 from zoo.export import onnx_format, program_format, torchscript_format
 from zoo.export.errors import explain
 from zoo.export.runtime import onnx_session
+from zoo.record import ModelRecord, record_of
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class ExportedFile:
 class Runner(Protocol):
     """A loaded model of any format."""
 
-    meta: dict[str, Any]
+    record: ModelRecord | None
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -44,8 +45,8 @@ class Runner(Protocol):
 class TorchRunner:
     """An eager, traced or exported torch module on one device, without autograd."""
 
-    def __init__(self, module: Any, meta: dict[str, Any], device: str = "cpu") -> None:
-        self.module, self.meta, self.device = module, meta, torch.device(device)
+    def __init__(self, module: Any, record: ModelRecord | None, device: str = "cpu") -> None:
+        self.module, self.record, self.device = module, record, torch.device(device)
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
@@ -60,7 +61,7 @@ class OnnxRunner:
         self.session = onnx_session(path, device=device, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.meta = onnx_format.read_metadata(path).get("zoo_meta", {})
+        self.record = onnx_format.read_record(path)
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
@@ -68,7 +69,7 @@ class OnnxRunner:
 
 
 def eager_runner(model: nn.Module, device: str = "cpu") -> TorchRunner:
-    return TorchRunner(model.to(device).eval(), dict(getattr(model, "zoo_meta", {})), device)
+    return TorchRunner(model.to(device).eval(), record_of(model), device)
 
 
 def example_batch(x: torch.Tensor, size: int = 2) -> torch.Tensor:
@@ -92,7 +93,7 @@ def export_format(fmt: str, model: nn.Module, example: torch.Tensor, folder: Pat
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     model = copy.deepcopy(model).cpu().eval()
     example = example_batch(example)
-    meta = dict(getattr(model, "zoo_meta", {}))
+    record = record_of(model)
     path = Path(folder) / FILE_NAMES[fmt]
     started = time.perf_counter()
     with torch.no_grad():
@@ -100,12 +101,12 @@ def export_format(fmt: str, model: nn.Module, example: torch.Tensor, folder: Pat
     try:
         if fmt == "pt2":
             program_format.save_program(program or program_format.export_program(model, example),
-                                        path, meta)
+                                        path, record)
         elif fmt == "torchscript":
             traced = torchscript_format.export_torchscript(model, example)
-            torchscript_format.save_torchscript(traced, path, meta)
+            torchscript_format.save_torchscript(traced, path, record)
         else:
-            onnx_format.export_onnx(model, example, path, meta, outputs, opset)
+            onnx_format.export_onnx(model, example, path, record, outputs, opset)
     except Exception as exc:
         path.unlink(missing_ok=True)
         attempt = (torchscript_format.attempt_torchscript if fmt == "torchscript"
@@ -123,9 +124,9 @@ def load_exported(fmt: str, path: Path, device: str = "cpu", threads: int = 0) -
     if fmt == "onnx":
         return OnnxRunner(path, device=device, threads=threads)
     if fmt == "torchscript":
-        module, meta = torchscript_format.load_torchscript(path, device)
-        return TorchRunner(module, meta, device)
+        module, record = torchscript_format.load_torchscript(path, device)
+        return TorchRunner(module, record, device)
     if fmt == "pt2":
-        module, meta = program_format.load_program(path)
-        return TorchRunner(module.to(device), meta, device)
+        module, record = program_format.load_program(path)
+        return TorchRunner(module.to(device), record, device)
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")

@@ -19,6 +19,7 @@ from torch import nn
 
 from zoo.export.program_format import batch_dim
 from zoo.quiet import quiet_loggers
+from zoo.record import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,11 @@ MIN_OPSET = 18
 DEFAULT_OPSET = 20
 INPUT_NAME = "input"
 BATCH_AXIS = "batch"
-METADATA_KEYS = ("preprocessing", "class_names", "zoo_meta")
+RECORD_KEY = "zoo_meta"  # the model record (zoo.record), under the name it always had
+METADATA_KEYS = ("preprocessing", "class_names", RECORD_KEY)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any],
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: ModelRecord | None,
                 output_names: list[str], opset: int = DEFAULT_OPSET) -> None:
     """Write ``model`` to ``path`` as a single-file ONNX model with zoo metadata."""
     if opset < MIN_OPSET:
@@ -48,7 +50,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
     program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
     _name_batch_axis(proto)
-    _set_metadata(proto, meta)
+    _set_metadata(proto, record)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
@@ -65,18 +67,30 @@ def _name_batch_axis(proto: onnx.ModelProto) -> None:
                 dim.dim_param = BATCH_AXIS
 
 
-def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
-    pre = meta.get("preprocessing") or {}
-    values = {"preprocessing": pre, "class_names": pre.get("class_names", []), "zoo_meta": meta}
+def _set_metadata(proto: onnx.ModelProto, record: ModelRecord | None) -> None:
+    """The record (``zoo_meta``), and for other ONNX tools its preprocessing and class names
+    on their own, as the file's metadata."""
     del proto.metadata_props[:]
+    if record is None:
+        return
+    full = record.to_dict()
+    values = {"preprocessing": full["preprocessing"] or {}, "class_names": record.class_names,
+              RECORD_KEY: full}
     for key, value in values.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value, default=str)
-    proto.doc_string = (f"{meta.get('model', 'model')} trained with {meta.get('loss', '?')} on "
-                        f"{meta.get('dataset', '?')} (model-zoo)")
+    proto.doc_string = (f"{record.model} trained with {record.loss or '?'} on "
+                        f"{record.dataset or '?'} (model-zoo)")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The zoo metadata of an ONNX file (``preprocessing``, ``class_names``, ``zoo_meta``)."""
+    """The zoo metadata of an ONNX file as JSON (``preprocessing``, ``class_names``,
+    ``zoo_meta``); ``read_record`` is the typed form."""
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: json.loads(p.value) for p in proto.metadata_props if p.key in METADATA_KEYS}
+
+
+def read_record(path: Path) -> ModelRecord | None:
+    """The model record an ONNX file carries (None for a file the zoo did not write)."""
+    data = read_metadata(path).get(RECORD_KEY)
+    return ModelRecord.from_dict(data) if data else None

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.record import ModelRecord, record_from_json
+
 META_FILE = "zoo_meta.json"
 
 
@@ -38,12 +40,14 @@ def attempt_program(module: nn.Module, args: tuple, kwargs: dict) -> None:
     torch.export.export(module, args, kwargs or None, dynamic_shapes=dynamic, strict=False)
 
 
-def save_program(program: torch.export.ExportedProgram, path: Path, meta: dict[str, Any]) -> None:
-    torch.export.save(program, str(path), extra_files={META_FILE: json.dumps(meta, default=str)})
+def save_program(program: torch.export.ExportedProgram, path: Path,
+                 record: ModelRecord | None) -> None:
+    text = json.dumps(record.to_dict() if record is not None else {})
+    torch.export.save(program, str(path), extra_files={META_FILE: text})
 
 
-def load_program(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The program's callable module and the zoo metadata saved with it."""
+def load_program(path: Path) -> tuple[nn.Module, ModelRecord | None]:
+    """The program's callable module and the model record saved with it."""
     extra = {META_FILE: ""}
     program = torch.export.load(str(path), extra_files=extra)
-    return program.module(), json.loads(extra[META_FILE] or "{}")
+    return program.module(), record_from_json(extra[META_FILE])

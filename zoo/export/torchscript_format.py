@@ -12,10 +12,11 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from zoo.record import ModelRecord, record_from_json
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,19 @@ def attempt_torchscript(module: nn.Module, args: tuple, kwargs: dict) -> torch.j
     return traced
 
 
-def save_torchscript(module: torch.jit.ScriptModule, path: Path, meta: dict[str, Any]) -> None:
+def save_torchscript(module: torch.jit.ScriptModule, path: Path,
+                     record: ModelRecord | None) -> None:
+    text = json.dumps(record.to_dict() if record is not None else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice
-        torch.jit.save(module, str(path), _extra_files={META_FILE: json.dumps(meta, default=str)})
+        torch.jit.save(module, str(path), _extra_files={META_FILE: text})
 
 
 def load_torchscript(path: Path,
-                     device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """The traced module (eval mode) and the zoo metadata saved with it."""
+                     device: str = "cpu") -> tuple[torch.jit.ScriptModule, ModelRecord | None]:
+    """The traced module (eval mode) and the model record saved with it."""
     extra = {META_FILE: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    return module.eval(), json.loads(extra[META_FILE] or "{}")
+    return module.eval(), record_from_json(extra[META_FILE])

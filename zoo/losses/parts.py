@@ -9,36 +9,14 @@ loss is their mean: every cell must tell the identities apart by itself, so no s
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.losses.base import EmbeddingLoss
-from zoo.models.heads import CosineClassifier
+# The heads live with the model's other heads; imported here under their old home too, which
+# modules pickled before the move name.
+from zoo.models.heads import PartClassifier, split_parts
 
-
-def split_parts(embedding: torch.Tensor, parts: int) -> list[torch.Tensor]:
-    """``[B, P * d]`` → P unit-norm ``[B, d]`` parts."""
-    return [F.normalize(p, dim=1) for p in embedding.chunk(parts, dim=1)]
-
-
-class PartClassifier(nn.Module):
-    """The mean of the parts' heads; with cosine heads, ``scale * mean(cos)`` (one scale, so
-    the trainer's temperature calibration applies to it as to any cosine head)."""
-
-    def __init__(self, heads: list[nn.Module]) -> None:
-        super().__init__()
-        self.heads = nn.ModuleList(heads)
-        self.num_classes = int(getattr(heads[0], "num_classes",
-                                       getattr(heads[0], "out_features", 0)))
-        if all(isinstance(h, CosineClassifier) for h in heads):
-            self.register_buffer("scale", heads[0].scale.detach().clone())
-            for head in heads:
-                head.scale.fill_(1.0)
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        parts = split_parts(embedding.float(), len(self.heads))
-        logits = torch.stack([head(p) for head, p in zip(self.heads, parts)]).mean(0)
-        return logits * self.scale if hasattr(self, "scale") else logits
+__all__ = ["PartClassifier", "PartLoss", "split_parts"]
 
 
 class PartLoss(EmbeddingLoss):

@@ -70,7 +70,7 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
     ``num_features`` (and a table's ``feature_groups``: features per column). Keyword
     arguments a family does not use are ignored, so one call site serves all, except a
     feature-map read-out or weights asked of a model that has neither.
-    The returned model's ``zoo_meta["build"]`` is the recipe ``zoo.models.rebuild`` builds
+    The returned model's ``record.build`` is the recipe ``zoo.models.rebuild`` builds
     the same architecture from (JSON, no pickles).
     """
     if name.startswith(TIMM_PREFIX):
@@ -109,7 +109,7 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
 
 def _with_recipe(model: EmbeddingModel, name: str, num_classes: int, embedding_dim: int,
                  used: dict[str, Any]) -> EmbeddingModel:
-    """Record on ``model.zoo_meta["build"]`` how to build the same architecture again, so a
+    """Record on ``model.record.build`` how to build the same architecture again, so a
     server can rebuild the module from JSON and load its weights from safetensors instead of
     unpickling it (``zoo.models.rebuild``). Pretrained ``weights`` are left out: the trained
     state dict replaces them. Options that JSON cannot hold exactly leave no recipe (such a
@@ -122,7 +122,7 @@ def _with_recipe(model: EmbeddingModel, name: str, num_classes: int, embedding_d
     except (TypeError, ValueError):
         exact = False
     if exact:
-        model.zoo_meta["build"] = build
+        model.record = model.record.with_(build=build)
     else:
         log.debug("model %s: options %r are not plain JSON; no build recipe recorded", name, kwargs)
     return model

@@ -3,7 +3,8 @@
 ``forward(x)`` returns ``{"embedding": [B, D] L2-normalised, "logits": [B, C]}`` (logits only
 when the model knows its classes). In training mode the dict also carries ``norm``, the
 length of the embedding before normalisation, which AdaFace uses as an image-quality proxy.
-Preprocessing and class names ride on the module (``zoo_meta``) so a pickled model is
+What the model is (preprocessing, class names, build and training recipe, lineage) rides on
+the module as its ``record`` (``zoo.record.ModelRecord``), so a pickled model is
 self-describing, like timm's ``pretrained_cfg``.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.models.heads import CosineClassifier
+from zoo.record import ModelRecord
 
 
 class EmbeddingNeck(nn.Module):
@@ -80,7 +82,19 @@ class EmbeddingModel(nn.Module):
         )
         self.embedding_dim = embedding_dim
         self.modality = modality
-        self.zoo_meta: dict[str, Any] = {"model": name, "embedding_dim": embedding_dim}
+        self.record = ModelRecord(model=name, embedding_dim=embedding_dim)
+
+    @property
+    def zoo_meta(self) -> dict[str, Any]:
+        """The record's dict form (what files and metadata hold); read ``record`` instead."""
+        return self.record.to_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A module pickled before records existed carries ``zoo_meta``: read it as one."""
+        meta = state.pop("zoo_meta", None)
+        super().__setstate__(state)
+        if meta is not None and "record" not in state:
+            self.record = ModelRecord.from_dict(meta)
 
     @property
     def num_classes(self) -> int:

@@ -3,7 +3,8 @@
 Margin losses train the class weights; after training their weights are copied into a
 standalone head (no margin at inference). Pair losses have no weights, so their head is
 built from class prototypes (the mean training embedding of each class). Either way the
-exported model classifies with the same small module.
+exported model classifies with the same small module. A part-based model (``parts=true``)
+classifies with the mean of one head per part (``PartClassifier``).
 """
 from __future__ import annotations
 
@@ -51,3 +52,28 @@ class CosineClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"classes={self.num_classes}, subcenters={self.subcenters}"
+
+
+def split_parts(embedding: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """``[B, P * d]`` → P unit-norm ``[B, d]`` parts."""
+    return [F.normalize(p, dim=1) for p in embedding.chunk(parts, dim=1)]
+
+
+class PartClassifier(nn.Module):
+    """The mean of the parts' heads; with cosine heads, ``scale * mean(cos)`` (one scale, so
+    the trainer's temperature calibration applies to it as to any cosine head)."""
+
+    def __init__(self, heads: list[nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.num_classes = int(getattr(heads[0], "num_classes",
+                                       getattr(heads[0], "out_features", 0)))
+        if all(isinstance(h, CosineClassifier) for h in heads):
+            self.register_buffer("scale", heads[0].scale.detach().clone())
+            for head in heads:
+                head.scale.fill_(1.0)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        parts = split_parts(embedding.float(), len(self.heads))
+        logits = torch.stack([head(p) for head, p in zip(self.heads, parts)]).mean(0)
+        return logits * self.scale if hasattr(self, "scale") else logits

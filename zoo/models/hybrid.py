@@ -54,8 +54,9 @@ def hybrid(num_classes: int, embedding_dim: int, *, in_chans: int = 3, image_siz
                                                           image_size)
     model = EmbeddingModel(HybridBackbone(cnn, transformer), cnn_width + transformer_width,
                            embedding_dim, num_classes, dropout, modality="image", name="hybrid")
-    model.zoo_meta.update({"cnn_branch": cnn_branch, "transformer_branch": transformer_branch,
-                           "feature_dim": cnn_width + transformer_width})
+    model.record = model.record.with_(architecture={
+        "cnn_branch": cnn_branch, "transformer_branch": transformer_branch,
+        "feature_dim": cnn_width + transformer_width})
     return model
 
 

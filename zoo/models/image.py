@@ -24,6 +24,7 @@ from torch import nn
 from zoo.models.embedding import EmbeddingModel
 from zoo.models.pretrained import PretrainedWeights
 from zoo.models.registry import MODELS
+from zoo.record import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +215,12 @@ def create_image_model(
         backbone, features, embedding_dim, num_classes, dropout, modality="image",
         name=name or timm_name, parts=grid * grid if parts else 1,
     )
-    model.zoo_meta.update({"timm_name": timm_name, "feature_dim": features, "stage": stage,
-                           "grid": grid, "parts": grid * grid if parts else 1,
-                           "timm_options": {**scaled, **options}})
+    model.record = model.record.with_(architecture={
+        "timm_name": timm_name, "feature_dim": features, "stage": stage, "grid": grid,
+        "parts": grid * grid if parts else 1, "timm_options": {**scaled, **options}})
     if weights is not None:
-        model.zoo_meta["pretrained"] = {"source": weights.source, "sha256": weights.sha256}
+        model.record = model.record.with_(lineage=Lineage(pretrained=weights.source,
+                                                          pretrained_sha256=weights.sha256))
     return model
 
 

@@ -2,7 +2,7 @@
 
 ``mlflow.pytorch.load_model`` unpickles the module, which runs whatever code the pickle
 names: whoever can write a tracking server's artifacts could run code on every server that
-loads it. A recipe (``create_model``'s arguments, recorded as ``zoo_meta["build"]``, plus
+loads it. A recipe (``create_model``'s arguments, recorded as ``record.build``, plus
 the classifier head the training attached) rebuilds the same architecture from this
 checkout's code, and the weights come from safetensors, a format that holds tensors only.
 
@@ -20,11 +20,15 @@ import torch
 from torch import nn
 
 from zoo.models import BRANCH_KWARGS, IMAGE_KWARGS, EmbeddingModel, create_model
-from zoo.models.heads import CosineClassifier
+from zoo.models.heads import CosineClassifier, PartClassifier
+from zoo.record import ModelRecord
 
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.json"
 RECIPE_FORMAT = 1
+#: The model's record in ``recipe.json`` (the key predates the record: older exports hold the
+#: untyped dict under it, which ``ModelRecord.from_dict`` reads too).
+RECORD_KEY = "zoo_meta"
 #: What a recipe may pass to ``create_model``: the image, hybrid and tabular options, never
 #: pretrained weights (the state dict replaces them).
 REBUILD_KWARGS = frozenset({*IMAGE_KWARGS, *BRANCH_KWARGS, "num_features", "hidden", "width",
@@ -40,7 +44,7 @@ def _plain(value: Any) -> bool:
 
 
 def rebuild(build: dict[str, Any]) -> EmbeddingModel:
-    """The architecture ``build`` (a ``zoo_meta["build"]`` recipe) names, freshly initialised,
+    """The architecture ``build`` (a ``record.build`` recipe) names, freshly initialised,
     in eval mode; pretrained weights are never loaded (the caller loads trained ones)."""
     name, kwargs = build.get("name"), build.get("kwargs") or {}
     if not isinstance(name, str) or not name or ":" in name:
@@ -69,8 +73,6 @@ def head_recipe(head: nn.Module | None) -> dict[str, Any] | None:
     if type(head) is nn.Linear:
         return {"type": "linear", "in_features": head.in_features,
                 "out_features": head.out_features, "bias": head.bias is not None}
-    from zoo.losses.parts import PartClassifier
-
     if type(head) is PartClassifier:
         return {"type": "parts", "heads": [head_recipe(h) for h in head.heads]}
     raise ValueError(f"no recipe for a classifier head of type {type(head).__name__}")
@@ -88,8 +90,6 @@ def build_head(recipe: dict[str, Any] | None) -> nn.Module | None:
         return nn.Linear(int(recipe["in_features"]), int(recipe["out_features"]),
                          bias=bool(recipe.get("bias", True)))
     if kind == "parts":
-        from zoo.losses.parts import PartClassifier
-
         heads = [build_head(h) for h in recipe.get("heads") or []]
         if not heads or any(h is None for h in heads):
             raise ValueError("a part classifier recipe needs one head per part")
@@ -98,26 +98,26 @@ def build_head(recipe: dict[str, Any] | None) -> nn.Module | None:
 
 
 def model_recipe(model: EmbeddingModel, build: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What ``rebuild_from_recipe`` needs: the build recipe (``zoo_meta["build"]`` unless
-    given), the head and the (JSON-safe) ``zoo_meta`` the server describes the model with."""
-    meta = json.loads(json.dumps(getattr(model, "zoo_meta", {}), default=str))
-    build = json.loads(json.dumps(build)) if build else meta.get("build")
+    """What ``rebuild_from_recipe`` needs: the build recipe (``record.build`` unless given),
+    the head and the model's record (what the server describes and preprocesses with)."""
+    build = json.loads(json.dumps(build)) if build else model.record.build
     if not build:
-        raise ValueError("the model has no build recipe (zoo_meta['build'])")
-    meta["build"] = build
+        raise ValueError("the model has no build recipe (record.build)")
+    record = model.record.with_(build=build)
     return {"format": RECIPE_FORMAT, "build": build, "head": head_recipe(model.head),
-            "zoo_meta": meta}
+            RECORD_KEY: record.to_dict()}
 
 
 def rebuild_from_recipe(recipe: dict[str, Any]) -> EmbeddingModel:
-    """``rebuild`` plus the recipe's head and ``zoo_meta`` (weights still to be loaded)."""
+    """``rebuild`` plus the recipe's head and record (weights still to be loaded)."""
     if recipe.get("format") != RECIPE_FORMAT:
         raise ValueError(f"recipe format {recipe.get('format')!r} is not {RECIPE_FORMAT}: "
                          "written by another model-zoo version")
     model = rebuild(recipe["build"])
     if "head" in recipe:
         model.set_head(build_head(recipe["head"]))
-    model.zoo_meta = dict(recipe.get("zoo_meta") or model.zoo_meta)
+    if recipe.get(RECORD_KEY):
+        model.record = ModelRecord.from_dict(recipe[RECORD_KEY])
     return model.eval()
 
 
