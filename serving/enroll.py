@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from serving.engine import ServedModel
+from serving.served_model import ServedModel
 from serving.inputs import RequestError, Upload, identity_name, images_to_array
 from serving.mlflow_source import fetch_bundle
 from serving.settings import ServeSettings

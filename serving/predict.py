@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.engine import ServedModel
+from serving.served_model import ServedModel
 from serving.gradcam import METHODS
 from serving.inputs import RequestError, Upload, open_image
 from serving.mlflow_source import fetch_bundle

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from serving import latency, multipart, openai_api
 from serving.auth import RequireKeys
 from serving.bundle import Bundle
-from serving.engine import ServedModel
+from serving.served_model import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
                             identity_name, read_inputs)
 from serving.limits import RequestSizeLimit

@@ -386,7 +386,7 @@ def test_the_faster_runtime_is_timed_tagged_and_served(
     """The export times ONNX Runtime against PyTorch and tags the faster on the version; a
     server runs it unless ZOO_RUNTIME says otherwise, and both answer alike; `retime` times
     again and a server started afterwards follows the new tag."""
-    from serving.engine import ServedModel
+    from serving.served_model import ServedModel
     from serving.settings import ServeSettings
     from training.commands.retime import RetimeConfig, retime
     from zoo.export.runtime_timing import RUNTIMES, RuntimeTiming

@@ -27,7 +27,7 @@ def test_the_search_space_follows_the_loss() -> None:
 def test_a_trial_keeps_the_recipe_and_splits_part_embeddings_evenly() -> None:
     cfg = TuneConfig.of(preset="faces-small", epochs=7)
     child = cfg.trial_config({"embedding_dim": 32, "lr": 0.001})
-    assert type(child) is TrainConfig and child.runtime.checkpoint is False
+    assert type(child) is TrainConfig and child.execution.checkpoint is False
     assert (child.optim.epochs, child.optim.lr, child.model.grid,
             child.model.parts) == (7, 0.001, 2, True)
     # trials are compared on validation data, which the recipe would have given up

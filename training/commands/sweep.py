@@ -439,7 +439,7 @@ def _train_one(cfg: SweepConfig, job: Job, parent_id: str, several_seeds: bool,
     is already FAILED), not raised."""
     child = cfg.child(job.model, job.loss, job.seed)
     if resume_run:
-        child.runtime.resume_run = resume_run
+        child.execution.resume_run = resume_run
     try:
         result: RunResult = train(child,
                                   parent_run_id=parent_id, data=data,

@@ -1,6 +1,6 @@
 """The parts of a training config, each a small dataclass that checks itself: what is
 trained on (data), what is trained (model), against what (loss), how (optim), where
-(runtime) and what is recorded (tracking). ``TrainConfig`` composes them."""
+(execution) and what is recorded (tracking). ``TrainConfig`` composes them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -267,7 +267,7 @@ class OptimConfig:
 
 
 @dataclass
-class RuntimeConfig:
+class ExecutionConfig:
     """Where and how the run executes: devices, processes, seeds of the run, checkpoints."""
 
     init_seed: Optional[int] = option(None, "seed of the initialisation, batch order and "

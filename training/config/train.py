@@ -15,7 +15,7 @@ from training.config.params import (Param, assemble, build, check_choices, flat_
                                     get_param, option, params_of, parse_params, part,
                                     preset_skip, to_strings)
 from training.config.parts import (DataConfig, LossConfig, ModelConfig, OptimConfig,
-                                   RuntimeConfig, TrackingConfig)
+                                   ExecutionConfig, TrackingConfig)
 from training.presets import preset_fields, preset_names
 from zoo.names import RESOLVED_PREFIX
 
@@ -25,8 +25,8 @@ SPLIT_FIELDS = ("data", "seed", "val_fraction", "test_fraction", "open_set", "la
 
 def one_process_per_run(train: "TrainConfig", why: str) -> None:
     """Refuse ``nproc`` > 1 for commands whose runs train in one process each (``why``)."""
-    if train.runtime.nproc > 1:
-        raise ValueError(f"nproc={train.runtime.nproc} is for single runs (-e train); {why}")
+    if train.execution.nproc > 1:
+        raise ValueError(f"nproc={train.execution.nproc} is for single runs (-e train); {why}")
 
 
 def _param(cls: type, name: str) -> Param:
@@ -99,7 +99,7 @@ class TrainConfig(FlatParams):
     model: ModelConfig = part(ModelConfig)
     loss: LossConfig = part(LossConfig)
     optim: OptimConfig = part(OptimConfig)
-    runtime: RuntimeConfig = part(RuntimeConfig)
+    execution: ExecutionConfig = part(ExecutionConfig)
     tracking: TrackingConfig = part(TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -114,7 +114,7 @@ class TrainConfig(FlatParams):
     @property
     def training_seed(self) -> int:
         """What seeds the weights, batches and augmentation (not the split)."""
-        return self.data.seed if self.runtime.init_seed is None else self.runtime.init_seed
+        return self.data.seed if self.execution.init_seed is None else self.execution.init_seed
 
     @classmethod
     def from_recipe(cls, values: dict[str, Any]) -> "TrainConfig":

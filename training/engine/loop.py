@@ -65,7 +65,7 @@ def pick_device(name: str) -> torch.device:
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU has it, else fp16; None when AMP is off (always off on CPU)."""
-    if cfg.runtime.amp == "off" or device.type != "cuda":
+    if cfg.execution.amp == "off" or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

@@ -120,7 +120,7 @@ def train(
     ``aux`` adds loss terms that need the input batch (a teacher's, when distilling);
     ``on_epoch(epoch, metrics)`` is called after each epoch is logged (a tuner's pruning);
     ``params`` are logged beside the config's (a distillation's teacher and weights).
-    ``cfg.runtime.resume_run`` continues that run from its last checkpoint, with its own config.
+    ``cfg.execution.resume_run`` continues that run from its last checkpoint, with its own config.
     Ctrl-C or SIGTERM ends the run KILLED with its checkpoint kept and raises
     ``TrainingInterrupted``, whose message says how to resume.
 
@@ -129,7 +129,7 @@ def train(
     """
     world = current_world()
     check_world(cfg, world, parent_run_id=parent_run_id, aux=aux)
-    device = world.place(pick_device(cfg.runtime.device))
+    device = world.place(pick_device(cfg.execution.device))
     with process_group(world, device):
         if world.is_main:
             return _train_main(cfg, world, device, parent_run_id=parent_run_id, tags=tags,
@@ -144,15 +144,15 @@ def check_world(cfg: TrainConfig, world: World, *, parent_run_id: str | None,
     if world.distributed and (parent_run_id or aux):
         raise ValueError("data-parallel training (torchrun) is for single runs (-e train); a "
                          "sweep trains `workers` combinations at once instead")
-    if cfg.runtime.nproc > 1 and not world.distributed:
-        raise ValueError(f"nproc={cfg.runtime.nproc} trains with {cfg.runtime.nproc} processes, "
-                         "started by torchrun: use "
-                         f"`python -m training.commands.train --nproc {cfg.runtime.nproc} ...`, "
-                         f"`mlflow run . -e train -P nproc={cfg.runtime.nproc}` or `torchrun "
-                         f"--nproc_per_node={cfg.runtime.nproc} -m training.commands.train ...` "
+    if cfg.execution.nproc > 1 and not world.distributed:
+        raise ValueError(f"nproc={cfg.execution.nproc} trains with {cfg.execution.nproc} "
+                         "processes, started by torchrun: use "
+                         f"`python -m training.commands.train --nproc {cfg.execution.nproc} ...`, "
+                         f"`mlflow run . -e train -P nproc={cfg.execution.nproc}` or `torchrun "
+                         f"--nproc_per_node={cfg.execution.nproc} -m training.commands.train ...` "
                          "(a sweep or distillation runs in one process each)")
     if world.distributed:
-        cfg.runtime.nproc = world.size  # what torchrun started, whatever the parameter said
+        cfg.execution.nproc = world.size  # what torchrun started, whatever the parameter said
 
 
 def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
@@ -162,13 +162,13 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
                 on_epoch: Callable[[int, dict[str, float]], None] | None,
                 params: dict[str, str] | None = None) -> RunResult:
     configure_tracking()
-    resume_id, state = cfg.runtime.resume_run, None
+    resume_id, state = cfg.execution.resume_run, None
     if resume_id:
         cfg, state = resume_point(resume_id)
-        if cfg.runtime.nproc != world.size:  # the learning rate and batches depend on it
-            raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.runtime.nproc}: "
+        if cfg.execution.nproc != world.size:  # the learning rate and batches depend on it
+            raise ValueError(f"resume_run={resume_id} trained with nproc={cfg.execution.nproc}: "
                              "resume it with the same number of processes "
-                             f"(-P nproc={cfg.runtime.nproc})")
+                             f"(-P nproc={cfg.execution.nproc})")
         world.broadcast((cfg, state))  # the other processes resume from the same point
     seed_and_threads(cfg)
     init, from_init = apply_init(cfg)  # the init model's architecture, before the run is named
@@ -192,7 +192,7 @@ def _train_main(cfg: TrainConfig, world: World, device: torch.device, *,
     except KeyboardInterrupt as exc:
         if "run_id" not in progress:
             raise
-        raise TrainingInterrupted(progress["run_id"], progress["epoch"], cfg.runtime.checkpoint,
+        raise TrainingInterrupted(progress["run_id"], progress["epoch"], cfg.execution.checkpoint,
                                   exc, nproc=world.size) from None
 
 
@@ -252,7 +252,7 @@ def _train_replica(cfg: TrainConfig, world: World, device: torch.device) -> RunR
 
 
 def _train_share(cfg: TrainConfig, world: World, device: torch.device) -> RunResult:
-    cfg, state = world.broadcast(None) if cfg.runtime.resume_run else (cfg, None)
+    cfg, state = world.broadcast(None) if cfg.execution.resume_run else (cfg, None)
     seed_and_threads(cfg)
     splits, model, loss_fn, _ = prepare(cfg)
     # its own augmentation and dropout draws; the weights are rank 0's (DDP copies them to
@@ -267,8 +267,8 @@ def _train_share(cfg: TrainConfig, world: World, device: torch.device) -> RunRes
 def seed_and_threads(cfg: TrainConfig) -> None:
     """The run's random seed and torch's CPU threads, before anything is built."""
     seed_everything(cfg.training_seed)
-    if cfg.runtime.num_threads > 0:
-        torch.set_num_threads(cfg.runtime.num_threads)
+    if cfg.execution.num_threads > 0:
+        torch.set_num_threads(cfg.execution.num_threads)
 
 
 def prepare(cfg: TrainConfig, data: LoadedData | None = None, init: InitSource | None = None
@@ -356,7 +356,7 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
              cfg.model.name, cfg.loss.name, name, num_classes, len(splits.train), len(splits.val),
              len(splits.test), device)
 
-    checkpoints = RunCheckpoints(run.info.run_id) if cfg.runtime.checkpoint else None
+    checkpoints = RunCheckpoints(run.info.run_id) if cfg.execution.checkpoint else None
 
     def logged(epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=epoch)

@@ -11,7 +11,8 @@ from .images import ImageSet, StoredImages, batch_to
 from .lazy import LazyImages
 from .preprocessing import Preprocessing, preprocess_images, preprocess_rows
 from .samplers import PKBatchSampler
-from .sources import DATASETS, LoadedData, load_data
+from .registry import DATASETS
+from .sources import LoadedData, load_data
 from .splits import Split, Splits, split_data
 from .tables import Table
 

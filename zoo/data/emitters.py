@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .sources import DATASETS, LoadedData
+from .registry import DATASETS
+from .sources import LoadedData
 
 log = logging.getLogger(__name__)
 

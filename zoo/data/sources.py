@@ -17,18 +17,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..registry import Registry
 from .images import ImageSet, StoredImages
 from .lazy import LazyImages, check_file, decode_files, thread_map
 from .preprocessing import DEFAULT_INTERPOLATION, image_to_array
+from .registry import DATASETS
 
 if TYPE_CHECKING:
     from .tables import Table
 
 log = logging.getLogger(__name__)
-
-DATASETS: Registry["LoadedData"] = Registry("dataset")
-
 
 @dataclass
 class LoadedData:

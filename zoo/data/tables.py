@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .sources import DATASETS, LoadedData
+from .registry import DATASETS
+from .sources import LoadedData
 from .table_encoding import Column, check_columns, encode, fit_columns
 
 log = logging.getLogger(__name__)

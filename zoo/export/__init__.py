@@ -17,8 +17,8 @@ from typing import Any
 _WHERE = {
     "ExportFailure": "errors", "FORMATS": "formats", "ExportedFile": "formats",
     "export_format": "formats", "load_exported": "formats", "Parity": "parity",
-    "ParityThresholds": "parity", "measure_parity": "parity", "onnx_providers": "runtime",
-    "onnx_session": "runtime", "session_options": "runtime",
+    "ParityThresholds": "parity", "measure_parity": "parity", "onnx_providers": "onnx_runtime",
+    "onnx_session": "onnx_runtime", "session_options": "onnx_runtime",
 }
 __all__ = sorted(_WHERE)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from zoo.export import onnx_format, program_format, torchscript_format
 from zoo.export.errors import explain
-from zoo.export.runtime import onnx_session
+from zoo.export.onnx_runtime import onnx_session
 from zoo.record import ModelRecord, record_of
 
 log = logging.getLogger(__name__)

@@ -120,7 +120,7 @@ def time_runtimes(onnx_path: str | Path, module: torch.nn.Module,
     """ONNX Runtime (the exported file) and eager PyTorch (``module``) on the same random
     batches of ``input_shape``, with ``threads`` intra-op threads (default: one server
     worker's share), on the device a server here would use."""
-    from zoo.export.runtime import onnx_session, session_options
+    from zoo.export.onnx_runtime import onnx_session, session_options
 
     threads = threads or worker_threads()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

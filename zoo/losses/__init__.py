@@ -10,18 +10,14 @@ import inspect
 import logging
 from typing import Any
 
-from zoo.registry import Registry
+# Importing the families registers them (they import LOSSES from zoo.losses.registry).
+from zoo.losses import margin, pair, classifier, reconstruction  # noqa: F401  (this order)
+from zoo.losses.base import EmbeddingLoss
+from zoo.losses.combined import CombinedLoss, parse_loss_spec
+from zoo.losses.parts import PartLoss
+from zoo.losses.registry import LOSSES
 
 log = logging.getLogger(__name__)
-
-LOSSES: Registry = Registry("loss")
-
-from zoo.losses.base import EmbeddingLoss  # noqa: E402
-from zoo.losses.combined import CombinedLoss, parse_loss_spec  # noqa: E402
-from zoo.losses.parts import PartLoss  # noqa: E402
-
-# Importing the families registers them (they import LOSSES from here).
-from zoo.losses import margin, pair, classifier, reconstruction  # noqa: E402,F401  isort: skip
 
 
 def check_loss(spec: str) -> list[tuple[str, float]]:

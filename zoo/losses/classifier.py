@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.losses import LOSSES
+from zoo.losses.registry import LOSSES
 from zoo.losses.base import EmbeddingLoss
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 from torch import nn
 
-from zoo.losses import LOSSES
+from zoo.losses.registry import LOSSES
 from zoo.losses.base import EmbeddingLoss
 from zoo.models.heads import CosineClassifier
 

@@ -18,7 +18,7 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.losses.generic_pair_loss import GenericPairLoss
 from torch import nn
 
-from zoo.losses import LOSSES
+from zoo.losses.registry import LOSSES
 from zoo.losses.base import EmbeddingLoss
 
 MINERS = ("semihard", "batch_hard", "all")

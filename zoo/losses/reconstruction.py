@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from zoo.losses import LOSSES
+from zoo.losses.registry import LOSSES
 from zoo.losses.base import EmbeddingLoss
 
 
