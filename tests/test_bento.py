@@ -1,17 +1,33 @@
-"""What a Bento holds: the server's code (serving/ and zoo/, never training/) and requirements
-that cover every package that code imports. The built Bento is served alone in
-tests/test_serving.py (``test_built_bento_serves_alone``)."""
+"""The packaged server: what a Bento holds (the server's code, serving/ and zoo/, never
+training/, and requirements that cover every package that code imports), a Bento built from
+a clean clone and served where neither the checkout, the training code nor MLflow can be
+imported, and the service module loading with the training code unimportable.
+
+The served tests train one image model (resnet18 on digits, one epoch) of their own, so this
+file runs beside tests/test_serving.py on the other pytest-xdist worker.
+"""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import mlflow
+import numpy as np
+import pytest
 import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+
+from support.process import BENTOML, Server, isolated_env
+from support.serving_store import (IMAGE_URI, Reference, clean_clone, digit_images, files,
+                                   make_store, store_env)
+from training.config import TrainConfig
+from zoo.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOFILE = REPO / "serving" / "bentofile.yaml"
@@ -99,3 +115,91 @@ def test_bento_requirements_cover_every_import() -> None:
                 missing.setdefault(module, []).append(relative)
     assert not missing, ("imported by the Bento's code but not installed by its bentofile: "
                          f"{missing}")
+
+
+# --- the built Bento, served alone -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One image model trained, registered and exported into a store of this module's."""
+    return make_store(tmp_path_factory.mktemp("bento"), [
+        TrainConfig.of(model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
+                       embedding_dim=32, experiment="zoo-digits", plots=False)])
+
+
+@pytest.fixture(scope="module")
+def digit_pngs() -> list[bytes]:
+    return digit_images()
+
+
+@pytest.mark.slow
+def test_built_bento_serves_alone(store, digit_pngs, tmp_path: Path) -> None:
+    """The README's "as a Bento" commands: built from a clean clone, then served from another
+    folder as in a container: no MLflow store, and neither the checkout, the training code nor
+    MLflow importable. The Bento holds serving/ and zoo/ and no training code."""
+    import base64
+
+    import httpx
+    import openai
+
+    home = tmp_path / "bentoml"
+    clone = clean_clone(tmp_path / "clone")
+    env = {**os.environ, **store_env(store, IMAGE_URI, "gallery-bento"), "BENTOML_HOME": str(home),
+           "BENTOML_DO_NOT_TRACK": "true", **isolated_env(hide=("training",), checkout=False)}
+    built = subprocess.run([BENTOML, "build", "-f", "serving/bentofile.yaml", ".", "--arg",
+                            f"model_uri={IMAGE_URI}"], cwd=clone,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
+    assert 'Successfully built Bento(tag="zoo:' in built.stdout
+    src = next((home / "bentos" / "zoo").glob("*/src"))
+    assert (src / "serving" / "service.py").is_file() and (src / "zoo" / "names.py").is_file()
+    assert not (src / "training").exists()
+    # served from elsewhere: the model, the code and every name come from the Bento alone
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    gone = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'no-such-store.db'}",
+            "BENTOML_HOME": str(home), "ZOO_CACHE_DIR": str(tmp_path / "empty-cache"),
+            "ZOO_GALLERY_DIR": str(tmp_path / "bento-gallery"), "BENTOML_DO_NOT_TRACK": "true",
+            "ZOO_WORKERS": "1",  # one process starts sooner; several are tested elsewhere
+            **isolated_env(hide=("training", "mlflow"), checkout=False)}
+    reference = Reference(store, IMAGE_URI)
+    with Server("zoo:latest", gone, cwd=elsewhere) as server:
+        info = httpx.get(f"{server.url}/model", timeout=30).json()
+        assert info["uri"] == IMAGE_URI and info["name"] == "zoo-digits"
+        expected = reference.images(digit_pngs[:4])["embedding"]
+        got = httpx.post(f"{server.url}/embed", files=files(digit_pngs[:4]), timeout=60).json()
+        assert np.abs(np.asarray(got["embeddings"]) - expected).max() <= 1e-5
+        # /identify against the exported gallery (the training split) the Bento carries
+        gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
+            f"runs:/{reference.run_id}/export/gallery", dst_path=str(tmp_path / "g"),
+            tracking_uri=store["MLFLOW_TRACKING_URI"])))
+        similarity = expected @ gallery.vectors().T
+        results = httpx.post(f"{server.url}/identify", files=files(digit_pngs[:4]),
+                             timeout=60).json()["results"]
+        for result, row in zip(results, similarity, strict=True):
+            assert result["matches"][0]["identity"] == gallery.labels[int(row.argmax())]
+            assert abs(result["matches"][0]["similarity"] - row.max()) <= 1e-4
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0,
+                               timeout=60)
+        urls = [f"data:image/png;base64,{base64.b64encode(b).decode()}" for b in digit_pngs[:2]]
+        answer = client.embeddings.create(model="zoo-digits", input=urls)
+        assert np.abs(np.asarray([d.embedding for d in answer.data]) - expected[:2]).max() <= 1e-5
+        # no admin key here: the gallery is read-only
+        refused = httpx.post(f"{server.url}/enroll", files=files(digit_pngs[:1]),
+                             data={"identity": "x"}, timeout=60)
+        assert refused.status_code == 403 and "read-only" in refused.json()["error"]
+    assert not (tmp_path / "no-such-store.db").exists()
+
+
+@pytest.mark.slow
+def test_service_imports_without_the_training_code(store) -> None:
+    """serving/ reads MLflow through serving.mlflow_source alone: with ``training`` not
+    importable the service module loads its model from the store."""
+    code = ("import sys, serving.service as s; "
+            "print(s.BUNDLE.info.uri, 'training' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=180,
+                          env={**os.environ, **store_env(store, IMAGE_URI, "gallery-import"),
+                               **isolated_env(hide=("training",))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [IMAGE_URI, "False"]

@@ -265,7 +265,7 @@ def test_mlflow_run_export_entry_point(champion: str, tracking_uri: str, tmp_pat
     ok = subprocess.run(
         [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "export",
          "--env-manager", "local", "--experiment-name", "exports", "-P", f"model_uri={champion}",
-         "-P", "formats=onnx"],
+         "-P", "formats=onnx", "-P", "time_runtimes=false"],  # timed in test_the_faster_runtime_*
         cwd=tmp_path, env=_env(tracking_uri), capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "export of zoo-emitters @champion = v1" in ok.stdout

@@ -1,5 +1,5 @@
 """The BentoML server, over real HTTP: answers equal the exported ONNX model's, bad input gets
-a 4xx and the server stays up, the gallery survives a restart, a built Bento serves alone.
+a 4xx and the server stays up, the gallery survives a restart (a built Bento: test_bento.py).
 
 One image model (resnet18 on digits) and one tabular model (residual_mlp on emitters) are
 trained for one epoch into a temporary store, registered and exported, once per module.
@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -23,26 +22,20 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from support.process import BENTOML, REPO, Server, isolated_env
+from support.process import BENTOML, REPO, Server
+from support.serving_store import (IMAGE_URI, TABULAR_URI, Reference, digit_images, files,
+                                   make_store, png, store_env)
 from training.config import TrainConfig
-from training.pipeline.export import ExportConfig, export_model
-from training.pipeline.run import train
-from training.tracking.registration import register_best, runs_of_experiment
-from zoo.data import Preprocessing, preprocess_images, preprocess_rows
+from zoo.data import preprocess_images
 from zoo.data.emitters import emitters
-from zoo.export.onnx_format import read_metadata
-from zoo.gallery import Gallery
 
 pytestmark = pytest.mark.slow
 
-IMAGE_URI = "models:/zoo-digits@champion"
-TABULAR_URI = "models:/zoo-emitters@champion"
 ADMIN_KEY = "admin-key-for-tests"  # the image server's: its gallery can be changed with it
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -58,81 +51,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                        batch_size=64, embedding_dim=16, experiment="zoo-emitters", plots=False)])
 
 
-def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
-    """A store at ``root`` with each config trained, registered and exported."""
-    root.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        for cfg in configs:
-            train(cfg)
-            register_best(runs_of_experiment(cfg.tracking.experiment), "test_precision_at_1")
-            export_model(ExportConfig(model_uri=f"models:/zoo-{cfg.data.source}@champion",
-                                      formats="onnx", time_runtimes=False))
-    finally:
-        os.chdir(cwd)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        mlflow.set_tracking_uri(None)
-    return {"MLFLOW_TRACKING_URI": uri, "ZOO_CACHE_DIR": str(root / "cache"),
-            "root": str(root)}
-
-
-def _env(store: dict[str, str], model_uri: str, gallery: str, **extra: str) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": store["MLFLOW_TRACKING_URI"], "ZOO_MODEL_URI": model_uri,
-            "ZOO_CACHE_DIR": store["ZOO_CACHE_DIR"],
-            "ZOO_GALLERY_DIR": str(Path(store["root"]) / gallery), **extra}
-
-
-class Reference:
-    """The exported ONNX model run directly: what every served answer must equal."""
-
-    def __init__(self, store: dict[str, str], model_uri: str) -> None:
-        mlflow.set_tracking_uri(store["MLFLOW_TRACKING_URI"])
-        try:
-            version = mlflow.MlflowClient().get_model_version_by_alias(
-                *model_uri.removeprefix("models:/").split("@"))
-            path = mlflow.artifacts.download_artifacts(
-                f"runs:/{version.run_id}/export/model.onnx",
-                dst_path=str(Path(store["root"]) / f"ref-{version.name}"))
-        finally:
-            mlflow.set_tracking_uri(None)
-        self.version, self.run_id = str(version.version), version.run_id
-        self.pre = Preprocessing.from_dict(read_metadata(Path(path))["preprocessing"])
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, {"input": x})))
-
-    def images(self, pngs: list[bytes]) -> dict[str, np.ndarray]:
-        return self(preprocess_images([Image.open(io.BytesIO(b)) for b in pngs], self.pre).numpy())
-
-    def rows(self, rows: list[list[float]]) -> dict[str, np.ndarray]:
-        return self(preprocess_rows(np.asarray(rows), self.pre).numpy())
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+_env = store_env
 
 
 @pytest.fixture(scope="module")
 def digit_pngs() -> list[bytes]:
-    digits = load_digits()
-    return [png((digits.images[i] * 255 / 16).astype(np.uint8)) for i in range(0, 1700, 17)]
-
-
-def files(pngs: list[bytes], field: str = "images") -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [(field, (f"{i}.png", b, "image/png")) for i, b in enumerate(pngs)]
+    return digit_images()
 
 
 @pytest.fixture(scope="module")
@@ -815,89 +739,6 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
         for ip in outside[:1]:  # listening on loopback only: refused from another address
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"http://{ip}:{server.port}/livez", timeout=5)
-
-
-def clean_clone(dest: Path) -> Path:
-    """The checkout's files as a fresh clone of this commit would hold them (tracked files, and
-    new ones not ignored), without build outputs, the venv or the store."""
-    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
-
-
-def test_built_bento_serves_alone(store, digit_pngs, tmp_path: Path) -> None:
-    """The README's "as a Bento" commands: built from a clean clone, then served from another
-    folder as in a container: no MLflow store, and neither the checkout, the training code nor
-    MLflow importable. The Bento holds serving/ and zoo/ and no training code."""
-    import base64
-
-    import httpx
-    import openai
-
-    home = tmp_path / "bentoml"
-    clone = clean_clone(tmp_path / "clone")
-    env = {**os.environ, **_env(store, IMAGE_URI, "gallery-bento"), "BENTOML_HOME": str(home),
-           "BENTOML_DO_NOT_TRACK": "true", **isolated_env(hide=("training",), checkout=False)}
-    built = subprocess.run([BENTOML, "build", "-f", "serving/bentofile.yaml", ".", "--arg",
-                            f"model_uri={IMAGE_URI}"], cwd=clone,
-                           env=env, capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
-    assert 'Successfully built Bento(tag="zoo:' in built.stdout
-    src = next((home / "bentos" / "zoo").glob("*/src"))
-    assert (src / "serving" / "service.py").is_file() and (src / "zoo" / "names.py").is_file()
-    assert not (src / "training").exists()
-    # served from elsewhere: the model, the code and every name come from the Bento alone
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    gone = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'no-such-store.db'}",
-            "BENTOML_HOME": str(home), "ZOO_CACHE_DIR": str(tmp_path / "empty-cache"),
-            "ZOO_GALLERY_DIR": str(tmp_path / "bento-gallery"), "BENTOML_DO_NOT_TRACK": "true",
-            "ZOO_WORKERS": "1",  # one process starts sooner; several are tested elsewhere
-            **isolated_env(hide=("training", "mlflow"), checkout=False)}
-    reference = Reference(store, IMAGE_URI)
-    with Server("zoo:latest", gone, cwd=elsewhere) as server:
-        info = httpx.get(f"{server.url}/model", timeout=30).json()
-        assert info["uri"] == IMAGE_URI and info["name"] == "zoo-digits"
-        expected = reference.images(digit_pngs[:4])["embedding"]
-        got = httpx.post(f"{server.url}/embed", files=files(digit_pngs[:4]), timeout=60).json()
-        assert np.abs(np.asarray(got["embeddings"]) - expected).max() <= 1e-5
-        # /identify against the exported gallery (the training split) the Bento carries
-        gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
-            f"runs:/{reference.run_id}/export/gallery", dst_path=str(tmp_path / "g"),
-            tracking_uri=store["MLFLOW_TRACKING_URI"])))
-        similarity = expected @ gallery.vectors().T
-        results = httpx.post(f"{server.url}/identify", files=files(digit_pngs[:4]),
-                             timeout=60).json()["results"]
-        for result, row in zip(results, similarity, strict=True):
-            assert result["matches"][0]["identity"] == gallery.labels[int(row.argmax())]
-            assert abs(result["matches"][0]["similarity"] - row.max()) <= 1e-4
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0,
-                               timeout=60)
-        urls = [f"data:image/png;base64,{base64.b64encode(b).decode()}" for b in digit_pngs[:2]]
-        answer = client.embeddings.create(model="zoo-digits", input=urls)
-        assert np.abs(np.asarray([d.embedding for d in answer.data]) - expected[:2]).max() <= 1e-5
-        # no admin key here: the gallery is read-only
-        refused = httpx.post(f"{server.url}/enroll", files=files(digit_pngs[:1]),
-                             data={"identity": "x"}, timeout=60)
-        assert refused.status_code == 403 and "read-only" in refused.json()["error"]
-    assert not (tmp_path / "no-such-store.db").exists()
-
-
-def test_service_imports_without_the_training_code(store) -> None:
-    """serving/ reads MLflow through serving.mlflow_source alone: with ``training`` not
-    importable the service module loads its model from the store."""
-    code = ("import sys, serving.service as s; "
-            "print(s.BUNDLE.info.uri, 'training' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=180,
-                          env={**os.environ, **_env(store, IMAGE_URI, "gallery-import"),
-                               **isolated_env(hide=("training",))})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == [IMAGE_URI, "False"]
 
 
 # --- real clients: BentoML's, OpenAI's, MLflow's scoring server; keys; identities ---------
