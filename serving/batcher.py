@@ -112,7 +112,7 @@ class Batcher:
             batch = np.concatenate([job.inputs for job in jobs])
             try:
                 outputs = self.fn(batch)
-            except Exception as exc:  # noqa: BLE001 - that caller's error, and only theirs
+            except Exception as exc:  # noqa: BLE001 - every caller of this batch gets it
                 for job in jobs:
                     job.loop.call_soon_threadsafe(_settle, job.future, exc)
                 continue

@@ -119,7 +119,7 @@ class Bundle:
                 f"-P model_uri={self.info.uri}`, then restart the server (or rebuild the Bento)")
         try:
             return load_weights(folder)
-        except Exception as exc:  # noqa: BLE001 - any store error means the same to the user
+        except Exception as exc:  # noqa: BLE001 - json, safetensors, timm and torch all raise
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             raise ValueError(f"the PyTorch weights of {self.info.uri} under {folder} cannot be "
                              f"loaded ({reason}); export the version again") from None

@@ -150,7 +150,7 @@ def _open(upload: Upload, index: int, settings: ServeSettings) -> Image.Image:
     except UnidentifiedImageError:
         raise RequestError(f"{what} is not an image in an accepted format "
                            f"({', '.join(formats)}; ZOO_IMAGE_FORMATS)") from None
-    except Exception as exc:  # noqa: BLE001 - any mode Pillow hands over and cannot convert
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile header makes Pillow raise
         raise RequestError(f"{what} is a broken image ({type(exc).__name__}: "
                            f"{str(exc)[:200]})") from None
     if width < 1 or height < 1:
@@ -166,7 +166,7 @@ def _load(image: Image.Image, upload: Upload, index: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
-    except Exception as exc:  # noqa: BLE001 - any mode Pillow hands over and cannot convert
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: the client's file
         raise RequestError(f"{_name(upload, index)} is a broken image ({type(exc).__name__}: "
                            f"{str(exc)[:200]})") from None
     return image

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from zoo.metrics import higher_is_better
+from zoo.metrics import higher_is_better  # one definition everywhere
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def export_format(fmt: str, model: nn.Module, example: torch.Tensor, folder: Pat
             torchscript_format.save_torchscript(traced, path, record)
         else:
             onnx_format.export_onnx(model, example, path, record, outputs, opset)
-    except Exception as exc:
+    except Exception as exc:  # explained below
         path.unlink(missing_ok=True)
         attempt = (torchscript_format.attempt_torchscript if fmt == "torchscript"
                    else program_format.attempt_program)
