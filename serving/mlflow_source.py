@@ -255,11 +255,18 @@ def _add_weights(artifacts: str, dest: Path, what: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _record_of(source: ModelSource) -> ModelRecord:
-    """The model's record from its ``MLmodel`` metadata (no weights, no pickle downloaded)."""
+def logged_record(source: ModelSource) -> ModelRecord | None:
+    """The logged model's record from its ``MLmodel`` metadata, without downloading its
+    weights or its pickle; None for a model the zoo did not log."""
     info = mlflow.models.get_model_info(source.load_uri)
     data = (info.metadata or {}).get(names.MLMODEL_RECORD_KEY)
-    if not data:
+    return ModelRecord.from_dict(data) if data else None
+
+
+def _record_of(source: ModelSource) -> ModelRecord:
+    """``logged_record``, which a served model must have."""
+    record = logged_record(source)
+    if record is None:
         raise ValueError(f"the logged model of {source.describe()} has no model-zoo record in "
                          "its MLmodel metadata: not a model-zoo model")
-    return ModelRecord.from_dict(data)
+    return record

@@ -164,6 +164,11 @@ def record_of(model: Any) -> ModelRecord | None:
     return record if isinstance(record, ModelRecord) else None
 
 
+def record_to_json(record: ModelRecord | None) -> str:
+    """What an exported file saves beside the model: the record as JSON (``{}`` for none)."""
+    return json.dumps(record.to_dict() if record is not None else {})
+
+
 def record_from_json(text: str | None) -> ModelRecord | None:
     """The record a file saved as JSON (an exported file's extra file or metadata); None
     when it saved none."""

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
-from serving.mlflow_source import ModelSource, logged_model_location, resolve_model
+from serving.mlflow_source import (ModelSource, logged_model_location, logged_record,
+                                   resolve_model)
 from serving.settings import DEFAULT_MODEL_URI
 from training.config import TrainConfig
-from zoo import names
 from zoo.record import ModelRecord, record_of
 
 if TYPE_CHECKING:
@@ -38,11 +38,7 @@ def load_source(uri: str) -> tuple[ModelSource, mlflow.entities.Run, torch.nn.Mo
 def model_record(source: ModelSource, model: Any = None) -> ModelRecord | None:
     """The model's record: from the loaded module, or without loading any weights from its
     MLmodel metadata (None for a model the zoo did not log)."""
-    if model is not None:
-        return record_of(model)
-    info = mlflow.models.get_model_info(source.load_uri)
-    data = (info.metadata or {}).get(names.MLMODEL_RECORD_KEY)
-    return ModelRecord.from_dict(data) if data else None
+    return record_of(model) if model is not None else logged_record(source)
 
 
 def training_config(source: ModelSource, run: mlflow.entities.Run,

@@ -6,14 +6,13 @@ same ``{"embedding", "logits"}`` dict as the eager model.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from zoo.record import ModelRecord, record_from_json
+from zoo.record import ModelRecord, record_from_json, record_to_json
 
 META_FILE = "zoo_meta.json"
 
@@ -42,8 +41,7 @@ def attempt_program(module: nn.Module, args: tuple, kwargs: dict) -> None:
 
 def save_program(program: torch.export.ExportedProgram, path: Path,
                  record: ModelRecord | None) -> None:
-    text = json.dumps(record.to_dict() if record is not None else {})
-    torch.export.save(program, str(path), extra_files={META_FILE: text})
+    torch.export.save(program, str(path), extra_files={META_FILE: record_to_json(record)})
 
 
 def load_program(path: Path) -> tuple[nn.Module, ModelRecord | None]:

@@ -8,7 +8,6 @@ the usual cause of a trace that only fits its example.
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.record import ModelRecord, record_from_json
+from zoo.record import ModelRecord, record_from_json, record_to_json
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,9 @@ def attempt_torchscript(module: nn.Module, args: tuple, kwargs: dict) -> torch.j
 
 def save_torchscript(module: torch.jit.ScriptModule, path: Path,
                      record: ModelRecord | None) -> None:
-    text = json.dumps(record.to_dict() if record is not None else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice
-        torch.jit.save(module, str(path), _extra_files={META_FILE: text})
+        torch.jit.save(module, str(path), _extra_files={META_FILE: record_to_json(record)})
 
 
 def load_torchscript(path: Path,
