@@ -27,6 +27,7 @@ def isolated_env(hide: tuple[str, ...] = ("training",), checkout: bool = True) -
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
