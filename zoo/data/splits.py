@@ -16,7 +16,7 @@ from .images import ImageSet, StoredImages
 from .lazy import LazyImages
 from .preprocessing import Preprocessing, normalise
 from .sources import LoadedData
-from .table_encoding import numeric_positions
+from .table_encoding import Column, numeric_positions
 from .tables import Table
 
 log = logging.getLogger(__name__)
@@ -131,79 +131,21 @@ def split_data(
     gives the same split; indices within each split are in data order. ``mean``/``std``
     normalise instead of the training split's statistics (a pretrained model's own).
     """
-    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
-                    ("open_set", open_set)):
-        if not 0.0 <= f < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {f}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
-        )
-    y = data.y.cpu().numpy()
-    n_classes = len(data.class_names)
-    # open classes: drawn from their own stream so the choice does not move the split
-    n_open = 0
-    if open_set > 0:
-        n_open = min(max(1, round(open_set * n_classes)), n_classes - 2)
-        if n_open < 1:
-            raise ValueError(f"open_set needs at least 3 classes, {data.name} has {n_classes}")
-    open_rng = np.random.default_rng([seed, 1])
-    open_classes = sorted(open_rng.choice(n_classes, n_open, replace=False).tolist())
-    trained = [c for c in range(n_classes) if c not in set(open_classes)]
-
-    counts = np.bincount(y, minlength=n_classes)
-    needs = 1 + (val_fraction > 0 or test_fraction > 0)
-    tiny = [data.class_names[c] for c in trained if counts[c] < needs]
-    if tiny:
-        raise ValueError(
-            f"{data.name}: class(es) {tiny} have fewer than {needs} samples; a train/test "
-            f"split needs at least {needs} per class (add samples or remove those classes)"
-        )
-
-    rng = np.random.default_rng([seed, 0])
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    short_val = []
-    for c in trained:
-        members = np.flatnonzero(y == c)
-        members = members[rng.permutation(len(members))]
-        n_train, n_val, n_test = _counts(len(members), val_fraction, test_fraction)
-        if val_fraction > 0 and n_val == 0:
-            short_val.append(data.class_names[c])
-        parts["test"].append(members[:n_test])
-        parts["val"].append(members[n_test:n_test + n_val])
-        parts["train"].append(members[n_test + n_val:])
-    if short_val:
-        log.warning("%s: class(es) %s too small for a validation sample", data.name, short_val)
-    index = {k: torch.from_numpy(np.sort(np.concatenate(v))).long() for k, v in parts.items()}
-    open_index = torch.from_numpy(np.flatnonzero(np.isin(y, open_classes))).long()
-
-    # labels: trained classes 0..k-1 in their original order, open classes after them
-    remap = torch.full((n_classes,), -1, dtype=torch.int64)
-    for new, old in enumerate(trained + open_classes):
-        remap[old] = new
-    y_all = remap[data.y.long()]
-
-    x, columns = data.x, None
-    if isinstance(x, Table):  # fitted on the training rows, then every row encoded
-        columns = x[index["train"]].fit()
-        x = x.encoded(columns)
-    input_size = tuple(int(s) for s in x.shape[1:])
-    if mean is not None and std is not None:
-        mean, std = [float(m) for m in mean], [float(s) for s in std]
-        if len(mean) != input_size[0] or len(std) != input_size[0]:
-            what = "channel" if data.kind == "image" else "feature"
-            raise ValueError(f"mean and std need one value per {what} ({input_size[0]}), got "
-                             f"{len(mean)} and {len(std)}")
-    elif data.kind == "image":
-        mean, std = _image_stats(_select(x, index["train"]), seed)
-    else:
-        mean, std = _tabular_stats(x[index["train"]],
-                                   numeric_positions(columns) if columns else None)
+    _check_fractions(val_fraction, test_fraction, open_set)
+    open_classes = _open_classes(data, open_set, seed)
+    trained = [c for c in range(len(data.class_names)) if c not in set(open_classes)]
+    _check_class_sizes(data, trained, val_fraction, test_fraction)
+    index = _stratified_indices(data, trained, seed, val_fraction, test_fraction)
+    open_index = torch.from_numpy(np.flatnonzero(np.isin(data.y.cpu().numpy(),
+                                                         open_classes))).long()
+    y_all = _relabelled(data, trained + open_classes)
+    x, columns = _encoded_inputs(data, index["train"])
+    mean, std = _statistics(data, x, index["train"], columns, seed, mean, std)
     class_names = [data.class_names[c] for c in trained]
     open_names = [data.class_names[c] for c in open_classes]
     pre = Preprocessing(
         kind=data.kind,
-        input_size=input_size,
+        input_size=tuple(int(s) for s in x.shape[1:]),
         mean=mean,
         std=std,
         class_names=class_names,
@@ -230,6 +172,101 @@ def split_data(
         len(open_index), len(open_names),
     )
     return splits
+
+
+def _check_fractions(val_fraction: float, test_fraction: float, open_set: float) -> None:
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
+                    ("open_set", open_set)):
+        if not 0.0 <= f < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+        )
+
+
+def _open_classes(data: LoadedData, open_set: float, seed: int) -> list[int]:
+    """The held-out classes, drawn from their own stream so the choice does not move the
+    split of the others."""
+    n_classes = len(data.class_names)
+    n_open = 0
+    if open_set > 0:
+        n_open = min(max(1, round(open_set * n_classes)), n_classes - 2)
+        if n_open < 1:
+            raise ValueError(f"open_set needs at least 3 classes, {data.name} has {n_classes}")
+    open_rng = np.random.default_rng([seed, 1])
+    return sorted(open_rng.choice(n_classes, n_open, replace=False).tolist())
+
+
+def _check_class_sizes(data: LoadedData, trained: list[int], val_fraction: float,
+                       test_fraction: float) -> None:
+    counts = np.bincount(data.y.cpu().numpy(), minlength=len(data.class_names))
+    needs = 1 + (val_fraction > 0 or test_fraction > 0)
+    tiny = [data.class_names[c] for c in trained if counts[c] < needs]
+    if tiny:
+        raise ValueError(
+            f"{data.name}: class(es) {tiny} have fewer than {needs} samples; a train/test "
+            f"split needs at least {needs} per class (add samples or remove those classes)"
+        )
+
+
+def _stratified_indices(data: LoadedData, trained: list[int], seed: int, val_fraction: float,
+                        test_fraction: float) -> dict[str, torch.Tensor]:
+    """train/val/test rows of the trained classes, each class shuffled by ``seed`` and cut
+    test first, then val; each split's rows in data order."""
+    y = data.y.cpu().numpy()
+    rng = np.random.default_rng([seed, 0])
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    short_val = []
+    for c in trained:
+        members = np.flatnonzero(y == c)
+        members = members[rng.permutation(len(members))]
+        n_train, n_val, n_test = _counts(len(members), val_fraction, test_fraction)
+        if val_fraction > 0 and n_val == 0:
+            short_val.append(data.class_names[c])
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test:n_test + n_val])
+        parts["train"].append(members[n_test + n_val:])
+    if short_val:
+        log.warning("%s: class(es) %s too small for a validation sample", data.name, short_val)
+    return {k: torch.from_numpy(np.sort(np.concatenate(v))).long() for k, v in parts.items()}
+
+
+def _relabelled(data: LoadedData, order: list[int]) -> torch.Tensor:
+    """Every sample's label in the split's numbering: trained classes 0..k-1 in their
+    original order, open classes after them."""
+    remap = torch.full((len(data.class_names),), -1, dtype=torch.int64)
+    for new, old in enumerate(order):
+        remap[old] = new
+    return remap[data.y.long()]
+
+
+def _encoded_inputs(data: LoadedData, train_index: torch.Tensor
+                    ) -> tuple[torch.Tensor | ImageSet, list[Column] | None]:
+    """The inputs as the model reads them: a table's encoding is fitted on the training
+    rows, then every row encoded; images pass through."""
+    if not isinstance(data.x, Table):
+        return data.x, None
+    columns = data.x[train_index].fit()
+    return data.x.encoded(columns), columns
+
+
+def _statistics(data: LoadedData, x: torch.Tensor | ImageSet, train_index: torch.Tensor,
+                columns: list[Column] | None, seed: int, mean: list[float] | None,
+                std: list[float] | None) -> tuple[list[float], list[float]]:
+    """The normalisation: the given ``mean``/``std`` (checked for size), else fitted on the
+    training split."""
+    width = int(x.shape[1])
+    if mean is not None and std is not None:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+        if len(mean) != width or len(std) != width:
+            what = "channel" if data.kind == "image" else "feature"
+            raise ValueError(f"mean and std need one value per {what} ({width}), got "
+                             f"{len(mean)} and {len(std)}")
+        return mean, std
+    if data.kind == "image":
+        return _image_stats(_select(x, train_index), seed)
+    return _tabular_stats(x[train_index], numeric_positions(columns) if columns else None)
 
 
 def _select(x: torch.Tensor | ImageSet, idx: torch.Tensor) -> torch.Tensor | ImageSet:
