@@ -327,7 +327,7 @@ def test_part_loss_is_the_mean_of_each_parts_own_loss(name: str) -> None:
 
 
 def test_part_classifier_has_one_scale_to_calibrate() -> None:
-    from training.engine.loop import calibrate_scale
+    from training.engine.evaluation import calibrate_scale
 
     loss = create_loss("cosface", 3, 16, parts=4)
     head = loss.classifier()

@@ -12,7 +12,8 @@ from torch import nn
 
 from training.commands.sweep import SweepConfig
 from training.config import TrainConfig
-from training.engine.loop import embed, fit, validate
+from training.engine.evaluation import embed, validate
+from training.engine.loop import fit
 from training.engine.mixing import mix_batch
 from training.engine.optim import centralize_gradients, make_optimizer
 from training.pipeline.run import check_names, config_splits, load_config_data

@@ -301,7 +301,7 @@ def test_zero_shot_evaluation_scores_every_sample_as_unseen(source: dict) -> Non
     assert run.data.params["data"] == str(source["second"])
     assert not [k for k in metrics if k.startswith("test_")]
     # every sample of the new data, read with the model's own preprocessing
-    from training.engine.loop import embed
+    from training.engine.evaluation import embed
     from zoo.data.preprocessing import normalise
     from zoo.metrics import evaluate
 

@@ -24,7 +24,7 @@ from torch import nn
 from training.cli import run_cli
 from training.config import (SPLIT_FIELDS, FlatParams, TrainConfig, build, internal,
                              one_process_per_run, option, part)
-from training.engine.loop import AuxiliaryLoss
+from training.engine.step import AuxiliaryLoss
 from training.pipeline.export import source_config
 from training.pipeline.run import RunResult, train
 from training.tracking.model_source import load_source

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from training.cli import run_cli
 from training.config import SPLIT_FIELDS, FlatParams, check_choices, option
-from training.engine.loop import embed, pick_device
+from training.engine.evaluation import embed
+from training.engine.loop import pick_device
 from training.pipeline.export import source_config, source_splits
 from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_config_data
 from training.tracking.model_source import load_source

@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DistributedSampler
@@ -26,13 +25,16 @@ from training.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT, restore_rng,
 from training.engine.distributed import World, unused_parameters, wrap
 from training.engine.input_pipeline import EpochInput, default_loader_workers
 from training.engine.mixing import MixedBatch, mix_batch
-from training.engine.optim import centralize_gradients, frozen_norm_stats, make_optimizer
+from training.engine.evaluation import validate
+from training.engine.optim import (Optimizer, centralize_gradients, frozen_norm_stats,
+                                     make_optimizer)
 from training.engine.param_groups import backbone_groups, param_groups
+from training.engine.step import AuxiliaryLoss, TrainStep
 from zoo.data import ImageAugment, PKBatchSampler, Split, batch_to
 from zoo.data.photo import photo_view
 from zoo.losses import EmbeddingLoss
-from zoo.metrics import evaluate, higher_is_better
-from zoo.models import CosineClassifier, EmbeddingModel
+from zoo.metrics import higher_is_better
+from zoo.models import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -142,81 +144,6 @@ def steps_per_epoch(split: Split, cfg: TrainConfig, loss_fn: EmbeddingLoss,
     return max(1, share // min(cfg.optim.batch_size, share))
 
 
-@torch.no_grad()
-def embed(
-    model: nn.Module, x: Any, device: torch.device, batch_size: int = 256,
-    dtype: torch.dtype | None = None, tta: str = "none",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Embeddings (and logits, if the model has a head) of a whole split, on the CPU.
-
-    ``tta="flip"``: each image and its mirror image are embedded; the embedding is the
-    normalised sum of both and the logits their mean.
-    """
-    model.eval()
-    embs, logits = [], []
-    for start in range(0, len(x), batch_size):
-        xb = batch_to(x, torch.arange(start, min(start + batch_size, len(x))), device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(xb)
-            emb = out["embedding"].float()
-            logit = out["logits"].float() if "logits" in out else None
-            if tta == "flip":
-                flipped = model(torch.flip(xb, dims=[-1]))
-                emb = F.normalize(emb + flipped["embedding"].float(), dim=1)
-                if logit is not None:
-                    logit = (logit + flipped["logits"].float()) / 2
-            elif tta != "none":
-                raise ValueError(f"tta={tta!r} is not one of none, flip")
-        embs.append(emb.cpu())
-        if logit is not None:
-            logits.append(logit.cpu())
-    return torch.cat(embs), (torch.cat(logits) if logits else None)
-
-
-def build_head(
-    model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, device: torch.device,
-    num_classes: int, tta: str = "none",
-) -> nn.Module:
-    """The trained loss's classifier, or class prototypes for pair losses."""
-    head = loss_fn.classifier()
-    if head is not None:
-        return head
-    model.set_head(None)
-    train_emb, _ = embed(model, train.x, device, tta=tta)
-    return CosineClassifier.from_prototypes(train_emb, train.y, num_classes)
-
-
-def calibrate_scale(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> float | None:
-    """Temperature scaling of a cosine head on validation data (lowest NLL on a log grid).
-
-    Only the scale changes, so predictions stay the same while probabilities become honest.
-    Any head with a ``scale`` buffer qualifies (cosine heads, and part-based ones).
-    """
-    if not isinstance(getattr(head, "scale", None), torch.Tensor) or len(labels) == 0:
-        return None
-    with torch.no_grad():
-        head.scale.fill_(1.0)
-        cos = head(emb)
-        grid = torch.logspace(0, math.log10(128), 60)
-        nll = torch.stack([F.cross_entropy(cos * s, labels) for s in grid])
-        best = float(grid[int(nll.argmin())])
-        head.scale.fill_(best)
-    return best
-
-
-class AuxiliaryLoss(nn.Module):
-    """Extra loss terms that need the input batch, not only the embedding (distillation).
-
-    ``forward(x, out)`` returns each term's unweighted value; ``weights`` scales them into
-    the loss. Its parameters (a projection, say) are trained with the model.
-    """
-
-    weights: dict[str, float]
-
-    def forward(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-
 def check_methods(cfg: TrainConfig, model: EmbeddingModel, loss_fn: EmbeddingLoss,
                   device: torch.device) -> None:
     """Refuse combinations that cannot work, naming the parameter to change."""
@@ -239,36 +166,115 @@ def check_methods(cfg: TrainConfig, model: EmbeddingModel, loss_fn: EmbeddingLos
                          "bfloat16): use amp=off")
 
 
-class TrainStep(nn.Module):
-    """The model, its loss and any auxiliary terms as one module whose forward is a training
-    step's loss: what DistributedDataParallel wraps, so the gradients of all of them (a
-    margin loss's class weights too) are averaged over the processes."""
+@dataclass
+class Stepping:
+    """What steps the weights: the optimizer (SAM and Lookahead inside when on), its per-step
+    schedule, the AMP gradient scaler, and the parameters whose gradients are clipped."""
 
-    def __init__(self, pair: nn.ModuleDict, aux: AuxiliaryLoss | None,
-                 dtype: torch.dtype | None, device_type: str) -> None:
-        super().__init__()
-        self.pair, self.aux = pair, aux
-        self.dtype, self.device_type = dtype, device_type
+    opt: Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    trained: list[nn.Parameter]
 
-    def forward(self, x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
-                lam: float) -> tuple[torch.Tensor, dict[str, Any]]:
-        model, loss_fn = self.pair["model"], self.pair["loss"]
-        with torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
-                            enabled=self.dtype is not None):
-            out = model(x)
-        norms = out["norm"] if loss_fn.uses_norms else None
-        emb = out["embedding"].float()
-        loss = lam * loss_fn(emb, y_a, norms=norms, outputs=out)
-        parts = {k: lam * v for k, v in loss_fn.last_components.items()}
-        if lam < 1:
-            loss = loss + (1 - lam) * loss_fn(emb, y_b, norms=norms, outputs=out)
-            for k, v in loss_fn.last_components.items():
-                parts[k] = parts.get(k, 0.0) + (1 - lam) * v
+
+def build_stepping(model: EmbeddingModel, loss_fn: EmbeddingLoss, aux: AuxiliaryLoss | None,
+                   cfg: TrainConfig, train: Split, world: World, dtype: torch.dtype | None
+                   ) -> Stepping:
+    """AdamW over the model's, the loss's and the auxiliary terms' parameter groups, at the
+    learning rate scaled for the world's size."""
+    lr = cfg.optim.lr * world.lr_factor(cfg.optim.lr_scaling)
+    groups = param_groups(model, loss_fn, cfg.optim.weight_decay, lr, cfg.optim.backbone_lr,
+                          cfg.optim.lr_decay)
+    if aux is not None:
+        groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
+                       "weight_decay": cfg.optim.weight_decay, "lr": lr})
+    opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.optim.sam_rho,
+                         cfg.optim.lookahead)
+    scheduler = make_scheduler(opt.inner, cfg, steps_per_epoch(train, cfg, loss_fn, world))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+    return Stepping(opt, scheduler, scaler, [p for g in groups for p in g["params"]])
+
+
+@dataclass
+class LoopState:
+    """Everything an epoch changes and a checkpoint holds: the weights (and their moving
+    average), the stepping, the mixing stream, the history and the best epoch's weights."""
+
+    pair: nn.ModuleDict  # {"model": ..., "loss": ...}
+    aux: AuxiliaryLoss | None
+    ema: ModelEmaV3 | None
+    stepping: Stepping
+    mix_rng: np.random.Generator
+    history: History = field(default_factory=History)
+    best_state: dict[str, Any] | None = None
+    since_best: int = 0
+    step: int = 0
+    first_epoch: int = 1
+
+    @property
+    def evaluated(self) -> nn.ModuleDict:
+        """What is validated and kept: the moving average when on, else the weights."""
+        return self.ema.module if self.ema is not None else self.pair
+
+    def drop_heads(self) -> None:
+        """Logits are not trained through the model: no head while training or saving."""
+        self.pair["model"].set_head(None)
+        self.evaluated["model"].set_head(None)
+
+    def checkpoint(self, epoch: int) -> dict[str, Any]:
+        self.drop_heads()
+        st = self.stepping
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": self.step,
+            "since_best": self.since_best, "weights": self.pair.state_dict(),
+            "best_weights": self.best_state,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "aux": self.aux.state_dict() if self.aux is not None else None,
+            "optimizer": st.opt.state_dict(), "scheduler": st.scheduler.state_dict(),
+            "scaler": st.scaler.state_dict(), "history": dataclasses.asdict(self.history),
+            "rng": rng_state(self.mix_rng),
+        }
+
+    def restore(self, resume: dict[str, Any]) -> None:
+        """Continue after ``resume``'s epoch exactly as the uninterrupted run would have."""
+        self.pair.load_state_dict(resume["weights"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(resume["ema"])
         if self.aux is not None:
-            for name, value in self.aux(x, out).items():
-                loss = loss + self.aux.weights[name] * value
-                parts[name] = float(value.detach())
-        return loss, parts
+            self.aux.load_state_dict(resume["aux"])
+        self.stepping.opt.load_state_dict(resume["optimizer"])
+        self.stepping.scheduler.load_state_dict(resume["scheduler"])
+        self.stepping.scaler.load_state_dict(resume["scaler"])
+        self.history = History(**resume["history"])
+        self.best_state, self.since_best = resume["best_weights"], resume["since_best"]
+        self.step = resume["step"]
+        self.first_epoch = int(resume["epoch"]) + 1
+        restore_rng(resume["rng"], self.mix_rng)
+
+
+@dataclass
+class EpochFeed:
+    """Where an epoch's batches come from: the split (or its files cropped afresh with
+    ``augment=photo``), the processes that decode a lazily read folder, and the batch
+    augmentation."""
+
+    split: Split
+    x: Any
+    workers: int
+    augment: ImageAugment | None
+    steps: int
+
+    @classmethod
+    def of(cls, train: Split, model: EmbeddingModel, cfg: TrainConfig, loss_fn: EmbeddingLoss,
+           world: World) -> EpochFeed:
+        image = model.modality == "image"
+        x = (photo_view(train.x, cfg.data.hflip) if cfg.data.augment == "photo" and image
+             else train.x)
+        # under DDP the cores are shared by rank
+        workers = (max(1, default_loader_workers() // world.size)
+                   if cfg.data.loader_workers is None else cfg.data.loader_workers)
+        return cls(train, x, workers, make_augment(cfg) if image else None,
+                   steps_per_epoch(train, cfg, loss_fn, world))
 
 
 def fit(
@@ -296,188 +302,192 @@ def fit(
     and rank 0 validates and tells the others the result (only rank 0 passes callbacks).
     """
     check_methods(cfg, model, loss_fn, device)
-    if len(val) == 0 and cfg.optim.monitor != "none":
-        raise ValueError(f"there is no validation split (val_fraction={cfg.data.val_fraction}) to "
-                         f"pick the best epoch by {cfg.optim.monitor}: use monitor=none to keep "
-                         "the last epoch, or a val_fraction > 0")
+    check_monitor(cfg, val)
     model.to(device)
     loss_fn.to(device)
-    dtype = amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
-    lr = cfg.optim.lr * world.lr_factor(cfg.optim.lr_scaling)
-    groups = param_groups(model, loss_fn, cfg.optim.weight_decay, lr, cfg.optim.backbone_lr,
-                          cfg.optim.lr_decay)
     if aux is not None:
         aux.to(device)
-        groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
-                       "weight_decay": cfg.optim.weight_decay, "lr": lr})
-    opt = make_optimizer([g for g in groups if g["params"]], lr, cfg.optim.sam_rho,
-                         cfg.optim.lookahead)
-    n_steps = steps_per_epoch(train, cfg, loss_fn, world)
-    scheduler = make_scheduler(opt.inner, cfg, n_steps)
-    augment = make_augment(cfg) if model.modality == "image" else None
-    # what the steps read: the split itself, or its files cropped afresh (augment=photo)
-    step_x = (photo_view(train.x, cfg.data.hflip)
-              if cfg.data.augment == "photo" and model.modality == "image" else train.x)
-    # decoding processes for a lazily read folder; under DDP the cores are shared by rank
-    workers = (max(1, default_loader_workers() // world.size) if cfg.data.loader_workers is None
-               else cfg.data.loader_workers)
+    dtype = amp_dtype(cfg, device)
+    stepping = build_stepping(model, loss_fn, aux, cfg, train, world, dtype)
     model.set_head(None)  # logits are not trained through the model; skip them
     pair = nn.ModuleDict({"model": model, "loss": loss_fn})
-    step_module: nn.Module = TrainStep(pair, aux, dtype, device.type)
-    if world.distributed:  # a frozen backbone gives no gradients for its first epochs
-        step_module = wrap(step_module, world, device, find_unused=cfg.optim.freeze_epochs > 0
-                           or _any_unused(step_module, train, cfg, loss_fn, device, world))
-    ema = (ModelEmaV3(pair, decay=cfg.optim.ema_decay, use_warmup=cfg.optim.ema_warmup,
-                      warmup_power=EMA_WARMUP_POWER) if cfg.optim.ema_decay > 0 else None)
-    evaluated = ema.module if ema is not None else pair
-    mix_rng = np.random.default_rng(cfg.training_seed)
-    trained = [p for g in groups for p in g["params"]]
-    history = History()
-    better = cfg.optim.monitor == "none" or higher_is_better(cfg.optim.monitor)
-    best_state: dict[str, Any] | None = None
-    since_best, step, first_epoch = 0, 0, 1
-
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        model.set_head(None)
-        evaluated["model"].set_head(None)
-        return {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "since_best": since_best,
-            "weights": pair.state_dict(), "best_weights": best_state,
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "aux": aux.state_dict() if aux is not None else None,
-            "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "history": dataclasses.asdict(history),
-            "rng": rng_state(mix_rng),
-        }
-
+    step_module = _step_module(pair, aux, cfg, train, dtype, device, world)
+    # after DDP's wrap, which gives every process rank 0's weights
+    state = LoopState(pair, aux, _moving_average(pair, cfg), stepping,
+                      np.random.default_rng(cfg.training_seed))
     if resume is not None:
-        pair.load_state_dict(resume["weights"])
-        if ema is not None:
-            ema.module.load_state_dict(resume["ema"])
-        if aux is not None:
-            aux.load_state_dict(resume["aux"])
-        opt.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        history = History(**resume["history"])
-        best_state, since_best, step = resume["best_weights"], resume["since_best"], resume["step"]
-        first_epoch = int(resume["epoch"]) + 1
-        restore_rng(resume["rng"], mix_rng)
-        log.info("resuming after epoch %d of %d", first_epoch - 1, cfg.optim.epochs)
-
-    def forward_backward(mixed: MixedBatch) -> tuple[torch.Tensor, dict]:
-        loss, parts = step_module(mixed.x, mixed.y_a, mixed.y_b, mixed.lam)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{cfg.loss.name} loss became {loss.item()} at epoch {epoch}; "
-                "lower lr or check the data"
-            )
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_centralization:
-            centralize_gradients(model.parameters())
-        return loss.detach(), parts
-
-    epoch = first_epoch - 1
-    for epoch in range(first_epoch, cfg.optim.epochs + 1):
-        model.set_head(None)
-        evaluated["model"].set_head(None)
-        model.train()
-        loss_fn.train()
-        frozen = freeze_backbone(model, epoch <= cfg.optim.freeze_epochs)
-        started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
-        epoch_input = EpochInput(step_x, batches(train, cfg, loss_fn, epoch, world), device,
-                                 workers, seed=cfg.training_seed * 1000 + epoch)
-        bar = tqdm(epoch_input, total=n_steps,
-                   desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch", leave=False,
-                   dynamic_ncols=True, disable=not world.is_main)
-        for idx, xb in bar:
-            yb = train.y[idx].to(device, non_blocking=True)
-            if augment is not None:
-                xb = augment(xb)
-            mixed = mix_batch(xb, yb, cfg.optim.mix, cfg.optim.mix_alpha, mix_rng)
-            opt.outer.zero_grad(set_to_none=True)
-            loss, batch_parts = forward_backward(mixed)
-            if opt.sam is not None:  # second pass at w + rho * g / |g|, then step from w
-                opt.sam.first_step(zero_grad=True)
-                with frozen_norm_stats(model):
-                    forward_backward(mixed)
-            if cfg.optim.grad_clip > 0:
-                scaler.unscale_(opt.outer)
-                nn.utils.clip_grad_norm_(trained, cfg.optim.grad_clip)
-            if opt.sam is not None:
-                opt.sam.second_step()
-            else:
-                scaler.step(opt.outer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            if ema is not None:
-                ema.update(pair, step=step)
-            seen += len(idx)
-            total_loss += loss.item() * len(idx)
-            for name, value in batch_parts.items():
-                parts[name] = parts.get(name, 0.0) + float(value) * len(idx)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        elapsed = time.perf_counter() - started
-        # sample-weighted loss sums (and samples seen) over every process's share
-        sums = world.sum({"train_loss": total_loss, "samples": seen,
-                          **{f"train_loss_{k}": v for k, v in parts.items()}})
-        seen = int(sums.pop("samples"))
-        metrics = {
-            "train_loss": sums.pop("train_loss") / max(1, seen),
-            "lr": opt.inner.param_groups[0]["lr"],
-            "samples_per_s": seen / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed,
-            # time the step waited for its input: near 0, the input keeps up with the model
-            "data_wait_s": epoch_input.wait_s,
-        }
-        metrics.update({k: v / max(1, seen) for k, v in sums.items()})
-        if cfg.fine_tuning or cfg.optim.backbone_lr != 1.0 or cfg.optim.freeze_epochs:
-            metrics["lr_backbone"] = 0.0 if frozen else max(
-                (g["lr"] for g in backbone_groups(opt.inner)), default=0.0)
+        state.restore(resume)
+        log.info("resuming after epoch %d of %d", state.first_epoch - 1, cfg.optim.epochs)
+    feed = EpochFeed.of(train, model, cfg, loss_fn, world)
+    better = cfg.optim.monitor == "none" or higher_is_better(cfg.optim.monitor)
+    for epoch in range(state.first_epoch, cfg.optim.epochs + 1):
+        started = time.perf_counter()
+        metrics = train_epoch(state, step_module, feed, cfg, epoch, device, world)
         world.sync_buffers(pair)
-        if ema is not None:
-            world.sync_buffers(ema.module)
+        if state.ema is not None:
+            world.sync_buffers(state.ema.module)
         if len(val):
             metrics.update(world.broadcast(
-                validate(evaluated["model"], evaluated["loss"], train, val, device,
+                validate(state.evaluated["model"], state.evaluated["loss"], train, val, device,
                          num_classes, dtype, cfg.data.tta) if world.is_main else None))
-        history.epochs.append(metrics)
-        history.train_time_s += time.perf_counter() - started
-        value = monitored(cfg, metrics, epoch, len(val), num_classes)
-        strictly = history.best_epoch == 0 or (value > history.best_value if better
-                                               else value < history.best_value)
-        since_best = 0 if strictly else since_best + 1
-        # Ties keep the later epoch (further along the schedule, usually better converged)
-        # but do not reset the early-stopping patience.
-        if strictly or value == history.best_value:
-            history.best_epoch, history.best_value = epoch, value
-            if cfg.optim.monitor != "none":  # else the last epoch is kept: no copy needed
-                evaluated["model"].set_head(None)
-                best_state = copy.deepcopy({k: v.cpu() for k, v in evaluated.state_dict().items()})
+        state.history.epochs.append(metrics)
+        state.history.train_time_s += time.perf_counter() - started
+        keep_if_best(state, cfg, monitored(cfg, metrics, epoch, len(val), num_classes), epoch,
+                     better)
         if world.is_main:
             log.info("epoch %d/%d: %s", epoch, cfg.optim.epochs,
                      ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if on_checkpoint is not None:
-            on_checkpoint(checkpoint(epoch))
-        if cfg.optim.patience and since_best >= cfg.optim.patience:
-            history.stopped_early = True
+            on_checkpoint(state.checkpoint(epoch))
+        if cfg.optim.patience and state.since_best >= cfg.optim.patience:
+            state.history.stopped_early = True
             log.info("early stop: no better %s for %d epochs", cfg.optim.monitor,
                      cfg.optim.patience)
             break
+    return finish(state, cfg)
 
-    freeze_backbone(model, False)
-    model.set_head(None)
-    evaluated["model"].set_head(None)
-    if cfg.optim.monitor == "none" and ema is not None:
-        best_state = ema.module.state_dict()  # the last epoch's average
+
+def check_monitor(cfg: TrainConfig, val: Split) -> None:
+    if len(val) == 0 and cfg.optim.monitor != "none":
+        raise ValueError(f"there is no validation split (val_fraction={cfg.data.val_fraction}) to "
+                         f"pick the best epoch by {cfg.optim.monitor}: use monitor=none to keep "
+                         "the last epoch, or a val_fraction > 0")
+
+
+def _moving_average(pair: nn.ModuleDict, cfg: TrainConfig) -> ModelEmaV3 | None:
+    if cfg.optim.ema_decay <= 0:
+        return None
+    return ModelEmaV3(pair, decay=cfg.optim.ema_decay, use_warmup=cfg.optim.ema_warmup,
+                      warmup_power=EMA_WARMUP_POWER)
+
+
+def _step_module(pair: nn.ModuleDict, aux: AuxiliaryLoss | None, cfg: TrainConfig,
+                 train: Split, dtype: torch.dtype | None, device: torch.device,
+                 world: World) -> nn.Module:
+    """The training step, inside DistributedDataParallel with several processes."""
+    step_module: nn.Module = TrainStep(pair, aux, dtype, device.type)
+    if world.distributed:  # a frozen backbone gives no gradients for its first epochs
+        step_module = wrap(step_module, world, device, find_unused=cfg.optim.freeze_epochs > 0
+                           or _any_unused(step_module, train, cfg, pair["loss"], device, world))
+    return step_module
+
+
+def train_epoch(state: LoopState, step_module: nn.Module, feed: EpochFeed, cfg: TrainConfig,
+                epoch: int, device: torch.device, world: World) -> dict[str, float]:
+    """One pass over the training split; its metrics summed over every process's share."""
+    model, loss_fn = state.pair["model"], state.pair["loss"]
+    state.drop_heads()
+    model.train()
+    loss_fn.train()
+    frozen = freeze_backbone(model, epoch <= cfg.optim.freeze_epochs)
+    started, seen, total_loss, parts = time.perf_counter(), 0, 0.0, {}
+    epoch_input = EpochInput(feed.x, batches(feed.split, cfg, loss_fn, epoch, world), device,
+                             feed.workers, seed=cfg.training_seed * 1000 + epoch)
+    bar = tqdm(epoch_input, total=feed.steps,
+               desc=f"epoch {epoch}/{cfg.optim.epochs}", unit="batch", leave=False,
+               dynamic_ncols=True, disable=not world.is_main)
+    for idx, xb in bar:
+        yb = feed.split.y[idx].to(device, non_blocking=True)
+        if feed.augment is not None:
+            xb = feed.augment(xb)
+        mixed = mix_batch(xb, yb, cfg.optim.mix, cfg.optim.mix_alpha, state.mix_rng)
+        loss, batch_parts = training_step(state, step_module, mixed, cfg, epoch)
+        seen += len(idx)
+        total_loss += loss.item() * len(idx)
+        for name, value in batch_parts.items():
+            parts[name] = parts.get(name, 0.0) + float(value) * len(idx)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    elapsed = time.perf_counter() - started
+    # sample-weighted loss sums (and samples seen) over every process's share
+    sums = world.sum({"train_loss": total_loss, "samples": seen,
+                      **{f"train_loss_{k}": v for k, v in parts.items()}})
+    seen = int(sums.pop("samples"))
+    opt = state.stepping.opt
+    metrics = {
+        "train_loss": sums.pop("train_loss") / max(1, seen),
+        "lr": opt.inner.param_groups[0]["lr"],
+        "samples_per_s": seen / max(elapsed, 1e-9),
+        "epoch_time_s": elapsed,
+        # time the step waited for its input: near 0, the input keeps up with the model
+        "data_wait_s": epoch_input.wait_s,
+    }
+    metrics.update({k: v / max(1, seen) for k, v in sums.items()})
+    if cfg.fine_tuning or cfg.optim.backbone_lr != 1.0 or cfg.optim.freeze_epochs:
+        metrics["lr_backbone"] = 0.0 if frozen else max(
+            (g["lr"] for g in backbone_groups(opt.inner)), default=0.0)
+    return metrics
+
+
+def training_step(state: LoopState, step_module: nn.Module, mixed: MixedBatch,
+                  cfg: TrainConfig, epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One optimizer step on a batch (two passes with SAM), then the schedule and the moving
+    average; returns the batch's loss and its parts."""
+    st, model = state.stepping, state.pair["model"]
+
+    def forward_backward() -> tuple[torch.Tensor, dict]:
+        loss, parts = step_module(mixed.x, mixed.y_a, mixed.y_b, mixed.lam)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{cfg.loss.name} loss became {loss.item()} at epoch {epoch}; "
+                "lower lr or check the data"
+            )
+        st.scaler.scale(loss).backward()
+        if cfg.optim.grad_centralization:
+            centralize_gradients(model.parameters())
+        return loss.detach(), parts
+
+    st.opt.outer.zero_grad(set_to_none=True)
+    loss, parts = forward_backward()
+    if st.opt.sam is not None:  # second pass at w + rho * g / |g|, then step from w
+        st.opt.sam.first_step(zero_grad=True)
+        with frozen_norm_stats(model):
+            forward_backward()
+    if cfg.optim.grad_clip > 0:
+        st.scaler.unscale_(st.opt.outer)
+        nn.utils.clip_grad_norm_(st.trained, cfg.optim.grad_clip)
+    if st.opt.sam is not None:
+        st.opt.sam.second_step()
+    else:
+        st.scaler.step(st.opt.outer)
+    st.scaler.update()
+    st.scheduler.step()
+    state.step += 1
+    if state.ema is not None:
+        state.ema.update(state.pair, step=state.step)
+    return loss, parts
+
+
+def keep_if_best(state: LoopState, cfg: TrainConfig, value: float, epoch: int,
+                 better: bool) -> None:
+    """Record the epoch as the best when its monitored value is; count the epochs since."""
+    history = state.history
+    strictly = history.best_epoch == 0 or (value > history.best_value if better
+                                           else value < history.best_value)
+    state.since_best = 0 if strictly else state.since_best + 1
+    # Ties keep the later epoch (further along the schedule, usually better converged)
+    # but do not reset the early-stopping patience.
+    if strictly or value == history.best_value:
+        history.best_epoch, history.best_value = epoch, value
+        if cfg.optim.monitor != "none":  # else the last epoch is kept: no copy needed
+            state.evaluated["model"].set_head(None)
+            state.best_state = copy.deepcopy(
+                {k: v.cpu() for k, v in state.evaluated.state_dict().items()})
+
+
+def finish(state: LoopState, cfg: TrainConfig) -> History:
+    """Thaw the backbone and load the kept weights (the best epoch's, or the last epoch's
+    moving average) into the model and loss."""
+    freeze_backbone(state.pair["model"], False)
+    state.drop_heads()
+    best_state = state.best_state
+    if cfg.optim.monitor == "none" and state.ema is not None:
+        best_state = state.ema.module.state_dict()  # the last epoch's average
     if best_state is not None:
-        pair.load_state_dict(best_state)
-    return history
+        state.pair.load_state_dict(best_state)
+    return state.history
 
 
 def freeze_backbone(model: EmbeddingModel, frozen: bool) -> bool:
@@ -529,13 +539,3 @@ def monitored(cfg: TrainConfig, metrics: dict[str, float], epoch: int, val_sampl
             "metrics need two samples of a class); raise val_fraction, use "
             "monitor=val_accuracy, or monitor=none to keep the last epoch")
     return value
-
-
-def validate(
-    model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, val: Split,
-    device: torch.device, num_classes: int, dtype: torch.dtype | None, tta: str = "none",
-) -> dict[str, float]:
-    """Cheap per-epoch validation: accuracy and retrieval, no clustering or pair sweeps."""
-    model.set_head(build_head(model, loss_fn, train, device, num_classes, tta).to(device))
-    emb, logits = embed(model, val.x, device, dtype=dtype, tta=tta)
-    return evaluate(emb, val.y, logits, prefix="val_", clustering=False, verification=False)

@@ -12,7 +12,8 @@ A sweep's comparison table gets a row for each, so a person sees what training h
   (the embeddings of every split are still held in memory, as a run's evaluation does).
 
 Both classify like a pair-loss run: cosine logits against the class means of the train
-embeddings, the scale temperature-calibrated on val (``training.engine.loop.calibrate_scale``).
+embeddings, the scale temperature-calibrated on val
+(``training.engine.evaluation.calibrate_scale``).
 Embeddings are L2-normalised like a model's, so prototypes are means of unit vectors.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.engine.loop import calibrate_scale
+from training.engine.evaluation import calibrate_scale
 from zoo.data import ImageSet, Split, Splits
 from zoo.metrics import evaluate
 from zoo.models import CosineClassifier

@@ -20,8 +20,9 @@ from training.config import TrainConfig, channel_values, comma_list
 from training.engine.checkpoint import RECORD_KEY as CHECKPOINT_RECORD_KEY
 from training.engine.checkpoint import RunCheckpoints
 from training.engine.distributed import World, checksum, current_world, process_group
-from training.engine.loop import (AuxiliaryLoss, History, build_head, calibrate_scale, embed, fit,
-                           pick_device)
+from training.engine.evaluation import build_head, calibrate_scale, embed
+from training.engine.loop import History, fit, pick_device
+from training.engine.step import AuxiliaryLoss
 from training.pipeline.transfer import InitSource, Start, apply_init, resolve_start
 from training.tracking import plots
 from training.tracking.model_logging import log_trained_model
