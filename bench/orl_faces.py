@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.commands.sweep import SweepConfig, run_sweep  # noqa: E402
+from training.pipeline.sweep import SweepConfig, run_sweep  # noqa: E402
 from training.presets import PRESETS  # noqa: E402
 
 ORL = REPO.parent / "shared" / "data" / "orl_faces"
@@ -139,7 +139,7 @@ def ensemble_row(seeds: str, experiment: str, members: int) -> dict[str, list[fl
     """Per split seed: ``members`` recipe runs that differ only in ``init_seed``, evaluated
     together. The time is the sum of the members' training times."""
     from training.config import TrainConfig
-    from training.commands.evaluate import EvaluateConfig, evaluate_models
+    from training.pipeline.evaluate import EvaluateConfig, evaluate_models
     from training.pipeline.run import train
 
     values: dict[str, list[float]] = {k: [] for k in (*METRICS, "train_time_s")}

@@ -59,7 +59,7 @@ def main() -> int:
         import mlflow
 
         from training.config import TrainConfig
-        from training.commands.evaluate import EvaluateConfig, evaluate_models
+        from training.pipeline.evaluate import EvaluateConfig, evaluate_models
         from training.pipeline.run import config_splits, load_config_data, train
 
         first = people(ORL, range(1, 21), folder / "people-1-20")

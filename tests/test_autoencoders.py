@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.commands.sweep import SweepConfig
+from training.pipeline.sweep import SweepConfig
 from training.config import TrainConfig
 from training.pipeline.run import train
 from zoo.losses import create_loss

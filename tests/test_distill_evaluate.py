@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from training.commands.distill import DistillConfig, Distiller, distill
-from training.commands.evaluate import EvaluateConfig, evaluate_models
+from training.pipeline.distill import DistillConfig, Distiller, distill
+from training.pipeline.evaluate import EvaluateConfig, evaluate_models
 from training.config import TrainConfig
 from training.pipeline.run import train
 

@@ -63,9 +63,9 @@ def test_nproc_without_torchrun_says_how_to_start_it(tracking_uri: str) -> None:
         train(TrainConfig.of(nproc=2, epochs=1))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
     # entry points whose runs train in one process each refuse it as they are configured
-    from training.commands.distill import DistillConfig
-    from training.commands.sweep import SweepConfig
-    from training.commands.tune import TuneConfig
+    from training.pipeline.distill import DistillConfig
+    from training.pipeline.sweep import SweepConfig
+    from training.pipeline.tune import TuneConfig
 
     for cls, why in ((SweepConfig, "a sweep trains `workers` combinations at once"),
                      (TuneConfig, "tune trains one trial at a time"),

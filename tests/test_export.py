@@ -388,7 +388,7 @@ def test_the_faster_runtime_is_timed_tagged_and_served(
     again and a server started afterwards follows the new tag."""
     from serving.served_model import ServedModel
     from serving.settings import ServeSettings
-    from training.commands.retime import RetimeConfig, retime
+    from training.pipeline.retime import RetimeConfig, retime
     from zoo.export.runtime_timing import RUNTIMES, RuntimeTiming
     from zoo.names import RUNTIME_TAG, TIMING_TAG
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.commands.sweep import SweepConfig
+from training.pipeline.sweep import SweepConfig
 from training.config import TrainConfig
 from training.engine.evaluation import embed, validate
 from training.engine.loop import fit

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from training.commands.distill import DistillConfig
-from training.commands.sweep import SweepConfig
+from training.pipeline.distill import DistillConfig
+from training.pipeline.sweep import SweepConfig
 from training.config import TrainConfig
 from training.engine.loop import fit
 from training.pipeline.baselines import baseline_metrics

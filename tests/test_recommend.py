@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from training.commands.recommend import RecommendConfig, recommend
-from training.commands.sweep import SweepConfig, run_sweep
+from training.pipeline.recommend import RecommendConfig, recommend
+from training.pipeline.sweep import SweepConfig, run_sweep
 from zoo.probe import frechet_distance, probe_images
 
 TINY = dict(models="mobilenetv3_small_100", epochs=1, image_size=16, batch_size=32, plots=False,

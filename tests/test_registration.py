@@ -13,7 +13,7 @@ import torch
 from mlflow.entities import Run
 
 from tests.conftest import REPO
-from training.commands.register import RegisterConfig
+from training.pipeline.register import RegisterConfig
 from training.tracking.model_logging import log_trained_model
 from training.tracking.registration import (
     lower_is_better, loss_alias, register_best, registered_name, runs_of_experiment,

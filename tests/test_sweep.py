@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import training.pipeline.run
-from training.commands.sweep import SweepConfig, run_sweep
+from training.pipeline.sweep import SweepConfig, run_sweep
 
 TINY = dict(data="emitters", epochs=1, batch_size=64, embedding_dim=16, log_model=True,
             plots=False)

@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
 from tests.conftest import REPO
-from training.commands.evaluate import EvaluateConfig, evaluate_models
-from training.commands.sweep import SweepConfig, run_sweep
-from training.commands.tune import TuneConfig, run_tune
+from training.pipeline.evaluate import EvaluateConfig, evaluate_models
+from training.pipeline.sweep import SweepConfig, run_sweep
+from training.pipeline.tune import TuneConfig, run_tune
 from training.config import TrainConfig
 from training.engine.param_groups import param_groups
 from training.pipeline.run import train

@@ -4,7 +4,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from training.commands.tune import KNOBS, TuneConfig, run_tune
+from training.pipeline.tune import KNOBS, TuneConfig, run_tune
 from training.config import TrainConfig
 
 

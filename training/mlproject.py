@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from training.commands.distill import DistillConfig
-from training.commands.evaluate import EvaluateConfig
-from training.commands.recommend import RecommendConfig
-from training.commands.register import RegisterConfig
-from training.commands.retime import RetimeConfig
-from training.commands.sweep import SweepConfig
-from training.commands.tune import TuneConfig
+from training.pipeline.distill import DistillConfig
+from training.pipeline.evaluate import EvaluateConfig
+from training.pipeline.recommend import RecommendConfig
+from training.pipeline.register import RegisterConfig
+from training.pipeline.retime import RetimeConfig
+from training.pipeline.sweep import SweepConfig
+from training.pipeline.tune import TuneConfig
 from training.config import TrainConfig, params_of
 from training.pipeline.export import ExportConfig
 from zoo.losses import LOSSES, loss_parameters
