@@ -13,7 +13,8 @@ from serving.bundle import BundleInfo
 from zoo.data import Preprocessing
 from zoo.models import create_model
 from zoo.models.rebuild import load_weights, save_weights
-from zoo.record import RECORD_FORMAT, Lineage, ModelRecord
+from zoo.faces import FaceStage
+from zoo.record import PLAIN_FORMAT, RECORD_FORMAT, Lineage, ModelRecord
 
 PRE = {"kind": "image", "input_size": [1, 8, 8], "mean": [0.5], "std": [0.25],
        "class_names": ["a", "b"]}
@@ -34,15 +35,27 @@ def test_a_record_round_trips_and_is_versioned() -> None:
                          lineage=Lineage(init="models:/zoo-x@champion"),
                          architecture={"timm_name": "resnet18", "stage": 3})
     data = record.to_dict()
-    assert data["format"] == RECORD_FORMAT == 1
+    # without a face stage nothing needs format 2: a server of before it reads the record
+    assert data["format"] == PLAIN_FORMAT == 1 and "faces" not in data
     assert json.loads(json.dumps(data)) == data  # JSON as it is
     again = ModelRecord.from_dict(data)
     assert again == record and again.class_names == ["a", "b"]
     assert again.preprocessing_digest() == record.preprocessing_digest()
     assert again.to_dict() == data
-    with pytest.raises(ValueError, match="format 2 is newer than this model-zoo reads "
-                                         r"\(1\): upgrade"):
-        ModelRecord.from_dict({**data, "format": 2})
+    with pytest.raises(ValueError, match="format 3 is newer than this model-zoo reads "
+                                         r"\(2\): upgrade"):
+        ModelRecord.from_dict({**data, "format": RECORD_FORMAT + 1})
+    # a face model's record is format 2 and carries its stage
+    faced = record.with_(faces=FaceStage(size=8))
+    data = faced.to_dict()
+    assert data["format"] == RECORD_FORMAT == 2
+    assert data["faces"] == {"mode": "align", "size": 8, "padding": 0.25, "upsample": 1,
+                             "max_side": 1024, "detector": "dlib_hog",
+                             "landmarks": "dlib_5point"}
+    assert ModelRecord.from_dict(data) == faced
+    assert ModelRecord.from_dict({**data, "faces": None}).faces is None
+    with pytest.raises(ValueError, match="unknown face stage mode 'warp'"):
+        ModelRecord.from_dict({**data, "faces": {"mode": "warp", "size": 8}})
     with pytest.raises(ValueError, match="not a model-zoo model record"):
         ModelRecord.from_dict({"preprocessing": PRE})
     with pytest.raises(ValueError, match="records no preprocessing"):

@@ -78,6 +78,7 @@ COMPARISON_DIR = "comparison"  # a sweep's table and heatmap
 TUNE_DIR = "tune"
 PROBE_ARTIFACT = "probe/probe.npz"
 LOAD_REPORT_ARTIFACT = "pretrained/load_report.json"
+FACES_MISSING_ARTIFACT = "faces/missing.txt"  # the photos in which the face stage found no face
 PYFUNC_DIR = "pyfunc"  # inside a logged model: the TorchScript trace the pyfunc loads
 MLMODEL_RECORD_KEY = "zoo"  # a logged model's MLmodel metadata: its record (zoo.record)
 RECORD_FILE = "zoo_meta.json"  # beside a logged model: its record, as JSON

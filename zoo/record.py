@@ -12,6 +12,9 @@ The dict form is versioned (``format``). Format 1 keeps the keys the untyped dic
 top (``preprocessing``, ``build``, ``recipe``, ``loss``, ``dataset``, ...), so an older
 server still finds what it reads; what was loose beside them (the backbone's timm name,
 feature width and stage; the pretrained source) moved into ``architecture`` and ``lineage``.
+Format 2 adds ``faces``, the face stage (``zoo.faces.FaceStage``) that runs before the
+model on a photo; only a record with a stage is written as format 2, so a server of before
+the stage refuses a face model (which it would feed whole photos) and reads every other.
 A dict without ``format`` is a model logged before records existed (format 0) and is read
 as such; a newer format is refused with a line that says to upgrade.
 """
@@ -23,8 +26,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from zoo.data.preprocessing import Preprocessing
+from zoo.faces.stage import FaceStage
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
+#: The format a record without a face stage is written in: nothing it holds needs format 2,
+#: so a server of before the face stage still reads it.
+PLAIN_FORMAT = 1
 #: What an image family recorded beside the build recipe before records existed (format 0).
 _ARCHITECTURE_KEYS = ("timm_name", "feature_dim", "stage", "grid", "parts", "timm_options",
                       "cnn_branch", "transformer_branch")
@@ -72,6 +79,8 @@ class ModelRecord:
     # digest a gallery was enrolled under stays the same (``preprocessing_digest``)
     recorded_preprocessing: dict[str, Any] | None = field(default=None, repr=False,
                                                           compare=False)
+    # what runs before the model on a photo: find, landmark and align faces (format 2)
+    faces: FaceStage | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "embedding_dim", int(self.embedding_dim))
@@ -80,6 +89,8 @@ class ModelRecord:
         if self.preprocessing is not None and not isinstance(self.preprocessing,
                                                              Preprocessing):
             raise TypeError("ModelRecord.preprocessing must be a Preprocessing (use from_dict)")
+        if self.faces is not None and not isinstance(self.faces, FaceStage):
+            raise TypeError("ModelRecord.faces must be a FaceStage (use from_dict)")
 
     # --- what readers ask -----------------------------------------------------------------
     @property
@@ -113,14 +124,18 @@ class ModelRecord:
 
     # --- the dict form --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe, format ``RECORD_FORMAT``."""
+        """JSON-safe: format ``RECORD_FORMAT`` with a face stage, else ``PLAIN_FORMAT``
+        (which older readers read)."""
         out: dict[str, Any] = {
-            "format": RECORD_FORMAT, "model": self.model, "embedding_dim": self.embedding_dim,
+            "format": RECORD_FORMAT if self.faces is not None else PLAIN_FORMAT,
+            "model": self.model, "embedding_dim": self.embedding_dim,
             "preprocessing": self._preprocessing_dict(), "build": self.build,
             "recipe": dict(self.recipe), "dataset": self.dataset, "loss": self.loss,
             "run_id": self.run_id, "open_class_names": list(self.open_class_names),
             "lineage": self.lineage.to_dict(), "architecture": dict(self.architecture),
         }
+        if self.faces is not None:
+            out["faces"] = self.faces.to_dict()
         return json.loads(json.dumps(out, default=str))
 
     def _preprocessing_dict(self) -> dict[str, Any] | None:
@@ -155,7 +170,8 @@ class ModelRecord:
             build=dict(d["build"]) if d.get("build") else None, recipe=recipe,
             dataset=d.get("dataset"), loss=d.get("loss"), run_id=d.get("run_id"),
             open_class_names=tuple(d.get("open_class_names") or ()), lineage=lineage,
-            architecture=architecture, recorded_preprocessing=dict(pre) if pre else None)
+            architecture=architecture, recorded_preprocessing=dict(pre) if pre else None,
+            faces=FaceStage.from_dict(d.get("faces")) if version >= 2 else None)
 
 
 def record_of(model: Any) -> ModelRecord | None:

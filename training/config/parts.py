@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from training.config.params import check_choices, option
+from zoo.faces.stage import FACE_MODES, MISSING_POLICIES
 from zoo.values import is_false_word
 
 #: How the peak learning rate grows with the number of data-parallel processes (each takes
@@ -77,6 +78,13 @@ class DataConfig:
     tta: str = option("none", "test-time augmentation of validation and test embeddings: flip "
                               "averages each image with its mirror (images only)",
                       ("none", "flip"))
+    faces: str = option("none", "the face stage on a folder of photos: align finds each photo's "
+                                "faces, takes five landmarks and warps the largest face to dlib's "
+                                "face-chip template at image_size (the faces extra); the model "
+                                "records it and every server applies it", FACE_MODES)
+    faces_missing: str = option("whole", "faces=align, a photo with no face found: whole (align "
+                                         "the whole image), skip (leave it out) or fail",
+                                MISSING_POLICIES)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -92,6 +100,9 @@ class DataConfig:
             values = channel_values(getattr(self, name), name)
             if values is not None and name == "std" and min(values) <= 0:
                 raise ValueError(f"std must be > 0 per channel, got {getattr(self, name)}")
+        if self.faces != "none" and self.augment == "photo":
+            raise ValueError("augment=photo crops the original files, not the aligned face "
+                             "chips: use augment=light or strong with faces=align")
         if (self.mean is None) != (self.std is None):
             raise ValueError("set mean and std together (one value per channel each), or "
                              "neither")

@@ -29,6 +29,7 @@ from training.tracking.model_logging import log_trained_model
 from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo import names
 from zoo.data import LoadedData, Splits, load_data, split_data
+from zoo.faces.chips import FaceReport
 from zoo.data.preprocessing import DEFAULT_INTERPOLATION
 from zoo.record import ModelRecord
 from zoo.losses import EmbeddingLoss, check_loss, create_loss
@@ -69,7 +70,8 @@ def load_config_data(cfg: TrainConfig) -> LoadedData:
     return load_data(cfg.data.source, image_size=cfg.data.image_size, channels=cfg.data.channels,
                      seed=cfg.data.seed, label_column=cfg.data.label_column,
                      interpolation=cfg.data.interpolation or DEFAULT_INTERPOLATION,
-                     categorical_columns=comma_list(cfg.data.categorical_columns))
+                     categorical_columns=comma_list(cfg.data.categorical_columns),
+                     faces=cfg.data.faces, faces_missing=cfg.data.faces_missing)
 
 
 def config_splits(cfg: TrainConfig, data: LoadedData) -> Splits:
@@ -330,6 +332,7 @@ def trained_record(model: EmbeddingModel, cfg: TrainConfig, splits: Splits, data
     return record.with_(
         preprocessing=splits.preprocessing, recipe=cfg.params(), dataset=dataset,
         loss=cfg.loss.name, run_id=run_id, open_class_names=tuple(splits.open_class_names),
+        faces=splits.faces,
         lineage=dataclasses.replace(record.lineage, init=cfg.model.init or None))
 
 
@@ -350,6 +353,8 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
         log_params_once({**cfg.to_params(), **(params or {})}, resolved_keys=resolved)
         log_params_once(describe(splits, model, device, world))
         start.log()
+        if splits.face_report is not None:
+            log_face_report(splits.face_report)
     # what the model is: written into every checkpoint (resume reads it) and onto the model
     record = trained_record(model, cfg, splits, name, run.info.run_id)
     model.record = record
@@ -397,6 +402,13 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
     summary = {k: round(v, 4) for k, v in metrics.items() if k in SUMMARY_KEYS}
     log.info("run %s finished: %s", run.info.run_id, summary)
     return RunResult(run.info.run_id, metrics, model_uri, history)
+
+
+def log_face_report(report: FaceReport) -> None:
+    """What the face stage found: counts as metrics, the photos without a face as a file."""
+    mlflow.log_metrics(report.metrics())
+    if report.missing:
+        mlflow.log_text("\n".join(report.missing) + "\n", names.FACES_MISSING_ARTIFACT)
 
 
 def kept_validation(history: History) -> dict[str, float]:

@@ -9,7 +9,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from tqdm.auto import tqdm
 
 from .images import ImageSet, _unit_on
 from .preprocessing import DEFAULT_INTERPOLATION, image_to_array
+
+if TYPE_CHECKING:
+    from zoo.faces.chips import FaceChipper
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +85,25 @@ def decode_files(
     workers: int | None = None,
     desc: str | None = None,
     interpolation: str = DEFAULT_INTERPOLATION,
+    chipper: FaceChipper | None = None,
 ) -> torch.Tensor:
-    """Decode files into one uint8 ``[N, C, H, W]`` tensor (8-bit pixels, as in the files)."""
+    """Decode files into one uint8 ``[N, C, H, W]`` tensor (8-bit pixels, as in the files);
+    with a ``chipper`` (the face stage) each file is its largest face's aligned chip."""
     height, width = size
     out = torch.empty((len(paths), channels, height, width), dtype=torch.uint8)
-    arrays = thread_map(
-        lambda p: decode_file(p, channels, size, interpolation), paths, workers=workers,
-        desc=desc,
-    )
+    decode = ((lambda p: _chip_of(chipper, p)) if chipper is not None
+              else (lambda p: decode_file(p, channels, size, interpolation)))
+    arrays = thread_map(decode, paths, workers=workers, desc=desc)
     for i, arr in enumerate(arrays):
         out[i] = torch.from_numpy(arr)
     return out
+
+
+def _chip_of(chipper: FaceChipper, path: str | Path) -> np.ndarray:
+    pixels, outcome = chipper(path)
+    if pixels is None:
+        raise ValueError(f"no face found in {path}, which had one when the folder was loaded")
+    return pixels
 
 
 class LazyImages(ImageSet):
@@ -109,11 +120,13 @@ class LazyImages(ImageSet):
         std: Sequence[float] | None = None,
         workers: int | None = None,
         interpolation: str = DEFAULT_INTERPOLATION,
+        chipper: FaceChipper | None = None,
     ) -> None:
         super().__init__(channels, size, mean, std)
         self.paths = [str(p) for p in paths]
         self.interpolation = interpolation
         self.workers = workers
+        self.chipper = chipper  # the face stage: aligned (or read from its cache) on access
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,12 +137,13 @@ class LazyImages(ImageSet):
 
     def raw(self, picked: list[int], desc: str | None = None) -> torch.Tensor:
         return decode_files([self.paths[i] for i in picked], self.channels, self.image_size,
-                            workers=self.workers, desc=desc, interpolation=self.interpolation)
+                            workers=self.workers, desc=desc, interpolation=self.interpolation,
+                            chipper=self.chipper)
 
     def _view(self, picked: list[int], mean: list[float] | None,
               std: list[float] | None) -> "LazyImages":
         return LazyImages([self.paths[i] for i in picked], self.channels, self.image_size,
-                          mean, std, self.workers, self.interpolation)
+                          mean, std, self.workers, self.interpolation, self.chipper)
 
     def load(self, desc: str | None = None) -> torch.Tensor:
         """Everything as one float32 tensor (only when it fits in memory)."""

@@ -23,6 +23,9 @@ from .preprocessing import DEFAULT_INTERPOLATION, image_to_array
 from .registry import DATASETS
 
 if TYPE_CHECKING:
+    from zoo.faces import FaceStage
+    from zoo.faces.chips import FaceReport
+
     from .tables import Table
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ class LoadedData:
     feature_names: list[str] | None = None
     paths: list[str] | None = None  # for image folders
     interpolation: str = DEFAULT_INTERPOLATION  # images: the resize filter they were read with
+    faces: "FaceStage | None" = None  # the face stage the photos went through
+    face_report: "FaceReport | None" = None  # what it found
 
     def __len__(self) -> int:
         return len(self.y)
@@ -169,21 +174,28 @@ def folder(
     memory_budget: int | None = None,
     workers: int | None = None,
     interpolation: str = DEFAULT_INTERPOLATION,
+    faces: FaceStage | None = None,
+    faces_missing: str = "whole",
 ) -> LoadedData:
     """A folder-per-class image tree (anything PIL reads); class = subfolder name, sorted.
 
     Decoded once into memory as 8-bit pixels when ``N*C*H*W`` bytes fit ``memory_budget``
     (default 25% of RAM); otherwise headers are checked and a ``LazyImages`` decodes batches
-    on access.
+    on access. With a face stage (``faces``) every photo becomes its largest face's aligned
+    chip (``zoo.faces``), cached on disk; ``faces_missing`` says what a photo without a face
+    becomes: its whole image aligned (``whole``), left out (``skip``) or an error (``fail``).
     """
     _check_channels(channels)
     size = _image_size(image_size)
     root = Path(path).expanduser()
     class_names, paths, labels = scan_folder(root)
+    name = root.resolve().name
+    if faces is not None:
+        return _face_folder(root, name, class_names, paths, labels, channels, faces,
+                            faces_missing, memory_budget, workers, interpolation)
     y = torch.as_tensor(labels, dtype=torch.int64)
     need = len(paths) * channels * size[0] * size[1]  # uint8
     budget = memory_budget_bytes() if memory_budget is None else int(memory_budget)
-    name = root.resolve().name
     if need <= budget:
         x: ImageSet = StoredImages(decode_files(
             paths, channels, size, workers=workers, desc=f"decoding {name}",
@@ -199,6 +211,69 @@ def folder(
         x = LazyImages(paths, channels, size, workers=workers, interpolation=interpolation)
     log.info("%s: %d images, %d classes, %s", root, len(paths), len(class_names), tuple(x.shape))
     return LoadedData(name, "image", x, y, class_names, paths=paths, interpolation=interpolation)
+
+
+def _face_folder(root: Path, name: str, class_names: list[str], paths: list[str],
+                 labels: list[int], channels: int, stage: FaceStage, missing: str,
+                 memory_budget: int | None, workers: int | None,
+                 interpolation: str) -> LoadedData:
+    """A folder of photos through the face stage: every photo aligned once at load (or read
+    back from the chip cache), kept in memory when the chips fit the budget, else aligned
+    again (from the cache) on access."""
+    from zoo.faces.chips import FaceChipper, FaceReport
+
+    chipper = FaceChipper(stage, channels, missing, interpolation=interpolation)
+    need = len(paths) * channels * stage.size * stage.size
+    budget = memory_budget_bytes() if memory_budget is None else int(memory_budget)
+    keep = need <= budget
+    kept: list[np.ndarray] = []
+    outcomes = []
+    present: list[int] = []
+    for i, (pixels, outcome) in enumerate(thread_map(chipper, paths, workers=workers,
+                                                     desc=f"finding faces in {name}")):
+        outcomes.append(outcome)
+        if pixels is None:
+            continue
+        present.append(i)
+        if keep:
+            kept.append(pixels)
+    report = FaceReport.of(outcomes, missing, root)
+    if report.missing:
+        log.warning("%s: no face found in %d of %d photos (faces_missing=%s)%s", root,
+                    len(report.missing), len(paths), missing,
+                    "; they are left out" if missing == "skip" else
+                    "; their whole images are aligned")
+    if not present:
+        raise ValueError(f"{root}: no face found in any of its {len(paths)} photos")
+    paths = [paths[i] for i in present]
+    y = torch.as_tensor([labels[i] for i in present], dtype=torch.int64)
+    if keep:
+        x: ImageSet = StoredImages(torch.from_numpy(np.stack(kept)), paths=paths,
+                                   interpolation=interpolation)
+    else:
+        x = LazyImages(paths, channels, (stage.size, stage.size), workers=workers,
+                       interpolation=interpolation, chipper=chipper)
+    log.info("%s: %d photos, %d classes, faces found in %d (%d with several, %d cached)",
+             root, len(paths), len(class_names), report.found, report.multiple, report.cached)
+    return LoadedData(name, "image", x, y, class_names, paths=paths,
+                      interpolation=interpolation, faces=stage, face_report=report)
+
+
+def _face_options(data: str, faces: str, missing: str, image_size: int) -> dict[str, Any]:
+    """The folder options of ``faces=align``; any other data is refused with what to give."""
+    from zoo.faces import FACE_MODES, FaceStage
+
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces={faces!r} is not one of {', '.join(FACE_MODES)}")
+    prefix, sep, rest = data.partition(":")
+    path = Path(rest if sep and prefix == "folder" else data).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"faces={faces} finds faces in photos: give a folder of photos as the "
+                         f"data, not {data!r}")
+    if not isinstance(image_size, int):
+        raise ValueError(f"faces={faces} aligns square chips: give one image_size, not "
+                         f"{image_size!r}")
+    return {"faces": FaceStage(size=image_size), "faces_missing": missing}
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -233,6 +308,8 @@ def load_data(
     label_column: str = "label",
     interpolation: str = DEFAULT_INTERPOLATION,
     categorical_columns: Sequence[str] | None = None,
+    faces: str = "none",
+    faces_missing: str = "whole",
     **kw: Any,
 ) -> LoadedData:
     """Load a data set by registry name (``digits``, ``emitters``) or path.
@@ -241,11 +318,14 @@ def load_data(
     ``parquet`` one; ``folder:PATH``, ``csv:PATH`` and ``parquet:PATH`` say so explicitly.
     ``interpolation`` is the resize filter of images, ``categorical_columns`` the numeric
     columns of a table that hold categories.
-    ``kw`` goes to the source (e.g. ``num_emitters=5``).
+    ``faces="align"`` runs the face stage on a folder of photos (``faces_missing``: what a
+    photo without a face becomes). ``kw`` goes to the source (e.g. ``num_emitters=5``).
     """
     data = str(data)
     common = dict(image_size=image_size, channels=channels, seed=seed, label_column=label_column,
                   interpolation=interpolation, categorical_columns=categorical_columns)
+    if faces != "none":
+        kw = {**kw, **_face_options(data, faces, faces_missing, image_size)}
     prefix, sep, rest = data.partition(":")
     if sep and prefix in DATASETS and prefix in _PATH_SOURCES:
         return _call(prefix, DATASETS.get(prefix).factory, (rest,), common, kw)

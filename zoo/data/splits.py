@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -18,6 +18,10 @@ from .preprocessing import Preprocessing, normalise
 from .sources import LoadedData
 from .table_encoding import Column, numeric_positions
 from .tables import Table
+
+if TYPE_CHECKING:
+    from zoo.faces import FaceStage
+    from zoo.faces.chips import FaceReport
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ class Splits:
     class_names: list[str]  # the classes trained on; train/val/test labels are 0..len-1
     open_class_names: list[str]  # held-out classes; open labels are len(class_names)..
     preprocessing: Preprocessing  # mean/std fitted on the TRAIN split only
+    faces: FaceStage | None = None  # the face stage the photos went through
+    face_report: FaceReport | None = None  # what it found (zoo.faces.chips)
 
     @property
     def num_classes(self) -> int:
@@ -165,6 +171,8 @@ def split_data(
         class_names=class_names,
         open_class_names=open_names,
         preprocessing=pre,
+        faces=data.faces,
+        face_report=data.face_report,
     )
     log.info(
         "%s split (seed %d): train %d, val %d, test %d, open %d (%d held-out classes)",

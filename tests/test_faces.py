@@ -1,0 +1,149 @@
+"""The face stage on real faces: ORL crops pasted into larger frames are found, aligned the
+same wherever they are, cached, counted, and recorded on the model that trains on them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.faces import background, contains, paste_faces
+from zoo.data import load_data
+from zoo.faces import FaceStage
+from zoo.record import ModelRecord
+
+pytest.importorskip("dlib", reason="the face stage needs the faces extra (dlib-bin)")
+pytest.importorskip("face_recognition_models", reason="the faces extra's model files")
+
+from zoo.faces.detect import align, face_chips, find_faces
+
+STAGE = FaceStage(size=64)
+
+
+@pytest.fixture(scope="module")
+def crops() -> dict[str, list[Path]]:
+    """Per person, ORL images in which the detector finds exactly one face on its own."""
+    from tests.conftest import ORL_FACES
+
+    if not ORL_FACES.is_dir():
+        pytest.skip(f"ORL faces not found at {ORL_FACES}")
+    found: dict[str, list[Path]] = {}
+    for person in sorted(p for p in ORL_FACES.iterdir() if p.is_dir())[2:14]:
+        for file in sorted(person.glob("*.pgm"))[:4]:
+            if len(find_faces(Image.open(file).convert("RGB"), STAGE)) == 1:
+                found.setdefault(person.name, []).append(file)
+    return {k: v for k, v in found.items() if len(v) >= 2}
+
+
+def test_faces_pasted_into_frames_are_found_where_they_went(crops) -> None:
+    rng = np.random.default_rng(0)
+    people = list(crops)
+    for n in (1, 2, 3, 3, 2):
+        chosen = [crops[people[int(i)]][0] for i in rng.choice(len(people), n, replace=False)]
+        frame, pasted = paste_faces(chosen, rng)
+        faces = find_faces(frame, STAGE)
+        assert len(faces) == n, (n, [f.box for f in faces], [p.place for p in pasted])
+        for p in pasted:
+            assert sum(contains(p.place, f.box) for f in faces) == 1, (p, faces)
+        assert all(f.score is not None and len(f.landmarks) == 5 for f in faces)
+        assert [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
+    assert find_faces(background(rng), STAGE) == []  # a photo without a face
+
+
+def test_a_face_aligns_the_same_wherever_and_however_large_it_is(crops) -> None:
+    """The chip of a face pasted anywhere, at any scale, into a photo (even a 12 MP one,
+    which the detector sees downscaled) is the chip of the crop itself, give or take
+    resampling; another person's chip is much further away."""
+    rng = np.random.default_rng(1)
+    people = list(crops)
+    own = {p: align(np.asarray(Image.open(crops[p][0]).convert("RGB")),
+                    find_faces(Image.open(crops[p][0]).convert("RGB"), STAGE)[0], STAGE).chip
+           for p in people[:3]}
+    frame, pasted = paste_faces([crops[p][0] for p in people[:3]], rng)
+    big = frame.resize((4000, 3000), Image.Resampling.BICUBIC)
+    for photo, factor in ((frame, 1), (big, 4000 / 640)):
+        chips = face_chips(photo, STAGE)
+        assert len(chips) == 3
+        for p in pasted:
+            chip = next(c for c in chips if contains(
+                tuple(int(v * factor) for v in p.place), c.face.box))
+            same = _inner_difference(chip.chip, own[p.person])
+            others = min(_inner_difference(chip.chip, own[q]) for q in own if q != p.person)
+            assert same < 12 and same < others / 2, (p.person, factor, same, others)
+
+
+def _inner_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of the chips' middle (eyes to mouth): the padding around the
+    face shows each photo's own background."""
+    n = a.shape[0]
+    window = slice(n * 5 // 16, n * 11 // 16)
+    return float(np.abs(a[window, window].astype(float) - b[window, window]).mean())
+
+
+def _photo_folder(root: Path, crops: dict[str, list[Path]], rng: np.random.Generator) -> Path:
+    """A folder per person of photos, one or two faces pasted in each (the person's own the
+    larger), and one photo with no face."""
+    people = list(crops)[:4]
+    for k, person in enumerate(people):
+        folder = root / person
+        folder.mkdir(parents=True)
+        for j, source in enumerate(crops[person][:2]):
+            if j == 0:
+                other = crops[people[(k + 1) % len(people)]][0]
+                frame, _ = paste_faces([source, other], rng, scale=(1.6, 1.6))
+                small = Image.open(other).convert("RGB").resize((64, 78))
+                frame.paste(background(rng, (320, 480)), (320, 0))
+                frame.paste(small, (330, 10))
+            else:
+                frame, _ = paste_faces([source], rng)
+            frame.save(folder / f"{j}.jpg", quality=95)
+    background(rng).save(root / people[0] / "none.png")
+    return root
+
+
+def test_a_folder_of_photos_is_aligned_cached_and_counted(crops, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ZOO_FACE_CACHE", str(tmp_path / "cache"))
+    root = _photo_folder(tmp_path / "photos", crops, np.random.default_rng(2))
+    data = load_data(str(root), image_size=64, channels=1, faces="align")
+    report = data.face_report
+    assert data.faces == FaceStage(size=64)
+    none = f"{data.class_names[0]}/none.png"
+    assert (report.found, report.missing, report.multiple) == (8, (none,), 4)
+    assert report.cached == 0 and data.x.shape == (9, 1, 64, 64)
+    again = load_data(str(root), image_size=64, channels=1, faces="align")
+    assert again.face_report.cached == 9
+    assert np.array_equal(again.x.raw(list(range(9))).numpy(), data.x.raw(list(range(9))).numpy())
+    lazy = load_data(str(root), image_size=64, channels=1, faces="align", memory_budget=1)
+    assert type(lazy.x).__name__ == "LazyImages"
+    assert np.array_equal(lazy.x.raw(list(range(9))).numpy(), data.x.raw(list(range(9))).numpy())
+    skipped = load_data(str(root), image_size=64, channels=1, faces="align", faces_missing="skip")
+    assert len(skipped) == 8 and not any(p.endswith("none.png") for p in skipped.paths)
+    with pytest.raises(ValueError, match=r"no face found in .*none.png \(faces_missing=fail"):
+        load_data(str(root), image_size=64, channels=1, faces="align", faces_missing="fail")
+    with pytest.raises(ValueError, match="faces=align finds faces in photos: give a folder"):
+        load_data("digits", faces="align")
+
+
+def test_a_run_on_photos_records_its_face_stage(crops, tmp_path, monkeypatch,
+                                                tracking_uri) -> None:
+    from training.config import TrainConfig
+    from training.pipeline.run import train
+
+    monkeypatch.setenv("ZOO_FACE_CACHE", str(tmp_path / "cache"))
+    root = _photo_folder(tmp_path / "photos", crops, np.random.default_rng(3))
+    result = train(TrainConfig.of(
+        data=str(root), faces="align", image_size=32, channels=1, model="resnet18",
+        loss="softmax", epochs=1, batch_size=4, val_fraction=0.0, test_fraction=0.5,
+        monitor="none", plots=False))
+    run = mlflow.get_run(result.run_id)
+    assert {k: run.data.metrics[k] for k in ("faces_found", "faces_missing",
+                                            "faces_multiple")} == {
+        "faces_found": 8.0, "faces_missing": 1.0, "faces_multiple": 4.0}
+    missing = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/faces/missing.txt")
+    assert missing.strip().endswith("none.png")
+    info = mlflow.models.get_model_info(result.model_uri)
+    record = ModelRecord.from_dict(info.metadata["zoo"])
+    assert record.faces == FaceStage(size=32) and record.pre.input_size == (1, 32, 32)
+    assert run.data.params["faces"] == "align"

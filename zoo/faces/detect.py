@@ -1,0 +1,116 @@
+"""Find faces, their five landmarks and their aligned chips in one upright RGB photo."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .dlib_models import detector_and_predictor, dlib_module
+from .stage import FaceStage
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face in the photo's own pixels: ``box`` ``(x0, y0, x1, y1)`` (exclusive end),
+    the five landmarks ``[(x, y)] * 5`` (dlib's order: the image-right eye's outer and inner
+    corner, the image-left eye's outer and inner corner, the bottom of the nose), and the
+    detector's score (``None`` for the whole image taken as the box)."""
+
+    box: tuple[int, int, int, int]
+    landmarks: tuple[tuple[int, int], ...]
+    score: float | None
+
+    @property
+    def area(self) -> int:
+        return max(0, self.box[2] - self.box[0]) * max(0, self.box[3] - self.box[1])
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "landmarks": [list(p) for p in self.landmarks],
+                "score": self.score}
+
+
+@dataclass(frozen=True)
+class FaceChip:
+    """A face and its aligned chip (uint8 RGB ``[size, size, 3]``)."""
+
+    face: Face
+    chip: np.ndarray
+
+    def image(self) -> Image.Image:
+        return Image.fromarray(self.chip, mode="RGB")
+
+
+def _rgb(photo: Image.Image | np.ndarray) -> np.ndarray:
+    arr = np.asarray(photo)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"the face stage takes an upright 8-bit RGB image, got an array of "
+                         f"shape {arr.shape} and {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+def _landmarks(predictor, rgb: np.ndarray, box: tuple[int, int, int, int]) -> Face:
+    dlib = dlib_module()
+    rect = dlib.rectangle(int(box[0]), int(box[1]), int(box[2]) - 1, int(box[3]) - 1)
+    shape = predictor(rgb, rect)
+    points = tuple((int(p.x), int(p.y)) for p in shape.parts())
+    return Face(box, points, None)
+
+
+def find_faces(photo: Image.Image | np.ndarray, stage: FaceStage,
+               min_face_px: int = 0) -> list[Face]:
+    """Every face the detector finds, largest first, with its landmarks.
+
+    The detector runs on a copy whose longer side is at most ``stage.max_side``; its boxes
+    are scaled back, and the landmarks are taken on the full image. Boxes are clipped to the
+    image (a face cut by the border keeps the part inside). ``min_face_px`` drops faces whose
+    box is narrower.
+    """
+    rgb = _rgb(photo)
+    detector, predictor = detector_and_predictor()
+    height, width = rgb.shape[:2]
+    scale = min(1.0, stage.max_side / max(height, width))
+    small = rgb
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    rects, scores, _ = detector.run(small, stage.upsample, 0.0)
+    faces = []
+    for rect, score in zip(rects, scores):
+        box = (max(0, int(rect.left() / scale)), max(0, int(rect.top() / scale)),
+               min(width, int(round((rect.right() + 1) / scale))),
+               min(height, int(round((rect.bottom() + 1) / scale))))
+        if box[2] - box[0] < max(2, min_face_px) or box[3] - box[1] < 2:
+            continue
+        face = _landmarks(predictor, rgb, box)
+        faces.append(Face(face.box, face.landmarks, float(score)))
+    return sorted(faces, key=lambda f: -f.area)
+
+
+def whole_image_face(photo: Image.Image | np.ndarray) -> Face:
+    """The whole image as the face's box, with the landmarks found in it (for photos that
+    are already face crops the detector missed)."""
+    rgb = _rgb(photo)
+    _, predictor = detector_and_predictor()
+    return _landmarks(predictor, rgb, (0, 0, rgb.shape[1], rgb.shape[0]))
+
+
+def align(photo: Image.Image | np.ndarray, face: Face, stage: FaceStage) -> FaceChip:
+    """The face warped onto the template (``dlib.get_face_chip``: a similarity from the five
+    landmarks, bilinear, a pyramid when the face is much larger than the chip)."""
+    rgb = _rgb(photo)
+    dlib = dlib_module()
+    x0, y0, x1, y1 = face.box
+    points = dlib.points([dlib.point(x, y) for x, y in face.landmarks])
+    shape = dlib.full_object_detection(dlib.rectangle(x0, y0, x1 - 1, y1 - 1), points)
+    chip = dlib.get_face_chip(rgb, shape, size=stage.size, padding=stage.padding)
+    return FaceChip(face, np.asarray(chip, dtype=np.uint8))
+
+
+def face_chips(photo: Image.Image | np.ndarray, stage: FaceStage, max_faces: int | None = None,
+               min_face_px: int = 0) -> list[FaceChip]:
+    """Every face found (largest first, at most ``max_faces``) and its aligned chip."""
+    faces = find_faces(photo, stage, min_face_px)
+    if max_faces is not None:
+        faces = faces[:max_faces]
+    return [align(photo, face, stage) for face in faces]
