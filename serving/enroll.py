@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from serving.face_inputs import FaceRequest, read_faces_now
 from serving.served_model import ServedModel
 from serving.inputs import RequestError, Upload, identity_name, images_to_array
 from serving.mlflow_source import fetch_bundle
@@ -49,6 +50,14 @@ def identity_folders(root: Path) -> dict[str, list[Path]]:
     return people
 
 
+def _model_input(model: ServedModel, upload: Upload, settings: ServeSettings) -> np.ndarray:
+    """One photo as the model's input: the image, or a face model's largest face."""
+    if model.faces is None:
+        return images_to_array([upload], model.pre, settings)[0]
+    request = FaceRequest.of(settings, one=True, largest=True)
+    return read_faces_now([upload], model.pre, model.faces, request, settings).x
+
+
 def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int, int, int]:
     """Enroll every identity under ``root``; returns (identities, images enrolled, images
     refused)."""
@@ -70,8 +79,7 @@ def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int
             for path in files:
                 data = path.read_bytes()
                 try:
-                    arrays.append(images_to_array([Upload(path.name, data)], model.pre,
-                                                  settings)[0])
+                    arrays.append(_model_input(model, Upload(path.name, data), settings))
                     digests.append(hashlib.sha256(data).hexdigest())
                 except RequestError as exc:
                     log.warning("skipped %s: %s", path, exc)

@@ -114,7 +114,7 @@ def identity_name(text: str) -> str:
     return name
 
 
-def _name(upload: Upload, index: int) -> str:
+def upload_name(upload: Upload, index: int) -> str:
     return f"image {index}" + (f" ({upload.filename!r})" if upload.filename else "")
 
 
@@ -127,7 +127,7 @@ def check_upload(upload: Upload | NotAFile, index: int, settings: ServeSettings)
     if isinstance(upload, NotAFile):
         raise RequestError(f"image {index} is {upload.what}, not a file: upload images as "
                            "multipart files (curl -F images=@face.png); URLs are never fetched")
-    what = _name(upload, index)
+    what = upload_name(upload, index)
     if len(upload.data) > settings.max_image_bytes:
         raise RequestError(f"{what} is {len(upload.data):,} bytes, over the limit of "
                            f"{settings.max_image_bytes:,} (ZOO_MAX_IMAGE_BYTES)", 413)
@@ -138,7 +138,7 @@ def check_upload(upload: Upload | NotAFile, index: int, settings: ServeSettings)
 
 def _open(upload: Upload, index: int, settings: ServeSettings) -> Image.Image:
     """The image's header only (no pixels decoded), of an allowed format and size."""
-    what = _name(upload, index)
+    what = upload_name(upload, index)
     formats = _formats(settings)
     try:
         with warnings.catch_warnings():
@@ -161,13 +161,13 @@ def _open(upload: Upload, index: int, settings: ServeSettings) -> Image.Image:
     return image
 
 
-def _load(image: Image.Image, upload: Upload, index: int) -> Image.Image:
+def load_pixels(image: Image.Image, upload: Upload, index: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: the client's file
-        raise RequestError(f"{_name(upload, index)} is a broken image ({type(exc).__name__}: "
+        raise RequestError(f"{upload_name(upload, index)} is a broken image ({type(exc).__name__}: "
                            f"{str(exc)[:200]})") from None
     return image
 
@@ -175,7 +175,7 @@ def _load(image: Image.Image, upload: Upload, index: int) -> Image.Image:
 def open_image(upload: Upload | NotAFile, index: int, settings: ServeSettings) -> Image.Image:
     """Decode one upload, checking its byte size and pixel count before decoding pixels."""
     upload = check_upload(upload, index, settings)
-    return _load(_open(upload, index, settings), upload, index)
+    return load_pixels(_open(upload, index, settings), upload, index)
 
 
 def image_array(image: Image.Image, pre: Preprocessing, what: str) -> np.ndarray:
@@ -222,7 +222,7 @@ class PixelBudget:
                 changed.notify_all()
 
 
-def _checked(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
+def checked_headers(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
              settings: ServeSettings) -> tuple[list[Upload], list[Image.Image]]:
     """The uploads checked and their headers opened (no pixels yet), within the limits."""
     if pre.kind != "image":
@@ -241,8 +241,8 @@ def _checked(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
 
 def _decode(image: Image.Image, upload: Upload, index: int, pre: Preprocessing,
             keep: bool) -> tuple[np.ndarray, Image.Image | None]:
-    decoded = _load(image, upload, index)
-    array = image_array(decoded, pre, _name(upload, index))
+    decoded = load_pixels(image, upload, index)
+    array = image_array(decoded, pre, upload_name(upload, index))
     if not keep:
         decoded.close()
     return array, decoded if keep else None
@@ -265,7 +265,7 @@ def images_to_array(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
     Scaling and normalising wait for the model's batch (``ServedModel.run``): one tensor
     operation per batch instead of two per request, with the same functions as training.
     """
-    return _decode_all(*_checked(uploads, pre, settings), pre, keep)
+    return _decode_all(*checked_headers(uploads, pre, settings), pre, keep)
 
 
 def _decode_all(checked: list[Upload], headers: list[Image.Image], pre: Preprocessing,
@@ -290,11 +290,11 @@ async def decode_images(uploads: Sequence[Upload | NotAFile], pre: Preprocessing
     one small image (``SMALL_IMAGE_BYTES``, ``SMALL_IMAGE_PIXELS``) on it, at once."""
     if (len(uploads) == 1 and isinstance(uploads[0], Upload)
             and len(uploads[0].data) <= SMALL_IMAGE_BYTES):
-        checked, headers = _checked(uploads, pre, settings)
+        checked, headers = checked_headers(uploads, pre, settings)
         if headers[0].size[0] * headers[0].size[1] <= SMALL_IMAGE_PIXELS:
             return _decode_all(checked, headers, pre, keep)
     else:
-        checked, headers = await anyio.to_thread.run_sync(_checked, uploads, pre, settings)
+        checked, headers = await anyio.to_thread.run_sync(checked_headers, uploads, pre, settings)
     arrays, kept = [], []
     for i, (upload, header) in enumerate(zip(checked, headers)):
         async with budget.take(header.size[0] * header.size[1]):

@@ -5,7 +5,9 @@
 
 Writes one CSV row per image (predicted class and probability, nearest identity and its
 similarity, ``unknown`` below the threshold) and, with ``--gradcam-dir``, one overlay PNG per
-image. A file that is not a readable image gets a row with its error instead of stopping
+image. A model with a face stage writes one row per face found, its box in ``face``
+(``x0 y0 x1 y1``), and overlays of the largest face's chip. A file that is not a readable
+image (or, for a face model, holds no face) gets a row with its error instead of stopping
 the run.
 """
 from __future__ import annotations
@@ -16,11 +18,14 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
+from serving.face_inputs import FaceRequest, read_faces_now
 from serving.served_model import ServedModel
 from serving.gradcam import METHODS
 from serving.inputs import RequestError, Upload, open_image
@@ -32,7 +37,7 @@ from zoo.data.sources import image_extensions
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["file", "label", "probability", "identity", "similarity", "known", "error"]
+COLUMNS = ["file", "face", "label", "probability", "identity", "similarity", "known", "error"]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -67,13 +72,12 @@ def predict(images: Path, model_uri: str, output: Path, gradcam_dir: Path | None
             decoded, rows = [], []
             for index, path in enumerate(chunk, start):
                 try:
-                    decoded.append((path, open_image(Upload(path.name, path.read_bytes()), index,
-                                                     settings)))
+                    decoded.append((path, *_photo(model, path, index, settings)))
                 except (RequestError, OSError) as exc:
                     failed += 1
                     rows.append({"file": str(path.relative_to(images)), "error": str(exc)})
             if decoded:
-                x = preprocess_images([im for _, im in decoded], model.pre).numpy()
+                x = np.concatenate([x for _, _, x, _ in decoded])
                 out = model.run_batched(x)
                 rows += _rows(model, images, decoded, out)
                 if gradcam_dir is not None:
@@ -84,12 +88,31 @@ def predict(images: Path, model_uri: str, output: Path, gradcam_dir: Path | None
     return failed
 
 
+def _photo(model: ServedModel, path: Path, index: int, settings: ServeSettings
+           ) -> tuple[Any, np.ndarray, list[str]]:
+    """One file: its picture, its model input rows (the image, or every face's chip) and
+    each row's face box (empty for a model without a face stage)."""
+    upload = Upload(path.name, path.read_bytes())
+    if model.faces is None:
+        image = open_image(upload, index, settings)
+        return image, preprocess_images([image], model.pre).numpy(), [""]
+    found = read_faces_now([upload], model.pre, model.faces, FaceRequest.of(settings),
+                           settings)
+    boxes = [" ".join(str(v) for v in face.box) for face in found.faces[0]]
+    return _chip_image(found.x[0]), found.x, boxes
+
+
+def _chip_image(chip: np.ndarray) -> Image.Image:
+    return Image.fromarray(chip[0] if chip.shape[0] == 1 else chip.transpose(1, 2, 0))
+
+
 def _rows(model: ServedModel, root: Path, decoded: list, out: dict[str, np.ndarray]) -> list[dict]:
     classes = model.top_classes(out["logits"], 1) if model.has_classes else None
     identities = model.identify(out["embedding"], 1) if len(model.gallery) else None
     rows = []
-    for i, (path, _) in enumerate(decoded):
-        row = {"file": str(path.relative_to(root))}
+    faces = [(path, box) for path, _, _, boxes in decoded for box in boxes]
+    for i, (path, box) in enumerate(faces):
+        row = {"file": str(path.relative_to(root)), "face": box}
         if classes is not None:
             row.update(label=classes[i][0].label, probability=f"{classes[i][0].probability:.6f}")
         if identities is not None:
@@ -104,9 +127,13 @@ def _overlays(model: ServedModel, decoded: list, x: np.ndarray, folder: Path, ro
               method: str) -> None:
     if not model.has_classes:
         return
-    for i, (path, image) in enumerate(decoded):
-        explanation = model.explainer.explain(torch.from_numpy(x[i:i + 1]), image, method,
+    row = 0
+    for path, image, inputs, _ in decoded:
+        # the image's first row: the image itself, or a face model's largest face
+        first = torch.from_numpy(model.model_input(x[row:row + 1]))
+        explanation = model.explainer.explain(first, image, method,
                                               class_names=model.class_names)
+        row += len(inputs)
         target = folder / path.relative_to(root).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         explanation.overlay.save(target)

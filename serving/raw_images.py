@@ -61,6 +61,9 @@ class RawImageEmbed:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
+        if service.model.faces is not None:  # every face, as the multipart route answers
+            await _answer_faces(service, body, send)
+            return
         try:
             x, _ = await service._inputs([Upload("body", body)], None)
             out = await service.model.infer(x)
@@ -70,6 +73,19 @@ class RawImageEmbed:
             return
         await _answer(send, 200, {**service.served,
                                   "embeddings": np.ascontiguousarray(out["embedding"])})
+
+
+async def _answer_faces(service: "ZooService", body: bytes, send: Send) -> None:
+    from serving.face_inputs import FaceRequest
+
+    try:
+        answer = await service.face_embeddings([Upload("body", body)], None,
+                                               FaceRequest.of(service.model.settings))
+    except RequestError as exc:
+        log.info("embed (raw image): %d %s", exc.status, exc)
+        await _answer(send, exc.status, {"error": str(exc)})
+        return
+    await _answer(send, 200, answer.model_dump())
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 
 class Served(BaseModel):
@@ -11,8 +13,35 @@ class Served(BaseModel):
     version: str | None
 
 
-class EmbedResponse(Served):
-    embeddings: list[list[float]]
+class FaceBox(BaseModel):
+    """Where a face is in the photo sent: ``box`` ``[x0, y0, x1, y1]`` (x1, y1 exclusive),
+    five ``landmarks`` ``[x, y]`` (eye corners, bottom of the nose), the detector's score."""
+
+    box: list[int]
+    landmarks: list[list[int]]
+    score: float | None
+
+
+class FaceEmbedding(FaceBox):
+    embedding: list[float]
+
+
+class FacesWhenFound(Served):
+    """An answer whose ``faces`` is left out for a model without a face stage: such a model
+    answers exactly as before the stage existed (and BentoML's client, which decodes by the
+    schema, meets no null where it expects a list)."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent_faces(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("faces", ()) is None:
+            del data["faces"]
+        return data
+
+
+class EmbedResponse(FacesWhenFound):
+    embeddings: list[list[float]]  # a face model: each photo's largest face
+    faces: list[list[FaceEmbedding]] | None = None  # a face model: every face of each photo
 
 
 class ClassScore(BaseModel):
@@ -36,9 +65,14 @@ class Identification(BaseModel):
     matches: list[Match]
 
 
-class IdentifyResponse(Served):
+class FaceIdentification(FaceBox, Identification):
+    pass
+
+
+class IdentifyResponse(FacesWhenFound):
     threshold: float | None
-    results: list[Identification]
+    results: list[Identification]  # a face model: each photo's largest face
+    faces: list[list[FaceIdentification]] | None = None  # a face model: every face
 
 
 class EnrollResponse(Served):

@@ -51,6 +51,7 @@ class ServedModel:
         self.bundle, self.info, self.settings = bundle, bundle.info, settings
         self.record = bundle.info.record
         self.pre = self.record.pre
+        self.faces = self.record.faces  # the face stage that runs before the model, or None
         threads = settings.threads or worker_threads(settings.worker_count, settings.device)
         # Torch preprocesses (on the event loop) and runs GradCAM: one thread, or its OpenMP
         # workers fight the model's for the cores (3 ms per request instead of 30 us); the
@@ -148,6 +149,7 @@ class ServedModel:
             "uri": info.uri, "name": info.name, "version": info.version, "alias": info.alias,
             "run_id": info.run_id, "model": self.record.model, "loss": self.record.loss,
             "kind": pre.kind, "input_size": list(pre.input_size),
+            "faces": self.faces.to_dict() if self.faces is not None else None,
             "feature_names": pre.feature_names, "embedding_dim": self.embedding_dim,
             # a table's columns: numeric (with the median a missing value takes) or
             # categorical (with the categories it knows; any other is "unknown")

@@ -26,14 +26,16 @@ from starlette.responses import JSONResponse
 from serving import latency, multipart, openai_api
 from serving.auth import RequireKeys
 from serving.bundle import Bundle
+from serving.face_inputs import FaceRequest, PhotoFaces, read_faces
 from serving.served_model import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
                             identity_name, read_inputs)
 from serving.limits import RequestSizeLimit
 from serving.raw_images import RawImageEmbed
 from serving.packaging import bento_model
-from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse,
-                             Identification, IdentifyResponse, Match, header_value)
+from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse, FaceEmbedding,
+                             FaceIdentification, Identification, IdentifyResponse, Match,
+                             header_value)
 from serving.settings import ServeSettings
 
 log = logging.getLogger("serving")
@@ -67,6 +69,11 @@ Reference = Annotated[list[ImageFile] | None, Field(
     WithJsonSchema({**_FILES, "maxItems": 1, "description": "an image to explain the "
                     "similarity to (instead of a class)"})]
 TopK = Annotated[int | None, Field(ge=1, le=1000, description="how many answers per input")]
+MaxFaces = Annotated[int | None, Field(ge=1, le=1000, description="a face model: at most this "
+                                       "many faces per photo, largest first (ZOO_MAX_FACES caps "
+                                       "it)")]
+MinFacePx = Annotated[int | None, Field(ge=0, le=100_000, description="a face model: faces "
+                                        "narrower than this many pixels are left out")]
 
 MODEL_ROUTES = ("embed", "classify", "identify", "enroll", "gradcam", "v1/embeddings")
 # Inputs per ONNX Runtime call, on /metrics: how well concurrent requests are batched.
@@ -129,15 +136,55 @@ class ZooService:
     async def _inputs(self, images: list[Upload | NotAFile] | None,
                       rows: list[list[Any]] | None, keep: bool = False
                       ) -> tuple[np.ndarray, list[Image.Image]]:
+        """The model's input: each image (or row); a face model's each photo's largest face."""
+        if self.model.faces is not None:
+            found = await self._faces(images, rows, FaceRequest.of(SETTINGS, largest=True),
+                                      keep)
+            return found.x, found.pictures
         return await read_inputs(images, rows, self.model.pre, SETTINGS, self.budget, keep)
+
+    async def _faces(self, images: list[Upload | NotAFile] | None,
+                     rows: list[list[Any]] | None, request: FaceRequest,
+                     keep: bool = False) -> PhotoFaces:
+        """A face model's input: every face of every photo (rows are refused as for any
+        image model)."""
+        if rows is not None or not images:
+            await read_inputs(images, rows, self.model.pre, SETTINGS, self.budget)
+        return await read_faces(images or [], self.model.pre, self.model.faces, request,
+                                SETTINGS, self.budget, keep)
+
+    def _face_request(self, max_faces: int | None, min_face_px: int | None) -> FaceRequest:
+        if self.model.faces is None:
+            if max_faces is not None or min_face_px is not None:
+                raise RequestError("max_faces and min_face_px are for models with a face "
+                                   "stage; this model embeds each image whole")
+            return FaceRequest(1)
+        return FaceRequest.of(SETTINGS, max_faces, min_face_px)
 
     @bentoml.api
     @answers_errors
-    async def embed(self, images: Images = None, rows: Rows = None) -> EmbedResponse:
-        """One L2-normalised embedding per image or row."""
+    async def embed(self, images: Images = None, rows: Rows = None,
+                    max_faces: MaxFaces = None, min_face_px: MinFacePx = None) -> EmbedResponse:
+        """One L2-normalised embedding per image or row; a face model's answer holds every
+        face of each photo (``faces``) and each photo's largest face (``embeddings``)."""
+        request = self._face_request(max_faces, min_face_px)
+        if self.model.faces is not None:
+            return await self.face_embeddings(images, rows, request)
         x, _ = await self._inputs(images, rows)
         out = await self.model.infer(x)
         return EmbedResponse(**self.served, embeddings=out["embedding"].tolist())
+
+    async def face_embeddings(self, images: list[Upload | NotAFile] | None,
+                              rows: list[list[Any]] | None,
+                              request: FaceRequest) -> EmbedResponse:
+        """``/embed`` of a face model (also the raw-image route's)."""
+        found = await self._faces(images, rows, request)
+        embeddings = (await self.model.infer(found.x))["embedding"]
+        faces = [[FaceEmbedding(**face.to_dict(), embedding=embeddings[at.start + j].tolist())
+                  for j, face in enumerate(photo)]
+                 for photo, at in zip(found.faces, found.rows())]
+        return EmbedResponse(**self.served, embeddings=embeddings[found.largest()].tolist(),
+                             faces=faces)
 
     @bentoml.api
     @answers_errors
@@ -154,23 +201,41 @@ class ZooService:
     @bentoml.api
     @answers_errors
     async def identify(self, images: Images = None, rows: Rows = None,
-                       top_k: TopK = None) -> IdentifyResponse:
-        """Nearest gallery identities; ``unknown`` below the FAR 1e-3 threshold."""
-        x, _ = await self._inputs(images, rows)
+                       top_k: TopK = None, max_faces: MaxFaces = None,
+                       min_face_px: MinFacePx = None) -> IdentifyResponse:
+        """Nearest gallery identities; ``unknown`` below the FAR 1e-3 threshold. A face
+        model answers every face of each photo (``faces``) and each photo's largest face
+        (``results``)."""
+        request = self._face_request(max_faces, min_face_px)
+        found = (await self._faces(images, rows, request) if self.model.faces is not None
+                 else None)
+        x = found.x if found is not None else (await self._inputs(images, rows))[0]
         out = await self.model.infer(x)
         answers = await _in_thread(self.model.identify, out["embedding"], top_k or SETTINGS.top_k)
-        return IdentifyResponse(**self.served, threshold=self.model.threshold, results=[
-            Identification(identity=a.identity, known=a.known,
-                           similarity=None if np.isnan(a.similarity) else a.similarity,
-                           matches=[Match(**m) for m in a.matches]) for a in answers])
+        results = [_identification(a) for a in answers]
+        if found is None:
+            return IdentifyResponse(**self.served, threshold=self.model.threshold,
+                                    results=results)
+        faces = [[FaceIdentification(**face.to_dict(), **results[at.start + j].model_dump())
+                  for j, face in enumerate(photo)]
+                 for photo, at in zip(found.faces, found.rows())]
+        return IdentifyResponse(**self.served, threshold=self.model.threshold,
+                                results=[results[i] for i in found.largest()], faces=faces)
 
     @bentoml.api
     @answers_errors
     async def enroll(self, identity: Text = "", images: Images = None,
-                     rows: Rows = None) -> EnrollResponse:
-        """Add images (or rows) of ``identity`` to the gallery, saved before answering."""
+                     rows: Rows = None, face: Text = "") -> EnrollResponse:
+        """Add images (or rows) of ``identity`` to the gallery, saved before answering. A
+        face model needs one face per photo (``face=largest`` takes the largest)."""
         name = identity_name(identity)
-        x, _ = await self._inputs(images, rows)
+        if face.strip() not in ("", "largest"):
+            raise RequestError(f"face={face.strip()!r}: send face=largest, or nothing")
+        if self.model.faces is not None:
+            request = FaceRequest.of(SETTINGS, one=True, largest=face.strip() == "largest")
+            x = (await self._faces(images, rows, request)).x
+        else:
+            x, _ = await self._inputs(images, rows)
         out = await self.model.infer(x)
         digests = ([hashlib.sha256(upload.data).hexdigest() for upload in images] if images
                    else [hashlib.sha256(json.dumps(row).encode()).hexdigest()
@@ -189,6 +254,8 @@ class ZooService:
         if self.model.pre.kind != "image":
             raise RequestError("GradCAM explains image models; this model takes rows")
         x_uint8, pictures = await self._inputs([image], None, keep=True)
+        if self.model.faces is not None:  # the largest face's chip, as the model saw it
+            pictures = [_chip_picture(x_uint8[0])]
         picture, x = pictures[0], torch.from_numpy(self.model.model_input(x_uint8))
         class_index = None
         if target.strip():
@@ -292,6 +359,17 @@ class ZooService:
 ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
 ZooService.add_asgi_middleware(RequireKeys, keys=KEYS)
 ZooService.add_asgi_middleware(RawImageEmbed, service=lambda: _RUNNING[0] if _RUNNING else None)
+
+
+def _chip_picture(chip: np.ndarray) -> Image.Image:
+    """A model input row (uint8 ``[C, H, W]``) as a picture."""
+    return Image.fromarray(chip[0] if chip.shape[0] == 1 else chip.transpose(1, 2, 0))
+
+
+def _identification(answer: Any) -> Identification:
+    return Identification(identity=answer.identity, known=answer.known,
+                          similarity=None if np.isnan(answer.similarity) else answer.similarity,
+                          matches=[Match(**m) for m in answer.matches])
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:

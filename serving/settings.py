@@ -44,6 +44,7 @@ class ServeSettings:
     gallery_index: str = "auto"  # auto, flat, ivf or hnsw (serving/gallery_index.py)
     cache_dir: str = ""  # models fetched from MLflow; default ~/.cache/model-zoo/bundles
     max_images: int = 256  # images (or rows) per request
+    max_faces: int = 32  # faces answered per photo (a face model); requests may ask fewer
     max_image_bytes: int = 10 * 2**20  # one uploaded image file
     max_image_pixels: int = 4096 * 4096  # one decoded image (decompression bombs)
     # all images of one request together, read from their headers before decoding; also what
@@ -86,8 +87,8 @@ class ServeSettings:
         return settings
 
     def check(self) -> None:
-        for name in ("max_images", "max_image_bytes", "max_image_pixels", "max_request_pixels",
-                     "max_request_bytes", "max_batch_size", "top_k"):
+        for name in ("max_images", "max_faces", "max_image_bytes", "max_image_pixels",
+                     "max_request_pixels", "max_request_bytes", "max_batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, "
                                  f"got {getattr(self, name)}")

@@ -9,8 +9,9 @@ from typing import Iterator
 import mlflow
 import pytest
 
+from support.faces import ORL_FACES
+
 REPO = Path(__file__).resolve().parents[1]
-ORL_FACES = REPO.parent / "shared" / "data" / "orl_faces"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -78,6 +78,14 @@ def installed_closure(requirements: list[str]) -> set[str]:
     return seen
 
 
+def _owners_by_files(module: str) -> list[str]:
+    """The distributions that install ``module``'s package folder: for wheels whose
+    top_level.txt omits it (dlib-bin lists only its extension, ``_dlib_pybind11``)."""
+    wanted = f"{module}/__init__.py"
+    return [d.metadata["Name"] for d in metadata.distributions()
+            if any(str(f) == wanted for f in d.files or ())]
+
+
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -110,7 +118,7 @@ def test_bento_requirements_cover_every_import() -> None:
     for path in bento_files():
         relative = path.relative_to(REPO).as_posix()
         for module in third_party_imports(path) - STORE_ONLY.get(relative, set()):
-            dists = {_canonical(d) for d in owners.get(module, [])}
+            dists = {_canonical(d) for d in owners.get(module) or _owners_by_files(module)}
             if not dists & closure:
                 missing.setdefault(module, []).append(relative)
     assert not missing, ("imported by the Bento's code but not installed by its bentofile: "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.faces import background, contains, paste_faces
+from support.faces import ORL_FACES, background, contains, paste_faces
 from zoo.data import load_data
 from zoo.faces import FaceStage
 from zoo.record import ModelRecord
@@ -25,7 +25,6 @@ STAGE = FaceStage(size=64)
 @pytest.fixture(scope="module")
 def crops() -> dict[str, list[Path]]:
     """Per person, ORL images in which the detector finds exactly one face on its own."""
-    from tests.conftest import ORL_FACES
 
     if not ORL_FACES.is_dir():
         pytest.skip(f"ORL faces not found at {ORL_FACES}")

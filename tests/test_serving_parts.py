@@ -125,8 +125,9 @@ def test_one_small_image_is_decoded_on_the_loop_and_others_in_threads(monkeypatc
 
     monkeypatch.setattr(inputs.anyio.to_thread, "run_sync", counted)
     budget = PixelBudget(settings.max_request_pixels)
-    for uploads, expected in (([small], []), ([small, small], ["_checked", "_decode", "_decode"]),
-                              ([large], ["_checked", "_decode"])):
+    for uploads, expected in (([small], []),
+                              ([small, small], ["checked_headers", "_decode", "_decode"]),
+                              ([large], ["checked_headers", "_decode"])):
         hops.clear()
         x, _ = asyncio.run(decode_images(uploads, pre, settings, budget))
         assert hops == expected

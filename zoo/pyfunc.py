@@ -12,6 +12,10 @@ the file, so loading it runs no pickled Python code. ``predict`` takes:
   raw features), encoded and standardised here as in training: a table's text categories
   (an unseen one is "unknown") and missing values (None, NaN) included.
 
+A model with a face stage (``ModelRecord.faces``) finds the faces of each encoded image,
+aligns the largest and embeds its chip (a ``face_box`` column says where it was); an image
+without a face is an error that names it. A preprocessed batch is taken as chips.
+
 It answers a DataFrame, one row per input: ``embedding`` (L2-normalised), and where the
 model classifies, ``logits``, the top ``label`` and its ``probability``.
 """
@@ -47,19 +51,26 @@ class ZooPredictor:
 
     def inputs(self, data: Any) -> torch.Tensor:
         """The model's float32 input batch from any of the accepted forms."""
+        return self.inputs_and_faces(data)[0]
+
+    def inputs_and_faces(self, data: Any) -> tuple[torch.Tensor, list[list[int]] | None]:
+        """:meth:`inputs`, and for a face model given encoded images each one's face box."""
         if isinstance(data, dict):
             data = pd.DataFrame(data)
         if isinstance(data, pd.DataFrame):
             if self.pre.kind == "tabular":
-                return preprocess_rows(data, self.pre)
+                return preprocess_rows(data, self.pre), None
             if IMAGE_COLUMN not in data.columns:
                 raise ValueError(f"an image model takes a DataFrame with an {IMAGE_COLUMN!r} "
                                  f"column of encoded image files; got columns {list(data.columns)}")
-            return preprocess_images([_image(v, i) for i, v in enumerate(data[IMAGE_COLUMN])],
-                                     self.pre)
+            images = [_image(v, i) for i, v in enumerate(data[IMAGE_COLUMN])]
+            if self.record.faces is not None:
+                chips, boxes = _largest_faces(images, self.record)
+                return preprocess_images(chips, self.pre), boxes
+            return preprocess_images(images, self.pre), None
         array = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)
         if self.pre.kind == "tabular":
-            return preprocess_rows(array, self.pre)
+            return preprocess_rows(array, self.pre), None
         if array.ndim == 3:
             array = array[None]
         expected = tuple(self.pre.input_size)
@@ -67,13 +78,16 @@ class ZooPredictor:
             raise ValueError(f"expected a preprocessed batch [B, {', '.join(map(str, expected))}]"
                              f", got shape {list(array.shape)}; send encoded images as a "
                              f"DataFrame column {IMAGE_COLUMN!r} instead")
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), None
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        x, boxes = self.inputs_and_faces(data)
         with torch.inference_mode():
-            out = self.module(self.inputs(data))
+            out = self.module(x)
         embedding = out["embedding"].float().numpy()
         frame = pd.DataFrame({"embedding": list(embedding)})
+        if boxes is not None:
+            frame["face_box"] = boxes
         if "logits" in out:
             logits = out["logits"].float().numpy()
             probabilities = softmax(logits)
@@ -82,6 +96,22 @@ class ZooPredictor:
             frame["label"] = [self.pre.class_names[i] for i in top]
             frame["probability"] = probabilities[np.arange(len(top)), top]
         return frame
+
+
+def _largest_faces(images: list[Any], record: ModelRecord) -> tuple[list[Any], list[list[int]]]:
+    """Each image's largest face, aligned (the chips), and where it was."""
+    from zoo.data.preprocessing import to_channels
+    from zoo.faces.detect import align, find_faces
+
+    chips, boxes = [], []
+    for i, image in enumerate(images):
+        rgb = np.asarray(to_channels(image, 3))
+        faces = find_faces(rgb, record.faces)
+        if not faces:
+            raise ValueError(f"no face found in image {i}")
+        chips.append(align(rgb, faces[0], record.faces).image())
+        boxes.append(list(faces[0].box))
+    return chips, boxes
 
 
 def _image(value: Any, index: int) -> Any:

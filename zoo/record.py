@@ -110,10 +110,13 @@ class ModelRecord:
         return tuple(self.pre.input_size)
 
     def preprocessing_digest(self) -> str:
-        """sha256 of the preprocessing as recorded (what makes two models' embeddings of the
-        same input comparable; a gallery keeps it)."""
+        """sha256 of the preprocessing as recorded, and of the face stage when there is one
+        (what makes two models' embeddings of the same input comparable; a gallery keeps
+        it)."""
         pre = (self.recorded_preprocessing if self.recorded_preprocessing is not None
                else self.pre.to_dict())
+        if self.faces is not None:  # the chips the embeddings are of: part of the input
+            pre = {"preprocessing": pre, "faces": self.faces.to_dict()}
         return hashlib.sha256(json.dumps(pre, sort_keys=True, default=str).encode()).hexdigest()
 
     def with_(self, **changes: Any) -> "ModelRecord":

@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-#: ORL's images are 92 x 112 grey face crops; the frames are photos a face covers a tenth of.
+from support.process import REPO
+
+#: A real face identity set (40 people x 10 images, 92 x 112 grey crops) beside the checkout.
+ORL_FACES = REPO.parent / "shared" / "data" / "orl_faces"
+#: The frames are photos a face covers a tenth of.
 FRAME = (640, 480)
 
 

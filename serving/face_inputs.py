@@ -1,0 +1,128 @@
+"""Faces in uploaded photos, for a model with a face stage (``ModelRecord.faces``).
+
+Each photo is decoded within the same limits as any image, then the stage finds its faces
+(the detector on a copy at most ``max_side`` px long, so a 50 MP photo costs what a 1 MP one
+does), takes their landmarks and aligns each to the model's chip; the chips go through the
+same ``image_array`` as any image and on to the model in one batch. A photo without a face
+is a 422 that names it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import anyio
+import numpy as np
+from PIL import Image
+
+from serving.inputs import (NotAFile, PixelBudget, RequestError, Upload, checked_headers,
+                            image_array, load_pixels, upload_name)
+from serving.settings import ServeSettings
+from zoo.data.preprocessing import Preprocessing, to_channels
+from zoo.faces import FaceStage
+
+NO_FACE = 422
+
+
+@dataclass(frozen=True)
+class FaceRequest:
+    """What a request asks of the stage: at most ``max_faces`` per photo (capped by the
+    server's ``ZOO_MAX_FACES``), none narrower than ``min_face_px``; ``one``: a photo must
+    hold exactly one face (``/enroll``), unless ``largest``."""
+
+    max_faces: int
+    min_face_px: int = 0
+    one: bool = False
+    largest: bool = False
+
+    @classmethod
+    def of(cls, settings: ServeSettings, max_faces: int | None = None,
+           min_face_px: int | None = None, one: bool = False,
+           largest: bool = False) -> FaceRequest:
+        cap = settings.max_faces
+        wanted = cap if max_faces is None else max_faces
+        if wanted < 1:
+            raise RequestError(f"max_faces must be >= 1, got {wanted}")
+        if min_face_px is not None and min_face_px < 0:
+            raise RequestError(f"min_face_px must be >= 0, got {min_face_px}")
+        return cls(min(wanted, cap), int(min_face_px or 0), one, largest)
+
+
+@dataclass(frozen=True)
+class PhotoFaces:
+    """Every face found in the request's photos: one model input row per face."""
+
+    x: np.ndarray  # uint8 [faces, C, H, W]: the chips as the model takes them
+    faces: list[list]  # per photo, its faces (zoo.faces.detect.Face), largest first
+    pictures: list[Image.Image]  # the decoded photos, when kept
+
+    def rows(self) -> list[slice]:
+        """The rows of ``x`` (and of the model's outputs) of each photo."""
+        out, start = [], 0
+        for found in self.faces:
+            out.append(slice(start, start + len(found)))
+            start += len(found)
+        return out
+
+    def largest(self) -> np.ndarray:
+        """The row of each photo's largest face."""
+        return np.array([r.start for r in self.rows()], dtype=np.int64)
+
+
+def photo_faces(image: Image.Image, upload: Upload, index: int, pre: Preprocessing,
+                stage: FaceStage, request: FaceRequest, keep: bool
+                ) -> tuple[list, np.ndarray, Image.Image | None]:
+    """One photo's faces and their chips as model input (``[n, C, H, W]``)."""
+    from zoo.faces.detect import align, find_faces
+
+    what = upload_name(upload, index)
+    decoded = load_pixels(image, upload, index)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rgb = np.asarray(to_channels(decoded, 3))
+    except Exception as exc:  # noqa: BLE001 - any mode Pillow hands over and cannot convert
+        raise RequestError(f"{what} is in mode {decoded.mode}, which cannot be converted to "
+                           f"RGB ({type(exc).__name__}: {str(exc)[:200]})") from None
+    faces = find_faces(rgb, stage, request.min_face_px)
+    if not faces:
+        raise RequestError(f"no face found in {what}"
+                           + (f" at least {request.min_face_px} px wide"
+                              if request.min_face_px else ""), NO_FACE)
+    if request.one and len(faces) > 1 and not request.largest:
+        raise RequestError(f"{what} holds {len(faces)} faces; enroll photos of one face each, "
+                           "or send face=largest to take the largest", NO_FACE)
+    faces = faces[:1] if request.largest else faces[:request.max_faces]
+    chips = [align(rgb, face, stage).image() for face in faces]
+    arrays = np.stack([image_array(chip, pre, what) for chip in chips])
+    if not keep:
+        decoded.close()
+    return faces, arrays, decoded if keep else None
+
+
+def _collect(done: list[tuple[list, np.ndarray, Image.Image | None]]) -> PhotoFaces:
+    return PhotoFaces(np.concatenate([a for _, a, _ in done]), [f for f, _, _ in done],
+                      [im for _, _, im in done if im is not None])
+
+
+def read_faces_now(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
+                   stage: FaceStage, request: FaceRequest, settings: ServeSettings,
+                   keep: bool = False) -> PhotoFaces:
+    """Every photo's faces, one photo at a time in this thread (``serving.predict``)."""
+    checked, headers = checked_headers(uploads, pre, settings)
+    return _collect([photo_faces(im, u, i, pre, stage, request, keep)
+                     for i, (u, im) in enumerate(zip(checked, headers))])
+
+
+async def read_faces(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
+                     stage: FaceStage, request: FaceRequest, settings: ServeSettings,
+                     budget: PixelBudget, keep: bool = False) -> PhotoFaces:
+    """:func:`read_faces_now` off the event loop, each photo within the pixel ``budget``."""
+    checked, headers = await anyio.to_thread.run_sync(checked_headers, uploads, pre, settings)
+    done = []
+    for i, (upload, header) in enumerate(zip(checked, headers)):
+        async with budget.take(header.size[0] * header.size[1]):
+            done.append(await anyio.to_thread.run_sync(
+                photo_faces, header, upload, i, pre, stage, request, keep))
+    return _collect(done)
