@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -136,6 +136,7 @@ class Explanation:
     target: str  # the class name, or "similarity"
     score: float  # the class probability's logit, or the cosine similarity
     layer: str
+    heat: np.ndarray | None = None  # the map itself, [h, w] in [0, 1] over the model's input
 
 
 class Explainer:
@@ -174,7 +175,7 @@ class Explainer:
                            reshape_transform=self.layer.reshape) as cam:
                 heat = cam(input_tensor=x, targets=[target])[0]
             self.model.zero_grad(set_to_none=True)
-        return Explanation(overlay(image, heat), name, score, self.layer.name)
+        return Explanation(overlay(image, heat), name, score, self.layer.name, heat)
 
 
 def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
@@ -189,3 +190,28 @@ def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
                       interpolation=cv2.INTER_LINEAR)
     return Image.fromarray(show_cam_on_image(base, np.clip(heat, 0, 1), use_rgb=True,
                                              image_weight=0.5))
+
+
+def face_overlay(photo: Image.Image, heat: np.ndarray, face: Any, stage: Any) -> Image.Image:
+    """A face model's map (over the aligned chip) carried back onto the whole photo through
+    the chip's similarity transform, with the face's box drawn: what the model looked at,
+    where it is in the photo."""
+    from PIL import ImageDraw
+
+    from zoo.faces.detect import chip_to_photo
+
+    rgb = ImageOps.exif_transpose(photo).convert("RGB")
+    # photo -> chip: the inverse of the chip's map, as PIL's transform wants it
+    forward = np.vstack([chip_to_photo(face, stage), [0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(forward)[:2].ravel()
+    size = stage.size
+    chip_heat = cv2.resize(np.nan_to_num(heat).astype(np.float32), (size, size),
+                           interpolation=cv2.INTER_LINEAR)
+    on_photo = Image.fromarray(chip_heat, mode="F").transform(
+        rgb.size, Image.Transform.AFFINE, tuple(inverse), Image.Resampling.BILINEAR, fillcolor=0)
+    picture = overlay(rgb, np.asarray(on_photo))
+    scale = picture.width / rgb.width
+    x0, y0, x1, y1 = (v * scale for v in face.box)
+    ImageDraw.Draw(picture).rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 255, 0),
+                                      width=max(1, round(2 * scale)))
+    return picture

@@ -253,10 +253,16 @@ class ZooService:
         given a ``reference`` image, why the two embeddings are similar."""
         if self.model.pre.kind != "image":
             raise RequestError("GradCAM explains image models; this model takes rows")
-        x_uint8, pictures = await self._inputs([image], None, keep=True)
+        face = None
         if self.model.faces is not None:  # the largest face's chip, as the model saw it
-            pictures = [_chip_picture(x_uint8[0])]
-        picture, x = pictures[0], torch.from_numpy(self.model.model_input(x_uint8))
+            found = await self._faces([image], None, FaceRequest.of(SETTINGS, largest=True),
+                                      keep=True)
+            x_uint8, face, photo = found.x, found.faces[0][0], found.pictures[0]
+            picture = _chip_picture(x_uint8[0])
+        else:
+            x_uint8, pictures = await self._inputs([image], None, keep=True)
+            picture = pictures[0]
+        x = torch.from_numpy(self.model.model_input(x_uint8))
         class_index = None
         if target.strip():
             if not self.model.has_classes:
@@ -285,11 +291,17 @@ class ZooService:
                                "server log says which); export the version again", 409) from None
         result = await _in_thread(explainer.explain, x, picture, method, class_index, ref,
                                   self.model.class_names)
+        picture = result.overlay
+        if face is not None:  # the map carried back onto the photo, the face's box drawn
+            from serving.gradcam import face_overlay
+
+            picture = await _in_thread(face_overlay, photo, result.heat, face,
+                                       self.model.faces)
         ctx.response.headers["X-Zoo-Target"] = header_value(result.target)
         ctx.response.headers["X-Zoo-Score"] = f"{result.score:.6g}"
         ctx.response.headers["X-Zoo-Layer"] = result.layer
-        result.overlay.format = "PNG"
-        return result.overlay
+        picture.format = "PNG"
+        return picture
 
     @bentoml.api(route="/v1/embeddings")
     @answers_errors

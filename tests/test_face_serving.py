@@ -74,7 +74,7 @@ def face_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                              faces="align", image_size=32, channels=1, epochs=40, lr=3e-3,
                              batch_size=16, embedding_dim=32, hflip=True, val_fraction=0.0,
                              test_fraction=0.25, monitor="none", experiment="zoo-faces",
-                             plots=False))
+                             plots=False, checkpoint=False))  # 40 checkpoints: +2 minutes
         register_best(runs_of_experiment("zoo-faces"), "test_precision_at_1")
         export_model(ExportConfig(model_uri=FACE_URI, formats="onnx", time_runtimes=False))
     finally:
@@ -245,3 +245,22 @@ def test_openai_pyfunc_and_predict_embed_the_largest_face(face_server, face_stor
                                           for f in served["faces"][0]]
     (empty,) = [r for r in rows if r["file"] == "empty.png"]
     assert empty["error"].startswith("no face found in image") and "empty.png" in empty["error"]
+
+
+def test_gradcam_draws_the_box_and_the_map_on_the_whole_photo(face_server) -> None:
+    import httpx
+
+    rng = np.random.default_rng(13)
+    frame, _ = paste_faces([ORL_FACES / "s7" / "10.pgm", ORL_FACES / "s8" / "10.pgm"], rng)
+    files = [("images", ("g.jpg", _jpeg(frame), "image/jpeg"))]
+    faces = httpx.post(f"{face_server.url}/embed", files=files, timeout=60).json()["faces"][0]
+    got = httpx.post(f"{face_server.url}/gradcam", timeout=60,
+                     files=[("image", ("g.jpg", _jpeg(frame), "image/jpeg"))])
+    assert got.status_code == 200, got.text
+    overlay = np.asarray(Image.open(io.BytesIO(got.content)).convert("RGB"))
+    assert overlay.shape == (384, 512, 3)  # the whole 640x480 photo, at most 512 px a side
+    x0, y0, x1, y1 = (round(v * 0.8) for v in faces[0]["box"])  # the largest face's box
+    middle = (y0 + y1) // 2
+    assert tuple(overlay[middle, x0]) == (0, 255, 0) and tuple(overlay[y0, (x0 + x1) // 2]) \
+        == (0, 255, 0)
+    assert got.headers["X-Zoo-Target"] in TRAINED

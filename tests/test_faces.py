@@ -2,6 +2,7 @@
 same wherever they are, cached, counted, and recorded on the model that trains on them."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import mlflow
@@ -9,8 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving.face_inputs import FaceRequest, read_faces_now
+from serving.inputs import RequestError, Upload
+from serving.settings import ServeSettings
 from support.faces import ORL_FACES, background, contains, paste_faces
-from zoo.data import load_data
+from zoo.data import Preprocessing, load_data
 from zoo.faces import FaceStage
 from zoo.record import ModelRecord
 
@@ -135,7 +139,7 @@ def test_a_run_on_photos_records_its_face_stage(crops, tmp_path, monkeypatch,
     result = train(TrainConfig.of(
         data=str(root), faces="align", image_size=32, channels=1, model="resnet18",
         loss="softmax", epochs=1, batch_size=4, val_fraction=0.0, test_fraction=0.5,
-        monitor="none", plots=False))
+        monitor="none", plots=False, checkpoint=False))
     run = mlflow.get_run(result.run_id)
     assert {k: run.data.metrics[k] for k in ("faces_found", "faces_missing",
                                             "faces_multiple")} == {
@@ -146,3 +150,76 @@ def test_a_run_on_photos_records_its_face_stage(crops, tmp_path, monkeypatch,
     record = ModelRecord.from_dict(info.metadata["zoo"])
     assert record.faces == FaceStage(size=32) and record.pre.input_size == (1, 32, 32)
     assert run.data.params["faces"] == "align"
+
+
+def _upload(image: Image.Image, fmt: str, **save: object) -> Upload:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return Upload(f"photo.{fmt.lower()}", buffer.getvalue())
+
+
+def test_awkward_photos_are_handled_as_a_viewer_shows_them(crops) -> None:
+    """EXIF-rotated, CMYK, greyscale, 16-bit, tiny, and faces cut by the border: the server's
+    face reader finds what a person looking at the photo would (or says there is none)."""
+    settings = ServeSettings()
+    pre = Preprocessing(kind="image", input_size=(1, 64, 64), mean=[0.5], std=[0.25],
+                        class_names=["a"])
+    request = FaceRequest.of(settings)
+    rng = np.random.default_rng(4)
+    frame, pasted = paste_faces([crops[list(crops)[0]][0]], rng, size=(320, 240))
+
+    def faces(upload: Upload) -> list:
+        return read_faces_now([upload], pre, STAGE, request, settings).faces[0]
+
+    upright = faces(_upload(frame, "PNG"))
+    assert len(upright) == 1 and contains(pasted[0].place, upright[0].box)
+    # stored sideways with an EXIF orientation tag (6: rotate 90° clockwise to view)
+    sideways = frame.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = faces(_upload(sideways, "JPEG", exif=exif, quality=95))
+    assert len(rotated) == 1 and contains(pasted[0].place, rotated[0].box)
+    for variant in (frame.convert("CMYK"), frame.convert("L")):
+        fmt = "JPEG" if variant.mode == "CMYK" else "PNG"
+        (found,) = faces(_upload(variant, fmt, **({"quality": 95} if fmt == "JPEG" else {})))
+        assert contains(pasted[0].place, found.box)
+    deep = Image.fromarray(np.asarray(frame.convert("L")).astype(np.uint16) * 257)  # 16-bit
+    assert len(faces(_upload(deep, "PNG"))) == 1
+    # half the face beyond the left border: whatever is found lies inside the photo
+    cut = background(rng, (320, 240))
+    cut.paste(Image.open(crops[list(crops)[1]][0]).convert("RGB").resize((138, 168)), (-40, 30))
+    try:
+        found = faces(_upload(cut, "PNG"))
+    except RequestError as exc:  # or none is found: a 422, never a crash
+        assert exc.status == 422
+        found = []
+    for face in found:
+        assert 0 <= face.box[0] < face.box[2] <= 320 and 0 <= face.box[1] < face.box[3] <= 240
+    with pytest.raises(RequestError, match=r"no face found in image 0 \('photo.png'\)") as err:
+        faces(_upload(background(rng, (8, 8)), "PNG"))
+    assert err.value.status == 422
+
+
+def test_the_chip_maps_back_onto_the_photo(crops) -> None:
+    """``chip_to_photo`` is the map the chip was sampled by: the photo read at each chip
+    pixel's mapped place gives that chip pixel (what GradCAM's map is carried back by). At
+    150 px the chip is sampled from the photo itself, not from a pyramid level."""
+    from zoo.faces.detect import chip_to_photo
+
+    rng = np.random.default_rng(6)
+    frame, _ = paste_faces([crops[list(crops)[2]][0]], rng, size=(320, 240), scale=(1.7, 1.7))
+    rgb = np.asarray(frame)
+    stage = FaceStage(size=150)
+    (face,) = find_faces(rgb, stage)
+    chip = align(rgb, face, stage).chip.astype(float)
+    grid = np.stack(np.meshgrid(np.arange(150.0), np.arange(150.0)), -1).reshape(-1, 2)
+    mapped = np.hstack([grid, np.ones((len(grid), 1))]) @ chip_to_photo(face, stage).T
+    x0, y0 = np.floor(mapped[:, 0]).astype(int), np.floor(mapped[:, 1]).astype(int)
+    inside = (x0 >= 0) & (y0 >= 0) & (x0 + 1 < rgb.shape[1]) & (y0 + 1 < rgb.shape[0])
+    fx, fy = (mapped[:, 0] - x0)[inside, None], (mapped[:, 1] - y0)[inside, None]
+    x0, y0 = x0[inside], y0[inside]
+    photo = rgb.astype(float)
+    sampled = ((1 - fy) * ((1 - fx) * photo[y0, x0] + fx * photo[y0, x0 + 1])
+               + fy * ((1 - fx) * photo[y0 + 1, x0] + fx * photo[y0 + 1, x0 + 1]))
+    assert inside.mean() > 0.9
+    assert np.abs(sampled - chip.reshape(-1, 3)[inside]).max() <= 1.0  # dlib truncates

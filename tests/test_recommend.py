@@ -13,7 +13,7 @@ from training.pipeline.sweep import SweepConfig, run_sweep
 from zoo.probe import frechet_distance, probe_images
 
 TINY = dict(models="mobilenetv3_small_100", epochs=1, image_size=16, batch_size=32, plots=False,
-            embedding_dim=16, workers=1, register=False, experiment="swept")
+            embedding_dim=16, workers=1, register=False, experiment="swept", checkpoint=False)
 
 
 def _gratings(folder: Path, seed: int, classes: int = 5, per_class: int = 16) -> Path:

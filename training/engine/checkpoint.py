@@ -51,14 +51,16 @@ def slot_name(epoch: int) -> str:
     return SLOTS[epoch % 2 == 0]
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> Path:
-    """``torch.save`` to ``<path>.tmp``, flushed to disk, then renamed over ``path``."""
+def save_atomic(state: dict[str, Any], path: Path, durable: bool = True) -> Path:
+    """``torch.save`` to ``<path>.tmp``, flushed to disk (``durable``), then renamed over
+    ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".tmp")
     with open(partial, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
     os.replace(partial, path)
     return path
 
@@ -105,7 +107,9 @@ class RunCheckpoints:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the epoch's state atomically, then log it to the run."""
-        path = save_atomic(state, self.folder / slot_name(int(state["epoch"])))
+        # the local file is a staging copy (resume reads the logged one, and the two slots
+        # cover a copy cut short): syncing it cost 1.2 s of every epoch (resnet18) for nothing
+        path = save_atomic(state, self.folder / slot_name(int(state["epoch"])), durable=False)
         mlflow.MlflowClient().log_artifact(self.run_id, str(path), names.CHECKPOINT_DIR)
         log.debug("checkpoint of epoch %d logged to run %s", state["epoch"], self.run_id)
 

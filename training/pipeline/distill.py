@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 #: Fields that default to the teacher's run (None: the teacher's value).
 FROM_TEACHER = ("data", "image_size", "channels", "seed", "val_fraction", "test_fraction",
-                "open_set", "label_column")
+                "open_set", "label_column", "faces", "faces_missing")
 
 
 @dataclass

@@ -114,3 +114,21 @@ def face_chips(photo: Image.Image | np.ndarray, stage: FaceStage, max_faces: int
     if max_faces is not None:
         faces = faces[:max_faces]
     return [align(photo, face, stage) for face in faces]
+
+
+def chip_to_photo(face: Face, stage: FaceStage) -> np.ndarray:
+    """The 2x3 map from chip pixels ``(u, v, 1)`` to the photo's ``(x, y)``: the similarity
+    ``dlib.get_face_chip`` samples by (its chip details: a rectangle and an angle)."""
+    dlib = dlib_module()
+    x0, y0, x1, y1 = face.box
+    points = dlib.points([dlib.point(x, y) for x, y in face.landmarks])
+    shape = dlib.full_object_detection(dlib.rectangle(x0, y0, x1 - 1, y1 - 1), points)
+    details = dlib.get_face_chip_details(shape, size=stage.size, padding=stage.padding)
+    rect, angle = details.rect, details.angle
+    scale = (rect.right() - rect.left()) / (stage.size - 1)
+    centre = np.array([(rect.left() + rect.right()) / 2, (rect.top() + rect.bottom()) / 2])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    linear = rotation * scale
+    middle = (stage.size - 1) / 2
+    shift = centre - linear @ np.array([middle, middle])
+    return np.hstack([linear, shift[:, None]])
