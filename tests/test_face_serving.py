@@ -22,12 +22,9 @@ import pytest
 from PIL import Image
 
 from support.process import REPO, Server
-from support.serving_store import Reference, store_env
+from support.serving_store import Reference, make_store, store_env
 from support.faces import ORL_FACES, background, contains, paste_faces
 from training.config import TrainConfig
-from training.pipeline.export import ExportConfig, export_model
-from training.pipeline.run import train
-from training.tracking.registration import register_best, runs_of_experiment
 from zoo.faces import FaceStage
 
 pytest.importorskip("dlib", reason="the face stage needs the faces extra (dlib-bin)")
@@ -62,30 +59,12 @@ def face_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         for k in range(1, 9):
             _photo(ORL_FACES / person / f"{k}.pgm", rng).save(root / "faces" / person / f"{k}.jpg",
                                                               quality=95)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": uri, "ZOO_FACE_CACHE": str(root / "chips")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    mlflow.set_tracking_uri(uri)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        train(TrainConfig.of(model="resnet18", loss="softmax", data=str(root / "faces"),
-                             faces="align", image_size=32, channels=1, epochs=40, lr=3e-3,
-                             batch_size=16, embedding_dim=32, hflip=True, val_fraction=0.0,
-                             test_fraction=0.25, monitor="none", experiment="zoo-faces",
-                             plots=False, checkpoint=False))  # 40 checkpoints: +2 minutes
-        register_best(runs_of_experiment("zoo-faces"), "test_precision_at_1")
-        export_model(ExportConfig(model_uri=FACE_URI, formats="onnx", time_runtimes=False))
-    finally:
-        os.chdir(cwd)
-        mlflow.set_tracking_uri(None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return {**env, "ZOO_CACHE_DIR": str(root / "cache"), "root": str(root)}
+    cfg = TrainConfig.of(model="resnet18", loss="softmax", data=str(root / "faces"),
+                         faces="align", image_size=32, channels=1, epochs=40, lr=3e-3,
+                         batch_size=16, embedding_dim=32, hflip=True, val_fraction=0.0,
+                         test_fraction=0.25, monitor="none", experiment="zoo-faces",
+                         plots=False, checkpoint=False)  # 40 checkpoints: +2 minutes
+    return make_store(root, [cfg], {"ZOO_FACE_CACHE": str(root / "chips")})
 
 
 @pytest.fixture(scope="module")

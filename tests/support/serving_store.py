@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from support.process import REPO
 from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model
-from training.pipeline.run import train
+from training.pipeline.run import dataset_name, train
 from training.tracking.registration import register_best, runs_of_experiment
 from zoo.data import Preprocessing, preprocess_images, preprocess_rows
 from zoo.export.onnx_format import read_metadata
@@ -26,12 +26,15 @@ IMAGE_URI = "models:/zoo-digits@champion"
 TABULAR_URI = "models:/zoo-emitters@champion"
 
 
-def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
-    """A store at ``root`` with each config trained, registered and exported."""
+def make_store(root: Path, configs: list[TrainConfig],
+               env: dict[str, str] | None = None) -> dict[str, str]:
+    """A store at ``root`` with each config trained, registered (``zoo-<data set>``) and
+    exported; ``env`` is set while they train (and returned with the store's)."""
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    env = {**(env or {}), "MLFLOW_TRACKING_URI": uri}
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", *env)}
+    os.environ.update(env)
     mlflow.set_tracking_uri(uri)
     cwd = os.getcwd()
     os.chdir(root)
@@ -39,7 +42,8 @@ def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
         for cfg in configs:
             train(cfg)
             register_best(runs_of_experiment(cfg.tracking.experiment), "test_precision_at_1")
-            export_model(ExportConfig(model_uri=f"models:/zoo-{cfg.data.source}@champion",
+            name = dataset_name(cfg.data.source)
+            export_model(ExportConfig(model_uri=f"models:/zoo-{name}@champion",
                                       formats="onnx", time_runtimes=False))
     finally:
         os.chdir(cwd)
@@ -49,7 +53,7 @@ def make_store(root: Path, configs: list[TrainConfig]) -> dict[str, str]:
             else:
                 os.environ[key] = value
         mlflow.set_tracking_uri(None)
-    return {"MLFLOW_TRACKING_URI": uri, "ZOO_CACHE_DIR": str(root / "cache"),
+    return {**env, "ZOO_CACHE_DIR": str(root / "cache"),
             "root": str(root)}
 
 
