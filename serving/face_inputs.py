@@ -101,6 +101,12 @@ def photo_faces(image: Image.Image, upload: Upload, index: int, pre: Preprocessi
     return faces, arrays, decoded if keep else None
 
 
+def chip_picture(chip: np.ndarray) -> Image.Image:
+    """A chip as the model takes it (uint8 ``[C, H, W]``) as a picture (what GradCAM draws
+    on)."""
+    return Image.fromarray(chip[0] if chip.shape[0] == 1 else chip.transpose(1, 2, 0))
+
+
 def _collect(done: list[tuple[list, np.ndarray, Image.Image | None]]) -> PhotoFaces:
     return PhotoFaces(np.concatenate([a for _, a, _ in done]), [f for f, _, _ in done],
                       [im for _, _, im in done if im is not None])

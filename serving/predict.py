@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from serving.face_inputs import FaceRequest, read_faces_now
+from serving.face_inputs import FaceRequest, chip_picture, read_faces_now
 from serving.served_model import ServedModel
 from serving.gradcam import METHODS
 from serving.inputs import RequestError, Upload, open_image
@@ -99,11 +98,7 @@ def _photo(model: ServedModel, path: Path, index: int, settings: ServeSettings
     found = read_faces_now([upload], model.pre, model.faces, FaceRequest.of(settings),
                            settings)
     boxes = [" ".join(str(v) for v in face.box) for face in found.faces[0]]
-    return _chip_image(found.x[0]), found.x, boxes
-
-
-def _chip_image(chip: np.ndarray) -> Image.Image:
-    return Image.fromarray(chip[0] if chip.shape[0] == 1 else chip.transpose(1, 2, 0))
+    return chip_picture(found.x[0]), found.x, boxes
 
 
 def _rows(model: ServedModel, root: Path, decoded: list, out: dict[str, np.ndarray]) -> list[dict]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import numpy as np
 import orjson
 
+from serving.face_inputs import FaceRequest
 from serving.inputs import RequestError, Upload
 
 if TYPE_CHECKING:
@@ -76,8 +77,6 @@ class RawImageEmbed:
 
 
 async def _answer_faces(service: "ZooService", body: bytes, send: Send) -> None:
-    from serving.face_inputs import FaceRequest
-
     try:
         answer = await service.face_embeddings([Upload("body", body)], None,
                                                FaceRequest.of(service.model.settings))

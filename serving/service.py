@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from serving import latency, multipart, openai_api
 from serving.auth import RequireKeys
 from serving.bundle import Bundle
-from serving.face_inputs import FaceRequest, PhotoFaces, read_faces
+from serving.face_inputs import FaceRequest, PhotoFaces, chip_picture, read_faces
 from serving.served_model import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
                             identity_name, read_inputs)
@@ -258,7 +258,7 @@ class ZooService:
             found = await self._faces([image], None, FaceRequest.of(SETTINGS, largest=True),
                                       keep=True)
             x_uint8, face, photo = found.x, found.faces[0][0], found.pictures[0]
-            picture = _chip_picture(x_uint8[0])
+            picture = chip_picture(x_uint8[0])
         else:
             x_uint8, pictures = await self._inputs([image], None, keep=True)
             picture = pictures[0]
@@ -371,11 +371,6 @@ class ZooService:
 ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
 ZooService.add_asgi_middleware(RequireKeys, keys=KEYS)
 ZooService.add_asgi_middleware(RawImageEmbed, service=lambda: _RUNNING[0] if _RUNNING else None)
-
-
-def _chip_picture(chip: np.ndarray) -> Image.Image:
-    """A model input row (uint8 ``[C, H, W]``) as a picture."""
-    return Image.fromarray(chip[0] if chip.shape[0] == 1 else chip.transpose(1, 2, 0))
 
 
 def _identification(answer: Any) -> Identification:

@@ -101,16 +101,15 @@ class ZooPredictor:
 def _largest_faces(images: list[Any], record: ModelRecord) -> tuple[list[Any], list[list[int]]]:
     """Each image's largest face, aligned (the chips), and where it was."""
     from zoo.data.preprocessing import to_channels
-    from zoo.faces.detect import align, find_faces
+    from zoo.faces.detect import face_chips
 
     chips, boxes = [], []
     for i, image in enumerate(images):
-        rgb = np.asarray(to_channels(image, 3))
-        faces = find_faces(rgb, record.faces)
-        if not faces:
+        found = face_chips(np.asarray(to_channels(image, 3)), record.faces, max_faces=1)
+        if not found:
             raise ValueError(f"no face found in image {i}")
-        chips.append(align(rgb, faces[0], record.faces).image())
-        boxes.append(list(faces[0].box))
+        chips.append(found[0].image())
+        boxes.append(list(found[0].face.box))
     return chips, boxes
 
 

@@ -8,6 +8,7 @@ faces there were); what a run does with a photo without a face is its own policy
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -65,7 +66,7 @@ class FaceChipper:
         key = hashlib.sha256(data).hexdigest()
         chip, faces, cached = self._cached(key)
         if chip is None:
-            chip, faces = self._detect(path)
+            chip, faces = self._detect(path, data)
             self._store(key, chip, faces)
         outcome = ChipOutcome(path, faces, cached)
         if faces == 0 and self.missing == "fail":
@@ -81,9 +82,10 @@ class FaceChipper:
         return image_to_array(Image.fromarray(chip, mode="RGB"), self.channels, size,
                               self.interpolation)
 
-    def _detect(self, path: str) -> tuple[np.ndarray, int]:
+    def _detect(self, path: str, data: bytes) -> tuple[np.ndarray, int]:
+        """The chip of the file's bytes (read once, for the key too)."""
         try:
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 rgb = np.asarray(to_channels(img, 3))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ValueError(f"cannot decode image {path}: {err}") from None

@@ -49,12 +49,22 @@ def _rgb(photo: Image.Image | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _landmarks(predictor, rgb: np.ndarray, box: tuple[int, int, int, int]) -> Face:
+def _landmarks(predictor, rgb: np.ndarray, box: tuple[int, int, int, int],
+               score: float | None = None) -> Face:
+    shape = predictor(rgb, _rectangle(box))
+    return Face(box, tuple((int(p.x), int(p.y)) for p in shape.parts()), score)
+
+
+def _rectangle(box: tuple[int, int, int, int]):
+    """A box ``(x0, y0, x1, y1)`` (exclusive end) as dlib's rectangle (inclusive)."""
+    return dlib_module().rectangle(int(box[0]), int(box[1]), int(box[2]) - 1, int(box[3]) - 1)
+
+
+def _shape(face: Face):
+    """A face as dlib's ``full_object_detection``: what its chip functions take."""
     dlib = dlib_module()
-    rect = dlib.rectangle(int(box[0]), int(box[1]), int(box[2]) - 1, int(box[3]) - 1)
-    shape = predictor(rgb, rect)
-    points = tuple((int(p.x), int(p.y)) for p in shape.parts())
-    return Face(box, points, None)
+    points = dlib.points([dlib.point(x, y) for x, y in face.landmarks])
+    return dlib.full_object_detection(_rectangle(face.box), points)
 
 
 def find_faces(photo: Image.Image | np.ndarray, stage: FaceStage,
@@ -82,8 +92,7 @@ def find_faces(photo: Image.Image | np.ndarray, stage: FaceStage,
                min(height, int(round((rect.bottom() + 1) / scale))))
         if box[2] - box[0] < max(2, min_face_px) or box[3] - box[1] < 2:
             continue
-        face = _landmarks(predictor, rgb, box)
-        faces.append(Face(face.box, face.landmarks, float(score)))
+        faces.append(_landmarks(predictor, rgb, box, float(score)))
     return sorted(faces, key=lambda f: -f.area)
 
 
@@ -98,32 +107,26 @@ def whole_image_face(photo: Image.Image | np.ndarray) -> Face:
 def align(photo: Image.Image | np.ndarray, face: Face, stage: FaceStage) -> FaceChip:
     """The face warped onto the template (``dlib.get_face_chip``: a similarity from the five
     landmarks, bilinear, a pyramid when the face is much larger than the chip)."""
-    rgb = _rgb(photo)
-    dlib = dlib_module()
-    x0, y0, x1, y1 = face.box
-    points = dlib.points([dlib.point(x, y) for x, y in face.landmarks])
-    shape = dlib.full_object_detection(dlib.rectangle(x0, y0, x1 - 1, y1 - 1), points)
-    chip = dlib.get_face_chip(rgb, shape, size=stage.size, padding=stage.padding)
+    chip = dlib_module().get_face_chip(_rgb(photo), _shape(face), size=stage.size,
+                                       padding=stage.padding)
     return FaceChip(face, np.asarray(chip, dtype=np.uint8))
 
 
 def face_chips(photo: Image.Image | np.ndarray, stage: FaceStage, max_faces: int | None = None,
                min_face_px: int = 0) -> list[FaceChip]:
     """Every face found (largest first, at most ``max_faces``) and its aligned chip."""
-    faces = find_faces(photo, stage, min_face_px)
+    rgb = _rgb(photo)
+    faces = find_faces(rgb, stage, min_face_px)
     if max_faces is not None:
         faces = faces[:max_faces]
-    return [align(photo, face, stage) for face in faces]
+    return [align(rgb, face, stage) for face in faces]
 
 
 def chip_to_photo(face: Face, stage: FaceStage) -> np.ndarray:
     """The 2x3 map from chip pixels ``(u, v, 1)`` to the photo's ``(x, y)``: the similarity
     ``dlib.get_face_chip`` samples by (its chip details: a rectangle and an angle)."""
-    dlib = dlib_module()
-    x0, y0, x1, y1 = face.box
-    points = dlib.points([dlib.point(x, y) for x, y in face.landmarks])
-    shape = dlib.full_object_detection(dlib.rectangle(x0, y0, x1 - 1, y1 - 1), points)
-    details = dlib.get_face_chip_details(shape, size=stage.size, padding=stage.padding)
+    details = dlib_module().get_face_chip_details(_shape(face), size=stage.size,
+                                                  padding=stage.padding)
     rect, angle = details.rect, details.angle
     scale = (rect.right() - rect.left()) / (stage.size - 1)
     centre = np.array([(rect.left() + rect.right()) / 2, (rect.top() + rect.bottom()) / 2])
