@@ -25,11 +25,13 @@ def parameter_count(name: str) -> int:
     the meta device: nothing is allocated, so even resnet152 counts in a blink."""
     import torch
 
-    from zoo.models import create_model
+    from zoo.models import MODELS, create_model
 
+    # a network built for one input size (dlib_resnet's 150 px chips) is counted at it
+    size = getattr(MODELS.get(name).factory, "native_image_size", COUNT_AT["image_size"])
     with torch.device("meta"):
         model = create_model(name, 0, COUNT_AT["embedding_dim"], in_chans=COUNT_AT["in_chans"],
-                             image_size=COUNT_AT["image_size"],
+                             image_size=size,
                              num_features=COUNT_AT["num_features"])
     return sum(p.numel() for p in model.parameters())
 

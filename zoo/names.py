@@ -23,11 +23,12 @@ DDP_CHECKSUMS_TAG = "zoo.ddp.replica_checksums"  # one digest per replica: they 
 # lineage: pretrained weights, or an earlier zoo model (``init=``)
 PRETRAINED_SOURCE_TAG = "zoo.pretrained.source"
 PRETRAINED_SHA256_TAG = "zoo.pretrained.sha256"
+PRETRAINED_LICENCE_TAG = "zoo.pretrained.licence"  # the licence the weights' source states
 INIT_TAG = "zoo.init"
 INIT_RUN_TAG = "zoo.init.run_id"
 INIT_VERSION_TAG = "zoo.init.version"
 LINEAGE_TAGS = (INIT_TAG, INIT_RUN_TAG, INIT_VERSION_TAG, PRETRAINED_SOURCE_TAG,
-                PRETRAINED_SHA256_TAG)
+                PRETRAINED_SHA256_TAG, PRETRAINED_LICENCE_TAG)
 
 # distillation
 TEACHER_TAG = "zoo.teacher"

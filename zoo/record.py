@@ -45,6 +45,7 @@ class Lineage:
     pretrained: str | None = None  # the weights' source
     pretrained_sha256: str | None = None
     init: str | None = None  # the model URI a run started from
+    licence: str | None = None  # of the pretrained weights, as their source states it
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)

@@ -138,11 +138,12 @@ class ModelConfig:
     cnn_branch: str = option("convnextv2_atto", "model=hybrid: the timm CNN branch")
     transformer_branch: str = option("swinv2_tiny_window8_256", "model=hybrid: the timm SwinV2 "
                                                                 "branch (built for image_size)")
-    pretrained: Optional[str] = option(None, "start the timm backbone from pretrained weights: "
-                                             "true (timm's own, from the Hugging Face hub "
-                                             "cache; HF_HUB_OFFLINE honoured) or a checkpoint "
-                                             "file (.safetensors, .pth, .bin); auto: from "
-                                             "scratch")
+    pretrained: Optional[str] = option(None, "start from pretrained weights: true (a timm "
+                                             "backbone: timm's own, from the Hugging Face hub "
+                                             "cache, HF_HUB_OFFLINE honoured; dlib_resnet: "
+                                             "dlib's face model from the faces extra's package) "
+                                             "or a checkpoint file (.safetensors, .pth, .bin; "
+                                             "dlib_resnet: a dlib .dat); auto: from scratch")
     init: Optional[str] = option(None, "start from a zoo model trained earlier "
                                        "(models:/<name>@<alias>, models:/<name>/<version> or "
                                        "runs:/<id>/model): its architecture, preprocessing and "
@@ -212,7 +213,8 @@ FROM_SCRATCH_DEFAULTS = {"freeze_epochs": 0, "backbone_lr": 1.0, "lr_decay": 1.0
 class OptimConfig:
     """The optimisation: schedule, regularisers, the epoch kept, fine-tuning controls."""
 
-    epochs: int = option(15, "training epochs (the best validation epoch is kept)")
+    epochs: int = option(15, "training epochs (the best validation epoch is kept; 0: train "
+                             "nothing and evaluate the starting weights, e.g. pretrained=true)")
     batch_size: int = option(32, "samples per batch (P classes x samples_per_class for pair "
                                  "losses)")
     lr: float = option(4e-3, "peak learning rate of AdamW (the new layers' when fine-tuning)")
@@ -256,8 +258,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        at_least(self, 1, "epochs", "batch_size")
-        at_least(self, 0, "sam_rho", "mix_alpha")
+        at_least(self, 1, "batch_size")
+        at_least(self, 0, "epochs", "sam_rho", "mix_alpha")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.mix != "none" and self.mix_alpha <= 0:

@@ -48,10 +48,11 @@ def embed(
 
 def build_head(
     model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, device: torch.device,
-    num_classes: int, tta: str = "none",
+    num_classes: int, tta: str = "none", prototypes: bool = False,
 ) -> nn.Module:
-    """The trained loss's classifier, or class prototypes for pair losses."""
-    head = loss_fn.classifier()
+    """The trained loss's classifier, or class prototypes for pair losses (and with
+    ``prototypes``: a loss that was never trained, ``epochs=0``)."""
+    head = None if prototypes else loss_fn.classifier()
     if head is not None:
         return head
     model.set_head(None)
@@ -80,8 +81,10 @@ def calibrate_scale(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) ->
 def validate(
     model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, val: Split,
     device: torch.device, num_classes: int, dtype: torch.dtype | None, tta: str = "none",
+    prototypes: bool = False,
 ) -> dict[str, float]:
     """Cheap per-epoch validation: accuracy and retrieval, no clustering or pair sweeps."""
-    model.set_head(build_head(model, loss_fn, train, device, num_classes, tta).to(device))
+    model.set_head(build_head(model, loss_fn, train, device, num_classes, tta,
+                              prototypes).to(device))
     emb, logits = embed(model, val.x, device, dtype=dtype, tta=tta)
     return evaluate(emb, val.y, logits, prefix="val_", clustering=False, verification=False)

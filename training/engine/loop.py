@@ -53,6 +53,7 @@ class History:
     best_value: float = float("nan")
     stopped_early: bool = False
     train_time_s: float = 0.0  # wall time of the epochs (training and validation), resumes too
+    untrained: dict[str, float] = field(default_factory=dict)  # epochs=0: the start's validation
 
 
 def pick_device(name: str) -> torch.device:
@@ -302,9 +303,11 @@ def fit(
     and rank 0 validates and tells the others the result (only rank 0 passes callbacks).
     """
     check_methods(cfg, model, loss_fn, device)
-    check_monitor(cfg, val)
     model.to(device)
     loss_fn.to(device)
+    if cfg.optim.epochs == 0:
+        return untrained(model, loss_fn, train, val, cfg, device, num_classes, on_epoch, world)
+    check_monitor(cfg, val)
     if aux is not None:
         aux.to(device)
     dtype = amp_dtype(cfg, device)
@@ -347,6 +350,26 @@ def fit(
                      cfg.optim.patience)
             break
     return finish(state, cfg)
+
+
+def untrained(model: EmbeddingModel, loss_fn: EmbeddingLoss, train: Split, val: Split,
+              cfg: TrainConfig, device: torch.device, num_classes: int,
+              on_epoch: EpochCallback | None, world: World) -> History:
+    """``epochs=0``: nothing is trained; the starting weights are validated once (as epoch 0,
+    with class prototypes for a head, the loss being untrained), so the run can be ranked
+    beside trained ones."""
+    history = History()
+    started = time.perf_counter()
+    if len(val) and world.is_main:
+        history.untrained = validate(model, loss_fn, train, val, device, num_classes,
+                                     amp_dtype(cfg, device), cfg.data.tta, prototypes=True)
+        log.info("epochs=0: the starting weights, untrained: %s",
+                 ", ".join(f"{k}={v:.4g}" for k, v in history.untrained.items()))
+    model.set_head(None)
+    history.train_time_s = time.perf_counter() - started
+    if on_epoch is not None and history.untrained:
+        on_epoch(0, history.untrained)
+    return history
 
 
 def check_monitor(cfg: TrainConfig, val: Split) -> None:

@@ -386,7 +386,7 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
         world.broadcast(run.info.run_id)
 
     metrics, test_emb, test_logits = test_metrics(model, loss_fn, splits, device, num_classes,
-                                                   cfg.data.tta)
+                                                   cfg.data.tta, prototypes=cfg.optim.epochs == 0)
     metrics.update(best_epoch=float(history.best_epoch), train_time_s=history.train_time_s,
                    **kept_validation(history))
     mlflow.log_metrics(metrics)
@@ -414,6 +414,8 @@ def log_face_report(report: FaceReport) -> None:
 def kept_validation(history: History) -> dict[str, float]:
     """The validation metrics of the epoch whose weights the run kept, as ``best_val_*``
     (what a sweep ranks by: the test split stays an honest estimate of the winner)."""
+    if history.untrained:  # epochs=0: the starting weights are what the run keeps
+        return {f"best_{k}": v for k, v in history.untrained.items() if k.startswith("val_")}
     if not history.best_epoch or history.best_epoch > len(history.epochs):
         return {}
     kept = history.epochs[history.best_epoch - 1]
@@ -450,12 +452,14 @@ def describe(splits: Splits, model: torch.nn.Module, device: torch.device,
 
 def test_metrics(
     model, loss_fn, splits: Splits, device: torch.device, num_classes: int, tta: str = "none",
+    prototypes: bool = False,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:
     """Attach the final classifier (temperature-calibrated on val), then test (and open) metrics.
+    ``prototypes``: the head is the classes' mean embeddings (``epochs=0``: no loss trained).
 
     Returns the metrics and the test embeddings and logits (the figures reuse them).
     """
-    head = build_head(model, loss_fn, splits.train, device, num_classes, tta)
+    head = build_head(model, loss_fn, splits.train, device, num_classes, tta, prototypes)
     model.set_head(None)
     scale = None
     if len(splits.val):  # without a validation split the head keeps its trained scale
@@ -479,7 +483,8 @@ def log_figures(history: History, splits: Splits, test_emb: torch.Tensor,
     if figures:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
-            plots.plot_curves(history.epochs, out / "curves.png")
+            if history.epochs:  # epochs=0 trains none
+                plots.plot_curves(history.epochs, out / "curves.png")
             if test_logits is not None:
                 matrix = confusion_matrix(test_logits, splits.test.y, len(splits.class_names))
                 plots.plot_confusion(matrix, splits.class_names, out / "confusion_matrix.png")

@@ -9,6 +9,7 @@ started: tags, the weights' sha256, a load report, and for ``init`` MLflow's mod
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from training.tracking.model_source import (ModelSource, artifact_location, load
 from zoo import names
 from zoo.data.preprocessing import Preprocessing
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
-                        is_timm_backed, timm_name_of)
+                        is_timm_backed, own_weights_reader, timm_name_of)
 from zoo.models.pretrained import PretrainedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,12 @@ class Start:
     init: InitSource | None = None
     init_state: dict[str, torch.Tensor] = field(default_factory=dict)
     init_preprocessing: Preprocessing | None = None
+    init_licence: str | None = None  # of the weights the init model started from
+
+    @property
+    def licence(self) -> str | None:
+        """The licence of the starting weights, as their source states it (None: unstated)."""
+        return self.weights.licence if self.weights is not None else self.init_licence
 
     def preprocessing(self, channels: int) -> dict[str, Any]:
         """The mean, std and interpolation the starting weights were trained with."""
@@ -114,17 +121,21 @@ class Start:
                              "version?")
         log.info("started from %s: %d tensors of its backbone and neck", self.init.describe(),
                  len(self.init_state))
+        if self.init_licence:
+            model.record = model.record.with_(lineage=dataclasses.replace(
+                model.record.lineage, licence=self.init_licence))
 
     def tags(self) -> dict[str, str]:
+        licence = {names.PRETRAINED_LICENCE_TAG: self.licence} if self.licence else {}
         if self.weights is not None:
             return {names.PRETRAINED_SOURCE_TAG: self.weights.source,
-                    names.PRETRAINED_SHA256_TAG: self.weights.sha256}
+                    names.PRETRAINED_SHA256_TAG: self.weights.sha256, **licence}
         if self.init is not None:
             source = self.init.source
             tags = {names.INIT_TAG: self.init.uri, names.INIT_RUN_TAG: source.run_id}
             if source.version is not None:
                 tags[names.INIT_VERSION_TAG] = f"{source.version.name}/{source.version.version}"
-            return tags
+            return {**tags, **licence}
         return {}
 
     def log(self) -> None:
@@ -132,7 +143,7 @@ class Start:
         mlflow.set_tags(self.tags())
         if self.weights is not None:
             mlflow.log_dict({"source": self.weights.source, "sha256": self.weights.sha256,
-                             "architecture": self.weights.timm_name,
+                             "architecture": self.weights.architecture,
                              **self.weights.report.to_dict()}, names.LOAD_REPORT_ARTIFACT)
         if self.init is not None:
             model_id = logged_model_id(self.init.source)
@@ -159,7 +170,12 @@ def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
     """Load what ``cfg.model.pretrained`` or ``cfg.model.init`` names (``init``: already resolved by
     ``apply_init``), and fill ``cfg.data.mean``/``std``/``interpolation`` from it where unset."""
     start = Start()
-    if cfg.model.pretrained:
+    own_reader = own_weights_reader(cfg.model.name) if cfg.model.pretrained else None
+    if own_reader is not None:  # a family that reads its own published weights
+        start.weights = own_reader(cfg.model.pretrained, in_chans=cfg.data.channels,
+                                   image_size=cfg.data.image_size,
+                                   embedding_dim=cfg.model.embedding_dim)
+    elif cfg.model.pretrained:
         if not is_timm_backed(cfg.model.name):
             raise ValueError(f"pretrained={cfg.model.pretrained} loads timm weights into one timm "
                              f"backbone; {cfg.model.name!r} is not one (use a curated image model "
@@ -176,6 +192,7 @@ def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
         start.init = init
         start.init_state = {k: v for k, v in model.state_dict().items() if k.startswith(CARRIED)}
         start.init_preprocessing = model.record.preprocessing
+        start.init_licence = model.record.lineage.licence
     if start.weights is not None or start.init is not None:
         own = start.preprocessing(cfg.data.channels)
         if cfg.data.mean is None and "mean" in own:

@@ -319,7 +319,9 @@ def _version_tags(run: Run, metric: str) -> dict[str, str]:
     tags.update({names.METRIC_TAG: metric, names.RUN_ID_TAG: run.info.run_id,
                  names.SELECTED_ON_TAG: "test" if uses_test(metric) else "validation"})
     tags.update({k: run.data.tags[k] for k in (names.INIT_TAG, names.PRETRAINED_SOURCE_TAG,
-                                                names.PRETRAINED_SHA256_TAG) if k in run.data.tags})
+                                                names.PRETRAINED_SHA256_TAG,
+                                                names.PRETRAINED_LICENCE_TAG)
+                 if k in run.data.tags})
     return tags
 
 
@@ -332,6 +334,8 @@ def _version_description(run: Run, metric: str) -> str:
                f" Started from pretrained weights {tags[names.PRETRAINED_SOURCE_TAG]} (sha256 "
                f"{tags.get(names.PRETRAINED_SHA256_TAG, '?')[:12]})."
                if tags.get(names.PRETRAINED_SOURCE_TAG) else "")
+    if tags.get(names.PRETRAINED_LICENCE_TAG):
+        started += f" Weights licence: {tags[names.PRETRAINED_LICENCE_TAG]}."
     return (f"{tags.get(names.MODEL_TAG, '?')} trained with {tags.get(names.LOSS_TAG, '?')} on "
             f"{tags.get(names.DATASET_TAG, '?')}: {metric} = {run.data.metrics[metric]:.4f} "
             f"(run {run.info.run_id}); {selection_note(metric)}"

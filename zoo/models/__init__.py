@@ -13,6 +13,8 @@ from zoo.models import image as _image  # noqa: F401  (registers the curated ima
 from zoo.models import hybrid as _hybrid  # noqa: F401  (registers the hybrid model)
 from zoo.models import tabular as _tabular  # noqa: F401  (registers the tabular encoders)
 from zoo.models import autoencoder as _autoencoder  # noqa: F401  (registers vae and sae)
+from zoo.models import dlib_resnet as _dlib_resnet  # noqa: F401  (registers dlib_resnet)
+from zoo.models import iresnet as _iresnet  # noqa: F401  (registers iresnet50 and iresnet100)
 from zoo.models.embedding import EmbeddingModel, EmbeddingNeck
 from zoo.models.heads import CosineClassifier
 from zoo.models.image import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, TIMM_OPTIONS,
@@ -50,6 +52,20 @@ def is_timm_backed(name: str) -> bool:
     return getattr(MODELS.get(name).factory, "timm_name", None) is not None
 
 
+def takes_pretrained(name: str) -> bool:
+    """Whether ``pretrained=`` can start model ``name``: a timm backbone (timm's weights), or
+    a family that reads its own published weights (``dlib_resnet``)."""
+    return is_timm_backed(name) or own_weights_reader(name) is not None
+
+
+def own_weights_reader(name: str) -> Any:
+    """The reader of a family's own published weights (``resolve_weights(spec, in_chans,
+    image_size, embedding_dim)``), or None for timm backbones and models that have none."""
+    if name.startswith(TIMM_PREFIX):
+        return None
+    return getattr(MODELS.get(name).factory, "resolve_weights", None)
+
+
 def timm_name_of(name: str) -> str:
     """The timm architecture (with any pretrained tag) behind a timm-backed zoo model."""
     if name.startswith(TIMM_PREFIX):
@@ -79,7 +95,7 @@ def create_model(name: str, num_classes: int, embedding_dim: int, **kwargs: Any)
                                    name=name, **kwargs)
         return _with_recipe(model, name, num_classes, embedding_dim, kwargs)
     modality = model_modality(name)
-    if kwargs.get("weights") is not None and not is_timm_backed(name):
+    if kwargs.get("weights") is not None and not takes_pretrained(name):
         raise ValueError(f"pretrained weights load into one timm backbone; {name!r} is not "
                          "one (start it from an earlier zoo model with init=<model uri>)")
     if kwargs.get("weights") is None:
@@ -131,5 +147,6 @@ def _with_recipe(model: EmbeddingModel, name: str, num_classes: int, embedding_d
 __all__ = [
     "MODELS", "CURATED_IMAGE_MODELS", "MORE_IMAGE_MODELS", "TIMM_OPTIONS", "TIMM_PREFIX",
     "CosineClassifier", "EmbeddingModel", "EmbeddingNeck", "create_model", "is_timm_backed",
-    "model_modality", "models_for", "timm_name_of", "training_outputs",
+    "model_modality", "models_for", "own_weights_reader", "takes_pretrained", "timm_name_of",
+    "training_outputs",
 ]

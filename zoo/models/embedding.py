@@ -60,7 +60,8 @@ class PartNeck(nn.Module):
 
 
 class EmbeddingModel(nn.Module):
-    """A backbone with an embedding neck and a cosine classifier head."""
+    """A backbone with an embedding neck (``neck``: a family's own, e.g. a pretrained
+    model's embedding layer) and a cosine classifier head."""
 
     def __init__(
         self,
@@ -72,11 +73,14 @@ class EmbeddingModel(nn.Module):
         modality: str = "image",
         name: str = "",
         parts: int = 1,
+        neck: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.neck: nn.Module = (PartNeck(feature_dim, parts, embedding_dim, dropout) if parts > 1
-                                else EmbeddingNeck(feature_dim, embedding_dim, dropout))
+        if neck is None:
+            neck = (PartNeck(feature_dim, parts, embedding_dim, dropout) if parts > 1
+                    else EmbeddingNeck(feature_dim, embedding_dim, dropout))
+        self.neck: nn.Module = neck
         self.head: nn.Module | None = (
             CosineClassifier(num_classes, embedding_dim) if num_classes > 0 else None
         )

@@ -70,16 +70,18 @@ class LoadReport:
 
 @dataclass
 class PretrainedWeights:
-    """Checked weights for one timm architecture, where they came from, and their
-    preprocessing (timm's ``pretrained_cfg``: mean, std, interpolation)."""
+    """Checked weights for one architecture (a timm one, or a zoo family that reads its own
+    files), where they came from, their preprocessing (timm's ``pretrained_cfg``: mean, std,
+    interpolation) and the licence their source states, where it states one."""
 
-    timm_name: str
+    architecture: str
     source: str  # hf-hub:<repo> or file:<absolute path>
     path: Path
     sha256: str
     state_dict: dict[str, torch.Tensor]
     pretrained_cfg: dict[str, Any]
     report: LoadReport
+    licence: str | None = None
 
     def timm_kwargs(self) -> dict[str, Any]:
         """What ``timm.create_model`` takes to build the model from these weights (timm
