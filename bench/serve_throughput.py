@@ -166,11 +166,13 @@ def scoring_json(png: bytes) -> tuple[bytes, str]:
     return json.dumps(data).encode(), "application/json"
 
 
-def multipart(png: bytes) -> tuple[bytes, str]:
+def multipart(image: bytes, content_type: str = "image/png", filename: str = "x.png"
+              ) -> tuple[bytes, str]:
+    """One image as the ``images`` field of a multipart form: the body and its content type."""
     boundary = "zoo-bench-boundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; "
-            f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + \
-        f"\r\n--{boundary}--\r\n".encode()
+            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode() \
+        + image + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 

@@ -31,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 #: to the workers in collection order, so the longest start first and the short ones fill the
 #: gaps; in alphabetical order the serving tests (a third of the total) started halfway.
 SLOWEST_FIRST = ("test_serving.py", "test_export.py", "test_face_serving.py", "test_bento.py",
-                 "test_checkpoint.py",
+                 "test_checkpoint.py", "test_dlib_resnet.py",
                  "test_transfer.py", "test_tracking_server.py", "test_train.py",
                  "test_big_folder.py", "test_tables.py",
                  "test_distill_evaluate.py", "test_presets.py", "test_registration.py",

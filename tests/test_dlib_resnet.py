@@ -120,7 +120,8 @@ def test_every_format_answers_like_eager(weights, chips, tmp_path: Path) -> None
 
 def test_a_zero_epoch_run_logs_the_pretrained_model(tmp_path: Path, monkeypatch) -> None:
     """``epochs=0`` trains nothing and evaluates everything; the version carries the licence,
-    and a run started from it (``init=``) fine-tunes the same network."""
+    a run started from it (``init=``) fine-tunes the same network, and so does the
+    ``faces-pretrained`` preset."""
     if not ORL_FACES.is_dir():
         pytest.skip(f"ORL faces not found at {ORL_FACES}")
     folder = tmp_path / "people"
@@ -161,5 +162,14 @@ def test_a_zero_epoch_run_logs_the_pretrained_model(tmp_path: Path, monkeypatch)
         assert tuned_run.data.params["model"] == "dlib_resnet"
         assert "CC0" in tuned_run.data.tags[names.PRETRAINED_LICENCE_TAG]
         assert tuned.metrics["open_map_at_r"] > 0.85
+
+        preset = train(TrainConfig.of(preset="faces-pretrained", epochs=2, **{
+            k: v for k, v in common.items() if k in ("data", "open_set", "seed", "checkpoint",
+                                                     "experiment")}))
+        preset_run = mlflow.MlflowClient().get_run(preset.run_id)
+        assert (preset_run.data.params["model"], preset_run.data.params["loss"],
+                preset_run.data.params["faces"]) == ("dlib_resnet", "triplet", "align")
+        assert "CC0" in preset_run.data.tags[names.PRETRAINED_LICENCE_TAG]
+        assert preset.metrics["open_map_at_r"] > 0.9
     finally:
         mlflow.set_tracking_uri(None)

@@ -34,6 +34,7 @@ from torch import nn
 
 from zoo.models.dlib_format import DlibFormatError, Network, read_network
 from zoo.models.embedding import EmbeddingModel
+from zoo.models.image import refuse_reshaping
 from zoo.models.pretrained import LoadReport, PretrainedError, PretrainedWeights, sha256_of
 from zoo.models.registry import MODELS
 from zoo.record import Lineage
@@ -248,11 +249,7 @@ def dlib_resnet(num_classes: int, embedding_dim: int, *, in_chans: int = 3,
                 weights: PretrainedWeights | None = None, stage: int | None = None,
                 grid: int = 1, parts: bool = False, **timm_options: Any) -> EmbeddingModel:
     """dlib's face ResNet (``pretrained=true``: its weights from the installed package)."""
-    refused = [k for k, v in {"stage": stage, "parts": parts, **timm_options}.items() if v]
-    refused += ["grid"] if grid != 1 else []
-    if refused:
-        raise ValueError(f"dlib_resnet is dlib's network as it is: {', '.join(refused)} do not "
-                         "apply")
+    refuse_reshaping("dlib_resnet", stage, grid, parts, timm_options)
     if weights is not None and embedding_dim != EMBEDDING_DIM:
         raise ValueError(f"dlib's weights embed in {EMBEDDING_DIM} dimensions, not "
                          f"embedding_dim={embedding_dim}")

@@ -224,6 +224,17 @@ def create_image_model(
     return model
 
 
+def refuse_reshaping(name: str, stage: int | None, grid: int, parts: bool,
+                     options: dict[str, Any]) -> None:
+    """A network taken as its authors built it (``dlib_resnet``, ``iresnet*``) takes none of
+    the options that reshape timm backbones; name the ones given."""
+    refused = [k for k, v in {"stage": stage, "parts": parts, **options}.items() if v]
+    refused += ["grid"] if grid != 1 else []
+    if refused:
+        raise ValueError(f"{name} is its authors' network as it is: {', '.join(refused)} do "
+                         "not apply")
+
+
 def _curated(timm_name: str) -> None:
     def factory(num_classes: int, embedding_dim: int, **kw: Any) -> EmbeddingModel:
         return create_image_model(timm_name, num_classes, embedding_dim, **kw)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from zoo.models.embedding import EmbeddingModel
+from zoo.models.image import refuse_reshaping
 from zoo.models.pretrained import (LoadReport, PretrainedError, PretrainedWeights,
                                    read_checkpoint, sha256_of)
 from zoo.models.registry import MODELS
@@ -160,11 +161,7 @@ def _register(name: str) -> None:
                 image_size: int = CHIP_SIZE, dropout: float = 0.0,
                 weights: PretrainedWeights | None = None, stage: int | None = None,
                 grid: int = 1, parts: bool = False, **timm_options: Any) -> EmbeddingModel:
-        refused = [k for k, v in {"stage": stage, "parts": parts, **timm_options}.items() if v]
-        refused += ["grid"] if grid != 1 else []
-        if refused:
-            raise ValueError(f"{name} is arcface_torch's network as it is: "
-                             f"{', '.join(refused)} do not apply")
+        refuse_reshaping(name, stage, grid, parts, timm_options)
         model = _build(name, in_chans, image_size, num_classes, embedding_dim, dropout)
         model.record = model.record.with_(architecture={
             "family": "iresnet", "depths": list(DEPTHS[name]),
