@@ -1,17 +1,20 @@
 """dlib's face ResNet in the zoo: its file read whole without dlib, the descriptors dlib itself
 computes on real aligned chips, the usual exports, and an ``epochs=0`` run that logs the
 pretrained model with its evaluation, licence and lineage, registered and then started from
-(``init=``). Skipped without the faces extra; the ORL parts without ORL."""
+(``init=``), its registered pyfunc embedding a photo as dlib's own steps do. Skipped without
+the faces extra; the ORL parts without ORL."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from support.faces import ORL_FACES
+from support.faces import ORL_FACES, paste_faces
 from training.config import TrainConfig
 from training.pipeline.run import train
 from training.tracking.registration import register_best, runs_of_experiment
@@ -61,6 +64,28 @@ def chips() -> np.ndarray:
                 found.append(faces[0].chip)
     assert len(found) >= 20  # the HOG detector finds nearly every ORL face
     return np.stack(found)
+
+
+def _jpeg(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _dlib_steps(jpeg: bytes) -> np.ndarray:
+    """face_recognition's steps on dlib: the largest face, its 5 landmarks, its 150 px chip,
+    dlib's descriptor (normalised)."""
+    from PIL import Image
+
+    from zoo.faces.dlib_models import PREDICTOR_FILE, model_file
+
+    rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    box = max(dlib.get_frontal_face_detector()(rgb, 1), key=lambda r: r.area())
+    shape = dlib.shape_predictor(str(model_file(PREDICTOR_FILE)))(rgb, box)
+    chip = dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=0.25)
+    descriptor = np.asarray(dlib.face_recognition_model_v1(str(package_file()))
+                            .compute_face_descriptor(chip))
+    return descriptor / np.linalg.norm(descriptor)
 
 
 def _inputs(chips: np.ndarray) -> torch.Tensor:
@@ -154,6 +179,13 @@ def test_a_zero_epoch_run_logs_the_pretrained_model(tmp_path: Path, monkeypatch)
                                                           registered.champion_version)
         assert "Weights licence: CC0" in version.description
         assert "CC0" in version.tags[names.PRETRAINED_LICENCE_TAG]
+        # the registered model, served as MLflow's pyfunc, embeds a photo as face_recognition
+        # would: its face found, aligned and described by dlib's own steps
+        photo = _jpeg(paste_faces([ORL_FACES / "s13" / "2.pgm"], np.random.default_rng(3),
+                                  size=(320, 240))[0])
+        served = mlflow.pyfunc.load_model(f"models:/{registered.name}@champion").predict(
+            pd.DataFrame({"image": [photo]}))
+        assert np.abs(np.asarray(served["embedding"][0]) - _dlib_steps(photo)).max() < 1e-4
 
         tuned = train(TrainConfig.of(init=f"runs:/{zero.run_id}/model", epochs=1, lr=1e-3,
                                      **{k: v for k, v in common.items()
