@@ -200,9 +200,10 @@ def package_licence() -> str:
     return "unknown (the package states none)"
 
 
-def preprocessing() -> dict[str, Any]:
-    """dlib's input scaling, as the zoo's mean and std of pixels in [0, 1]."""
-    return {"mean": [m / 255 for m in DLIB_MEAN_RGB], "std": [256 / 255] * 3,
+def preprocessing(mean_rgb: tuple[float, ...] = DLIB_MEAN_RGB) -> dict[str, Any]:
+    """dlib's input scaling, ``(pixel - mean) / 256``, as the zoo's mean and std of pixels in
+    [0, 1] (``mean_rgb``: the file's own input layer's)."""
+    return {"mean": [m / 255 for m in mean_rgb], "std": [256 / 255] * 3,
             "interpolation": "bilinear"}
 
 
@@ -232,7 +233,7 @@ def resolve_weights(spec: str, in_chans: int = 3, image_size: int | None = None,
     state = state_dict_from(network, reference, path.name)
     report = LoadReport(matched=sorted(state))
     return PretrainedWeights("dlib_resnet", source, path, sha256_of(path), state,
-                             preprocessing(), report, licence=licence)
+                             preprocessing(network.input["mean_rgb"]), report, licence=licence)
 
 
 def _build(in_chans: int, num_classes: int, embedding_dim: int,
