@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -112,9 +113,29 @@ def database_uri(uri: str, folder: Path) -> str:
     """``ZOO_GALLERY_URI`` as SQLAlchemy takes it; empty: SQLite in ``folder``."""
     check_uri(uri)
     if not uri:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_database(folder / DB_FILE)
         return f"sqlite:///{folder / DB_FILE}"
     return uri
+
+
+def private_database(path: Path) -> None:
+    """The gallery's folder (0700) and SQLite file (0600) readable by the server's user only:
+    they hold names and face embeddings. SQLite gives its WAL and shared-memory files the
+    database file's permissions. A gallery made before is tightened where this user owns it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for item, mode in ((path.parent, 0o700), *((f, 0o600) for f in _sqlite_files(path))):
+        try:
+            if item.stat().st_uid == os.getuid() and item.stat().st_mode & 0o777 != mode:
+                item.chmod(mode)
+        except OSError as exc:  # a file owned by another user stays as its owner made it
+            log.warning("could not make %s private: %s", item, exc)
+
+
+def _sqlite_files(path: Path) -> list[Path]:
+    """The database file and its WAL and shared-memory files, those that exist."""
+    files = (path, *(path.with_name(f"{path.name}-{end}") for end in ("wal", "shm")))
+    return [f for f in files if f.exists()]
 
 
 def check_uri(uri: str) -> None:

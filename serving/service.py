@@ -76,6 +76,9 @@ MinFacePx = Annotated[int | None, Field(ge=0, le=100_000, description="a face mo
                                         "narrower than this many pixels are left out")]
 
 MODEL_ROUTES = ("embed", "classify", "identify", "enroll", "gradcam", "v1/embeddings")
+#: the last page /identities serves: past it the row offset would overflow the database's
+#: 64-bit integers (a 500 from SQLite) long before any gallery has that many names
+MAX_PAGE = 1_000_000_000
 # Inputs per ONNX Runtime call, on /metrics: how well concurrent requests are batched.
 BATCH_SIZES = bentoml.metrics.Histogram(
     name="zoo_batch_size", documentation="inputs per model call (adaptive batching)",
@@ -340,7 +343,7 @@ class ZooService:
         return self.model.describe()
 
     @info_app.get("/identities")
-    def identities(self, page: int = Query(1, ge=1),
+    def identities(self, page: int = Query(1, ge=1, le=MAX_PAGE),
                    page_size: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         """Enrolled identities with their entry counts, by name, one page at a time (admin)."""
         gallery = self.model.gallery.refresh()

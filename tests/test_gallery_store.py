@@ -79,6 +79,26 @@ def test_gallery_store_sees_other_writers_and_keeps_the_seed(tmp_path: Path) -> 
         GalleryStore(tmp_path / "old", None, CONTRACT)
 
 
+def test_the_gallery_is_private_to_the_servers_user(tmp_path: Path) -> None:
+    """Names and face embeddings: the folder 0700, the database and its WAL and shared-memory
+    files 0600, whatever the umask; a gallery made world-readable before is tightened."""
+    old_umask = os.umask(0o022)
+    try:
+        store = GalleryStore(tmp_path / "state", None, CONTRACT)
+        store.enroll(np.eye(4, dtype=np.float32)[:1], "Alice Smith")
+        files = [tmp_path / "state" / f"{DB_FILE}{end}" for end in ("", "-wal", "-shm")]
+        assert all(f.exists() for f in files)
+        assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+        assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
+        for item in (tmp_path / "state", *files):  # as an older zoo left them
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        again = GalleryStore(tmp_path / "state", None, CONTRACT)
+        assert len(again) == 1 and (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+        assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
+    finally:
+        os.umask(old_umask)
+
+
 def test_an_older_gallery_folder_is_imported_once(tmp_path: Path) -> None:
     """A state folder of gallery.npy + gallery.json (model-zoo before the database) becomes
     the table's first rows, enrollment times and digests kept."""

@@ -147,6 +147,12 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
                       timeout=10).json()["identities"]
     assert {"name": "Ada Lovelace", "entries": 2} in every and len(every) == listing["total"]
     assert every[:4] == listing["identities"]  # pages in name order
+    far = httpx.get(f"{url}/identities", params={"page": "99999999999999999999"}, headers=ADMIN,
+                    timeout=10)
+    assert 400 <= far.status_code < 500, far.text  # not SQLite's OverflowError as a 500
+    gallery = Path(env["ZOO_GALLERY_DIR"])  # names and embeddings: the server's user's only
+    assert gallery.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in gallery.iterdir() if f.is_file())
     ada = httpx.get(f"{url}/identities/Ada Lovelace", headers=ADMIN, timeout=10).json()
     assert [e["sha256"] for e in ada["enrollments"]] == [hashlib.sha256(stranger).hexdigest()] * 2
     assert all(e["enrolled_at"].endswith("+00:00") for e in ada["enrollments"])
