@@ -40,6 +40,9 @@ def identity_folders(root: Path) -> dict[str, list[Path]]:
     extensions = image_extensions()
     people = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not inside(folder, root):
+            log.warning("skipped folder %s: it links outside %s", folder.name, root)
+            continue
         files = sorted(p for p in folder.rglob("*") if p.is_file()
                        and p.suffix.lower() in extensions)
         if files:
@@ -48,6 +51,24 @@ def identity_folders(root: Path) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"no sub-folders with images under {root}: lay it out as "
                                 f"{root}/<identity>/<image>.png")
     return people
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, its links followed, stays under ``root`` (a folder of people must not
+    lead the enrolment to files elsewhere on the machine)."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def readable(path: Path, root: Path, settings: ServeSettings) -> str | None:
+    """Why ``path`` is not read (outside ``root``, or larger than one image may be), else None;
+    checked before a byte of it is read."""
+    if not inside(path, root):
+        return f"it links outside {root}"
+    size = path.stat().st_size
+    if size > settings.max_image_bytes:
+        return (f"{size} bytes, more than the server's image limit of "
+                f"{settings.max_image_bytes} (ZOO_MAX_IMAGE_BYTES)")
+    return None
 
 
 def _model_input(model: ServedModel, upload: Upload, settings: ServeSettings) -> np.ndarray:
@@ -77,6 +98,11 @@ def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int
                 continue
             arrays, digests = [], []
             for path in files:
+                why = readable(path, root, settings)
+                if why is not None:
+                    log.warning("skipped %s: %s", path, why)
+                    refused += 1
+                    continue
                 data = path.read_bytes()
                 try:
                     arrays.append(_model_input(model, Upload(path.name, data), settings))

@@ -726,9 +726,17 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
     (tmp_path / "people" / "Ada" / "1.png").write_bytes(stranger)
     from serving.enroll import main as enroll_main
 
+    # what the folder must not lead to: links out of it, and a file larger than an image may be
+    (tmp_path / "elsewhere" / "Mallory").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "Mallory" / "1.png").write_bytes(stranger)
+    (tmp_path / "people" / "Mallory").symlink_to(tmp_path / "elsewhere" / "Mallory")
+    (tmp_path / "people" / "Ada" / "2.png").symlink_to(tmp_path / "elsewhere" / "Mallory" / "1.png")
+    with open(tmp_path / "people" / "Ada" / "3.png", "wb") as big:
+        big.truncate(11 * 2**20)  # sparse: checked by size, never read
     use(again)
     assert enroll_main(["--images", str(tmp_path / "people"), "--model-uri", IMAGE_URI]) == 0
-    assert "enrolled 1 images of 1 identities" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "enrolled 1 images of 1 identities" in said and "(2 images refused)" in said
 
     server_env = {"MLFLOW_TRACKING_URI": again["MLFLOW_TRACKING_URI"], "ZOO_MODEL_URI": IMAGE_URI,
                   "ZOO_CACHE_DIR": again["ZOO_CACHE_DIR"], "XDG_STATE_HOME": str(state),
