@@ -103,11 +103,11 @@ class Library:
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(model_file(PREDICTOR_FILE)))
         self.recogniser = dlib.face_recognition_model_v1(str(model_file(MODEL_FILE)))
+        from PIL import Image
+
         known, self.names = [], []
         for person in PEOPLE:
             for k in ENROLLED:
-                from PIL import Image
-
                 rgb = np.asarray(Image.open(ORL_FACES / person / f"{k}.pgm").convert("RGB"))
                 descriptor = self.descriptor(rgb)
                 if descriptor is not None:

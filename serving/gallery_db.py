@@ -126,7 +126,8 @@ def private_database(path: Path) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     for item, mode in ((path.parent, 0o700), *((f, 0o600) for f in _sqlite_files(path))):
         try:
-            if item.stat().st_uid == os.getuid() and item.stat().st_mode & 0o777 != mode:
+            stat = item.stat()
+            if stat.st_uid == os.getuid() and stat.st_mode & 0o777 != mode:
                 item.chmod(mode)
         except OSError as exc:  # a file owned by another user stays as its owner made it
             log.warning("could not make %s private: %s", item, exc)

@@ -37,7 +37,6 @@ from zoo.models.embedding import EmbeddingModel
 from zoo.models.image import refuse_reshaping
 from zoo.models.pretrained import LoadReport, PretrainedError, PretrainedWeights, sha256_of
 from zoo.models.registry import MODELS
-from zoo.record import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +228,8 @@ def resolve_weights(spec: str, in_chans: int = 3, image_size: int | None = None,
         network = read_network(path)
     except DlibFormatError as exc:
         raise PretrainedError(f"pretrained={spec}: {exc}") from None
-    reference = _build(3, 0, EMBEDDING_DIM)
+    with torch.device("meta"):  # names and shapes only: the model is built when it loads them
+        reference = _build(3, 0, EMBEDDING_DIM)
     state = state_dict_from(network, reference, path.name)
     report = LoadReport(matched=sorted(state))
     return PretrainedWeights("dlib_resnet", source, path, sha256_of(path), state,
@@ -263,8 +263,7 @@ def dlib_resnet(num_classes: int, embedding_dim: int, *, in_chans: int = 3,
         if unexpected or [k for k in missing if not k.startswith("head.")]:
             raise PretrainedError(f"{weights.source} does not fit dlib_resnet (missing "
                                   f"{missing[:3]}, unexpected {unexpected[:3]})")
-        model.record = model.record.with_(lineage=Lineage(
-            pretrained=weights.source, pretrained_sha256=weights.sha256, licence=weights.licence))
+        model.record = model.record.with_(lineage=weights.lineage())
     return model
 
 

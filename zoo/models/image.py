@@ -24,7 +24,6 @@ from torch import nn
 from zoo.models.embedding import EmbeddingModel
 from zoo.models.pretrained import PretrainedWeights
 from zoo.models.registry import MODELS
-from zoo.record import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +218,7 @@ def create_image_model(
         "timm_name": timm_name, "feature_dim": features, "stage": stage, "grid": grid,
         "parts": grid * grid if parts else 1, "timm_options": {**scaled, **options}})
     if weights is not None:
-        model.record = model.record.with_(lineage=Lineage(pretrained=weights.source,
-                                                          pretrained_sha256=weights.sha256))
+        model.record = model.record.with_(lineage=weights.lineage())
     return model
 
 

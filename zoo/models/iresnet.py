@@ -26,7 +26,6 @@ from zoo.models.image import refuse_reshaping
 from zoo.models.pretrained import (LoadReport, PretrainedError, PretrainedWeights,
                                    read_checkpoint, sha256_of)
 from zoo.models.registry import MODELS
-from zoo.record import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +167,7 @@ def _register(name: str) -> None:
             "feature_dim": model.neck.fc.in_features})
         if weights is not None:
             model.load_state_dict(weights.state_dict, strict=False)
-            model.record = model.record.with_(lineage=Lineage(
-                pretrained=weights.source, pretrained_sha256=weights.sha256,
-                licence=weights.licence))
+            model.record = model.record.with_(lineage=weights.lineage())
         return model
 
     def resolve(spec: str, in_chans: int = 3, image_size: int | None = None,

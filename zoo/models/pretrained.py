@@ -24,6 +24,8 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg, load_state_dict
 
+from zoo.record import Lineage
+
 log = logging.getLogger(__name__)
 
 #: The share of the model's tensors a file must fill for it to count as the model's weights.
@@ -82,6 +84,11 @@ class PretrainedWeights:
     pretrained_cfg: dict[str, Any]
     report: LoadReport
     licence: str | None = None
+
+    def lineage(self) -> Lineage:
+        """Where a model built from these weights started, for its record."""
+        return Lineage(pretrained=self.source, pretrained_sha256=self.sha256,
+                       licence=self.licence)
 
     def timm_kwargs(self) -> dict[str, Any]:
         """What ``timm.create_model`` takes to build the model from these weights (timm
