@@ -10,6 +10,7 @@ import mlflow
 import pytest
 
 from support.faces import ORL_FACES
+from support.store_template import seed_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @contextlib.contextmanager
 def temporary_store(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite store in ``folder``, set for this process and its children."""
+    seed_store(folder / "mlflow.db")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):

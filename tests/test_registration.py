@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -24,22 +22,6 @@ from zoo.models import create_model
 
 EXPERIMENT = "zoo-reg"
 P1 = "test_precision_at_1"
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialised SQLite store: creating MLflow's tables takes seconds, copying it none."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(tracking_uri: str, empty_store: Path) -> str:
-    """``tracking_uri`` (a fresh store in tmp_path, set for this process and children),
-    started from the initialised template before anything opens it."""
-    shutil.copy(empty_store, tracking_uri[len("sqlite:///"):])
-    return tracking_uri
 
 
 def make_run(p1: float, *, loss: str = "arcface", model: str = "residual_mlp",
@@ -86,7 +68,7 @@ def test_register_config_parses_mlproject_strings() -> None:
         RegisterConfig.from_dict({"sweep": "abc", "force": "maybe"})
 
 
-def test_best_run_registered_with_tags_description_and_champion(store: str) -> None:
+def test_best_run_registered_with_tags_description_and_champion(tracking_uri: str) -> None:
     make_run(0.80)
     best = make_run(0.90, loss="triplet")
     make_run(0.70, loss="triplet", log_model=False)  # no model: never registered
@@ -114,7 +96,7 @@ def test_best_run_registered_with_tags_description_and_champion(store: str) -> N
     assert "champion -> v1" in result.summary()
 
 
-def test_champion_moves_only_when_beaten_or_forced(store: str) -> None:
+def test_champion_moves_only_when_beaten_or_forced(tracking_uri: str) -> None:
     client = mlflow.MlflowClient()
     first = make_run(0.80)
     register_best([first], P1)
@@ -140,7 +122,7 @@ def test_champion_moves_only_when_beaten_or_forced(store: str) -> None:
     assert client.get_model_version_by_alias("zoo-digits", "champion").run_id == worse.info.run_id
 
 
-def test_lower_is_better_metric(store: str) -> None:
+def test_lower_is_better_metric(tracking_uri: str) -> None:
     client = mlflow.MlflowClient()
     a, b = make_run(0.9), make_run(0.8)
     client.log_metric(a.info.run_id, "test_ece", 0.30)
@@ -150,7 +132,7 @@ def test_lower_is_better_metric(store: str) -> None:
     assert mv.run_id == b.info.run_id
 
 
-def test_champion_value_read_from_run_when_tag_missing(store: str) -> None:
+def test_champion_value_read_from_run_when_tag_missing(tracking_uri: str) -> None:
     """A version registered by hand (no metric tags) is compared through its source run."""
     client = mlflow.MlflowClient()
     strong = make_run(0.95)
@@ -162,7 +144,7 @@ def test_champion_value_read_from_run_when_tag_missing(store: str) -> None:
     assert not result.champion_moved and result.previous_champion_value == pytest.approx(0.95)
 
 
-def test_per_loss_aliases_and_idempotent_rerun(store: str) -> None:
+def test_per_loss_aliases_and_idempotent_rerun(tracking_uri: str) -> None:
     client = mlflow.MlflowClient()
     runs = {
         "arc_low": make_run(0.70, loss="arcface"),
@@ -193,7 +175,7 @@ def test_per_loss_aliases_and_idempotent_rerun(store: str) -> None:
     assert again.champion_version == result.champion_version
 
 
-def test_sweep_children(store: str) -> None:
+def test_sweep_children(tracking_uri: str) -> None:
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name="sweep") as parent:
         pid = parent.info.run_id
@@ -208,7 +190,7 @@ def test_sweep_children(store: str) -> None:
         runs_of_sweep(kids[0].info.run_id)
 
 
-def test_clear_errors(store: str) -> None:
+def test_clear_errors(tracking_uri: str) -> None:
     no_model = make_run(0.9, log_model=False)
     with pytest.raises(ValueError, match=f"no FINISHED run with a logged model has metric {P1}"):
         register_best([no_model], P1)
@@ -220,10 +202,10 @@ def test_clear_errors(store: str) -> None:
         runs_of_experiment("nope")
 
 
-def test_cli_end_to_end(store: str) -> None:
+def test_cli_end_to_end(tracking_uri: str) -> None:
     make_run(0.8, loss="arcface")
     make_run(0.9, loss="triplet")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "training.commands.register"]
     ok = subprocess.run(cmd + ["--experiment", EXPERIMENT, "--sweep", "", "--metric", P1,
@@ -260,7 +242,7 @@ def _register_slowly(uri: str, run_id: str, delay: float) -> str:
     return result.champion_version
 
 
-def test_two_registrations_at_once_leave_the_better_champion(store: str) -> None:
+def test_two_registrations_at_once_leave_the_better_champion(tracking_uri: str) -> None:
     """Two sweeps finishing together: both read "no champion", both want to move it. Under the
     registry lock the second waits and compares against the first one's champion."""
     import multiprocessing
@@ -269,8 +251,8 @@ def test_two_registrations_at_once_leave_the_better_champion(store: str) -> None
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
         # the worse run's process reads first and writes last: without the lock it would win
-        slow = pool.apply_async(_register_slowly, (store, worse.info.run_id, 3.0))
-        fast = pool.apply_async(_register_slowly, (store, better.info.run_id, 0.5))
+        slow = pool.apply_async(_register_slowly, (tracking_uri, worse.info.run_id, 3.0))
+        fast = pool.apply_async(_register_slowly, (tracking_uri, better.info.run_id, 0.5))
         slow.get(timeout=120), fast.get(timeout=120)
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(registered_name("digits"), "champion")

@@ -15,6 +15,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from support.process import REPO
+from support.store_template import seed_store
 from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model
 from training.pipeline.run import dataset_name, train
@@ -31,6 +32,7 @@ def make_store(root: Path, configs: list[TrainConfig],
     """A store at ``root`` with each config trained, registered (``zoo-<data set>``) and
     exported; ``env`` is set while they train (and returned with the store's)."""
     root.mkdir(parents=True, exist_ok=True)
+    seed_store(root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     env = {**(env or {}), "MLFLOW_TRACKING_URI": uri}
     saved = {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", *env)}

@@ -19,10 +19,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from threadpoolctl import threadpool_limits
-from sklearn.metrics import normalized_mutual_info_score
 
 from ._utils import check_labels, l2_normalize, to_numpy
 
@@ -38,6 +34,11 @@ def kmeans_assign(
     embeddings: Any, n_clusters: int, seed: int = 0, n_init: int = 10, max_fit: int = MAX_FIT
 ) -> np.ndarray:
     """Cluster ids ``[N]`` from k-means on L2-normalised embeddings (deterministic per seed)."""
+    # scikit-learn and SciPy are imported here, not with zoo.metrics (1.2 s), which the
+    # server imports for softmax alone.
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
     x = l2_normalize(embeddings)
     n_clusters = max(1, min(int(n_clusters), len(x)))
     km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
@@ -57,6 +58,8 @@ def hungarian_accuracy(labels: Any, cluster_ids: Any) -> float:
 
     Works for any label values and any number of clusters (unmatched clusters count as wrong).
     """
+    from scipy.optimize import linear_sum_assignment
+
     y = to_numpy(labels).reshape(-1)
     c = to_numpy(cluster_ids).reshape(-1)
     if len(y) != len(c):
@@ -79,6 +82,8 @@ def clustering_metrics(
     y = check_labels(labels, len(x))
     if len(y) == 0:
         return {"nmi": float("nan"), "cluster_accuracy": float("nan")}
+    from sklearn.metrics import normalized_mutual_info_score
+
     n_classes = len(np.unique(y))
     clusters = kmeans_assign(x, n_classes, seed=seed, n_init=n_init, max_fit=max_fit)
     return {

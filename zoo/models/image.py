@@ -10,6 +10,10 @@ The curated names are small and fast on CPU; any other timm model is reachable a
 average. Learning identities from a few people generalises better from mid-level features
 that keep where on the face they are: on ORL with half the people unseen, vgg11_bn read at
 stage 2 on a 2x2 grid gives open-set MAP@R 0.85, the whole network pooled globally 0.78.
+
+timm is imported where a model is built, not with the catalogue: importing it takes 3 s here,
+and a server of an ONNX model, like every ``python -m`` command that builds no image model,
+never needs it.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ import logging
 import re
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -88,6 +91,7 @@ def _features_only(timm_name: str, in_chans: int, stage: int | None,
 
 
 def _check_timm_name(timm_name: str) -> None:
+    import timm  # lazily: see the module docstring
     if not timm.is_model(timm_name):
         close = timm.list_models(f"*{timm_name.split('_')[0]}*")[:8]
         raise ValueError(
@@ -100,6 +104,7 @@ def apply_width(timm_name: str, width: float, in_chans: int = 3) -> tuple[str, d
     """The timm name and arguments that scale ``timm_name``'s channels by ``width``, the way
     timm offers it for that family: MobileNetV3 by name (``_050``, ``_075``, ...), bottleneck
     ResNets by ``base_width``, ConvNeXt by ``dims``. Anything else is refused."""
+    import timm  # lazily: see the module docstring
     if width == 1.0:
         return timm_name, {}
     if width <= 0:
@@ -132,6 +137,7 @@ def create_timm_backbone(
     ``weights``: built by timm from those checked pretrained weights. ``kwargs`` go to
     ``timm.create_model`` (``act_layer``, ``drop_path_rate``, ...).
     """
+    import timm  # lazily: see the module docstring
     _check_timm_name(timm_name)
     if grid < 1:
         raise ValueError(f"grid must be at least 1, got {grid}")
@@ -156,6 +162,7 @@ def create_timm_backbone(
 
 def _timm_model(timm_name: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model``; options the model does not take are named in the error."""
+    import timm  # lazily: see the module docstring
     kwargs.setdefault("pretrained", False)
     try:
         return timm.create_model(timm_name, **kwargs)

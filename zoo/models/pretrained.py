@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from timm.models import get_pretrained_cfg, load_state_dict
 
 from zoo.record import Lineage
 
@@ -118,6 +116,9 @@ def sha256_of(path: Path) -> str:
 
 def pretrained_cfg_of(timm_name: str) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` of ``name[.tag]``; an unknown tag names the known ones."""
+    import timm  # lazily, like zoo.models.image
+    from timm.models import get_pretrained_cfg
+
     try:
         cfg = get_pretrained_cfg(timm_name)
     except RuntimeError:
@@ -162,6 +163,8 @@ def hub_file(timm_name: str, cfg: dict[str, Any]) -> tuple[str, Path]:
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors, a ``.pth``/``.bin`` state dict or a timm training
     checkpoint (``state_dict``/``model`` keys), as timm reads it (``weights_only``)."""
+    from timm.models import load_state_dict
+
     if not path.is_file():
         raise PretrainedError(f"pretrained={path}: no such file")
     try:
@@ -181,6 +184,8 @@ def reference_tensors(timm_name: str, in_chans: int = 3, image_size: int | None 
     """Name → shape of every tensor of the full timm model (built on the meta device: no
     memory, no time), the head left out as the zoo builds it; transformers at
     ``image_size`` (their position embeddings depend on it)."""
+    import timm
+
     kwargs = {"num_classes": 0, "in_chans": in_chans, **kwargs}
     with torch.device("meta"):
         try:
