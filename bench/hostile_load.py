@@ -10,10 +10,13 @@ over and over, the largest request the default limits allow: images of 4096x4096
 dozen KB on the wire but 64 MiB decoded. Meanwhile the server's resident memory (every
 process, summed) is sampled every 50 ms and ``/livez`` is timed every 100 ms.
 
-It prints the memory with the model loaded (before the load), the peak under load, and the
-bound the pixel budget sets: per worker, at most ``ZOO_MAX_REQUEST_PIXELS`` pixels decoded at
-once, each RGBA pixel held as up to four 4-byte copies while it is composited onto white,
-converted and resized (16 bytes a pixel).
+The same is then done with two attacks the server refuses before any work: progressive JPEGs
+of 1,800 scans (a decoding bomb) and 30 MB JSON bodies of numbers (1.3 GB once parsed).
+
+It prints, for each, the memory with the model loaded, the peak under load and the
+``/livez`` latency, and for the largest images the bound the pixel budget sets: per worker,
+at most ``ZOO_MAX_REQUEST_PIXELS`` pixels decoded at once, each RGBA pixel held as up to four
+4-byte copies while it is composited onto white, converted and resized (16 bytes a pixel).
 """
 from __future__ import annotations
 
@@ -58,9 +61,61 @@ def tree_rss(pid: int) -> int:
         return 0
 
 
+def attack(url: str, pid: int, send, clients: int, seconds: float) -> dict:
+    """``clients`` threads calling ``send(http)`` for ``seconds``, while the server's memory
+    (every process) is sampled every 50 ms and ``/livez`` timed every 100 ms."""
+    import httpx
+
+    baseline = tree_rss(pid)
+    stop = threading.Event()
+    peak, livez, answers = [baseline], [], []
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss(pid))
+            time.sleep(0.05)
+
+    def probe() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                start = time.perf_counter()
+                http.get(f"{url}/livez")
+                livez.append(time.perf_counter() - start)
+                time.sleep(0.1)
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            while not stop.is_set():
+                answers.append(send(http).status_code)
+
+    threads = [threading.Thread(target=f) for f in (sample, probe, *[client] * clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return {"baseline": baseline, "peak": peak[0], "livez": np.asarray(livez) * 1000,
+            "answers": answers}
+
+
+def report(title: str, result: dict) -> None:
+    mib, lat, answers = 2 ** 20, result["livez"], result["answers"]
+    print(f"{title}")
+    print(f"  requests answered: {len(answers)} "
+          f"({', '.join(f'{s}: {answers.count(s)}' for s in sorted(set(answers)))})")
+    print(f"  RSS before: {result['baseline'] / mib:.0f} MiB; peak under load: "
+          f"{result['peak'] / mib:.0f} MiB (+{(result['peak'] - result['baseline']) / mib:.0f} "
+          "MiB)")
+    print(f"  /livez: {len(lat)} probes, p50 {np.percentile(lat, 50):.1f} ms, "
+          f"p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms "
+          f"({'all' if lat.max() < 100 else 'NOT all'} under 100 ms)")
+
+
 def main() -> None:
     import httpx
 
+    from support.hostile import rows_json, scan_bomb_jpeg
     from support.process import Server
     from serving.settings import ServeSettings
 
@@ -72,61 +127,38 @@ def main() -> None:
     side = int(limits.max_image_pixels ** 0.5)
     count = max(1, limits.max_request_pixels // (side * side))
     image = largest_image(side)
+    bomb, body = scan_bomb_jpeg(), rows_json(30)
+    files = [("images", (f"{i}.png", image, "image/png")) for i in range(count)]
+    attacks = {
+        f"the largest images: {count} x {side}x{side} RGBA PNG per request "
+        f"({len(image) * count / 1024:.0f} KB on the wire, "
+        f"{count * side * side * 4 / 2**20:.0f} MiB decoded)":
+            lambda http: http.post("/embed", files=files),
+        f"JPEG scan bombs: {bomb.count(bytes([0xFF, 0xDA])):,} scans of 1024x1024 in "
+        f"{len(bomb) / 2**20:.1f} MiB (refused before decoding)":
+            lambda http: http.post("/embed", files=[("images", ("b.jpg", bomb, "image/jpeg"))]),
+        f"JSON bodies of {len(body) / 1e6:.0f} MB of numbers (refused before parsing)":
+            lambda http: http.post("/embed", content=body,
+                                   headers={"Content-Type": "application/json"}),
+    }
     with tempfile.TemporaryDirectory(prefix="zoo-hostile-") as tmp:
         env = prepare(32, Path(tmp))
         env.pop("onnx")
         with Server("serving.service:ZooService", env) as server:
-            files = [("images", (f"{i}.png", image, "image/png")) for i in range(count)]
             for _ in range(3):  # warm: the model, the first decode
                 httpx.post(f"{server.url}/embed", files=files[:1], timeout=300)
             workers = ServeSettings.from_env(env).worker_count
-            baseline = tree_rss(server.process.pid)
-            stop = threading.Event()
-            peak, livez, answers = [baseline], [], []
-
-            def sample() -> None:
-                while not stop.is_set():
-                    peak[0] = max(peak[0], tree_rss(server.process.pid))
-                    time.sleep(0.05)
-
-            def probe() -> None:
-                with httpx.Client(timeout=30) as http:
-                    while not stop.is_set():
-                        start = time.perf_counter()
-                        http.get(f"{server.url}/livez")
-                        livez.append(time.perf_counter() - start)
-                        time.sleep(0.1)
-
-            def client() -> None:
-                with httpx.Client(timeout=600) as http:
-                    while not stop.is_set():
-                        answers.append(http.post(f"{server.url}/embed", files=files).status_code)
-
-            threads = [threading.Thread(target=f) for f in
-                       (sample, probe, *[client] * args.clients)]
-            for thread in threads:
-                thread.start()
-            time.sleep(args.seconds)
-            stop.set()
-            for thread in threads:
-                thread.join()
-    mib = 2 ** 20
+            results = {title: attack(server.url, server.process.pid, send, args.clients,
+                                     args.seconds) for title, send in attacks.items()}
+    print(f"{args.clients} clients, {args.seconds:.0f} s each, {workers} workers")
+    for title, result in results.items():
+        report(title, result)
+    first = next(iter(results.values()))
     bound = workers * limits.max_request_pixels * BYTES_PER_PIXEL_AT_WORST
-    lat = np.asarray(livez) * 1000
-    print(f"{args.clients} clients, each request {count} x {side}x{side} RGBA PNG "
-          f"({len(image) * count / 1024:.0f} KB on the wire, "
-          f"{count * side * side * 4 / mib:.0f} MiB decoded), {args.seconds:.0f} s, "
-          f"{workers} workers")
-    print(f"requests answered: {len(answers)} "
-          f"({', '.join(f'{s}: {answers.count(s)}' for s in sorted(set(answers)))})")
-    print(f"RSS with the model loaded: {baseline / mib:.0f} MiB; peak under load: "
-          f"{peak[0] / mib:.0f} MiB (+{(peak[0] - baseline) / mib:.0f} MiB)")
-    print(f"bound set by the pixel budget: {bound / mib:.0f} MiB ({workers} workers x "
-          f"{limits.max_request_pixels:,} px x {BYTES_PER_PIXEL_AT_WORST} B): "
-          f"{'within' if peak[0] - baseline <= bound else 'OVER'}")
-    print(f"/livez: {len(lat)} probes, p50 {np.percentile(lat, 50):.1f} ms, "
-          f"p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms "
-          f"({'all' if lat.max() < 100 else 'NOT all'} under 100 ms)")
+    print(f"bound set by the pixel budget on the largest images: {bound / 2**20:.0f} MiB "
+          f"({workers} workers x {limits.max_request_pixels:,} px x "
+          f"{BYTES_PER_PIXEL_AT_WORST} B): "
+          f"{'within' if first['peak'] - first['baseline'] <= bound else 'OVER'}")
 
 
 if __name__ == "__main__":

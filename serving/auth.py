@@ -10,8 +10,13 @@ client sends as its ``api_key``) and are compared in constant time (``hmac.compa
 - Gallery routes (``/enroll`` and ``/identities...``) need the admin key. With no admin key
   configured they are refused (403), unless ``ZOO_OPEN_ENROLL=true`` opens them, so by
   default nobody can change the gallery.
-- Everything else (``/livez``, ``/readyz``, ``/metrics``, the docs and ``/schema.json``) is
-  open.
+- The API's description (``/``, ``/docs``, ``/redoc``, ``/openapi.json``, ``/docs.json``,
+  ``/schema.json``) needs the API key too, unless ``ZOO_OPEN_DOCS=true``.
+- Everything else (``/livez``, ``/readyz``, ``/metrics``, static files) is open.
+
+``/identify`` shows a caller without the admin key only the matches at or above the
+threshold, at most ``ZOO_MAX_TOP_K`` of them: the API key lets one identify a face, not list
+who is enrolled.
 
 Answers are 401 (no key, or a wrong one; with ``WWW-Authenticate: Bearer``) or 403 (a key
 that may not do this), with ``{"error": ...}``, or OpenAI's error shape under ``/v1/``.
@@ -31,6 +36,15 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 MODEL_ROUTES = ("/embed", "/classify", "/identify", "/gradcam", "/model")
 OPENAI_PREFIX = "/v1/"
 GALLERY_ROUTES = ("/enroll", "/identities")
+#: set on each request's scope: whether its key may list the gallery (``/identify`` shows
+#: such a caller the matches below the threshold too)
+ADMIN_SCOPE_KEY = "zoo.admin"
+
+
+#: what describes the API: BentoML's page and schemas, FastAPI's (behind the API key when one
+#: is set, unless ZOO_OPEN_DOCS=true)
+DOCS_ROUTES = ("/", "/docs.json", "/schema.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+               "/openapi.json")
 
 
 def is_gallery_route(path: str) -> bool:
@@ -67,10 +81,16 @@ class Keys:
     api: str = ""
     admin: str = ""
     open_enroll: bool = False
+    open_docs: bool = False
 
     def matches(self, token: str | None, key: str) -> bool:
         return bool(key) and token is not None and hmac.compare_digest(
             token.encode(), key.encode())
+
+    def is_admin(self, token: str | None) -> bool:
+        """Whether ``token`` may list the gallery: the admin key, or anyone when the gallery
+        is open (``ZOO_OPEN_ENROLL=true`` without an admin key)."""
+        return self.matches(token, self.admin) if self.admin else self.open_enroll
 
     def refusal(self, path: str, token: str | None) -> tuple[int, str, str] | None:
         """(status, message, OpenAI error code) when ``token`` may not call ``path``."""
@@ -90,7 +110,7 @@ class Keys:
                 return (403, "the gallery is read-only: this server has no admin key; start "
                              "it with ZOO_ADMIN_KEY (or ZOO_OPEN_ENROLL=true to let anyone "
                              "enroll and remove identities)", "gallery_read_only")
-        elif not is_model_route(path):
+        elif not is_model_route(path) and (path not in DOCS_ROUTES or self.open_docs):
             return None
         if not self.api or self.matches(token, self.api) or self.matches(token, self.admin):
             return None
@@ -118,7 +138,9 @@ class RequireKeys:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
-            refused = self.keys.refusal(path, bearer(scope))
+            token = bearer(scope)
+            scope[ADMIN_SCOPE_KEY] = self.keys.is_admin(token)
+            refused = self.keys.refusal(path, token)
             if refused is not None:
                 status, message, code = refused
                 kind = "authentication_error" if status == 401 else "permission_error"

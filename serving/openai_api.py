@@ -41,8 +41,9 @@ def check_request(model: str | None, encoding_format: str | None, dimensions: in
                   served: set[str], width: int) -> str:
     """The encoding to answer in, after ``model`` and ``dimensions`` are checked."""
     if model and model not in served:
-        raise OpenAIError(f"the model {model!r} is not served here; this server serves "
-                          f"{', '.join(sorted(served))}", 404, "model", "model_not_found")
+        # the name sent is not repeated: an answer echoes nothing a client chose
+        raise OpenAIError("the model named in the request is not served here; this server "
+                          f"serves {', '.join(sorted(served))}", 404, "model", "model_not_found")
     encoding = encoding_format or "float"
     if encoding not in ENCODINGS:
         raise OpenAIError(f"encoding_format={encoding!r} is not one of float, base64", 400,

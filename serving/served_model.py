@@ -114,12 +114,16 @@ class ServedModel:
     def threshold(self) -> float | None:
         return self.gallery.threshold
 
-    def identify(self, embeddings: np.ndarray, k: int) -> list[Identity]:
-        """Nearest identities; ``unknown`` when the best is below the FAR 1e-3 threshold."""
+    def identify(self, embeddings: np.ndarray, k: int,
+                 below_threshold: bool = True) -> list[Identity]:
+        """Nearest identities; ``unknown`` when the best is below the FAR 1e-3 threshold.
+        ``below_threshold=False`` lists only the matches at or above it (what a caller who
+        may not list the gallery sees)."""
         threshold = self.threshold
         answers = []
         for matches in self.gallery.search(embeddings, k):
-            listed = [{"identity": m.label, "similarity": m.similarity} for m in matches]
+            listed = [{"identity": m.label, "similarity": m.similarity} for m in matches
+                      if below_threshold or threshold is None or m.similarity >= threshold]
             if not matches:
                 answers.append(Identity(UNKNOWN, float("nan"), False, listed))
                 continue

@@ -23,15 +23,16 @@ from PIL import Image
 from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from serving import latency, multipart, openai_api
-from serving.auth import RequireKeys
+from serving import latency, multipart, openai_api, route_metrics, validation_logs
+from serving.auth import ADMIN_SCOPE_KEY, RequireKeys
 from serving.bundle import Bundle
 from serving.face_inputs import FaceRequest, PhotoFaces, chip_picture, read_faces
 from serving.served_model import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
                             identity_name, read_inputs)
-from serving.limits import RequestSizeLimit
-from serving.raw_images import RawImageEmbed
+from serving.limits import Limit, RequestSizeLimit, is_multipart, json_limit
+from serving.raw_images import RawImageEmbed, is_raw_image
+from serving.response_rewrites import OpenAIErrors, RelativeRedirects
 from serving.packaging import bento_model
 from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse, FaceEmbedding,
                              FaceIdentification, Identification, IdentifyResponse, Match,
@@ -53,6 +54,7 @@ try:  # fail here, before any worker starts, with one line that says what is mis
 except (LookupError, FileNotFoundError, ValueError) as exc:
     raise SystemExit(f"error: cannot serve: {exc}") from None
 multipart.install(max_files=SETTINGS.max_images + 2)  # never fetch a text value as a URL
+validation_logs.install()  # a 400 for a bad body: one INFO line, never the body
 latency.cancel_finished_request_timers()  # BentoML's per-request timers: the tail (latency.py)
 
 # Schemas of type "file": BentoML's clients send such fields as multipart files (a Path, a
@@ -203,18 +205,24 @@ class ZooService:
 
     @bentoml.api
     @answers_errors
-    async def identify(self, images: Images = None, rows: Rows = None,
+    async def identify(self, ctx: bentoml.Context, images: Images = None, rows: Rows = None,
                        top_k: TopK = None, max_faces: MaxFaces = None,
                        min_face_px: MinFacePx = None) -> IdentifyResponse:
         """Nearest gallery identities; ``unknown`` below the FAR 1e-3 threshold. A face
         model answers every face of each photo (``faces``) and each photo's largest face
-        (``results``)."""
+        (``results``). Without the admin key, only matches at or above the threshold are
+        listed, at most ``ZOO_MAX_TOP_K``."""
+        admin = bool(ctx.request.scope.get(ADMIN_SCOPE_KEY))
+        if top_k is not None and top_k > SETTINGS.max_top_k and not admin:
+            raise RequestError(f"top_k={top_k} is over this server's limit of "
+                               f"{SETTINGS.max_top_k} (ZOO_MAX_TOP_K)")
         request = self._face_request(max_faces, min_face_px)
         found = (await self._faces(images, rows, request) if self.model.faces is not None
                  else None)
         x = found.x if found is not None else (await self._inputs(images, rows))[0]
         out = await self.model.infer(x)
-        answers = await _in_thread(self.model.identify, out["embedding"], top_k or SETTINGS.top_k)
+        answers = await _in_thread(self.model.identify, out["embedding"],
+                                   top_k or SETTINGS.top_k, admin)
         results = [_identification(a) for a in answers]
         if found is None:
             return IdentifyResponse(**self.served, threshold=self.model.threshold,
@@ -371,7 +379,27 @@ class ZooService:
                 "gallery_size": len(self.model.gallery)}
 
 
-ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
+def _body_limit(scope: dict[str, Any]) -> Limit:
+    """What a request's body may hold (serving/limits.py): one image sent as the body, rows
+    as JSON, or files in a multipart form."""
+    if is_raw_image(scope):
+        return Limit(SETTINGS.max_image_bytes, "ZOO_MAX_IMAGE_BYTES: one image as the body")
+    if is_multipart(scope):
+        return Limit(SETTINGS.max_request_bytes, "ZOO_MAX_REQUEST_BYTES")
+    pre = _RUNNING[0].model.pre if _RUNNING else None
+    return json_limit(pre.kind if pre else None,
+                      pre.row_width if pre is not None and pre.kind == "tabular" else 0,
+                      scope["path"], SETTINGS.max_images, SETTINGS.max_request_bytes)
+
+
+# the first added sees a request first (and its answer last)
+ZooService.add_asgi_middleware(RelativeRedirects)
+ZooService.add_asgi_middleware(OpenAIErrors)
+ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes,
+                               limit_for=_body_limit)
+# /metrics labelled by route template: bounded whatever paths are sent, and no names in it
+route_metrics.install(lambda: [*route_metrics.BENTOML_ROUTES, *(f"/{r}" for r in MODEL_ROUTES),
+                               *route_metrics.route_templates(info_app.routes)])
 ZooService.add_asgi_middleware(RequireKeys, keys=KEYS)
 ZooService.add_asgi_middleware(RawImageEmbed, service=lambda: _RUNNING[0] if _RUNNING else None)
 

@@ -62,6 +62,7 @@ class ServeSettings:
     access_log: bool = False  # one log line per request (BentoML's access log; costs ~25 %)
     trace: bool = False  # OpenTelemetry spans for the model endpoints (BentoML's tracing)
     top_k: int = 5  # default of /classify and /identify
+    max_top_k: int = 20  # the most matches /identify lists per input (the admin key: any)
     device: str = "auto"  # auto (CUDA when there is a GPU), cpu, cuda or cuda:N
     host: str = "127.0.0.1"  # where `bentoml serve` listens (0.0.0.0: every interface)
     # keys (serving/auth.py): never printed, never in an answer
@@ -70,6 +71,7 @@ class ServeSettings:
     admin_key: str = field(default="", repr=False)  # /enroll and /identities need Bearer <key>
     admin_key_file: str = ""  # a file holding the admin key
     open_enroll: bool = False  # without an admin key, let anyone enroll and remove identities
+    open_docs: bool = False  # the API's pages and schemas (/, /docs, ...) open without a key
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServeSettings":
@@ -88,7 +90,8 @@ class ServeSettings:
 
     def check(self) -> None:
         for name in ("max_images", "max_faces", "max_image_bytes", "max_image_pixels",
-                     "max_request_pixels", "max_request_bytes", "max_batch_size", "top_k"):
+                     "max_request_pixels", "max_request_bytes", "max_batch_size", "top_k",
+                     "max_top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, "
                                  f"got {getattr(self, name)}")
@@ -138,7 +141,7 @@ class ServeSettings:
         if found["api_key"] and found["api_key"] == found["admin_key"]:
             raise ValueError(f"{ENV_PREFIX}API_KEY and {ENV_PREFIX}ADMIN_KEY are the same key: "
                              "give the admin key only to those who may change the gallery")
-        return Keys(found["api_key"], found["admin_key"], self.open_enroll)
+        return Keys(found["api_key"], found["admin_key"], self.open_enroll, self.open_docs)
 
     @property
     def worker_count(self) -> int:

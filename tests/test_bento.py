@@ -185,8 +185,11 @@ def test_built_bento_serves_alone(store, digit_pngs, tmp_path: Path) -> None:
         results = httpx.post(f"{server.url}/identify", files=files(digit_pngs[:4]),
                              timeout=60).json()["results"]
         for result, row in zip(results, similarity, strict=True):
-            assert result["matches"][0]["identity"] == gallery.labels[int(row.argmax())]
-            assert abs(result["matches"][0]["similarity"] - row.max()) <= 1e-4
+            best = gallery.labels[int(row.argmax())]
+            assert abs(result["similarity"] - row.max()) <= 1e-4
+            assert result["identity"] == (best if result["known"] else "unknown")
+            # no admin key: only the matches at or above the threshold are listed
+            assert [m["identity"] for m in result["matches"][:1]] == [best] * result["known"]
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0,
                                timeout=60)
         urls = [f"data:image/png;base64,{base64.b64encode(b).decode()}" for b in digit_pngs[:2]]

@@ -7,6 +7,7 @@ import os
 import pathlib
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,11 +270,23 @@ def test_a_real_checkpoint_round_trips_weights_only(tracking_uri: str, tmp_path:
     assert draws(loaded["rng"]) == draws(state["rng"])
 
 
+class _Payload:
+    """What a tampered pickle holds: code that runs when it is unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
 def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: Path) -> None:
-    """A model artifact or gallery file cut short gives one line naming it, not a trace from
-    inside torch or numpy."""
+    """A model's files cut short give one line naming them, not a trace from inside torch or
+    numpy; a model with safetensors weights is loaded from them, its pickle never run."""
     from training.config import TrainConfig
     from training.pipeline.run import train
+    from training.tracking.model_source import (ModelFileError, artifact_location,
+                                                load_pytorch_model, load_source)
     from zoo.gallery import META_FILE, VECTORS_FILE, Gallery
 
     result = train(TrainConfig.of(model="residual_mlp", data="emitters", epochs=1,
@@ -281,7 +294,13 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     model_id = result.model_uri.split("/")[-1]
     folder = Path(mlflow.MlflowClient().get_logged_model(model_id).artifact_location
                   .removeprefix("file://"))
-    weights = folder / "data" / "model.pth"
+    # a tampered pickle: init= and export load the safetensors weights, so it never runs
+    marker = tmp_path / "the-payload-ran"
+    torch.save(_Payload(marker), folder / "data" / "model.pth")
+    source, _, model = load_source(result.model_uri)
+    assert not marker.exists() and model.record.run_id == source.run_id
+
+    weights = folder / "weights" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:500])
     proc = subprocess.run([sys.executable, "-m", "training.commands.export", "--model_uri",
                            result.model_uri], cwd=REPO, env=_env(tracking_uri),
@@ -289,7 +308,15 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: the model of {result.model_uri}")
-    assert f"its files under file://{folder} are missing or damaged" in last
+    assert f"its weights under file://{folder}/weights are damaged" in last
+    assert not marker.exists()
+
+    # a model logged before models had weights: its pickle is loaded; damaged, it is named
+    shutil.rmtree(folder / "weights")
+    (folder / "data" / "model.pth").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ModelFileError, match=f"its files under file://{folder} are missing, "
+                                             "damaged or not a model-zoo module"):
+        load_pytorch_model(source.load_uri, "the model", artifact_location(source))
 
     gallery = Gallery(4)
     gallery.add(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])

@@ -106,7 +106,7 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
 
     digits = load_digits()
     got = httpx.post(f"{image_server.url}/identify", files=files(digit_pngs[:20]),
-                     data={"top_k": "3"}, timeout=60).json()
+                     data={"top_k": "3"}, headers=ADMIN, timeout=60).json()
     threshold = got["threshold"]
     assert threshold is not None and -1 <= threshold <= 1
     labels = [str(digits.target[i]) for i in range(0, 1700, 17)][:20]
@@ -118,6 +118,15 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
         assert len({m["identity"] for m in result["matches"]}) == 3  # distinct identities
         right += result["matches"][0]["identity"] == label
     assert right >= 10  # one epoch of training already ranks most digits right
+    # without the admin key: only the matches at or above the threshold, at most ZOO_MAX_TOP_K
+    anyone = httpx.post(f"{image_server.url}/identify", files=files(digit_pngs[:20]),
+                        data={"top_k": "3"}, timeout=60).json()
+    listed = [m["similarity"] for r in anyone["results"] for m in r["matches"]]
+    hidden = sum(m["similarity"] < threshold for r in got["results"] for m in r["matches"])
+    assert all(v >= threshold for v in listed) and len(listed) == 60 - hidden and hidden > 0
+    capped = httpx.post(f"{image_server.url}/identify", files=files(digit_pngs[:1]),
+                        data={"top_k": "1000"}, timeout=60)
+    assert capped.status_code == 400 and "ZOO_MAX_TOP_K" in capped.json()["error"]
 
     stranger = png(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
     enrolled = httpx.post(f"{image_server.url}/enroll", files=files([stranger, stranger]),
@@ -161,6 +170,76 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
     assert all(who()["identity"] != "Ada Lovelace" for _ in range(6))  # on every worker
     assert httpx.get(f"{url}/identities/Ada Lovelace", headers=ADMIN,
                      timeout=10).status_code == 404
+
+
+def test_what_an_attacker_sends_stays_bounded(image_server: Server, digit_pngs) -> None:
+    """Issue 34's findings over real HTTP: /metrics labelled by route, not by path; a JPEG
+    scan bomb, a 30 MB JSON body and an oversized raw image refused at once; validation errors
+    logged in one INFO line without the body; no Host echo; OpenAI-shaped /v1 errors that
+    repeat nothing the client sent. The server keeps answering throughout."""
+    import time
+
+    import httpx
+
+    from support.hostile import rows_json, scan_bomb_jpeg
+
+    url = image_server.url
+    with httpx.Client(base_url=url, timeout=60) as http:
+        # warm every series once, then 300 random unknown paths and an enrolled-looking name
+        for path in ("/no-such-route", "/identities/someone"):
+            http.get(path)
+        before = len(http.get("/metrics").text)
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            http.get("/x" + "".join(rng.choice(list("abcdefgh/._-"), 200)))
+        assert http.get("/identities/Alice Smith").status_code == 401
+        metrics = http.get("/metrics").text
+        assert len(metrics) - before < 20_000, len(metrics) - before
+        assert "Alice" not in metrics, [line for line in metrics.splitlines() if "Alice" in line]
+        assert 'endpoint="/identities/{name}"' in metrics
+        assert 'endpoint="unmatched"' in metrics
+
+        bomb = scan_bomb_jpeg()  # ~1,800 scans of 1024x1024 in a few hundred KB
+        start = time.monotonic()
+        got = http.post("/embed", files=files([bomb]))
+        assert got.status_code == 400 and "scans" in got.json()["error"], got.text
+        assert time.monotonic() - start < 1
+
+        body = rows_json(30)
+        for content in (body, iter([body[i:i + 2**20] for i in range(0, len(body), 2**20)])):
+            start = time.monotonic()  # with a Content-Length, then streamed without one
+            got = http.post("/embed", content=content,
+                            headers={"Content-Type": "application/json"})
+            assert got.status_code == 413 and "JSON" in got.json()["error"], got.text
+            assert time.monotonic() - start < 1
+        raw = http.post("/embed", content=b"\x89PNG" + bytes(11 * 2**20),
+                        headers={"Content-Type": "image/png"})
+        assert raw.status_code == 413 and "ZOO_MAX_IMAGE_BYTES" in raw.json()["error"]
+
+        secret = "row-of-personal-data-7f3a"
+        bad = http.post("/classify", json={"rows": [[secret]], "top_k": "many"})
+        assert bad.status_code == 400
+        log = image_server.output()
+        assert secret not in log and "validation error" in log
+        assert not [line for line in log.splitlines() if "ERROR" in line and "/classify" in line]
+
+        moved = http.get("/model/", headers={"Host": "evil.example"}, follow_redirects=False)
+        assert "evil.example" not in moved.headers.get("location", "") + moved.text
+
+        for body, status in (({"input": 5, "dimensions": "wide"}, 400),
+                             ({"input": "data:image/png;base64,AA==", "model": "m" * 5000},
+                              404)):
+            got = http.post("/v1/embeddings", json=body)
+            error = got.json()["error"]
+            assert got.status_code == status and set(error) >= {"message", "type"}, got.text
+            assert "m" * 100 not in got.text and "wide" not in got.text
+        big = http.post("/v1/embeddings", content=rows_json(2),
+                        headers={"Content-Type": "application/json"})
+        assert big.status_code == 413 and "message" in big.json()["error"], big.text
+
+        start = time.monotonic()
+        assert http.get("/livez").status_code == 200 and time.monotonic() - start < 1
+        assert http.post("/embed", files=files(digit_pngs[:2])).status_code == 200
 
 
 def test_bad_input_gets_a_4xx_and_the_server_stays_up(image_server: Server, digit_pngs) -> None:
@@ -486,6 +565,9 @@ def test_tabular_server(tabular_server: Server, store) -> None:
     wrong = httpx.post(f"{server.url}/embed", headers={"Authorization": "Bearer no"}, **one)
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid API key"
     assert httpx.get(f"{server.url}/model", timeout=10).status_code == 401
+    for docs in ("/docs", "/openapi.json", "/docs.json", "/"):  # the API's description too
+        assert httpx.get(f"{server.url}{docs}", timeout=10).status_code == 401, docs
+    assert httpx.get(f"{server.url}/docs", headers=api, timeout=10).status_code == 200
     assert httpx.post(f"{server.url}/embed", headers=admin, **one).status_code == 200
     enroll = {"json": {"rows": rows[:2], "identity": "radar-7"}, "timeout": 60}
     assert httpx.post(f"{server.url}/enroll", **enroll).status_code == 401

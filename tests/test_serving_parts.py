@@ -361,6 +361,14 @@ def test_keys_decide_each_route() -> None:
     assert closed.refusal("/enroll", "anything")[0] == 403  # no admin key: read-only
     assert "ZOO_OPEN_ENROLL" in closed.refusal("/identities", None)[1]
     assert opened.refusal("/enroll", None) is None
+    # the docs need the API key when one is set, unless ZOO_OPEN_DOCS=true
+    assert keys.refusal("/docs", None)[0] == 401 and keys.refusal("/openapi.json", "a") is None
+    assert Keys(api="a", open_docs=True).refusal("/docs", None) is None
+    assert closed.refusal("/docs", None) is None
+    assert keys.refusal("/static_content/index.css", None) is None
+    # who may see the matches below the threshold: the admin key, or anyone on an open gallery
+    assert keys.is_admin("b") and not keys.is_admin("a") and not keys.is_admin(None)
+    assert opened.is_admin(None) and not closed.is_admin("anything")
 
 
 def test_key_settings_come_from_variables_or_files(tmp_path) -> None:

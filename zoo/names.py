@@ -81,6 +81,9 @@ PROBE_ARTIFACT = "probe/probe.npz"
 LOAD_REPORT_ARTIFACT = "pretrained/load_report.json"
 FACES_MISSING_ARTIFACT = "faces/missing.txt"  # the photos in which the face stage found no face
 PYFUNC_DIR = "pyfunc"  # inside a logged model: the TorchScript trace the pyfunc loads
+#: inside a logged model: recipe.json + model.safetensors, what init= and export load instead
+#: of unpickling the module
+MODEL_WEIGHTS_DIR = "weights"
 MLMODEL_RECORD_KEY = "zoo"  # a logged model's MLmodel metadata: its record (zoo.record)
 RECORD_FILE = "zoo_meta.json"  # beside a logged model: its record, as JSON
 PREPROCESSING_FILE = "preprocessing.json"  # beside a logged model: its preprocessing alone

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,11 +47,14 @@ class Server:
         self.log = log or Path(env.get("ZOO_CACHE_DIR", "/tmp")) / f"server-{self.port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.log.open("w")
+        # A BentoML home of its own: BentoML keeps the Prometheus files of every server under
+        # it and clears them when a server starts, so servers sharing one lose their metrics.
+        self._home = tempfile.mkdtemp(prefix="zoo-bentoml-home-")
         self.process = subprocess.Popen(
             [BENTOML, "serve", target, *(["--host", host] if host else []),
              "--port", str(self.port)],
-            cwd=cwd, env={**os.environ, **env}, stdout=self._handle, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            cwd=cwd, env={**os.environ, "BENTOML_HOME": self._home, **env},
+            stdout=self._handle, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -77,6 +82,7 @@ class Server:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
         self._handle.close()
+        shutil.rmtree(self._home, ignore_errors=True)
 
     def __enter__(self) -> "Server":
         return self

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 
 GALLERY_FAR = 1e-3
 GALLERY_THRESHOLD_METRIC = "test_threshold_at_far_1e-3"
-REBUILD_MAX_ABS_DIFF = 1e-5
 
 
 @dataclass
@@ -245,45 +243,20 @@ def save_rebuildable(model: torch.nn.Module, example: torch.Tensor, folder: Path
     runtime are then unavailable.
     ``fallback()`` gives the build recipe of a model logged before recipes were recorded
     (from its run's config)."""
-    try:
-        build = model.record.build
-        if not build and fallback is not None:
-            log.info("the model predates build recipes; rebuilding it from its run's config")
+    build = model.record.build
+    if not build and fallback is not None:
+        log.info("the model predates build recipes; rebuilding it from its run's config")
+        try:
             build = fallback()
-        rebuilding.save_weights(model, folder, rebuilding.model_recipe(model, build))
-        # exactly what the server does: rebuild from the recipe, load the file strictly
-        diff = _largest_difference(model, rebuilding.load_weights(folder), example)
-        if diff > REBUILD_MAX_ABS_DIFF:
-            shutil.rmtree(folder, ignore_errors=True)
-            return (f"the module rebuilt from its recipe answers differently (max |diff| "
-                    f"{diff:.2e} > {REBUILD_MAX_ABS_DIFF:g})")
-    except Exception as exc:  # noqa: BLE001 - any failure only costs GradCAM, not the export
-        shutil.rmtree(folder, ignore_errors=True)
-        return f"cannot rebuild the module from a recipe ({type(exc).__name__}: {exc})"
-    return None
+        except Exception as exc:  # noqa: BLE001 - any failure only costs GradCAM
+            return f"cannot rebuild the module from a recipe ({type(exc).__name__}: {exc})"
+    return rebuilding.save_checked(model, folder, example, build)
 
 
 def _build_from_config(cfg: TrainConfig, splits: Splits) -> dict[str, Any] | None:
     """The build recipe of the model the run's config describes (no weights loaded)."""
     model, _ = build_model_and_loss(cfg, splits)
     return model.record.build
-
-
-def _largest_difference(model: torch.nn.Module, rebuilt: torch.nn.Module,
-                        example: torch.Tensor) -> float:
-    """The largest difference of any embedding or logit of the two modules (eval mode)."""
-    was_training = model.training
-    model.eval()
-    rebuilt.eval()
-    try:
-        with torch.no_grad():
-            ours, theirs = model(example), rebuilt(example)
-    finally:
-        model.train(was_training)
-    if set(ours) != set(theirs):
-        return float("inf")
-    return max((float((ours[k].float() - theirs[k].float()).abs().max()) if ours[k].numel()
-                else 0.0) for k in ("embedding", "logits") if k in ours)
 
 
 def _program(model: torch.nn.Module, example: torch.Tensor, formats: list[str]

@@ -1,16 +1,19 @@
 """The MLflow flavor of a zoo model: ``pytorch`` for the module, ``python_function`` that
 MLflow's own tools can call.
 
-``mlflow.pytorch`` saves the module (pickled: GradCAM and fine-tuning need the real
-modules) and declares its own ``python_function`` flavor, which cannot call a model that
-returns a dict of named outputs. ``save_model`` keeps the ``pytorch`` flavor and replaces the
+``mlflow.pytorch`` saves the module (pickled, for ``mlflow.pytorch.load_model``) and
+declares its own ``python_function`` flavor, which cannot call a model that returns a dict
+of named outputs. ``save_model`` keeps the ``pytorch`` flavor and replaces the
 ``python_function`` one with ``zoo.pyfunc``: a TorchScript trace with the preprocessing in
 the file (no pickled code to run), so ``mlflow.pyfunc.load_model(uri).predict(...)`` and
 ``mlflow models serve`` answer embeddings, logits and the top class for preprocessed
-batches, encoded images or table rows. ``Model.log(flavor=this module, ...)`` logs it.
+batches, encoded images or table rows. Beside them, ``weights/`` holds the module as a JSON
+recipe and safetensors (``zoo.models.rebuild``), which ``init=`` and export load instead of
+unpickling. ``Model.log(flavor=this module, ...)`` logs it.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,9 @@ from mlflow.utils.model_utils import MLMODEL_FILE_NAME
 from zoo import names
 from zoo import pyfunc as zoo_pyfunc
 from zoo.export.torchscript_format import export_torchscript, save_torchscript
+from zoo.models.rebuild import save_checked
+
+log = logging.getLogger(__name__)
 
 FLAVOR_NAME = "pytorch"  # what the MLflow UI lists the logged model as
 
@@ -34,6 +40,12 @@ def save_model(pytorch_model: torch.nn.Module, path: str, mlflow_model: Model | 
     (a preprocessed batch of two or more) as the ``python_function`` flavor."""
     mlflow_model = mlflow_model if mlflow_model is not None else Model()
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, **kwargs)
+    if example is not None:  # what init= and export load, so they need not unpickle
+        why_not = save_checked(pytorch_model.eval(), Path(path) / names.MODEL_WEIGHTS_DIR,
+                               example)
+        if why_not:
+            log.info("no safetensors weights beside the logged module: %s (init= and export "
+                     "will unpickle it)", why_not)
     folder = Path(path) / names.PYFUNC_DIR
     folder.mkdir()
     model = pytorch_model.eval()

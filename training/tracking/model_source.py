@@ -7,6 +7,8 @@ same function the server uses, so the two never disagree.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
@@ -15,6 +17,7 @@ from serving.mlflow_source import (ModelSource, logged_model_location, logged_re
                                    resolve_model)
 from serving.settings import DEFAULT_MODEL_URI
 from training.config import TrainConfig
+from zoo import names
 from zoo.record import ModelRecord, record_of
 
 if TYPE_CHECKING:
@@ -59,15 +62,47 @@ class ModelFileError(RuntimeError):
 
 
 def load_pytorch_model(location: str, what: str, files: str | None = None) -> torch.nn.Module:
-    """``mlflow.pytorch.load_model`` on the CPU in eval mode; a missing or damaged file is a
-    ``ModelFileError`` naming ``files`` (where the model's files are), not a library trace."""
+    """The logged module on the CPU in eval mode: rebuilt from its recipe and safetensors
+    weights (``weights/`` beside it) when it has them, so no pickle runs; else, for a model
+    logged before it had them, ``mlflow.pytorch.load_model``, which unpickles it. A missing
+    or damaged file is a ``ModelFileError`` naming ``files`` (where the model's files are)."""
+    rebuilt = _load_weights(files or location, what)
+    if rebuilt is not None:
+        return rebuilt
+    log.warning("%s has no safetensors weights (logged before models had them): unpickling "
+                "its module, which runs whatever code the pickle names; load models only from "
+                "a store you trust", what)
     try:
         return mlflow.pytorch.load_model(location, map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001 - torch, zipfile, pickle and mlflow all raise
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0].split(". ")[0][:300]
         raise ModelFileError(f"{what} cannot be loaded: its files under {files or location} are "
-                             f"missing or damaged ({reason}); train and register it again, or "
-                             "point the alias at another version") from None
+                             f"missing, damaged or not a model-zoo module ({reason}); train "
+                             "and register it again, or point the alias at another version"
+                             ) from None
+
+
+def _load_weights(files: str, what: str) -> torch.nn.Module | None:
+    """The module from ``<files>/weights`` (recipe + safetensors); None when there are none."""
+    from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE, load_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            mlflow.artifacts.download_artifacts(f"{files}/{names.MODEL_WEIGHTS_DIR}",
+                                                dst_path=tmp)
+        except Exception:  # noqa: BLE001 - any store error means the same: no weights
+            return None
+        folder = Path(tmp) / names.MODEL_WEIGHTS_DIR
+        if not ((folder / RECIPE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):
+            return None
+        try:
+            return load_weights(folder)
+        except Exception as exc:  # noqa: BLE001 - safetensors, JSON and the rebuild all raise
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            raise ModelFileError(f"{what} cannot be loaded: its weights under {files}/"
+                                 f"{names.MODEL_WEIGHTS_DIR} are damaged ({reason}); train and "
+                                 "register it again, or point the alias at another version"
+                                 ) from None
 
 
 def artifact_location(source: ModelSource) -> str:

@@ -13,6 +13,7 @@ download or load anything (``pretrained`` is never passed).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from zoo.record import ModelRecord
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "recipe.json"
 RECIPE_FORMAT = 1
+#: How far a rebuilt module's embeddings and logits may be from the original's.
+REBUILD_MAX_ABS_DIFF = 1e-5
 #: The model's record in ``recipe.json`` (the key predates the record: older exports hold the
 #: untyped dict under it, which ``ModelRecord.from_dict`` reads too).
 RECORD_KEY = "zoo_meta"
@@ -159,3 +162,37 @@ def load_weights(folder: Path) -> EmbeddingModel:
     model = rebuild_from_recipe(recipe)
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"), strict=True)
     return model.eval()
+
+
+def save_checked(model: EmbeddingModel, folder: Path, example: torch.Tensor,
+                 build: dict[str, Any] | None = None) -> str | None:
+    """``save_weights``, kept only when the module rebuilt from the files (the recipe's
+    architecture, the file loaded strictly) answers like ``model`` on ``example``. Returns
+    why not instead (no recipe, a head without one, a mismatch), with ``folder`` removed."""
+    try:
+        save_weights(model, folder, model_recipe(model, build))
+        diff = largest_difference(model, load_weights(folder), example)
+        if diff > REBUILD_MAX_ABS_DIFF:
+            shutil.rmtree(folder, ignore_errors=True)
+            return (f"the module rebuilt from its recipe answers differently (max |diff| "
+                    f"{diff:.2e} > {REBUILD_MAX_ABS_DIFF:g})")
+    except Exception as exc:  # noqa: BLE001 - any failure means the same: no rebuildable files
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"cannot rebuild the module from a recipe ({type(exc).__name__}: {exc})"
+    return None
+
+
+def largest_difference(model: nn.Module, rebuilt: nn.Module, example: torch.Tensor) -> float:
+    """The largest difference of any embedding or logit of the two modules (eval mode)."""
+    was_training = model.training
+    model.eval()
+    rebuilt.eval()
+    try:
+        with torch.no_grad():
+            ours, theirs = model(example), rebuilt(example)
+    finally:
+        model.train(was_training)
+    if set(ours) != set(theirs):
+        return float("inf")
+    return max((float((ours[k].float() - theirs[k].float()).abs().max()) if ours[k].numel()
+                else 0.0) for k in ("embedding", "logits") if k in ours)
