@@ -31,13 +31,13 @@ def pytest_configure(config: pytest.Config) -> None:
 #: Test files by the time they take, slowest first (docs/testing.md). xdist hands whole files
 #: to the workers in collection order, so the longest start first and the short ones fill the
 #: gaps; in alphabetical order the serving tests (a third of the total) started halfway.
-SLOWEST_FIRST = ("test_serving.py", "test_export.py", "test_face_serving.py", "test_bento.py",
-                 "test_checkpoint.py", "test_dlib_resnet.py",
-                 "test_transfer.py", "test_tracking_server.py", "test_train.py",
-                 "test_big_folder.py", "test_tables.py",
-                 "test_distill_evaluate.py", "test_presets.py", "test_registration.py",
-                 "test_distributed.py", "test_input_pipeline.py", "test_recommend.py",
-                 "test_faces.py")
+SLOWEST_FIRST = ("test_serving.py", "test_export.py", "test_checkpoint.py",
+                 "test_tracking_server.py", "test_face_serving.py", "test_transfer.py",
+                 "test_presets.py", "test_train.py", "test_bento.py", "test_big_folder.py",
+                 "test_registration.py", "test_tables.py", "test_distributed.py",
+                 "test_distill_evaluate.py", "test_dlib_resnet.py", "test_store.py",
+                 "test_models.py", "test_recommend.py", "test_sweep.py", "test_registry.py",
+                 "test_faces.py", "test_input_pipeline.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

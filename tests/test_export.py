@@ -2,12 +2,15 @@
 and the MLflow side (files on the run, tags on the version) against a real store."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -20,7 +23,7 @@ from torch import nn
 import training.pipeline.export
 from serving.bundle import Bundle
 from serving.mlflow_source import fetch_bundle
-from tests.conftest import REPO
+from tests.conftest import REPO, temporary_store
 from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model, save_rebuildable
 from training.pipeline.run import train
@@ -156,14 +159,42 @@ def test_export_config_checks() -> None:
         ExportConfig.from_dict({"model": "x"})
 
 
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real (tiny) training run on emitters, registered as zoo-emitters@champion, trained
+    once per module: the store's folder, and a copy of it as it was."""
+    folder = tmp_path_factory.mktemp("champion")
+    with pytest.MonkeyPatch.context() as monkeypatch, temporary_store(folder, monkeypatch):
+        train(TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
+                             batch_size=64, embedding_dim=16, experiment="zoo-emitters"))
+        register_best(runs_of_experiment("zoo-emitters"), "test_precision_at_1")
+    snapshot = tmp_path_factory.mktemp("champion-as-trained")
+    _copy_store(folder, snapshot)
+    return folder, snapshot
+
+
+def _copy_store(source: Path, target: Path) -> None:
+    """``target`` made equal to the store in ``source``: its files, and its database through
+    SQLite's backup (connections MLflow keeps open to ``target`` then read the copy)."""
+    for item in target.iterdir():
+        if not item.name.startswith("mlflow.db"):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    shutil.copytree(source, target, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("mlflow.db*"))
+    with contextlib.closing(sqlite3.connect(source / "mlflow.db")) as src, \
+            contextlib.closing(sqlite3.connect(target / "mlflow.db")) as dst:
+        src.backup(dst)
+
+
 @pytest.fixture
-def champion(tracking_uri: str) -> str:
-    """A real (tiny) training run on emitters, registered as zoo-emitters@champion."""
-    cfg = TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
-                         batch_size=64, embedding_dim=16, experiment="zoo-emitters")
-    train(cfg)
-    register_best(runs_of_experiment("zoo-emitters"), "test_precision_at_1")
-    return "models:/zoo-emitters@champion"
+def champion(champion_store: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+             ) -> Iterator[str]:
+    """zoo-emitters@champion in a store as training left it, set for this test and its
+    children: the module's copy put back in place (the store names its files by path)."""
+    folder, snapshot = champion_store
+    _copy_store(snapshot, folder)
+    with temporary_store(folder, monkeypatch):
+        yield "models:/zoo-emitters@champion"
 
 
 def test_the_model_carries_its_recipe(champion: str) -> None:
@@ -205,7 +236,7 @@ def _env(uri: str) -> dict[str, str]:
 
 
 def test_export_logs_files_and_tags_and_fails_loudly(
-    champion: str, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys
+    champion: str, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("zoo-emitters", "champion")
@@ -261,7 +292,8 @@ def test_export_logs_files_and_tags_and_fails_loudly(
 
 
 @pytest.mark.slow
-def test_mlflow_run_export_entry_point(champion: str, tracking_uri: str, tmp_path: Path) -> None:
+def test_mlflow_run_export_entry_point(champion: str, tmp_path: Path) -> None:
+    tracking_uri = mlflow.get_tracking_uri()
     ok = subprocess.run(
         [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "export",
          "--env-manager", "local", "--experiment-name", "exports", "-P", f"model_uri={champion}",
@@ -382,7 +414,7 @@ def test_weights_are_skipped_not_fatal_when_a_rebuild_differs(tmp_path: Path) ->
 
 
 def test_the_faster_runtime_is_timed_tagged_and_served(
-        champion: str, tracking_uri: str, tmp_path: Path) -> None:
+        champion: str, tmp_path: Path) -> None:
     """The export times ONNX Runtime against PyTorch and tags the faster on the version; a
     server runs it unless ZOO_RUNTIME says otherwise, and both answer alike; `retime` times
     again and a server started afterwards follows the new tag."""

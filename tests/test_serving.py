@@ -140,7 +140,8 @@ def test_identify_enroll_and_restart(image_server: Server, store, digit_pngs) ->
 
     assert who()["identity"] == "Ada Lovelace" and who()["similarity"] > 0.999
     # The enrollment is on disk: a new server with the same gallery folder knows her.
-    env = _env(store, IMAGE_URI, "gallery-digits", ZOO_ADMIN_KEY=ADMIN_KEY)
+    env = _env(store, IMAGE_URI, "gallery-digits", ZOO_ADMIN_KEY=ADMIN_KEY,
+               ZOO_WORKERS="1")  # one process starts sooner
     with Server("serving.service:ZooService", env) as again:
         answer = httpx.post(f"{again.url}/identify", files=files([stranger]), timeout=60).json()
         assert answer["results"][0]["identity"] == "Ada Lovelace"
