@@ -248,6 +248,63 @@ def test_hostile_images_get_a_4xx_that_names_the_problem() -> None:
     assert isinstance(_to_upload(["x"]), NotAFile)
 
 
+def _png_in_chunks(image: Image.Image, size: int) -> bytes:
+    """``image`` as a PNG whose compressed data is split into IDAT chunks of ``size`` bytes."""
+    import struct
+    import zlib
+
+    data = _encoded(image, "PNG")
+    chunks, at, compressed = [], 8, b""
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        if kind == b"IDAT":
+            compressed += body
+        elif kind != b"IEND":
+            chunks.append(data[at:at + 12 + length])
+        at += 12 + length
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    pieces = [chunk(b"IDAT", compressed[i:i + size]) for i in range(0, len(compressed), size)]
+    return data[:8] + b"".join(chunks) + b"".join(pieces) + chunk(b"IEND", b"")
+
+
+def test_files_that_cost_more_to_decode_than_their_pixels_are_refused_first() -> None:
+    """Decoding bombs in every accepted format, refused before a pixel is decoded: a JPEG of
+    too many scans, a TIFF of too many strips, a PNG of too many chunks, several frames."""
+    from support.hostile import scan_bomb_jpeg
+
+    settings = ServeSettings()
+    pre = Preprocessing("image", (1, 16, 16), [0.5], [0.25], ["a", "b"])
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8))
+    tall = Image.new("L", (4, 5000))
+    pages = io.BytesIO()
+    noise.save(pages, "TIFF", save_all=True, append_images=[noise])
+    moving = io.BytesIO()
+    inverse = Image.fromarray(255 - np.asarray(noise))
+    noise.convert("RGB").save(moving, "WEBP", save_all=True,
+                              append_images=[inverse.convert("RGB")])
+    strips = io.BytesIO()
+    tall.save(strips, "TIFF", tiffinfo={278: 1})  # one row per strip: 5,000 strips
+    cases = [(scan_bomb_jpeg(side=256, repeats=20), "JPEG of 120 scans"),
+             (strips.getvalue(), "5,000 pieces"),
+             (_png_in_chunks(noise, 4), "data chunks"),
+             (pages.getvalue(), "several frames"), (moving.getvalue(), "several frames")]
+    for data, message in cases:
+        with pytest.raises(RequestError, match=message) as err:
+            model_input([Upload("bomb", data)], None, pre, settings)
+        assert err.value.status == 400
+    # what real encoders write passes: progressive JPEG, a PNG in 8 KiB chunks, one TIFF page
+    fine = [_encoded(noise, "PNG"), _png_in_chunks(noise, 8192), _encoded(noise, "TIFF")]
+    progressive = io.BytesIO()
+    noise.save(progressive, "JPEG", progressive=True)
+    for data in (*fine, progressive.getvalue()):
+        assert model_input([Upload("ok", data)], None, pre, settings)[0].shape == (1, 1, 16, 16)
+
+
 def test_identity_names_are_normalised_and_plain() -> None:
     assert identity_name("  Ame\u0301lie ") == "Am\u00e9lie"  # NFC
     assert identity_name("12.50") == "12.50"
