@@ -50,6 +50,8 @@ class BodyTooLarge(Exception):
 
 
 def header(scope: Scope, name: bytes) -> bytes:
+    """The value of a request's header ``name`` (lower case, as ASGI gives names); b"" when
+    it has none."""
     for key, value in scope.get("headers") or ():
         if key == name:
             return value

@@ -25,6 +25,7 @@ import orjson
 
 from serving.face_inputs import FaceRequest
 from serving.inputs import RequestError, Upload
+from serving.limits import header
 
 if TYPE_CHECKING:
     from serving.service import ZooService
@@ -44,10 +45,7 @@ def is_raw_image(scope: Scope) -> bool:
     """A ``POST /embed`` whose body is one image file."""
     if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != ROUTE:
         return False
-    for name, value in scope.get("headers") or ():
-        if name == b"content-type":
-            return value.strip().lower().startswith(_RAW_TYPES)
-    return False
+    return header(scope, b"content-type").strip().lower().startswith(_RAW_TYPES)
 
 
 class RawImageEmbed:
