@@ -25,26 +25,21 @@ BENTOML_ROUTES = ("/", "/livez", "/readyz", "/healthz", "/metrics", "/docs", "/d
                   "/schema.json", "/openapi.json", "/redoc")
 
 
-_PARAM = re.compile(r"\{(\w+)(:path)?\}")
-
-
 class RouteLabels:
-    """Maps a request path onto the template of the route that answers it."""
+    """Maps a request path onto the template of the route that answers it, matched as
+    Starlette's router matches it (``compile_path``)."""
 
     def __init__(self, templates: Iterable[str]) -> None:
+        from starlette.routing import compile_path
+
         self.exact: set[str] = set()
         self.patterns: list[tuple[re.Pattern[str], str]] = []
-        for template in templates:
-            if _PARAM.search(template) is None:
+        for template in dict.fromkeys(templates):
+            regex, label, convertors = compile_path(template)
+            if convertors:
+                self.patterns.append((regex, label))
+            else:
                 self.exact.add(template)
-                continue
-            regex, last = "", 0
-            for match in _PARAM.finditer(template):  # {name:path} spans slashes, {name} not
-                regex += re.escape(template[last:match.start()]) + (".+" if match[2] else "[^/]+")
-                last = match.end()
-            regex += re.escape(template[last:])
-            label = _PARAM.sub(lambda m: "{" + m[1] + "}", template)
-            self.patterns.append((re.compile(f"^{regex}$", re.DOTALL), label))
 
     def __call__(self, path: str) -> str:
         if path in self.exact:
