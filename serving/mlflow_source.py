@@ -225,17 +225,25 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
     return Bundle.open(dest)
 
 
-def _download_weights(artifacts: str, folder: Path, what: str) -> bool:
-    """``export/weights`` into ``folder/weights``; an older export has none (GradCAM is then
-    unavailable, and says how to export again): warn and go on."""
+def download_weights(artifacts: str, folder: Path) -> Path | None:
+    """``<artifacts>/weights`` (a recipe and safetensors, an export's or a logged model's)
+    into ``folder/weights``, or None when it does not hold both files."""
     target = folder / WEIGHTS_DIR
     try:
         mlflow.artifacts.download_artifacts(f"{artifacts}/{WEIGHTS_DIR}", dst_path=str(folder))
     except Exception:  # noqa: BLE001 - any store error means the same: no weights
         pass
     if (target / RECIPE_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
-        return True
+        return target
     shutil.rmtree(target, ignore_errors=True)
+    return None
+
+
+def _download_weights(artifacts: str, folder: Path, what: str) -> bool:
+    """``export/weights`` into ``folder/weights``; an older export has none (GradCAM is then
+    unavailable, and says how to export again): warn and go on."""
+    if download_weights(artifacts, folder) is not None:
+        return True
     log.warning("%s was exported without PyTorch weights (%s/%s); GradCAM and the PyTorch "
                 "runtime are unavailable until it is exported again", what, artifacts,
                 WEIGHTS_DIR)

@@ -67,7 +67,9 @@ TIMING_TAG = "zoo.runtime.timing"  # the figures it was chosen by (JSON)
 # --- artifacts -----------------------------------------------------------------------------
 EXPORT_DIR = "export"  # model.onnx, model.torchscript.pt, model.pt2, parity.json
 GALLERY_DIR = "gallery"  # under EXPORT_DIR: the default identification gallery
-WEIGHTS_DIR = "weights"  # under EXPORT_DIR: recipe.json + model.safetensors (never unpickled)
+#: recipe.json + model.safetensors (never unpickled): under EXPORT_DIR for the server, and
+#: inside a logged model, what init= and export load instead of unpickling the module
+WEIGHTS_DIR = "weights"
 PARITY_ARTIFACT = "parity.json"  # under EXPORT_DIR
 ONNX_MODEL_NAME = "onnx"  # the logged ONNX model's name
 EXPORT_METRIC_PREFIX = "export_"
@@ -81,9 +83,6 @@ PROBE_ARTIFACT = "probe/probe.npz"
 LOAD_REPORT_ARTIFACT = "pretrained/load_report.json"
 FACES_MISSING_ARTIFACT = "faces/missing.txt"  # the photos in which the face stage found no face
 PYFUNC_DIR = "pyfunc"  # inside a logged model: the TorchScript trace the pyfunc loads
-#: inside a logged model: recipe.json + model.safetensors, what init= and export load instead
-#: of unpickling the module
-MODEL_WEIGHTS_DIR = "weights"
 MLMODEL_RECORD_KEY = "zoo"  # a logged model's MLmodel metadata: its record (zoo.record)
 RECORD_FILE = "zoo_meta.json"  # beside a logged model: its record, as JSON
 PREPROCESSING_FILE = "preprocessing.json"  # beside a logged model: its preprocessing alone

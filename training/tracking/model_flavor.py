@@ -41,7 +41,7 @@ def save_model(pytorch_model: torch.nn.Module, path: str, mlflow_model: Model | 
     mlflow_model = mlflow_model if mlflow_model is not None else Model()
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, **kwargs)
     if example is not None:  # what init= and export load, so they need not unpickle
-        why_not = save_checked(pytorch_model.eval(), Path(path) / names.MODEL_WEIGHTS_DIR,
+        why_not = save_checked(pytorch_model.eval(), Path(path) / names.WEIGHTS_DIR,
                                example)
         if why_not:
             log.info("no safetensors weights beside the logged module: %s (init= and export "

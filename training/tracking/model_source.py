@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
-from serving.mlflow_source import (ModelSource, logged_model_location, logged_record,
-                                   resolve_model)
+from serving.mlflow_source import (ModelSource, download_weights, logged_model_location,
+                                   logged_record, resolve_model)
 from serving.settings import DEFAULT_MODEL_URI
 from training.config import TrainConfig
 from zoo import names
@@ -84,23 +84,18 @@ def load_pytorch_model(location: str, what: str, files: str | None = None) -> to
 
 def _load_weights(files: str, what: str) -> torch.nn.Module | None:
     """The module from ``<files>/weights`` (recipe + safetensors); None when there are none."""
-    from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE, load_weights
+    from zoo.models.rebuild import load_weights
 
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            mlflow.artifacts.download_artifacts(f"{files}/{names.MODEL_WEIGHTS_DIR}",
-                                                dst_path=tmp)
-        except Exception:  # noqa: BLE001 - any store error means the same: no weights
-            return None
-        folder = Path(tmp) / names.MODEL_WEIGHTS_DIR
-        if not ((folder / RECIPE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):
+        folder = download_weights(files, Path(tmp))
+        if folder is None:
             return None
         try:
             return load_weights(folder)
         except Exception as exc:  # noqa: BLE001 - safetensors, JSON and the rebuild all raise
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             raise ModelFileError(f"{what} cannot be loaded: its weights under {files}/"
-                                 f"{names.MODEL_WEIGHTS_DIR} are damaged ({reason}); train and "
+                                 f"{names.WEIGHTS_DIR} are damaged ({reason}); train and "
                                  "register it again, or point the alias at another version"
                                  ) from None
 
