@@ -12,7 +12,8 @@ client sends as its ``api_key``) and are compared in constant time (``hmac.compa
   default nobody can change the gallery.
 - The API's description (``/``, ``/docs``, ``/redoc``, ``/openapi.json``, ``/docs.json``,
   ``/schema.json``) needs the API key too, unless ``ZOO_OPEN_DOCS=true``.
-- Everything else (``/livez``, ``/readyz``, ``/metrics``, static files) is open.
+- Everything else (``/livez``, ``/readyz``, ``/metrics``, the page at ``/ui``) is open: the
+  page does nothing without a key where keys are set.
 
 ``/identify`` shows a caller without the admin key only the matches at or above the
 threshold, at most ``ZOO_MAX_TOP_K`` of them: the API key lets one identify a face, not list

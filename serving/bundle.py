@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from zoo import names
 from zoo.record import ModelRecord
@@ -45,12 +46,26 @@ class BundleInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     runtime: str | None = None  # the runtime the export timed as faster (zoo.runtime tag)
     timing: str | None = None  # the figures it chose by (zoo.runtime.timing, JSON)
+    experiment_id: str | None = None  # the run's experiment (for its MLflow UI link)
 
     @property
     def key(self) -> str:
         """A file-name-safe identity of this version (gallery and cache folder names)."""
         base = f"{self.name}-v{self.version}" if self.version else f"run-{self.run_id}"
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)
+
+    def run_url(self, tracking_uri: str | None) -> str | None:
+        """The run's page in the MLflow UI when the store is an HTTP tracking server; None for
+        a local store. Credentials in the URI are never repeated."""
+        if not tracking_uri or not self.experiment_id:
+            return None
+        parts = urlsplit(tracking_uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

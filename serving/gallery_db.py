@@ -343,14 +343,29 @@ class GalleryTable:
             return int(conn.execute(sa.select(sa.func.count())
                                     .where(ENTRIES.c.model_key == self.key)).scalar_one())
 
-    def counts(self, offset: int = 0, limit: int | None = None) -> dict[str, int]:
-        """Entries per identity, by name, one page."""
+    def counts(self, offset: int = 0, limit: int | None = None,
+               search: str = "") -> dict[str, int]:
+        """Entries per identity, by name, one page; only names holding ``search`` (any case;
+        ``%`` and ``_`` are no wildcards) when one is given."""
         query = (sa.select(ENTRIES.c.identity, sa.func.count())
-                 .where(ENTRIES.c.model_key == self.key)
+                 .where(*self._names(search))
                  .group_by(ENTRIES.c.identity).order_by(ENTRIES.c.identity)
                  .offset(offset).limit(limit))
         with self.engine.connect() as conn:
             return {name: int(n) for name, n in conn.execute(query)}
+
+    def count_identities(self, search: str = "") -> int:
+        """How many identities hold ``search`` in their name."""
+        query = sa.select(sa.func.count(sa.distinct(ENTRIES.c.identity))).where(
+            *self._names(search))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def _names(self, search: str) -> list[Any]:
+        where = [ENTRIES.c.model_key == self.key]
+        if search:
+            where.append(ENTRIES.c.identity.icontains(search, autoescape=True))
+        return where
 
     def enrollments(self, identity: str) -> list[dict[str, Any]]:
         """When each entry of ``identity`` was enrolled, and from what (sha256), in order."""

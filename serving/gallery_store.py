@@ -233,9 +233,14 @@ class GalleryStore:
     def far(self) -> float | None:
         return self.header.far
 
-    def counts(self, offset: int = 0, limit: int | None = None) -> dict[str, int]:
-        """Entries per identity, by name (a page of them)."""
-        return self.table.counts(offset, limit)
+    def counts(self, offset: int = 0, limit: int | None = None,
+               search: str = "") -> dict[str, int]:
+        """Entries per identity, by name (a page of them; names holding ``search``)."""
+        return self.table.counts(offset, limit, search)
+
+    def count_identities(self, search: str = "") -> int:
+        """How many identities there are (whose names hold ``search``)."""
+        return self.table.count_identities(search) if search else self.index.identities
 
     def enrollments(self, name: str) -> list[dict[str, Any]]:
         return self.table.enrollments(name)

@@ -349,6 +349,7 @@ def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
         raise RequestError(f"this model takes images ({width}x{height}, {channels} channel(s)), "
                            "not rows: upload them as multipart files named 'images'")
     check_count(len(rows), "rows", settings)
+    rows = rows_as_lists(rows, pre)
     width = pre.row_width
     for i, row in enumerate(rows):
         if not isinstance(row, (list, tuple)):
@@ -374,6 +375,33 @@ def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
         raise RequestError(f"row {i} has a value too large for float32 (about 3.4e38 after "
                            "standardising): the model cannot take it")
     return x
+
+
+def rows_as_lists(rows: Sequence[Any], pre: Preprocessing) -> list[Any]:
+    """Rows sent as records (``{"age": 30, "city": "Lima"}``) as lists in the model's column
+    order: a column left out is a missing value (None), a key the model does not know is a
+    400 that names it. Rows sent as lists pass unchanged."""
+    if not any(isinstance(row, dict) for row in rows):
+        return list(rows)
+    names = list(pre.feature_names or [])
+    if not names:
+        raise RequestError("this model's features have no names: send each row as a list of "
+                           f"{pre.row_width} values")
+    known = set(names)
+    out: list[Any] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            out.append(row)
+            continue
+        unknown = [key for key in row if key not in known]
+        if unknown:
+            shown = ", ".join(repr(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5
+                                                                else "")
+            raise RequestError(f"row {i} has unknown column(s) {shown}; the model's columns "
+                               f"are: {', '.join(names[:20])}"
+                               + (", ..." if len(names) > 20 else ""))
+        out.append([row.get(name) for name in names])
+    return out
 
 
 def model_input(images: Sequence[Upload | NotAFile] | None,

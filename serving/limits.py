@@ -66,14 +66,15 @@ def is_multipart(scope: Scope) -> bool:
 
 
 def json_limit(kind: str | None, row_width: int, path: str, max_rows: int,
-               max_request_bytes: int) -> Limit:
-    """A JSON body's limit: ``max_rows`` rows of ``row_width`` values for a tabular model;
+               max_request_bytes: int, name_bytes: int = 0) -> Limit:
+    """A JSON body's limit: ``max_rows`` rows of ``row_width`` values for a tabular model
+    (and ``name_bytes`` per row: its column names, for rows sent as records);
     for an image model, whose images come as JSON only to ``/v1/embeddings`` (one base64 data
     URL each), the request limit there and the room of a few fields elsewhere. Either way
     the values are counted too: 30 MB of numbers under a field nobody reads cost 1.3 GB."""
     request = Limit(max_request_bytes, "ZOO_MAX_REQUEST_BYTES")
     if kind == "tabular":
-        rows = max_rows * row_width * JSON_BYTES_PER_VALUE + JSON_SLACK
+        rows = max_rows * (row_width * JSON_BYTES_PER_VALUE + name_bytes) + JSON_SLACK
         limit = Limit(rows, f"ZOO_MAX_IMAGES={max_rows} rows of {row_width} values",
                       max_rows * (row_width + 1) + VALUE_SLACK)
     elif kind == "image" and path == "/v1/embeddings":

@@ -187,6 +187,7 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
         metrics={k: v for k, v in sorted(run.data.metrics.items())
                  if k.startswith(_METRIC_PREFIXES)},
         runtime=tags.get(names.RUNTIME_TAG), timing=tags.get(names.TIMING_TAG),
+        experiment_id=run.info.experiment_id,
     )
     dest = cache_root / f"{info.key}-{source.run_id[:12]}"
     artifacts = f"runs:/{source.run_id}/{names.EXPORT_DIR}"

@@ -7,6 +7,7 @@ offline predictor (``python -m serving.predict``) give the same answers from the
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -151,7 +152,9 @@ class ServedModel:
         info, pre = self.info, self.pre
         return {
             "uri": info.uri, "name": info.name, "version": info.version, "alias": info.alias,
-            "run_id": info.run_id, "model": self.record.model, "loss": self.record.loss,
+            "run_id": info.run_id,
+            "run_url": info.run_url(os.environ.get("MLFLOW_TRACKING_URI")),
+            "model": self.record.model, "loss": self.record.loss,
             "kind": pre.kind, "input_size": list(pre.input_size),
             "faces": self.faces.to_dict() if self.faces is not None else None,
             "feature_names": pre.feature_names, "embedding_dim": self.embedding_dim,

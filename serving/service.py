@@ -23,13 +23,13 @@ from PIL import Image
 from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from serving import latency, multipart, openai_api, route_metrics, validation_logs
+from serving import latency, multipart, openai_api, route_metrics, ui, validation_logs
 from serving.auth import ADMIN_SCOPE_KEY, RequireKeys
 from serving.bundle import Bundle
 from serving.face_inputs import FaceRequest, PhotoFaces, chip_picture, read_faces
 from serving.served_model import ServedModel
 from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
-                            identity_name, read_inputs)
+                            identity_name, read_inputs, rows_as_lists)
 from serving.limits import Limit, RequestSizeLimit, is_multipart, json_limit
 from serving.raw_images import RawImageEmbed, is_raw_image
 from serving.response_rewrites import OpenAIErrors, RelativeRedirects
@@ -63,9 +63,12 @@ _FILES = {"type": "array", "items": {"type": "file", "format": "binary"}}
 Images = Annotated[list[ImageFile] | None, Field(description="image files (multipart)"),
                    WithJsonSchema({**_FILES, "description": "image files (multipart)"})]
 # A value is a number, a table's category as text (or a flag), or null where missing; bool
-# first, or JSON true would become 1.0
-Rows = Annotated[list[list[bool | float | str | None]] | None,
-                 Field(description="rows of raw features (JSON)")]
+# first, or JSON true would become 1.0. A row is a list in the model's column order, or a
+# record keyed by column name (a column left out is missing).
+Value = bool | float | str | None
+Rows = Annotated[list[list[Value] | dict[str, Value]] | None,
+                 Field(description="rows of raw features (JSON): lists of values in column "
+                       "order, or records keyed by column name")]
 Reference = Annotated[list[ImageFile] | None, Field(
     max_length=1, description="an image to explain the similarity to (instead of a class)"),
     WithJsonSchema({**_FILES, "maxItems": 1, "description": "an image to explain the "
@@ -87,6 +90,7 @@ BATCH_SIZES = bentoml.metrics.Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 info_app = FastAPI(title="model-zoo model info")
+ui.add_routes(info_app)  # the page at /ui (serving/ui.py)
 _RUNNING: list["ZooService"] = []  # this worker's service, once it has started
 
 
@@ -250,7 +254,7 @@ class ZooService:
         out = await self.model.infer(x)
         digests = ([hashlib.sha256(upload.data).hexdigest() for upload in images] if images
                    else [hashlib.sha256(json.dumps(row).encode()).hexdigest()
-                         for row in rows or []])
+                         for row in rows_as_lists(rows or [], self.model.pre)])
         entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name, digests)
         return EnrollResponse(**self.served, identity=name, added=len(x), entries=entries,
                               gallery_size=len(self.model.gallery))
@@ -352,12 +356,16 @@ class ZooService:
 
     @info_app.get("/identities")
     def identities(self, page: int = Query(1, ge=1, le=MAX_PAGE),
-                   page_size: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        """Enrolled identities with their entry counts, by name, one page at a time (admin)."""
+                   page_size: int = Query(100, ge=1, le=1000),
+                   search: str = Query("", max_length=200, description="only names that "
+                                       "hold this text")) -> dict[str, Any]:
+        """Enrolled identities with their entry counts, by name, one page at a time (admin);
+        ``total`` counts those whose names hold ``search``."""
         gallery = self.model.gallery.refresh()
-        counts = gallery.counts((page - 1) * page_size, page_size)
+        counts = gallery.counts((page - 1) * page_size, page_size, search)
         return {"identities": [{"name": n, "entries": c} for n, c in counts.items()],
-                "page": page, "page_size": page_size, "total": gallery.index.identities}
+                "page": page, "page_size": page_size, "search": search,
+                "total": gallery.count_identities(search)}
 
     @info_app.get("/identities/{name:path}")
     def identity(self, name: str) -> dict[str, Any]:
@@ -387,9 +395,11 @@ def _body_limit(scope: dict[str, Any]) -> Limit:
     if is_multipart(scope):
         return Limit(SETTINGS.max_request_bytes, "ZOO_MAX_REQUEST_BYTES")
     pre = _RUNNING[0].model.pre if _RUNNING else None
-    return json_limit(pre.kind if pre else None,
-                      pre.row_width if pre is not None and pre.kind == "tabular" else 0,
-                      scope["path"], SETTINGS.max_images, SETTINGS.max_request_bytes)
+    table = pre is not None and pre.kind == "tabular"
+    # rows as records repeat the column names: '"name": ' each
+    names = sum(len(json.dumps(n)) + 2 for n in pre.feature_names or []) if table else 0
+    return json_limit(pre.kind if pre else None, pre.row_width if table else 0,
+                      scope["path"], SETTINGS.max_images, SETTINGS.max_request_bytes, names)
 
 
 # the first added sees a request first (and its answer last)

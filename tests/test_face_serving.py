@@ -244,3 +244,42 @@ def test_gradcam_draws_the_box_and_the_map_on_the_whole_photo(face_server) -> No
     assert tuple(overlay[middle, x0]) == (0, 255, 0) and tuple(overlay[y0, (x0 + x1) // 2]) \
         == (0, 255, 0)
     assert got.headers["X-Zoo-Target"] in TRAINED
+
+
+def test_page_draws_a_box_on_each_face_and_says_why_a_photo_has_none(face_server,
+                                                                      tmp_path: Path) -> None:
+    """The page at /ui (support/browser.py): a group photo gets one box per face the server
+    found, where it found it; a photo without a face gets the server's 422 beside it."""
+    import httpx
+    from playwright.sync_api import expect
+
+    from support.browser import browser_page, screenshot
+
+    rng = np.random.default_rng(11)
+    frame, _ = paste_faces([ORL_FACES / p / "10.pgm" for p in TRAINED[:3]], rng)
+    group, empty = tmp_path / "group.jpg", tmp_path / "no-face.jpg"
+    group.write_bytes(_jpeg(frame))
+    empty.write_bytes(_jpeg(background(rng, (320, 240))))
+    found = httpx.post(f"{face_server.url}/identify", timeout=60, files=[
+        ("images", ("group.jpg", group.read_bytes(), "image/jpeg"))]).json()["faces"][0]
+    refused = httpx.post(f"{face_server.url}/identify", timeout=60, files=[
+        ("images", ("no-face.jpg", empty.read_bytes(), "image/jpeg"))])
+    assert refused.status_code == 422
+    with browser_page() as page:
+        page.goto(f"{face_server.url}/ui/")  # no API key on this server: no key asked for
+        expect(page.locator("#model-title")).to_contain_text("zoo-faces")
+        page.set_input_files("#files", [str(group), str(empty)])
+        boxes = page.locator("article.result[data-file='group.jpg'] .box")
+        expect(boxes).to_have_count(len(found))
+        photo = page.locator("article.result[data-file='group.jpg'] img.photo").bounding_box()
+        for i, face in enumerate(found):  # each box where the server found its face
+            box = boxes.nth(i).bounding_box()
+            x0, y0, x1, y1 = face["box"]
+            scale = photo["width"] / frame.width
+            assert abs(box["x"] - (photo["x"] + x0 * scale)) <= 2
+            assert abs(box["y"] - (photo["y"] + y0 * scale)) <= 2
+            assert abs(box["width"] - (x1 - x0) * scale) <= 2
+            expect(boxes.nth(i).locator(".label")).to_contain_text(face["identity"])
+        expect(page.locator("article.result[data-file='no-face.jpg'] .error")).to_have_text(
+            f"422: {refused.json()['error']}")
+        screenshot(page, "ui-faces.png", tmp_path)

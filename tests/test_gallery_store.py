@@ -140,6 +140,11 @@ def test_workers_apply_each_others_rows_and_removals_incrementally(kind: str,
     assert two.search(vectors[:1], 1)[0][0].label == "later"
     counts = two.counts()
     assert counts["later"] == 1 and "new" not in counts and sum(counts.values()) == len(two)
+    # /identities?search=: names holding the text, any case; % and _ are no wildcards
+    one.enroll(vectors[:1], "Ana 50%_x")
+    assert two.counts(search="ana 50%") == {"Ana 50%_x": 1} == two.counts(search="%_")
+    assert two.count_identities("ID0000") == 9 and two.refresh().count_identities("") == 31
+    assert two.counts(0, 2, "id0000") == {"id00001": 4, "id00002": 4}
     assert two.describe()["database"] == ("postgresql" if kind == "postgres" else "sqlite")
     for store in (one, two):
         store.close()

@@ -108,3 +108,18 @@ def test_a_bundle_manifest_holds_the_record_and_reads_older_ones() -> None:
     older["meta"] = LEGACY  # a manifest cached before records existed
     del older["record"]
     assert BundleInfo.from_json(json.dumps(older)).record == record
+
+
+def test_the_run_link_points_at_an_http_tracking_server_and_never_repeats_credentials() -> None:
+    """``/model``'s ``run_url`` (the page's link to the run in the MLflow UI)."""
+    info = BundleInfo(uri="models:/zoo-faces@champion", name="zoo-faces", version="1",
+                      alias="champion", run_id="r1", record=ModelRecord.from_dict(LEGACY),
+                      experiment_id="7")
+    assert info.run_url("https://user:secret@mlflow.example.org:8443/base/") == \
+        "https://mlflow.example.org:8443/base/#/experiments/7/runs/r1"
+    assert info.run_url("http://[::1]:5000") == "http://[::1]:5000/#/experiments/7/runs/r1"
+    for local in (None, "", "sqlite:///mlflow.db", "file:///tmp/mlruns", "databricks"):
+        assert info.run_url(local) is None
+    older = json.loads(info.to_json())
+    del older["experiment_id"]  # a manifest written before the link existed
+    assert BundleInfo.from_json(json.dumps(older)).run_url("http://localhost:5000") is None

@@ -109,6 +109,15 @@ def test_hostile_rows_are_4xx() -> None:
                           ([[1e300, "a"]], "too large for float32")):
         with pytest.raises(RequestError, match=message):
             rows_to_array(rows, pre, settings)
+    # rows as records: by name, a key left out is missing, an unknown key is named
+    by_name = rows_to_array([{"c": "b", "x": 2.0}, {"c": "a"}], pre, settings)
+    assert np.array_equal(by_name, rows_to_array([[2.0, "b"], [None, "a"]], pre, settings))
+    with pytest.raises(RequestError, match=r"row 1 has unknown column\(s\) 'y', 'z'; the "
+                                           r"model's columns are: x, c"):
+        rows_to_array([{"x": 1.0}, {"y": 1, "z": 2}], pre, settings)
+    unnamed = Preprocessing("tabular", (2,), [0.0, 0.0], [1.0, 1.0], ["a", "b"], None)
+    with pytest.raises(RequestError, match="features have no names"):
+        rows_to_array([{"a": 1.0}], unnamed, settings)
     legacy = Preprocessing("tabular", (2,), [0.0, 0.0], [1.0, 1.0], ["a", "b"])
     with pytest.raises(RequestError, match="too large"):
         rows_to_array([[10**400, 1.0]], legacy, settings)
@@ -241,12 +250,21 @@ def test_a_mixed_table_trains_exports_and_serves_raw_rows(tracking_uri: str,
     with Server("serving.service:ZooService", server_env) as server:
         with bentoml.SyncHTTPClient(server.url, timeout=60) as client:
             embedded = np.asarray(client.embed(rows=rows)["embeddings"])
+            # the same rows as records keyed by column: a value left out is missing
+            records = [{k: v for k, v in zip(pre.feature_names, row) if v is not None}
+                       for row in rows]
+            by_record = np.asarray(client.embed(rows=records)["embeddings"])
+            classes = client.classify(rows=records)["predictions"]
+            unknown = client.request("POST", "/identify",
+                                     json={"rows": [{**records[0], "colour": "red"}]})
             described = client.request("GET", "/model").json()
             short = client.request("POST", "/embed", json={"rows": [[1.0, "Oslo"]]})
             bad = client.request("POST", "/embed", json={"rows": [[1.0, "Oslo", "M", 2, "x"]]})
         answer = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused",
                                max_retries=0).embeddings.create(model="zoo-shop", input=rows)
     assert np.abs(embedded - expected).max() <= 1e-5
+    assert np.abs(by_record - expected).max() <= 1e-5 and len(classes) == len(rows)
+    assert unknown.status_code == 400 and "unknown column(s) 'colour'" in unknown.json()["error"]
     assert np.abs(np.asarray([d.embedding for d in answer.data]) - expected).max() <= 1e-5
     assert [c["name"] for c in described["columns"]] == pre.feature_names
     assert short.status_code == 400 and "takes 5 columns" in short.json()["error"]
