@@ -262,10 +262,32 @@ def test_a_mixed_table_trains_exports_and_serves_raw_rows(tracking_uri: str,
             bad = client.request("POST", "/embed", json={"rows": [[1.0, "Oslo", "M", 2, "x"]]})
         answer = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused",
                                max_retries=0).embeddings.create(model="zoo-shop", input=rows)
+        typed = _rows_typed_into_the_page(server.url, pre.feature_names, rows[1], tmp_path)
     assert np.abs(embedded - expected).max() <= 1e-5
     assert np.abs(by_record - expected).max() <= 1e-5 and len(classes) == len(rows)
+    assert typed == classes[1][0]["label"]  # the page sent row 1, its gaps left empty
     assert unknown.status_code == 400 and "unknown column(s) 'colour'" in unknown.json()["error"]
     assert np.abs(np.asarray([d.embedding for d in answer.data]) - expected).max() <= 1e-5
     assert [c["name"] for c in described["columns"]] == pre.feature_names
     assert short.status_code == 400 and "takes 5 columns" in short.json()["error"]
     assert bad.status_code == 400 and "column 'noise' is numeric" in bad.json()["error"]
+
+
+def _rows_typed_into_the_page(url: str, columns: list[str], row: list, folder: Path) -> str:
+    """Type ``row`` into the page's table (an empty cell for a gap), send it, and read the
+    class the page shows (support/browser.py: Debian's chromium)."""
+    from playwright.sync_api import expect
+
+    from support.browser import browser_page, screenshot
+
+    with browser_page() as page:
+        page.goto(f"{url}/ui/")
+        expect(page.locator("#rows-table thead th")).to_have_text(columns)
+        for name, value in zip(columns, row):
+            if value is not None:
+                page.fill(f"#rows-table input[data-column='{name}']", str(value))
+        page.click("#send-rows")
+        expect(page.locator("article.result")).to_have_count(1)
+        expect(page.locator("article.result .identity")).to_contain_text("Identity")
+        screenshot(page, "ui-rows.png", folder)
+        return page.locator("article.result .class strong").inner_text()

@@ -94,6 +94,9 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
         out = served.run(rows)
         assert out["embedding"].shape == (3, 16)
         assert np.allclose(np.linalg.norm(out["embedding"], axis=1), 1, atol=1e-4)
+        # /model links the run's page in this server's UI (the page at /ui shows the link)
+        assert served.describe()["run_url"] == (f"{url.rstrip('/')}/#/experiments/"
+                                                f"{exp['experiment_id']}/runs/{version['run_id']}")
 
 
 @pytest.mark.slow

@@ -133,6 +133,7 @@ async function start() {
   $("enroll-files").hidden = table;
   $("enroll-rows").hidden = !table;
   if (table) setUpRows(got.data);
+  if (!$("tab-gallery").hidden) loadIdentities();  // a new key may open it
 }
 
 function renderModel(model) {

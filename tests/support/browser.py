@@ -3,7 +3,8 @@
 Playwright's own browsers are never downloaded: it launches the system's ``chromium``
 (``executable_path``), which ``.ci/run`` installs where it is missing. Without one the tests
 are skipped with the reason. Screenshots go to ``ZOO_SCREENSHOTS`` when it is set
-(``ZOO_SCREENSHOTS=docs/img make test`` refreshes the README's), else to the test's folder.
+(a path relative to the repository: ``ZOO_SCREENSHOTS=docs/img make test`` refreshes the
+README's), else to the test's folder.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+from support.process import REPO
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -55,7 +58,8 @@ def browser_page(width: int = 1280, height: int = 900) -> Iterator["Page"]:
 
 def screenshot(page: "Page", name: str, fallback: Path) -> Path:
     """Save the page as ``name`` in ``ZOO_SCREENSHOTS`` (else ``fallback``)."""
-    folder = Path(os.environ.get("ZOO_SCREENSHOTS") or fallback)
+    chosen = os.environ.get("ZOO_SCREENSHOTS")
+    folder = REPO / chosen if chosen else fallback  # relative to the repository (tests chdir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     page.screenshot(path=str(path), full_page=True)
