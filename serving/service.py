@@ -137,6 +137,11 @@ class ZooService:
         info = self.model.info
         self.served = {"model": info.name, "version": info.version}
         self.budget = PixelBudget(SETTINGS.max_request_pixels)
+        # a JSON body's room for the column names that rows sent as records repeat, per row
+        # ('"name": ' each), for the body limit (_body_limit)
+        pre = self.model.pre
+        self.row_name_bytes = (sum(len(json.dumps(n)) + 2 for n in pre.feature_names or [])
+                               if pre.kind == "tabular" else 0)
         log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
                  info.run_id, len(self.model.gallery))
         _RUNNING[:] = [self]  # what the raw-image route answers with (serving/raw_images.py)
@@ -394,12 +399,12 @@ def _body_limit(scope: dict[str, Any]) -> Limit:
         return Limit(SETTINGS.max_image_bytes, "ZOO_MAX_IMAGE_BYTES: one image as the body")
     if is_multipart(scope):
         return Limit(SETTINGS.max_request_bytes, "ZOO_MAX_REQUEST_BYTES")
-    pre = _RUNNING[0].model.pre if _RUNNING else None
+    service = _RUNNING[0] if _RUNNING else None
+    pre = service.model.pre if service is not None else None
     table = pre is not None and pre.kind == "tabular"
-    # rows as records repeat the column names: '"name": ' each
-    names = sum(len(json.dumps(n)) + 2 for n in pre.feature_names or []) if table else 0
     return json_limit(pre.kind if pre else None, pre.row_width if table else 0,
-                      scope["path"], SETTINGS.max_images, SETTINGS.max_request_bytes, names)
+                      scope["path"], SETTINGS.max_images, SETTINGS.max_request_bytes,
+                      service.row_name_bytes if service is not None else 0)
 
 
 # the first added sees a request first (and its answer last)

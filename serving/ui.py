@@ -12,6 +12,7 @@ server only (no inline script, no ``eval``), images from here and from the page'
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
@@ -37,7 +38,13 @@ def page_file(name: str) -> Response:
         raise HTTPException(404, f"no file {name!r} on the page; it has: "
                                  f"{', '.join(n for n in FILES if n)}")
     file, media_type = FILES[name]
-    return Response((UI_DIR / file).read_bytes(), media_type=media_type, headers=HEADERS)
+    return Response(_read(file), media_type=media_type, headers=HEADERS)
+
+
+@functools.cache
+def _read(file: str) -> bytes:
+    """A file of the page, read once per worker (they are part of the package)."""
+    return (UI_DIR / file).read_bytes()
 
 
 def add_routes(app: FastAPI) -> None:

@@ -72,6 +72,12 @@ function errorText(data) {
   return JSON.stringify(data);
 }
 
+// A status line: the text, shown as an error or not.
+function say(id, text, error = false) {
+  $(id).textContent = text;
+  $(id).className = error ? "error" : "";
+}
+
 function notice(text) {
   $("notice").textContent = text || "";
   $("notice").hidden = !text;
@@ -203,9 +209,9 @@ async function tryImages(files) {
   await Promise.all(files.map((file) => tryImage(file, results)));
 }
 
-function imageForm(file, extra = {}) {
+function imageForm(file, extra = {}, field = "images") {
   const form = new FormData();
-  form.append("images", file, file.name);
+  form.append(field, file, file.name);
   for (const [name, value] of Object.entries(extra)) form.append(name, value);
   return form;
 }
@@ -294,7 +300,7 @@ function gradcamButton(file, card) {
   button.addEventListener("click", async () => {
     button.disabled = true;
     button.textContent = "GradCAM…";
-    const got = await api("gradcam", { method: "POST", form: gradcamForm(file), blob: true });
+    const got = await api("gradcam", { method: "POST", form: imageForm(file, {}, "image"), blob: true });
     button.disabled = false;
     button.textContent = "Show GradCAM";
     card.querySelector(".gradcam")?.remove();
@@ -308,12 +314,6 @@ function gradcamButton(file, card) {
       element("p", { class: "quiet", text: `GradCAM for ${target || "the predicted class"}` })));
   });
   return button;
-}
-
-function gradcamForm(file) {
-  const form = new FormData();
-  form.append("image", file, file.name);
-  return form;
 }
 
 // ---- try: rows -------------------------------------------------------------------------
@@ -404,15 +404,11 @@ async function loadIdentities() {
   const body = $("identities").tBodies[0];
   body.replaceChildren();
   if (!got.ok) {
-    $("gallery-message").textContent = got.message;
-    $("gallery-message").className = "error";
+    say("gallery-message", got.message, true);
     $("page-info").textContent = "";
     return;
   }
-  if ($("gallery-message").className === "error") {  // an earlier refusal, now answered
-    $("gallery-message").textContent = "";
-    $("gallery-message").className = "";
-  }
+  if ($("gallery-message").className === "error") say("gallery-message", "");  // now answered
   state.total = got.data.total;
   for (const { name, entries } of got.data.identities) {
     const open = element("button", { type: "button", class: "link", text: name });
@@ -433,8 +429,7 @@ async function showIdentity(name) {
   const got = await api(`identities/${encodeURIComponent(name)}`);
   const detail = $("identity-detail");
   if (!got.ok) {
-    $("gallery-message").textContent = got.message;
-    $("gallery-message").className = "error";
+    say("gallery-message", got.message, true);
     detail.hidden = true;
     return;
   }
@@ -452,10 +447,9 @@ async function deleteIdentity() {
   if (!detail) return;
   if (!window.confirm(`Delete ${detail.name} and its ${detail.entries} entries from the gallery?`)) return;
   const got = await api(`identities/${encodeURIComponent(detail.name)}`, { method: "DELETE" });
-  $("gallery-message").className = got.ok ? "" : "error";
-  $("gallery-message").textContent = got.ok
+  say("gallery-message", got.ok
     ? `Deleted ${got.data.name} (${got.data.removed} entries); the gallery holds ${got.data.gallery_size}.`
-    : got.message;
+    : got.message, !got.ok);
   if (got.ok) {
     state.detail = null;
     $("identity-detail").hidden = true;
@@ -466,15 +460,13 @@ async function deleteIdentity() {
 async function enroll(event) {
   event.preventDefault();
   const name = $("enroll-name").value.trim();
-  const message = $("enroll-message");
   let got;
   if (state.model && state.model.kind === "tabular") {
     let rows;
     try {
       rows = JSON.parse($("enroll-rows").value || "[]");
     } catch (err) {
-      message.className = "error";
-      message.textContent = `The rows are not JSON: ${err.message}`;
+      say("enroll-message", `The rows are not JSON: ${err.message}`, true);
       return;
     }
     got = await api("enroll", { method: "POST", json: { identity: name, rows } });
@@ -484,10 +476,9 @@ async function enroll(event) {
     for (const file of $("enroll-files").files) form.append("images", file, file.name);
     got = await api("enroll", { method: "POST", form });
   }
-  message.className = got.ok ? "" : "error";
-  message.textContent = got.ok
+  say("enroll-message", got.ok
     ? `Enrolled ${got.data.added} into ${got.data.identity} (${got.data.entries} entries; the gallery holds ${got.data.gallery_size}).`
-    : got.message;
+    : got.message, !got.ok);
   if (got.ok) {
     $("enroll-files").value = "";
     await loadIdentities();
