@@ -38,7 +38,7 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, {repo!r})
-from serving.gallery_store import EmbeddingContract, GalleryStore
+from serving.gallery.store import EmbeddingContract, GalleryStore
 contract = EmbeddingContract(**json.loads(sys.argv[2]))
 start = time.perf_counter()
 store = GalleryStore(Path(sys.argv[1]), None, contract, index=sys.argv[3])
@@ -71,7 +71,7 @@ def load(folder: Path, contract: object, size: int) -> np.ndarray:
     """Fill the table with ``size`` entries in chunks; returns the identity centres."""
     from tqdm import tqdm
 
-    from serving.gallery_db import GalleryTable, database_uri, open_engine
+    from serving.gallery.table import GalleryTable, database_uri, open_engine
 
     table = GalleryTable(open_engine(database_uri("", folder)), contract.key)
     table.create(dataclasses.asdict(contract), DIM, 0.5, 1e-3, None, [])
@@ -93,7 +93,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(size: int, index: str, root: Path) -> dict[str, float | str]:
-    from serving.gallery_store import EmbeddingContract, GalleryStore
+    from serving.gallery.store import EmbeddingContract, GalleryStore
 
     contract = EmbeddingContract("bench", "1", f"run{size}", "0" * 64, DIM, "0" * 64)
     folder = root / f"g{size}"

@@ -235,7 +235,8 @@ async def load(url: str, bodies: list[tuple[bytes, str]], concurrency: int,
 
 def cpu_breakdown(onnx: str, pngs: list[bytes]) -> dict[str, float]:
     """Microseconds of CPU per single-image request spent outside HTTP handling."""
-    from serving.inputs import Upload, images_to_array
+    from serving.inputs.images import images_to_array
+    from serving.inputs.uploads import Upload
     from serving.schemas import EmbedResponse
     from serving.settings import ServeSettings
     from zoo.data.preprocessing import normalise, to_unit

@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from serving.face_inputs import FaceRequest, read_faces_now
-from serving.served_model import ServedModel
-from serving.inputs import RequestError, Upload, identity_name, images_to_array
-from serving.mlflow_source import fetch_bundle
+from mlflow_source.fetch import fetch_bundle
+from serving.errors import RequestError
+from serving.gallery.names import identity_name
+from serving.inputs.faces import FaceRequest, read_faces_now
+from serving.inputs.images import images_to_array
+from serving.inputs.uploads import Upload
+from serving.model.served import ServedModel
 from serving.settings import ServeSettings
 from zoo.cli import StrictParser
 from zoo.data.sources import image_extensions

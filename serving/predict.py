@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.face_inputs import FaceRequest, chip_picture, read_faces_now
-from serving.served_model import ServedModel
-from serving.gradcam import METHODS
-from serving.inputs import RequestError, Upload, open_image
-from serving.mlflow_source import fetch_bundle
+from mlflow_source.fetch import fetch_bundle
+from serving.errors import RequestError
+from serving.inputs.faces import FaceRequest, chip_picture, read_faces_now
+from serving.inputs.images import open_image
+from serving.inputs.uploads import Upload
+from serving.model.gradcam import METHODS
+from serving.model.served import ServedModel
 from serving.settings import ServeSettings
 from zoo.cli import StrictParser
 from zoo.data import preprocess_images

@@ -8,6 +8,11 @@ method. Images arrive as multipart files named ``images`` (repeat the field for 
 tabular rows as JSON ``{"rows": [[...], ...]}``. Bad input gets a 400 or 413 whose
 ``error`` names the problem; the model is resolved while the module is imported, so a
 missing model stops ``bentoml serve`` before any worker starts.
+
+Each endpoint is one straight pipeline through the rooms of ``serving/``: the HTTP edge
+(``http/``: keys, limits; the whole chain is listed in ``http/chain.py``) → decode and the
+face stage (``inputs/``) → the model (``model/``) → the gallery (``gallery/``) → the
+answer (``schemas.py``).
 """
 import functools
 import hashlib
@@ -23,21 +28,23 @@ from PIL import Image
 from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from serving import latency, multipart, openai_api, route_metrics, ui, validation_logs
-from serving.auth import ADMIN_SCOPE_KEY, RequireKeys
-from serving.bundle import Bundle
-from serving.face_inputs import FaceRequest, PhotoFaces, chip_picture, read_faces
-from serving.served_model import ServedModel
-from serving.inputs import (ImageFile, NotAFile, PixelBudget, RequestError, Text, Upload,
-                            identity_name, read_inputs, rows_as_lists)
-from serving.limits import Limit, RequestSizeLimit, is_multipart, json_limit
-from serving.raw_images import RawImageEmbed, is_raw_image
-from serving.response_rewrites import OpenAIErrors, RelativeRedirects
-from serving.packaging import bento_model
+from serving.errors import RequestError
+from serving.gallery.names import identity_name
+from serving.http import chain, latency, openai_api, route_metrics
+from serving.http.keys import ADMIN_SCOPE_KEY
+from serving.http.limits import Limit, json_limit
+from serving.inputs.faces import FaceRequest, chip_picture
+from serving.inputs.reader import InputReader, Rows as RowValues, Uploads
+from serving.inputs.rows import rows_as_lists
+from serving.inputs.uploads import ImageFile, Text, Upload
+from serving.model.packaging import bento_model
+from serving.model.served import ServedModel
+from serving.page import routes as page
 from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse, FaceEmbedding,
                              FaceIdentification, Identification, IdentifyResponse, Match,
                              header_value)
 from serving.settings import ServeSettings
+from zoo.export.bundle import Bundle
 
 log = logging.getLogger("serving")
 
@@ -46,16 +53,13 @@ try:  # fail here, before any worker starts, with one line that says what is mis
     KEYS = SETTINGS.keys()
     PACKED = bento_model(SETTINGS)
     if PACKED is None:  # from the MLflow store (a built Bento holds its model: no MLflow)
-        from serving.mlflow_source import fetch_bundle
+        from mlflow_source.fetch import fetch_bundle
 
         BUNDLE = fetch_bundle(SETTINGS.model_uri, SETTINGS.cache_path())
     else:
         BUNDLE = None
 except (LookupError, FileNotFoundError, ValueError) as exc:
     raise SystemExit(f"error: cannot serve: {exc}") from None
-multipart.install(max_files=SETTINGS.max_images + 2)  # never fetch a text value as a URL
-validation_logs.install()  # a 400 for a bad body: one INFO line, never the body
-latency.cancel_finished_request_timers()  # BentoML's per-request timers: the tail (latency.py)
 
 # Schemas of type "file": BentoML's clients send such fields as multipart files (a Path, a
 # PIL image opened from a file, a binary file object), not as JSON.
@@ -90,7 +94,7 @@ BATCH_SIZES = bentoml.metrics.Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 info_app = FastAPI(title="model-zoo model info")
-ui.add_routes(info_app)  # the page at /ui (serving/ui.py)
+page.add_routes(info_app)  # the page at /ui (serving/page/)
 _RUNNING: list["ZooService"] = []  # this worker's service, once it has started
 
 
@@ -136,36 +140,34 @@ class ZooService:
             raise SystemExit(f"error: cannot serve: {exc}") from None
         info = self.model.info
         self.served = {"model": info.name, "version": info.version}
-        self.budget = PixelBudget(SETTINGS.max_request_pixels)
+        self.inputs = InputReader(self.model.pre, self.model.faces, SETTINGS)
         # a JSON body's room for the column names that rows sent as records repeat, per row
-        # ('"name": ' each), for the body limit (_body_limit)
+        # ('"name": ' each), for the body limit (json_limit)
         pre = self.model.pre
         self.row_name_bytes = (sum(len(json.dumps(n)) + 2 for n in pre.feature_names or [])
                                if pre.kind == "tabular" else 0)
         log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
                  info.run_id, len(self.model.gallery))
-        _RUNNING[:] = [self]  # what the raw-image route answers with (serving/raw_images.py)
+        _RUNNING[:] = [self]  # what the edge asks for limits and raw bodies (http/chain.py)
         latency.freeze_startup_heap()  # full collections walk only what requests make
 
-    async def _inputs(self, images: list[Upload | NotAFile] | None,
-                      rows: list[list[Any]] | None, keep: bool = False
-                      ) -> tuple[np.ndarray, list[Image.Image]]:
-        """The model's input: each image (or row); a face model's each photo's largest face."""
-        if self.model.faces is not None:
-            found = await self._faces(images, rows, FaceRequest.of(SETTINGS, largest=True),
-                                      keep)
-            return found.x, found.pictures
-        return await read_inputs(images, rows, self.model.pre, SETTINGS, self.budget, keep)
+    def json_limit(self, path: str) -> Limit:
+        """What a JSON body to ``path`` may hold (``serving/http/limits.py``): the rows this
+        model can take, or a few fields."""
+        pre = self.model.pre
+        return json_limit(pre.kind, pre.row_width if pre.kind == "tabular" else 0, path,
+                          SETTINGS.max_images, SETTINGS.max_request_bytes, self.row_name_bytes)
 
-    async def _faces(self, images: list[Upload | NotAFile] | None,
-                     rows: list[list[Any]] | None, request: FaceRequest,
-                     keep: bool = False) -> PhotoFaces:
-        """A face model's input: every face of every photo (rows are refused as for any
-        image model)."""
-        if rows is not None or not images:
-            await read_inputs(images, rows, self.model.pre, SETTINGS, self.budget)
-        return await read_faces(images or [], self.model.pre, self.model.faces, request,
-                                SETTINGS, self.budget, keep)
+    async def embed_body(self, data: bytes) -> dict[str, Any]:
+        """``/embed`` of one image sent as the whole body (``serving/http/raw_body.py``):
+        the multipart route's answer, the embeddings left as arrays for orjson."""
+        images = [Upload("body", data)]
+        if self.model.faces is not None:  # every face, as the multipart route answers
+            answer = await self.face_embeddings(images, None, FaceRequest.of(SETTINGS))
+            return answer.model_dump()
+        x, _ = await self.inputs.read(images, None)
+        out = await self.model.infer(x)
+        return {**self.served, "embeddings": np.ascontiguousarray(out["embedding"])}
 
     def _face_request(self, max_faces: int | None, min_face_px: int | None) -> FaceRequest:
         if self.model.faces is None:
@@ -184,15 +186,14 @@ class ZooService:
         request = self._face_request(max_faces, min_face_px)
         if self.model.faces is not None:
             return await self.face_embeddings(images, rows, request)
-        x, _ = await self._inputs(images, rows)
+        x, _ = await self.inputs.read(images, rows)
         out = await self.model.infer(x)
         return EmbedResponse(**self.served, embeddings=out["embedding"].tolist())
 
-    async def face_embeddings(self, images: list[Upload | NotAFile] | None,
-                              rows: list[list[Any]] | None,
+    async def face_embeddings(self, images: Uploads, rows: RowValues,
                               request: FaceRequest) -> EmbedResponse:
         """``/embed`` of a face model (also the raw-image route's)."""
-        found = await self._faces(images, rows, request)
+        found = await self.inputs.read_faces(images, rows, request)
         embeddings = (await self.model.infer(found.x))["embedding"]
         faces = [[FaceEmbedding(**face.to_dict(), embedding=embeddings[at.start + j].tolist())
                   for j, face in enumerate(photo)]
@@ -207,7 +208,7 @@ class ZooService:
         """The ``top_k`` most probable classes of each image or row."""
         if not self.model.has_classes:
             raise RequestError("this model has no classifier head: use /embed or /identify")
-        x, _ = await self._inputs(images, rows)
+        x, _ = await self.inputs.read(images, rows)
         out = await self.model.infer(x)
         top = self.model.top_classes(out["logits"], top_k or SETTINGS.top_k)
         return ClassifyResponse(**self.served, predictions=top)
@@ -226,9 +227,9 @@ class ZooService:
             raise RequestError(f"top_k={top_k} is over this server's limit of "
                                f"{SETTINGS.max_top_k} (ZOO_MAX_TOP_K)")
         request = self._face_request(max_faces, min_face_px)
-        found = (await self._faces(images, rows, request) if self.model.faces is not None
-                 else None)
-        x = found.x if found is not None else (await self._inputs(images, rows))[0]
+        found = (await self.inputs.read_faces(images, rows, request)
+                 if self.model.faces is not None else None)
+        x = found.x if found is not None else (await self.inputs.read(images, rows))[0]
         out = await self.model.infer(x)
         answers = await _in_thread(self.model.identify, out["embedding"],
                                    top_k or SETTINGS.top_k, admin)
@@ -253,9 +254,9 @@ class ZooService:
             raise RequestError(f"face={face.strip()!r}: send face=largest, or nothing")
         if self.model.faces is not None:
             request = FaceRequest.of(SETTINGS, one=True, largest=face.strip() == "largest")
-            x = (await self._faces(images, rows, request)).x
+            x = (await self.inputs.read_faces(images, rows, request)).x
         else:
-            x, _ = await self._inputs(images, rows)
+            x, _ = await self.inputs.read(images, rows)
         out = await self.model.infer(x)
         digests = ([hashlib.sha256(upload.data).hexdigest() for upload in images] if images
                    else [hashlib.sha256(json.dumps(row).encode()).hexdigest()
@@ -275,12 +276,12 @@ class ZooService:
             raise RequestError("GradCAM explains image models; this model takes rows")
         face = None
         if self.model.faces is not None:  # the largest face's chip, as the model saw it
-            found = await self._faces([image], None, FaceRequest.of(SETTINGS, largest=True),
-                                      keep=True)
+            found = await self.inputs.read_faces(
+                [image], None, FaceRequest.of(SETTINGS, largest=True), keep=True)
             x_uint8, face, photo = found.x, found.faces[0][0], found.pictures[0]
             picture = chip_picture(x_uint8[0])
         else:
-            x_uint8, pictures = await self._inputs([image], None, keep=True)
+            x_uint8, pictures = await self.inputs.read([image], None, keep=True)
             picture = pictures[0]
         x = torch.from_numpy(self.model.model_input(x_uint8))
         class_index = None
@@ -297,7 +298,7 @@ class ZooService:
         if reference:
             if target.strip():
                 raise RequestError("send a target class or a reference image, not both")
-            ref_x, _ = await self._inputs(reference, None)
+            ref_x, _ = await self.inputs.read(reference, None)
             ref = torch.from_numpy((await self.model.infer(ref_x))["embedding"])
         elif not self.model.has_classes:
             raise RequestError("this model has no classes: send a reference image to explain "
@@ -313,7 +314,7 @@ class ZooService:
                                   self.model.class_names)
         picture = result.overlay
         if face is not None:  # the map carried back onto the photo, the face's box drawn
-            from serving.gradcam import face_overlay
+            from serving.model.gradcam import face_overlay
 
             picture = await _in_thread(face_overlay, photo, result.heat, face,
                                        self.model.faces)
@@ -335,7 +336,7 @@ class ZooService:
                                             self.served_names, self.model.embedding_dim)
         images, rows = openai_api.parse_input(input, self.model.pre.kind)
         try:
-            x, _ = await self._inputs(images, rows)
+            x, _ = await self.inputs.read(images, rows)
         except RequestError as exc:
             raise openai_api.OpenAIError(str(exc), exc.status, "input") from None
         out = await self.model.infer(x)
@@ -392,31 +393,9 @@ class ZooService:
                 "gallery_size": len(self.model.gallery)}
 
 
-def _body_limit(scope: dict[str, Any]) -> Limit:
-    """What a request's body may hold (serving/limits.py): one image sent as the body, rows
-    as JSON, or files in a multipart form."""
-    if is_raw_image(scope):
-        return Limit(SETTINGS.max_image_bytes, "ZOO_MAX_IMAGE_BYTES: one image as the body")
-    if is_multipart(scope):
-        return Limit(SETTINGS.max_request_bytes, "ZOO_MAX_REQUEST_BYTES")
-    service = _RUNNING[0] if _RUNNING else None
-    pre = service.model.pre if service is not None else None
-    table = pre is not None and pre.kind == "tabular"
-    return json_limit(pre.kind if pre else None, pre.row_width if table else 0,
-                      scope["path"], SETTINGS.max_images, SETTINGS.max_request_bytes,
-                      service.row_name_bytes if service is not None else 0)
-
-
-# the first added sees a request first (and its answer last)
-ZooService.add_asgi_middleware(RelativeRedirects)
-ZooService.add_asgi_middleware(OpenAIErrors)
-ZooService.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes,
-                               limit_for=_body_limit)
-# /metrics labelled by route template: bounded whatever paths are sent, and no names in it
-route_metrics.install(lambda: [*route_metrics.BENTOML_ROUTES, *(f"/{r}" for r in MODEL_ROUTES),
-                               *route_metrics.route_templates(info_app.routes)])
-ZooService.add_asgi_middleware(RequireKeys, keys=KEYS)
-ZooService.add_asgi_middleware(RawImageEmbed, service=lambda: _RUNNING[0] if _RUNNING else None)
+chain.install(ZooService, SETTINGS, KEYS, running=lambda: _RUNNING[0] if _RUNNING else None,
+              templates=lambda: [*route_metrics.BENTOML_ROUTES, *(f"/{r}" for r in MODEL_ROUTES),
+                                 *route_metrics.route_templates(info_app.routes)])
 
 
 def _identification(answer: Any) -> Identification:

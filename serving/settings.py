@@ -11,13 +11,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
 
+from zoo.names import DEFAULT_MODEL_URI
 from zoo.values import parse_value
 
 if TYPE_CHECKING:
-    from serving.auth import Keys
+    from serving.http.keys import Keys
 
-#: What the server answers for when ZOO_MODEL_URI is unset.
-DEFAULT_MODEL_URI = "models:/zoo-digits@champion"
 
 ENV_PREFIX = "ZOO_"
 
@@ -48,7 +47,7 @@ class ServeSettings:
     max_image_bytes: int = 10 * 2**20  # one uploaded image file
     max_image_pixels: int = 4096 * 4096  # one decoded image (decompression bombs)
     # all images of one request together, read from their headers before decoding; also what
-    # one worker holds decoded at once, over all requests (serving.inputs.PixelBudget)
+    # one worker holds decoded at once, over all requests (serving.inputs.images.PixelBudget)
     max_request_pixels: int = 2 * 4096 * 4096
     image_formats: str = "PNG,JPEG,WEBP,BMP,TIFF,PPM"  # Pillow formats decoded (PPM: PGM too)
     max_request_bytes: int = 64 * 2**20  # one request body
@@ -104,8 +103,8 @@ class ServeSettings:
             raise ValueError(f"{ENV_PREFIX}IMAGE_FORMATS={self.image_formats!r}: "
                              + (f"Pillow cannot open {', '.join(unknown)}" if unknown else
                                 "name at least one format") + " (e.g. PNG,JPEG,WEBP)")
-        from serving.gallery_db import check_uri
-        from serving.gallery_index import choose_kind
+        from serving.gallery.index import choose_kind
+        from serving.gallery.table import check_uri
 
         choose_kind(self.gallery_index, 0)
         check_uri(self.gallery_uri)
@@ -121,7 +120,7 @@ class ServeSettings:
 
     def keys(self) -> "Keys":
         """The API and admin keys, from the variables or the files they name."""
-        from serving.auth import Keys
+        from serving.http.keys import Keys
 
         found = {}
         for name in ("api_key", "admin_key"):

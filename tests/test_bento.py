@@ -32,9 +32,6 @@ from zoo.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOFILE = REPO / "serving" / "bentofile.yaml"
-#: Imported only to read an MLflow store, which a Bento never does (its model is packed;
-#: the served Bento is tested with MLflow unimportable).
-STORE_ONLY = {"serving/mlflow_source.py": {"mlflow"}}
 
 
 def bento_files() -> list[Path]:
@@ -51,7 +48,8 @@ def third_party_imports(path: Path) -> set[str]:
             found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.add(node.module.split(".")[0])
-    return found - set(sys.stdlib_module_names) - {"__future__", "zoo", "serving", "training"}
+    return found - set(sys.stdlib_module_names) - {"__future__", "zoo", "serving", "training",
+                                                   "mlflow_source"}
 
 
 def installed_closure(requirements: list[str]) -> set[str]:
@@ -94,20 +92,11 @@ def _canonical(name: str) -> str:
 def test_the_bento_holds_the_server_code_and_no_training_code() -> None:
     files = [p.relative_to(REPO).as_posix() for p in bento_files()]
     assert "serving/service.py" in files and "zoo/names.py" in files
-    assert {"serving/ui/index.html", "serving/ui/app.js", "serving/ui/app.css"} <= set(files)
-    assert not [f for f in files if f.startswith("training/")]
-    for path in (REPO / "serving").glob("*.py"):  # the server never imports the trainer
-        assert "training" not in {m.split(".")[0] for m in _imported(path)}, path
-
-
-def _imported(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
+    assert {"serving/page/index.html", "serving/page/app.js", "serving/page/app.css",
+            "serving/http/chain.py", "serving/gallery/store.py"} <= set(files)
+    # no trainer, and no MLflow reader: the Bento's model is packed (tests/test_layout.py
+    # checks that serving/ imports neither)
+    assert not [f for f in files if f.startswith(("training/", "mlflow_source/"))]
 
 
 def test_bento_requirements_cover_every_import() -> None:
@@ -121,7 +110,7 @@ def test_bento_requirements_cover_every_import() -> None:
         if path.suffix != ".py":  # the page's HTML, CSS and JavaScript
             continue
         relative = path.relative_to(REPO).as_posix()
-        for module in third_party_imports(path) - STORE_ONLY.get(relative, set()):
+        for module in third_party_imports(path):
             dists = {_canonical(d) for d in owners.get(module) or _owners_by_files(module)}
             if not dists & closure:
                 missing.setdefault(module, []).append(relative)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import training.pipeline.export
-from serving.bundle import Bundle
-from serving.mlflow_source import fetch_bundle
+from mlflow_source.fetch import fetch_bundle
+from zoo.export.bundle import Bundle
 from tests.conftest import REPO, temporary_store
 from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model, save_rebuildable
@@ -418,7 +418,7 @@ def test_the_faster_runtime_is_timed_tagged_and_served(
     """The export times ONNX Runtime against PyTorch and tags the faster on the version; a
     server runs it unless ZOO_RUNTIME says otherwise, and both answer alike; `retime` times
     again and a server started afterwards follows the new tag."""
-    from serving.served_model import ServedModel
+    from serving.model.served import ServedModel
     from serving.settings import ServeSettings
     from training.pipeline.retime import RetimeConfig, retime
     from zoo.export.runtime_timing import RUNTIMES, RuntimeTiming

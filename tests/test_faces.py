@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.face_inputs import FaceRequest, read_faces_now
-from serving.inputs import RequestError, Upload
+from serving.errors import RequestError
+from serving.inputs.faces import FaceRequest, read_faces_now
+from serving.inputs.uploads import Upload
 from serving.settings import ServeSettings
 from support.faces import ORL_FACES, background, contains, paste_faces
 from zoo.data import Preprocessing, load_data

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.gallery_db import Rows
-from serving.gallery_index import GalleryIndex
+from serving.gallery.index import GalleryIndex
+from serving.gallery.table import Rows
 from zoo.gallery import LEGACY_INDEX_FILE, META_FILE, VECTORS_FILE, Gallery
 
 

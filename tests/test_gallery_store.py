@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.gallery_db import DB_FILE
-from serving.gallery_store import EmbeddingContract, GalleryStore
+from serving.gallery.store import EmbeddingContract, GalleryStore
+from serving.gallery.table import DB_FILE
 from serving.settings import ServeSettings
 from zoo.gallery import Gallery
 
@@ -183,7 +183,7 @@ WRITER = textwrap.dedent("""
     import sys
     import numpy as np
     from pathlib import Path
-    from serving.gallery_store import EmbeddingContract, GalleryStore
+    from serving.gallery.store import EmbeddingContract, GalleryStore
 
     contract = EmbeddingContract("zoo-x", "1", "run-a", "ab" * 32, 4, "cd" * 32)
     store = GalleryStore(Path(sys.argv[1]), None, contract)
@@ -223,7 +223,7 @@ def test_a_process_killed_while_enrolling_loses_nothing_committed(tmp_path: Path
 
 def test_auto_switches_to_an_approximate_index_as_the_gallery_grows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import serving.gallery_index as gallery_index
+    import serving.gallery.index as gallery_index
 
     monkeypatch.setattr(gallery_index, "FLAT_MAX", 100)
     contract = _contract("sqlite", dim=16)

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from serving.bundle import BundleInfo
+from zoo.export.bundle import BundleInfo
 from zoo.data import Preprocessing
 from zoo.models import create_model
 from zoo.models.rebuild import load_weights, save_weights

@@ -7,17 +7,21 @@ import dataclasses
 import io
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from serving.batcher import Batcher
-from serving.gradcam import Explainer, default_target_layer
-from serving.inputs import (NotAFile, PixelBudget, RequestError, Upload, _to_upload,
-                            check_finite, decode_images, identity_name, model_input,
-                            open_image)
+from serving.errors import RequestError
+from serving.gallery.names import identity_name
+from serving.inputs.images import PixelBudget, decode_images, open_image
+from serving.inputs.reader import model_input
+from serving.inputs.uploads import NotAFile, Upload, _to_upload
+from serving.model.batcher import Batcher
+from serving.model.gradcam import Explainer, default_target_layer
+from serving.model.served import check_finite
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.models import create_model
@@ -109,7 +113,7 @@ def test_one_small_image_is_decoded_on_the_loop_and_others_in_threads(monkeypatc
     images, or a large one, are decoded in threads. Both give the offline arrays."""
     import anyio.to_thread
 
-    import serving.inputs as inputs
+    import serving.inputs.images as inputs
 
     settings = ServeSettings()
     pre = Preprocessing("image", (3, 32, 32), [0.5] * 3, [0.25] * 3, ["a"])
@@ -319,7 +323,7 @@ def test_the_pixel_budget_bounds_what_is_decoded_at_once(monkeypatch) -> None:
     pixels at once, and every image done."""
     import time
 
-    import serving.inputs as inputs
+    import serving.inputs.images as inputs
 
     settings = ServeSettings(max_request_pixels=4 * 64 * 64)
     pre = Preprocessing("image", (1, 8, 8), [0.5], [0.25], ["a"])
@@ -355,7 +359,7 @@ def test_forms_never_fetch_and_keep_text_as_sent(monkeypatch) -> None:
     import httpx
     from starlette.requests import Request
 
-    from serving.multipart import FormReader, install
+    from serving.http.multipart import FormReader, install
     from _bentoml_impl import serde
 
     def no_client(*args, **kwargs):
@@ -405,7 +409,7 @@ def test_settings_come_from_the_environment_with_named_errors() -> None:
 
 
 def test_keys_decide_each_route() -> None:
-    from serving.auth import Keys
+    from serving.http.keys import Keys
 
     keys = Keys(api="a", admin="b")
     assert keys.refusal("/livez", None) is None and keys.refusal("/metrics", None) is None
@@ -455,10 +459,10 @@ def test_header_values_are_safe_and_read_back() -> None:
 def test_a_finished_request_leaves_no_timer_and_a_slow_one_still_gets_its_504() -> None:
     """BentoML's TimeoutMiddleware kept every request's timer (and its future) alive for the
     whole traffic timeout; the full garbage collections that walked them were the tail
-    latency (serving/latency.py). Patched, a finished request leaves no timer behind."""
+    latency (serving/http/latency.py). Patched, a finished request leaves no timer behind."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from serving.latency import cancel_finished_request_timers
+    from serving.http.latency import cancel_finished_request_timers
 
     cancel_finished_request_timers()
     cancel_finished_request_timers()  # idempotent
@@ -489,3 +493,18 @@ def test_a_finished_request_leaves_no_timer_and_a_slow_one_still_gets_its_504() 
     assert statuses == [200] * 200 and live == 0
     statuses, live = asyncio.run(serve(slow, 0.05, 3))
     assert statuses == [504] * 3 and live == 0
+
+
+def test_every_private_bentoml_name_the_edge_patches_is_there() -> None:
+    """An upgrade of BentoML that moves one of them fails here, naming it and its user."""
+    from serving.http.bentoml_private import NAMES, BentoMLChanged, PrivateName, check_all
+
+    check_all()
+    assert {n.used_by for n in NAMES} == {"route_metrics", "latency", "multipart",
+                                           "validation_logs"}
+    for name in NAMES:
+        assert (Path(__file__).parents[1] / "serving" / "http" / f"{name.used_by}.py").is_file()
+    gone = PrivateName("bentoml._internal.server.http.traffic", "NoSuchMiddleware", "latency")
+    with pytest.raises(BentoMLChanged, match=r"no bentoml\._internal\.server\.http\.traffic"
+                                             r"\.NoSuchMiddleware, which serving/http/latency"):
+        gone.load()

@@ -97,7 +97,8 @@ def test_bad_values_name_the_column_and_row() -> None:
 
 
 def test_hostile_rows_are_4xx() -> None:
-    from serving.inputs import RequestError, rows_to_array
+    from serving.errors import RequestError
+    from serving.inputs.rows import rows_to_array
     from serving.settings import ServeSettings
 
     frame = pd.DataFrame({"x": [1.0, 2.0, np.nan], "c": ["a", "b", "a"], "label": [0, 1, 0]})

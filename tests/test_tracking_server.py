@@ -83,8 +83,8 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
 
         # the serving side loads the exported champion from the same server
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        from serving.mlflow_source import fetch_bundle
-        from serving.served_model import ServedModel
+        from mlflow_source.fetch import fetch_bundle
+        from serving.model.served import ServedModel
         from serving.settings import ServeSettings
 
         bundle = fetch_bundle("models:/zoo-emitters@champion", tmp_path / "cache")
@@ -107,8 +107,8 @@ def test_a_postgresql_backed_tracking_server_trains_registers_exports_and_serves
                     "(make test starts a throwaway one where PostgreSQL is installed)")
     import mlflow
 
-    from serving.served_model import ServedModel
-    from serving.mlflow_source import fetch_bundle
+    from serving.model.served import ServedModel
+    from mlflow_source.fetch import fetch_bundle
     from serving.settings import ServeSettings
     from training.config import TrainConfig
     from training.pipeline.export import ExportConfig, export_model

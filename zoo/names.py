@@ -8,6 +8,9 @@ older runs recorded.
 """
 from __future__ import annotations
 
+#: the version the server answers for, and commands read, when no model URI is given
+DEFAULT_MODEL_URI = "models:/zoo-digits@champion"
+
 # --- tags on every training run (and copied onto its registered version) -----------------
 MODEL_TAG = "zoo.model"  # the architecture's catalogue name
 LOSS_TAG = "zoo.loss"

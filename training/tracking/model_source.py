@@ -1,7 +1,7 @@
 """Loading a registered or logged model for training's commands (export, evaluate, distill,
 ``init=``), and what it was trained with.
 
-Which version and run a URI names is decided by ``serving.mlflow_source.resolve_model``, the
+Which version and run a URI names is decided by ``mlflow_source.uris.resolve_model``, the
 same function the server uses, so the two never disagree.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
-from serving.mlflow_source import (ModelSource, download_weights, logged_model_location,
-                                   logged_record, resolve_model)
-from serving.settings import DEFAULT_MODEL_URI
+from mlflow_source.fetch import download_weights, logged_record
+from mlflow_source.uris import ModelSource, logged_model_location, resolve_model
 from training.config import TrainConfig
 from zoo import names
+from zoo.names import DEFAULT_MODEL_URI
 from zoo.record import ModelRecord, record_of
 
 if TYPE_CHECKING:

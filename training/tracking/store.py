@@ -20,7 +20,7 @@ import mlflow
 from filelock import FileLock
 from mlflow.entities import RunStatus
 
-from serving.mlflow_source import STORE_DIR, embedded_store_uri
+from mlflow_source.store import STORE_DIR, embedded_store_uri
 from zoo import names
 from zoo.values import AUTO
 

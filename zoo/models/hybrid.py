@@ -25,7 +25,7 @@ TRANSFORMER_BRANCH = "swinv2_tiny_window8_256"
 class HybridBackbone(nn.Module):
     """Both branches' pooled features, concatenated (CNN first)."""
 
-    #: the branch GradCAM explains with (``serving.gradcam.default_target_layer``)
+    #: the branch GradCAM explains with (``serving.model.gradcam.default_target_layer``)
     explained_by = "cnn"
 
     def __init__(self, cnn: nn.Module, transformer: nn.Module) -> None:

@@ -1,10 +1,10 @@
 """The page at ``/ui``: try the model on photos or rows, look at the gallery and the model.
 
-Static files from the package (``serving/ui/``): plain HTML, CSS and JavaScript, no build step,
-no CDN, so the page works offline. It calls the same HTTP API as any client, with the key a
-user types (kept in the tab's ``sessionStorage``, sent as ``Authorization: Bearer``), so the
-server's checks apply unchanged. The files themselves need no key: the page does nothing
-without one where keys are set.
+Static files from the package (this folder, ``serving/page/``): plain HTML, CSS and
+JavaScript, no build step, no CDN, so the page works offline. It calls the same HTTP API as
+any client, with the key a user types (kept in the tab's ``sessionStorage``, sent as
+``Authorization: Bearer``), so the server's checks apply unchanged. The files themselves
+need no key: the page does nothing without one where keys are set.
 
 Every file is sent with a ``Content-Security-Policy`` that allows scripts and styles from this
 server only (no inline script, no ``eval``), images from here and from the page's own
@@ -18,9 +18,9 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from starlette.responses import RedirectResponse, Response
 
-UI_DIR = Path(__file__).with_name("ui")
+PAGE_DIR = Path(__file__).parent
 #: the page's files, by the name under /ui/ ("" is the page), and their media types: nothing
-#: else under serving/ui is served, whatever path is asked for
+#: else under serving/page is served, whatever path is asked for
 FILES = {"": ("index.html", "text/html; charset=utf-8"),
          "app.js": ("app.js", "text/javascript; charset=utf-8"),
          "app.css": ("app.css", "text/css; charset=utf-8")}
@@ -44,7 +44,7 @@ def page_file(name: str) -> Response:
 @functools.cache
 def _read(file: str) -> bytes:
     """A file of the page, read once per worker (they are part of the package)."""
-    return (UI_DIR / file).read_bytes()
+    return (PAGE_DIR / file).read_bytes()
 
 
 def add_routes(app: FastAPI) -> None:

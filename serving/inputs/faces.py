@@ -16,8 +16,9 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from serving.inputs import (NotAFile, PixelBudget, RequestError, Upload, checked_headers,
-                            image_array, load_pixels, upload_name)
+from serving.errors import RequestError
+from serving.inputs.images import PixelBudget, checked_headers, image_array, load_pixels
+from serving.inputs.uploads import NotAFile, Upload, upload_name
 from serving.settings import ServeSettings
 from zoo.data.preprocessing import Preprocessing, to_channels
 from zoo.faces import FaceStage

@@ -1,4 +1,5 @@
-"""Request inputs to model inputs, with a 4xx that names the problem for every bad one.
+"""Uploaded images to model inputs, within limits stated up front, with a 4xx that names
+the problem for every bad file.
 
 Uploaded files reach the endpoints as raw bytes (``Upload``), not as BentoML's PIL images or
 temporary files: decoding here lets the limits be checked before any pixel is decoded,
@@ -21,101 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
-import unicodedata
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Sequence
+from typing import AsyncIterator, Sequence
 
 import anyio
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BeforeValidator, PlainValidator, WithJsonSchema
-from starlette.datastructures import UploadFile
 
+from serving.errors import RequestError
+from serving.inputs.uploads import NotAFile, Upload, check_count, upload_name
 from serving.settings import ServeSettings
-from zoo.data import Preprocessing, preprocess_rows
+from zoo.data import Preprocessing
 from zoo.data.preprocessing import image_to_array
-
-MAX_NAME_LENGTH = 200
-# Unicode categories refused in identity names: controls (NUL, ESC), format characters
-# (bidi overrides, zero-width joiners), surrogates, line and paragraph separators.
-_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
-
-
-class RequestError(Exception):
-    """A bad request: answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One uploaded file, undecoded."""
-
-    filename: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class NotAFile:
-    """A text value (or anything else) sent where a file was expected: refused, never fetched."""
-
-    what: str
-
-
-def _to_upload(obj: Any) -> Upload | NotAFile:
-    if isinstance(obj, (Upload, NotAFile)):
-        return obj
-    if isinstance(obj, UploadFile):
-        obj.file.seek(0)
-        return Upload(Path(obj.filename or "").name, obj.file.read())
-    if isinstance(obj, (bytes, bytearray)):
-        return Upload("", bytes(obj))
-    return NotAFile("a text value" if isinstance(obj, str) else f"a JSON {type(obj).__name__}")
-
-
-# Declared as a Path so BentoML takes the field from multipart file parts; validated to raw bytes.
-# Its schema says "file", as BentoML's own file types do: BentoML's clients then send a Path
-# or a PIL image given for it as a multipart file. BentoML would fetch a text value of such a
-# field as a URL; serving.multipart hands it over as text instead, and it is refused here.
-ImageFile = Annotated[Path, PlainValidator(_to_upload),
-                      WithJsonSchema({"type": "file", "format": "binary"})]
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-# Multipart text fields arrive as sent (serving.multipart does not parse them as JSON); a JSON
-# body may still send a number, which becomes its text.
-Text = Annotated[str, BeforeValidator(_as_text)]
-
-
-def identity_name(text: str) -> str:
-    """An identity name as stored: stripped, NFC-normalised, no control or format
-    characters, at most ``MAX_NAME_LENGTH`` characters."""
-    name = unicodedata.normalize("NFC", text.strip())
-    if not name:
-        raise RequestError("identity is empty: name the person (or emitter) enrolled")
-    if len(name) > MAX_NAME_LENGTH:
-        raise RequestError(f"identity is {len(name)} characters long, over the limit of "
-                           f"{MAX_NAME_LENGTH}")
-    bad = sorted({f"U+{ord(c):04X}" for c in name
-                  if unicodedata.category(c) in _REFUSED_CATEGORIES})
-    if bad:
-        raise RequestError(f"identity contains control or format characters ({', '.join(bad[:5])}"
-                           f"{', ...' if len(bad) > 5 else ''}): send plain text")
-    return name
-
-
-def upload_name(upload: Upload, index: int) -> str:
-    return f"image {index}" + (f" ({upload.filename!r})" if upload.filename else "")
 
 
 def _formats(settings: ServeSettings) -> tuple[str, ...]:
@@ -281,14 +199,6 @@ def _decode(image: Image.Image, upload: Upload, index: int, pre: Preprocessing,
     return array, decoded if keep else None
 
 
-def check_count(count: int, what: str, settings: ServeSettings) -> None:
-    if count == 0:
-        raise RequestError(f"no {what} in the request: send at least one")
-    if count > settings.max_images:
-        raise RequestError(f"{count} {what} in one request, over the limit of "
-                           f"{settings.max_images} (ZOO_MAX_IMAGES): split the request", 413)
-
-
 def images_to_array(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
                     settings: ServeSettings, keep: bool = False
                     ) -> tuple[np.ndarray, list[Image.Image]]:
@@ -338,108 +248,3 @@ async def decode_images(uploads: Sequence[Upload | NotAFile], pre: Preprocessing
     return np.stack(arrays), kept
 
 
-def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
-                  settings: ServeSettings) -> np.ndarray:
-    """Model input ``[N, F]`` float32, encoded and standardised as in training; every value
-    finite after the cast to float32 (``1e300`` passes as a float64 but is infinite as a
-    float32). A table's rows hold its raw columns: text for a categorical column (one the
-    model never saw is "unknown"), None for a missing value."""
-    if pre.kind != "tabular":
-        channels, height, width = pre.input_size
-        raise RequestError(f"this model takes images ({width}x{height}, {channels} channel(s)), "
-                           "not rows: upload them as multipart files named 'images'")
-    check_count(len(rows), "rows", settings)
-    rows = rows_as_lists(rows, pre)
-    width = pre.row_width
-    for i, row in enumerate(rows):
-        if not isinstance(row, (list, tuple)):
-            raise RequestError(f"row {i} is not a list of values")
-        if len(row) != width:
-            names = pre.feature_names or []
-            shown = f" ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})" if names else ""
-            raise RequestError(f"row {i} has {len(row)} values; the model takes {width} "
-                               f"{'columns' if pre.columns is not None else 'features'}{shown}")
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):  # found below, row by row
-            table = pre.columns is not None
-            x = preprocess_rows(list(rows) if table else np.asarray(rows, dtype=np.float64),
-                                pre).numpy()
-    except OverflowError:  # an integer beyond any float, for a model without table columns
-        raise RequestError("a row holds a number too large for the model (about 3.4e38 "
-                           "after standardising)") from None
-    except (ValueError, TypeError) as exc:
-        raise RequestError(str(exc)) from None
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise RequestError(f"row {i} has a value too large for float32 (about 3.4e38 after "
-                           "standardising): the model cannot take it")
-    return x
-
-
-def rows_as_lists(rows: Sequence[Any], pre: Preprocessing) -> list[Any]:
-    """Rows sent as records (``{"age": 30, "city": "Lima"}``) as lists in the model's column
-    order: a column left out is a missing value (None), a key the model does not know is a
-    400 that names it. Rows sent as lists pass unchanged."""
-    if not any(isinstance(row, dict) for row in rows):
-        return list(rows)
-    names = list(pre.feature_names or [])
-    if not names:
-        raise RequestError("this model's features have no names: send each row as a list of "
-                           f"{pre.row_width} values")
-    known = set(names)
-    out: list[Any] = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            out.append(row)
-            continue
-        unknown = [key for key in row if key not in known]
-        if unknown:
-            shown = ", ".join(repr(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5
-                                                                else "")
-            raise RequestError(f"row {i} has unknown column(s) {shown}; the model's columns "
-                               f"are: {', '.join(names[:20])}"
-                               + (", ..." if len(names) > 20 else ""))
-        out.append([row.get(name) for name in names])
-    return out
-
-
-def model_input(images: Sequence[Upload | NotAFile] | None,
-                rows: Sequence[Sequence[Any]] | None, pre: Preprocessing,
-                settings: ServeSettings) -> tuple[np.ndarray, list[Image.Image]]:
-    """Exactly one of ``images`` and ``rows`` to what ``ServedModel`` takes (uint8 images,
-    standardised float32 rows), in this thread."""
-    if _rows_wanted(images, rows, pre):
-        return rows_to_array(rows or [], pre, settings), []
-    return images_to_array(images or [], pre, settings)
-
-
-async def read_inputs(images: Sequence[Upload | NotAFile] | None,
-                      rows: Sequence[Sequence[Any]] | None, pre: Preprocessing,
-                      settings: ServeSettings, budget: PixelBudget, keep: bool = False
-                      ) -> tuple[np.ndarray, list[Image.Image]]:
-    """:func:`model_input` for the server: images decoded off the event loop."""
-    if _rows_wanted(images, rows, pre):
-        return rows_to_array(rows or [], pre, settings), []
-    return await decode_images(images or [], pre, settings, budget, keep)
-
-
-def _rows_wanted(images: Sequence[Any] | None, rows: Sequence[Any] | None,
-                 pre: Preprocessing) -> bool:
-    if images and rows:
-        raise RequestError("send images or rows, not both")
-    if rows is not None and not images:
-        return True
-    if not images and pre.kind == "tabular":
-        raise RequestError("no rows in the request: send JSON {\"rows\": [[...], ...]}")
-    return False
-
-
-def check_finite(outputs: dict[str, np.ndarray]) -> None:
-    """Every model output finite: a NaN embedding would be stored by ``/enroll`` and match
-    nothing (or everything) afterwards."""
-    for name, values in outputs.items():
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
-            raise RequestError(f"the model's {name} of input {int(rows[0])} is not finite: the "
-                               "input is outside what the model can take")

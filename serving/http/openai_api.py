@@ -17,7 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from serving.inputs import RequestError, Upload
+from serving.errors import RequestError
+from serving.http.asgi import openai_error
+from serving.inputs.uploads import Upload
 
 ENCODINGS = ("float", "base64")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)"
@@ -33,8 +35,7 @@ class OpenAIError(RequestError):
         self.param, self.code, self.kind = param, code, kind
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param,
-                          "code": self.code}}
+        return openai_error(str(self), self.kind, self.param, self.code)
 
 
 def check_request(model: str | None, encoding_format: str | None, dimensions: int | None,

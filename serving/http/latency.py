@@ -31,10 +31,11 @@ def cancel_finished_request_timers() -> None:
     """Give BentoML's ``TimeoutMiddleware`` a ``__call__`` that cancels the request's timer
     when the request is done: the same steps otherwise (a 504 when no answer has started
     within the timeout). Idempotent; skipped if BentoML's middleware has changed shape."""
-    from bentoml._internal.server.http import traffic
     from starlette.responses import JSONResponse
 
-    middleware = traffic.TimeoutMiddleware
+    from serving.http.bentoml_private import TIMEOUT_MIDDLEWARE
+
+    middleware = TIMEOUT_MIDDLEWARE.load()
     if getattr(middleware, "_zoo_cancels_timers", False):
         return
     if not hasattr(middleware, "_set_timer_out"):

@@ -15,23 +15,33 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from serving.batcher import Batcher, Outputs
-from serving.bundle import Bundle
-from serving.gallery_store import GalleryStore, embedding_contract
-from serving.inputs import check_finite
-from serving.runtimes import open_runtime
+from serving.errors import RequestError
+from serving.gallery.store import GalleryStore, embedding_contract
+from serving.model.batcher import Batcher, Outputs
+from serving.model.runtimes import open_runtime
 from serving.schemas import ClassScore
 from serving.settings import ServeSettings
 from zoo.data.preprocessing import normalise, to_unit
+from zoo.export.bundle import Bundle
 from zoo.export.runtime_timing import worker_threads
 from zoo.metrics.classification import softmax
 
 if TYPE_CHECKING:  # imported on first use: pytorch-grad-cam and torchvision take ~4 s to import
-    from serving.gradcam import Explainer
+    from serving.model.gradcam import Explainer
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+
+
+def check_finite(outputs: dict[str, np.ndarray]) -> None:
+    """Every model output finite: a NaN embedding would be stored by ``/enroll`` and match
+    nothing (or everything) afterwards."""
+    for name, values in outputs.items():
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+            raise RequestError(f"the model's {name} of input {int(rows[0])} is not finite: the "
+                               "input is outside what the model can take")
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,7 @@ class ServedModel:
     @property
     def explainer(self) -> Explainer:
         """GradCAM on the PyTorch model, loaded on first use (image models only)."""
-        from serving.gradcam import Explainer
+        from serving.model.gradcam import Explainer
 
         with self._explainer_lock:  # one load, however many requests ask at once
             if self._explainer is None:

@@ -34,7 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from serving.gallery_db import Rows
+from serving.gallery.table import Rows
 from zoo.gallery import normalised
 
 log = logging.getLogger(__name__)

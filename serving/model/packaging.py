@@ -21,8 +21,8 @@ from pathlib import Path
 import bentoml
 import yaml
 
-from serving.bundle import BENTO_LABEL, Bundle
 from serving.settings import ServeSettings
+from zoo.export.bundle import BENTO_LABEL, Bundle
 from zoo.values import parse_bool
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def bento_model(settings: ServeSettings) -> bentoml.models.BentoModel | None:
     args = _arguments()
     if not parse_bool(args.get(PACK_ARGUMENT) or "false", PACK_ARGUMENT):
         return None
-    from serving.mlflow_source import fetch_bundle  # `bentoml build` only: it reads MLflow
+    from mlflow_source.fetch import fetch_bundle  # `bentoml build` only: it reads MLflow
 
     uri = args.get(MODEL_URI_ARGUMENT) or settings.model_uri
     return bentoml.models.BentoModel(pack(fetch_bundle(uri, settings.cache_path())))

@@ -10,16 +10,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
-from serving.auth import OPENAI_PREFIX, error_body
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+from serving.http.asgi import OPENAI_PREFIX, App, Message, Receive, Scope, Send, error_body
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_ERROR_BODY = 64 * 1024  # error answers are small; a bigger one passes unchanged

@@ -25,12 +25,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from _bentoml_impl import serde as bentoml_serde  # BentoML's table of readers
-from _bentoml_sdk.typing_utils import is_list_type, is_union_type
+from serving.http.bentoml_private import (BODY_READERS, IS_LIST_TYPE, IS_UNION_TYPE,
+                                          MULTIPART_READER)
 
 if t.TYPE_CHECKING:
     from starlette.requests import Request
 
+_is_list_type, _is_union_type = IS_LIST_TYPE.load(), IS_UNION_TYPE.load()
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_TEXT_FIELDS = 32  # identity, target, method, top_k, rows: a handful per request
 MAX_TEXT_PART_BYTES = 1024 * 1024  # a text part (rows of numbers sent as a form field)
@@ -43,7 +44,7 @@ class FormRefused(BentoMLException):
         super().__init__(message, error_code=status)
 
 
-class FormReader(bentoml_serde.MultipartSerde):
+class FormReader(MULTIPART_READER.load()):  # type: ignore[misc]
     """``MultipartSerde`` that never fetches, keeps text as text and answers 4xx for forms
     over the part limits. ``max_files`` is set by ``install``."""
 
@@ -87,9 +88,9 @@ class FormReader(bentoml_serde.MultipartSerde):
 def _is_list(field: t.Any) -> bool:
     """Whether a file field takes several files: BentoML's own test in its reader."""
     annotation = getattr(field, "annotation", None)
-    if is_union_type(annotation):
+    if _is_union_type(annotation):
         annotation = t.get_args(annotation)[0]
-    return is_list_type(annotation)
+    return _is_list_type(annotation)
 
 
 def _is_text(field: t.Any) -> bool:
@@ -125,5 +126,6 @@ def install(max_files: int) -> None:
     """Read every form with ``FormReader`` (in this process: call it where the service is
     defined, so that each server worker does)."""
     reader = type("ZooFormReader", (FormReader,), {"max_files": max_files})
+    readers = BODY_READERS.load()
     for media_type in FORM_TYPES:
-        bentoml_serde.ALL_SERDE[media_type] = reader  # type: ignore[index]
+        readers[media_type] = reader

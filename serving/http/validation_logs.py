@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 
-#: the logger of BentoML's ``log_exception`` (bentoml/_internal/server/http_app.py)
-BENTOML_LOGGER = "bentoml._internal.server.http_app"
+from serving.http.bentoml_private import LOG_EXCEPTION
+
+#: the logger of BentoML's ``log_exception`` (its module's logger)
+BENTOML_LOGGER = LOG_EXCEPTION.module
 
 
 class ValidationErrorsAtInfo(logging.Filter):
@@ -35,6 +37,7 @@ class ValidationErrorsAtInfo(logging.Filter):
 
 
 def install() -> None:
+    LOG_EXCEPTION.load()  # the module whose logger this filters is still there
     logger = logging.getLogger(BENTOML_LOGGER)
     if not any(isinstance(f, ValidationErrorsAtInfo) for f in logger.filters):
         logger.addFilter(ValidationErrorsAtInfo())

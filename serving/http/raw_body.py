@@ -11,34 +11,29 @@ route, with the same decoding, limits, batching and answer as the multipart ``/e
 Keys and the body-size limit still apply (their middlewares sit outside this one); any
 other request to ``/embed`` (multipart, JSON rows) goes on to BentoML unchanged.
 
-The answer is written by orjson straight from the float32 array, each number the shortest
-text that reads back as the same float32: 5 us for a 128-d embedding against 170 us for
-``json.dumps`` of ``tolist()``, and half the bytes.
+The service answers it (``ZooService.embed_body``), and the answer is written by orjson
+straight from the float32 array, each number the shortest text that reads back as the same
+float32: 5 us for a 128-d embedding against 170 us for ``json.dumps`` of ``tolist()``, and
+half the bytes.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Callable, Protocol
 
-import numpy as np
-import orjson
-
-from serving.face_inputs import FaceRequest
-from serving.inputs import RequestError, Upload
-from serving.limits import header
-
-if TYPE_CHECKING:
-    from serving.service import ZooService
+from serving.errors import RequestError
+from serving.http.asgi import App, Receive, Scope, Send, header, send_json
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 ROUTE = "/embed"
 _RAW_TYPES = (b"image/", b"application/octet-stream")
+
+
+class EmbedsBodies(Protocol):
+    """What answers a raw body: the worker's service."""
+
+    async def embed_body(self, data: bytes) -> dict[str, Any]: ...
 
 
 def is_raw_image(scope: Scope) -> bool:
@@ -51,7 +46,7 @@ def is_raw_image(scope: Scope) -> bool:
 class RawImageEmbed:
     """ASGI middleware: answers raw-image ``POST /embed`` with the worker's service."""
 
-    def __init__(self, app: App, service: Callable[[], "ZooService | None"]) -> None:
+    def __init__(self, app: App, service: Callable[[], EmbedsBodies | None]) -> None:
         self.app, self.service = app, service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,29 +55,13 @@ class RawImageEmbed:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
-        if service.model.faces is not None:  # every face, as the multipart route answers
-            await _answer_faces(service, body, send)
-            return
         try:
-            x, _ = await service._inputs([Upload("body", body)], None)
-            out = await service.model.infer(x)
+            answer = await service.embed_body(body)
         except RequestError as exc:
             log.info("embed (raw image): %d %s", exc.status, exc)
-            await _answer(send, exc.status, {"error": str(exc)})
+            await send_json(send, exc.status, {"error": str(exc)})
             return
-        await _answer(send, 200, {**service.served,
-                                  "embeddings": np.ascontiguousarray(out["embedding"])})
-
-
-async def _answer_faces(service: "ZooService", body: bytes, send: Send) -> None:
-    try:
-        answer = await service.face_embeddings([Upload("body", body)], None,
-                                               FaceRequest.of(service.model.settings))
-    except RequestError as exc:
-        log.info("embed (raw image): %d %s", exc.status, exc)
-        await _answer(send, exc.status, {"error": str(exc)})
-        return
-    await _answer(send, 200, answer.model_dump())
+        await send_json(send, 200, answer)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -95,11 +74,3 @@ async def _read_body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(parts)
-
-
-async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
-    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

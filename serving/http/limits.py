@@ -15,14 +15,10 @@ ignores cannot carry millions of numbers either). One image sent as the body sto
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Callable
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from serving.http.asgi import App, Message, Receive, Scope, Send, header, send_json
 
 
 #: JSON room per value of a row: a float as Python prints it ("-1.2345678901234567e-308, ")
@@ -47,15 +43,6 @@ class Limit:
 
 class BodyTooLarge(Exception):
     pass
-
-
-def header(scope: Scope, name: bytes) -> bytes:
-    """The value of a request's header ``name`` (lower case, as ASGI gives names); b"" when
-    it has none."""
-    for key, value in scope.get("headers") or ():
-        if key == name:
-            return value
-    return b""
 
 
 def is_multipart(scope: Scope) -> bool:
@@ -99,7 +86,7 @@ class RequestSizeLimit:
     """ASGI middleware: 413 for bodies over ``max_bytes``, or over what ``limit_for`` says
     for this request."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    def __init__(self, app: App,
                  max_bytes: int, limit_for: Callable[[Scope], Limit] | None = None) -> None:
         self.app = app
         self.default = Limit(max_bytes, "ZOO_MAX_REQUEST_BYTES")
@@ -154,8 +141,4 @@ class RequestSizeLimit:
         else:
             message = (f"request body of {size:,}+ bytes is over the limit of "
                        f"{limit.max_bytes:,} ({limit.setting})")
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, {"error": message})

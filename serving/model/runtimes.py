@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from serving.bundle import Bundle
+from zoo.export.bundle import Bundle
 from zoo.export import onnx_session, session_options
 from zoo.export.runtime_timing import ONNXRUNTIME, PYTORCH, RUNTIMES
 

@@ -2,7 +2,7 @@
 
 The server needs four things of a registered version: ``model.onnx`` (embeddings and classes,
 what answers requests), the PyTorch module (GradCAM needs hooks and gradients; it answers
-requests instead where the export timed it faster, serving/runtimes.py), the default
+requests instead where the export timed it faster, serving/model/runtimes.py), the default
 identification gallery, and what describes the version (URI, metrics, and the model's record:
 preprocessing, classes, recipes). The
 module is rebuilt from the export's ``weights/`` (a JSON recipe and a safetensors state
@@ -11,7 +11,7 @@ artifacts must not be able to run code on the server. A bundle holds exactly the
 pickle: the record comes from the logged model's metadata), so the same loading code serves
 from the MLflow store (fetched into a cache once per version) and from a built Bento (packed
 as a BentoML model), where no MLflow store exists. Fetching one from MLflow is
-``serving.mlflow_source``'s job; this module imports neither MLflow nor the training code.
+``mlflow_source.fetch``'s job; this module imports neither MLflow nor the training code.
 """
 from __future__ import annotations
 

@@ -25,17 +25,11 @@ that may not do this), with ``{"error": ...}``, or OpenAI's error shape under ``
 from __future__ import annotations
 
 import hmac
-import json
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+from serving.http.asgi import OPENAI_PREFIX, App, Receive, Scope, Send, send_error
 
 MODEL_ROUTES = ("/embed", "/classify", "/identify", "/gradcam", "/model")
-OPENAI_PREFIX = "/v1/"
 GALLERY_ROUTES = ("/enroll", "/identities")
 #: set on each request's scope: whether its key may list the gallery (``/identify`` shows
 #: such a caller the matches below the threshold too)
@@ -54,25 +48,6 @@ def is_gallery_route(path: str) -> bool:
 
 def is_model_route(path: str) -> bool:
     return path in MODEL_ROUTES or path.startswith(OPENAI_PREFIX)
-
-
-def error_body(path: str, message: str, kind: str = "invalid_request_error",
-               code: str | None = None) -> bytes:
-    """``{"error": message}``, or OpenAI's ``{"error": {"message", "type", ...}}`` under
-    ``/v1/`` (what the OpenAI client parses)."""
-    if path.startswith(OPENAI_PREFIX):
-        return json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                     "code": code}}).encode()
-    return json.dumps({"error": message}).encode()
-
-
-async def send_error(send: Send, path: str, status: int, message: str, kind: str,
-                     code: str | None = None, headers: tuple = ()) -> None:
-    body = error_body(path, message, kind, code)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 @dataclass(frozen=True)
@@ -122,7 +97,8 @@ class Keys:
 
 
 def bearer(scope: Scope) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header (None without one)."""
+    """The token of an ``Authorization: Bearer <token>`` header (None without one; "" for
+    one that holds no bearer token)."""
     for name, value in scope.get("headers") or ():
         if name.lower() == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")

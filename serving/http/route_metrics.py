@@ -13,10 +13,11 @@ working) sees the route's template instead: ``/identities/{name}`` for every nam
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
-Scope = dict[str, Any]
-App = Callable[[Scope, Any, Any], Awaitable[None]]
+from serving.http.asgi import App, Scope
+from serving.http.bentoml_private import TRAFFIC_METRICS
+
 
 UNMATCHED = "unmatched"
 _REAL_PATH = "zoo.real_path"
@@ -70,9 +71,7 @@ def install(templates: Callable[[], Iterable[str]]) -> None:
     class when a worker builds its app, after the service module is imported). ``templates``
     is read at the first request: BentoML adds the service's FastAPI routes when the worker
     starts it."""
-    from bentoml._internal.server.http import instruments
-
-    base = instruments.RunnerTrafficMetricsMiddleware
+    base = TRAFFIC_METRICS.load()
     if getattr(base, "zoo_templates", None) is not None:  # installed already: new routes
         base.zoo_templates, base.zoo_labels = templates, None
         return
@@ -102,4 +101,4 @@ def install(templates: Callable[[], Iterable[str]]) -> None:
                          _REAL_PATH: scope["path"]}
             await super().__call__(scope, receive, send)
 
-    instruments.RunnerTrafficMetricsMiddleware = TemplateLabelledMetrics
+    TRAFFIC_METRICS.replace(TemplateLabelledMetrics)

@@ -1,4 +1,4 @@
-"""The served gallery: a database table (``serving.gallery_db``) and this worker's index of it.
+"""The served gallery: a database table (``serving.gallery.table``) and this worker's index of it.
 
 The exported gallery inside a model (or a Bento) is never written; it seeds the model's
 gallery in the database once, and enrollments are rows added there. A gallery belongs to one
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from serving.gallery_db import GalleryTable, Header, Rows, database_uri, open_engine
-from serving.gallery_index import GalleryIndex, Match, choose_kind
+from serving.gallery.index import GalleryIndex, Match, choose_kind
+from serving.gallery.table import GalleryTable, Header, Rows, database_uri, open_engine
 from zoo.gallery import META_FILE, Gallery, normalised
 
 if TYPE_CHECKING:
-    from serving.bundle import Bundle
+    from zoo.export.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
