@@ -171,7 +171,7 @@ def test_built_bento_serves_alone(store, bento_home, digit_pngs, tmp_path: Path)
 
     src = next((bento_home / "bentos" / "zoo").glob("*/src"))
     assert (src / "serving" / "service.py").is_file() and (src / "zoo" / "names.py").is_file()
-    assert (src / "serving" / "ui" / "app.js").is_file()  # the page at /ui
+    assert (src / "serving" / "page" / "app.js").is_file()  # the page at /ui
     assert not (src / "training").exists()
     # served from elsewhere: the model, the code and every name come from the Bento alone
     elsewhere = tmp_path / "elsewhere"
