@@ -323,7 +323,7 @@ def test_page_tries_photos_and_shows_classes_matches_gradcam_and_errors(
         first = page.locator(f"article.result[data-file='{paths[0].name}']")
         first.get_by_role("button", name="Show GradCAM").click()
         heat = first.locator("img.heatmap")
-        expect(heat).to_be_visible()
+        expect(heat).to_be_visible(timeout=30_000)  # the first GradCAM loads its library
         heat.evaluate("img => img.decode()")
         assert heat.evaluate("img => img.complete && img.naturalWidth") > 0
         screenshot(page, "ui-try.png", tmp_path)
