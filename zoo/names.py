@@ -84,6 +84,10 @@ LOAD_REPORT_ARTIFACT = "pretrained/load_report.json"
 FACES_MISSING_ARTIFACT = "faces/missing.txt"  # the photos in which the face stage found no face
 PYFUNC_DIR = "pyfunc"  # inside a logged model: the TorchScript trace the pyfunc loads
 MLMODEL_RECORD_KEY = "zoo"  # a logged model's MLmodel metadata: its record (zoo.record)
-RECORD_FILE = "zoo_meta.json"  # beside a logged model: its record, as JSON
+#: the model record's name where it is stored by key (ONNX metadata_props, recipe.json, a
+#: module pickled before records): the untyped dict's old name, so older files still read
+RECORD_KEY = "zoo_meta"
+#: the record as JSON: beside a logged model, and inside TorchScript and .pt2 files
+RECORD_FILE = f"{RECORD_KEY}.json"
 PREPROCESSING_FILE = "preprocessing.json"  # beside a logged model: its preprocessing alone
 LABELS_FILE = "labels.json"  # beside a logged model: its class names
