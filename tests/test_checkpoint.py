@@ -22,6 +22,7 @@ import torch
 from tests.conftest import REPO
 from training.engine.checkpoint import (FORMAT, SLOTS, CheckpointError, RunCheckpoints,
                                  load_checkpoint, restore_rng, save_atomic, slot_name)
+from zoo import names
 from zoo.record import ModelRecord
 
 # Every stateful part of the loop is on: EMA, Lookahead, mixing (its own generator),
@@ -134,7 +135,7 @@ def test_sigterm_ends_the_run_killed_and_mlflow_run_resumes_it(
     assert run.info.status == "FINISHED"
     for key in COMPARED:
         assert run.data.metrics[key] == pytest.approx(reference[key], abs=TOLERANCE), key
-    wrapper = [r for r in _runs() if r.data.tags.get("zoo.resumed") == run_id]
+    wrapper = [r for r in _runs() if r.data.tags.get(names.RESUMED_TAG) == run_id]
     assert len(wrapper) == 1  # the run `mlflow run` made points to where the work went
 
 

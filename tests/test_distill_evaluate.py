@@ -16,6 +16,7 @@ from training.pipeline.distill import DistillConfig, Distiller, distill
 from training.pipeline.evaluate import EvaluateConfig, evaluate_models
 from training.config import TrainConfig
 from training.pipeline.run import train
+from zoo import names
 
 TEACHER = "models:/zoo-emitters@champion"
 
@@ -37,8 +38,8 @@ def test_student_learns_from_the_teacher_and_records_it(teacher) -> None:
     client = mlflow.MlflowClient()
     run = client.get_run(student.run_id)
     tags, params = run.data.tags, run.data.params
-    assert tags["zoo.teacher"] == TEACHER and tags["zoo.teacher_version"] == "1"
-    assert tags["zoo.teacher_run_id"] == teacher.run_id
+    assert tags[names.TEACHER_TAG] == TEACHER and tags[names.TEACHER_VERSION_TAG] == "1"
+    assert tags[names.TEACHER_RUN_TAG] == teacher.run_id
     assert run.info.run_name == "residual_mlp-arcface-distilled"
     # data and split come from the teacher's run
     assert (params["data"], params["open_set"], params["seed"]) == ("emitters", "0.3", "1")
@@ -91,9 +92,9 @@ def test_mlflow_run_distill_entry_point(teacher, module_tracking_uri: str, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     [run] = mlflow.search_runs(experiment_names=["distill"], output_format="list")
     assert run.info.status == "FINISHED"
-    assert run.data.tags["zoo.teacher_version"] == "1"
+    assert run.data.tags[names.TEACHER_VERSION_TAG] == "1"
     assert run.data.params["data"] == "auto"  # as mlflow run logged it ...
-    assert run.data.tags["zoo.resolved.data"] == "emitters"  # ... and what auto became
+    assert run.data.tags[names.resolved_tag("data")] == "emitters"  # ... and what auto became
     assert "train_loss_kd" in run.data.metrics
 
 
@@ -105,8 +106,8 @@ def test_evaluate_reproduces_a_run_and_scores_an_ensemble(teacher) -> None:
                                  embedding_dim=32, open_set=0.3, seed=1, experiment="other"))
     both = evaluate_models(EvaluateConfig(model_uri=f"{TEACHER},{other.model_uri}"))
     runs = mlflow.search_runs(experiment_names=["zoo-emitters"], output_format="list",
-                              filter_string="tags.`zoo.evaluation` = 'ensemble'")
-    assert len(runs) == 1 and runs[0].data.tags["zoo.members"] == f"{TEACHER},{other.model_uri}"
+                              filter_string=f"tags.`{names.EVALUATION_TAG}` = 'ensemble'")
+    assert len(runs) == 1 and runs[0].data.tags[names.MEMBERS_TAG] == f"{TEACHER},{other.model_uri}"
     training_only = {"best_epoch", "train_time_s", "classifier_scale",
                      *(k for k in teacher.metrics if k.startswith("best_val_"))}
     assert set(teacher.metrics) - training_only <= set(both)

@@ -28,6 +28,7 @@ from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model, save_rebuildable
 from training.pipeline.run import train
 from training.tracking.registration import register_best, runs_of_experiment
+from zoo import names
 from zoo.data import load_data, split_data
 from zoo.export import (
     FORMATS, ExportFailure, ParityThresholds, export_format, load_exported, measure_parity,
@@ -260,10 +261,10 @@ def test_export_logs_files_and_tags_and_fails_loudly(
     assert gallery.threshold == run.data.metrics["test_threshold_at_far_1e-3"]
     assert set(gallery.identities) <= set(eager_classes(champion))
     tags = client.get_model_version("zoo-emitters", version.version).tags
-    assert tags["zoo.exported"] == "true" and float(tags["export_onnx_max_abs_diff"]) <= 1e-4
+    assert tags[names.EXPORTED_TAG] == "true" and float(tags["export_onnx_max_abs_diff"]) <= 1e-4
 
     # The logged ONNX model loads with mlflow.onnx and as pyfunc, and answers like PyTorch.
-    onnx_uri = tags["zoo.onnx_model_uri"]
+    onnx_uri = tags[names.ONNX_MODEL_URI_TAG]
     assert {p.key for p in mlflow.onnx.load_model(onnx_uri).metadata_props} >= {
         "preprocessing", "class_names"}
     eager = mlflow.pytorch.load_model(champion).eval()
@@ -287,7 +288,7 @@ def test_export_logs_files_and_tags_and_fails_loudly(
     with pytest.raises(RuntimeError, match="onnx: embeddings differ by up to 0.001"):
         export_model(ExportConfig(model_uri=champion))
     tags = client.get_model_version("zoo-emitters", version.version).tags
-    assert "zoo.exported" not in tags and "embeddings differ" in tags["zoo.export_error"]
+    assert names.EXPORTED_TAG not in tags and "embeddings differ" in tags[names.EXPORT_ERROR_TAG]
     assert client.get_run(version.run_id).info.status == "FINISHED"
 
 
@@ -305,7 +306,7 @@ def test_mlflow_run_export_entry_point(champion: str, tmp_path: Path) -> None:
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.metrics["export_onnx_top1_agreement"] >= 0.999
     assert mlflow.MlflowClient().get_model_version("zoo-emitters", "1").tags[
-        "zoo.export.formats"] == "onnx"
+        names.EXPORT_FORMATS_TAG] == "onnx"
 
     miss = subprocess.run(
         [sys.executable, "-m", "training.commands.export", "--model_uri",

@@ -91,3 +91,9 @@ RECORD_KEY = "zoo_meta"
 RECORD_FILE = f"{RECORD_KEY}.json"
 PREPROCESSING_FILE = "preprocessing.json"  # beside a logged model: its preprocessing alone
 LABELS_FILE = "labels.json"  # beside a logged model: its class names
+
+
+def resolved_tag(param: str) -> str:
+    """The tag that says what ``param`` became (written by the run, read back by the registry
+    and by ``TrainConfig.from_run``)."""
+    return f"{RESOLVED_PREFIX}{param}"

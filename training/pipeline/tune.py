@@ -219,7 +219,7 @@ def _report(cfg: TuneConfig, study: optuna.Study) -> None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"no trial of {len(study.trials)} completed; see the trial runs' "
-                           "zoo.error tags")
+                           f"{names.ERROR_TAG} tags")
     best = study.best_trial
     chosen = best.user_attrs["values"]  # what the trial trained with (rounded)
     mlflow.log_params({f"best_{k}": format_value(v) for k, v in chosen.items()})
