@@ -28,6 +28,7 @@ from support.process import BENTOML, Server, isolated_env
 from support.serving_store import (IMAGE_URI, Reference, clean_clone, digit_images, files,
                                    make_store, store_env)
 from training.config import TrainConfig
+from zoo import names
 from zoo.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,13 +102,13 @@ def test_the_bento_holds_the_server_code_and_no_training_code() -> None:
 
 
 def _imported(path: Path) -> set[str]:
-    names = set()
+    modules = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
+            modules |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
+            modules.add(node.module)
+    return modules
 
 
 def test_bento_requirements_cover_every_import() -> None:
@@ -197,7 +198,8 @@ def test_built_bento_serves_alone(store, bento_home, digit_pngs, tmp_path: Path)
         assert np.abs(np.asarray(got["embeddings"]) - expected).max() <= 1e-5
         # /identify against the exported gallery (the training split) the Bento carries
         gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
-            f"runs:/{reference.run_id}/export/gallery", dst_path=str(tmp_path / "g"),
+            f"runs:/{reference.run_id}/{names.EXPORT_DIR}/{names.GALLERY_DIR}",
+            dst_path=str(tmp_path / "g"),
             tracking_uri=store["MLFLOW_TRACKING_URI"])))
         similarity = expected @ gallery.vectors().T
         results = httpx.post(f"{server.url}/identify", files=files(digit_pngs[:4]),

@@ -484,12 +484,12 @@ def log_figures(history: History, splits: Splits, test_emb: torch.Tensor,
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             if history.epochs:  # epochs=0 trains none
-                plots.plot_curves(history.epochs, out / "curves.png")
+                plots.plot_curves(history.epochs, out / names.CURVES_PLOT)
             if test_logits is not None:
                 matrix = confusion_matrix(test_logits, splits.test.y, len(splits.class_names))
-                plots.plot_confusion(matrix, splits.class_names, out / "confusion_matrix.png")
+                plots.plot_confusion(matrix, splits.class_names, out / names.CONFUSION_PLOT)
             plots.plot_embedding_map(test_emb.numpy(), splits.test.y.numpy(),
-                                     splits.class_names, out / "embeddings.png", seed=seed)
+                                     splits.class_names, out / names.EMBEDDING_PLOT, seed=seed)
             mlflow.log_artifacts(str(out), artifact_path=names.PLOTS_DIR)
     mlflow.log_dict({"history": history.epochs, "best_epoch": history.best_epoch,
                      "stopped_early": history.stopped_early}, names.HISTORY_ARTIFACT)

@@ -207,7 +207,7 @@ def _report(cfg: TuneConfig, study: optuna.Study) -> None:
     frame = pd.concat([frame.drop(columns=["user_attrs_values"], errors="ignore"), values],
                       axis=1).rename(columns={"user_attrs_run_id": "run_id"})
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trials.csv"
+        path = Path(tmp) / names.TRIALS_FILE
         frame.to_csv(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=names.TUNE_DIR)
     states = [t.state for t in study.trials]

@@ -23,10 +23,9 @@ from torch import nn
 from zoo import names
 from zoo.models import BRANCH_KWARGS, IMAGE_KWARGS, EmbeddingModel, create_model
 from zoo.models.heads import CosineClassifier, PartClassifier
+from zoo.names import RECIPE_FILE, WEIGHTS_FILE
 from zoo.record import ModelRecord
 
-WEIGHTS_FILE = "model.safetensors"
-RECIPE_FILE = "recipe.json"
 RECIPE_FORMAT = 1
 #: How far a rebuilt module's embeddings and logits may be from the original's.
 REBUILD_MAX_ABS_DIFF = 1e-5
