@@ -3,6 +3,7 @@ save themselves, zoo models as starting points, the fine-tuning controls, zero-s
 evaluation, and choosing on validation."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from zoo import names
 from zoo.data import load_data
 from zoo.losses import create_loss
 from zoo.models import CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, create_model
-from zoo.models.pretrained import PretrainedError, resolve_weights
+from zoo.models.pretrained import PretrainedError, WeightsPreprocessing, resolve_weights
 
 TINY = dict(epochs=1, embedding_dim=16, plots=False, checkpoint=False)
 FROM_INIT = dict(epochs=1, plots=False, checkpoint=False)  # the width is the init model's
@@ -51,6 +52,18 @@ def hub_cache(root: Path, repo: str, state: dict[str, torch.Tensor]) -> Path:
 
 # --- pretrained=<file> through timm --------------------------------------------------------
 
+def test_the_weights_preprocessing_is_typed_from_timms_config() -> None:
+    cfg = timm.models.get_pretrained_cfg("mobilenetv3_small_100.lamb_in1k")
+    pre = WeightsPreprocessing.from_pretrained_cfg(cfg.to_dict())
+    assert (pre.mean, pre.std, pre.interpolation) == (cfg.mean, cfg.std, cfg.interpolation)
+    assert WeightsPreprocessing.from_pretrained_cfg({}) == WeightsPreprocessing()  # unset: defaults
+    grey = pre.for_channels(1)
+    assert grey.mean == pytest.approx((sum(cfg.mean) / 3,)) and len(grey.std) == 1
+    assert pre.for_channels(3) is pre
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pre.mean = (0.5,)  # type: ignore[misc]
+
+
 def test_checkpoint_files_load_through_timm_adapted_to_grey(tmp_path: Path) -> None:
     source = timm.create_model("resnet18", num_classes=1000).eval()
     state = source.state_dict()
@@ -70,7 +83,7 @@ def test_checkpoint_files_load_through_timm_adapted_to_grey(tmp_path: Path) -> N
         assert sorted(report["classifier_dropped"]) == ["fc.bias", "fc.weight"]
         assert report["input_conv_adapted"] == ["conv1.weight"] and report["fraction"] == 1.0
         assert weights.sha256 == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
-        assert weights.preprocessing(1)["interpolation"] == "bicubic"  # resnet18.a1_in1k's
+        assert weights.preprocessing_for(1).interpolation == "bicubic"  # resnet18.a1_in1k's
     # a stage read-out (features_only) gets the same weights
     model = create_model("resnet18", 3, 16, stage=2, grid=2, weights=resolve_weights(
         "resnet18", str(tmp_path / "w.pth")))
