@@ -6,17 +6,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 import torch
 
+import training.pipeline.evaluate as evaluating
 from tests.conftest import REPO
 from training.pipeline.distill import DistillConfig, Distiller, distill
 from training.pipeline.evaluate import EvaluateConfig, evaluate_models
 from training.config import TrainConfig
 from training.pipeline.run import train
 from zoo import names
+from zoo.data import Preprocessing, load_data, split_data
+from zoo.record import ModelRecord
 
 TEACHER = "models:/zoo-emitters@champion"
 
@@ -114,6 +118,47 @@ def test_evaluate_reproduces_a_run_and_scores_an_ensemble(teacher) -> None:
     # the ensemble's similarity is the mean of the members': it ranks between or above them
     worst = min(teacher.metrics["test_map_at_r"], other.metrics["test_map_at_r"])
     assert both["test_map_at_r"] >= worst - 0.02
+
+
+def test_evaluate_reads_images_as_the_models_record_says(monkeypatch) -> None:
+    """Size, channels, resize filter, mean and std come from the record (as the server reads
+    them), not from what the recipe would give; the recipe still says which data and split."""
+    recipe = TrainConfig.of(model="resnet18", loss="softmax", data="digits", image_size=32,
+                            channels=3, seed=3)
+    pre = Preprocessing(kind="image", input_size=(1, 16, 16), mean=[0.3], std=[0.2],
+                        class_names=[str(d) for d in range(10)], interpolation="bicubic")
+    model = torch.nn.Module()
+    model.record = ModelRecord(model="resnet18", embedding_dim=8, preprocessing=pre,
+                               recipe=recipe.params())
+    run = SimpleNamespace(info=SimpleNamespace(experiment_id="0"))
+    monkeypatch.setattr(evaluating, "load_source",
+                        lambda uri: (SimpleNamespace(version=None, run_id="r"), run, model))
+    member = evaluating.load_member("models:/m-recorded", "")
+    read = load_data("digits", image_size=16, channels=1, interpolation="bicubic", seed=3)
+    expected = split_data(read, seed=3, val_fraction=recipe.data.val_fraction,
+                          test_fraction=recipe.data.test_fraction, mean=[0.3], std=[0.2])
+    assert member.test.x.shape[1:] == (1, 16, 16)
+    assert torch.equal(member.test.x[:], expected.test.x[:])
+
+
+def test_evaluate_normalises_rows_with_the_records_statistics(teacher, monkeypatch) -> None:
+    """A record whose mean and std differ from its training split's is honoured."""
+    as_trained = evaluating.load_member(TEACHER, "")
+    pre = as_trained.model.record.pre
+    shifted = dataclasses.replace(pre, mean=[m + 1.0 for m in pre.mean],
+                                  std=[s * 2 for s in pre.std])
+    load_source = evaluating.load_source
+
+    def load_shifted(uri: str):
+        source, run, model = load_source(uri)
+        model.record = model.record.with_(preprocessing=shifted)
+        return source, run, model
+
+    monkeypatch.setattr(evaluating, "load_source", load_shifted)
+    member = evaluating.load_member(TEACHER, "")
+    raw = as_trained.test.x * torch.tensor(pre.std) + torch.tensor(pre.mean)
+    expected = (raw - torch.tensor(shifted.mean)) / torch.tensor(shifted.std)
+    assert torch.allclose(member.test.x, expected, atol=1e-5)
 
 
 def test_ensemble_needs_one_split(teacher) -> None:
