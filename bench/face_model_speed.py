@@ -78,7 +78,7 @@ def main() -> int:
     pre = preprocessing()
 
     def inputs(batch: np.ndarray) -> np.ndarray:
-        x = normalise(to_unit(batch.transpose(0, 3, 1, 2)), pre["mean"], pre["std"])
+        x = normalise(to_unit(batch.transpose(0, 3, 1, 2)), pre.mean, pre.std)
         return x.numpy()
 
     with tempfile.TemporaryDirectory() as tmp:

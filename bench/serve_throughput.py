@@ -91,6 +91,7 @@ def prepare(image_size: int, root: Path) -> dict[str, str]:
     from training.pipeline.export import ExportConfig, export_model
     from training.tracking.registration import register_best, runs_of_experiment
     from training.pipeline.run import train
+    from zoo import names
 
     store = root / f"store-{image_size}"
     store.mkdir(parents=True)
@@ -107,8 +108,9 @@ def prepare(image_size: int, root: Path) -> dict[str, str]:
         with contextlib.redirect_stdout(sys.stderr):  # the export's report is not the result
             export_model(ExportConfig(model_uri="models:/zoo-digits@champion", formats="onnx"))
         version = mlflow.MlflowClient().get_model_version_by_alias("zoo-digits", "champion")
-        onnx = mlflow.artifacts.download_artifacts(f"runs:/{version.run_id}/export/model.onnx",
-                                                   dst_path=str(store / "onnx"))
+        onnx = mlflow.artifacts.download_artifacts(
+            f"runs:/{version.run_id}/{names.EXPORT_DIR}/{names.ONNX_FILE}",
+            dst_path=str(store / "onnx"))
     finally:
         os.chdir(cwd)
         os.environ.pop("MLFLOW_TRACKING_URI", None)

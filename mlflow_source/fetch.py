@@ -18,7 +18,7 @@ from mlflow_source.store import use_store
 from mlflow_source.uris import ModelSource, resolve_model
 from zoo import names
 from zoo.export.bundle import GALLERY_DIR, MANIFEST, ONNX_FILE, WEIGHTS_DIR, Bundle, BundleInfo
-from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE
+from zoo.names import RECIPE_FILE, WEIGHTS_FILE
 from zoo.record import ModelRecord
 
 log = logging.getLogger(__name__)

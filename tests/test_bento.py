@@ -28,6 +28,7 @@ from support.process import BENTOML, Server, isolated_env
 from support.serving_store import (IMAGE_URI, Reference, clean_clone, digit_images, files,
                                    make_store, store_env)
 from training.config import TrainConfig
+from zoo import names
 from zoo.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,7 +187,8 @@ def test_built_bento_serves_alone(store, bento_home, digit_pngs, tmp_path: Path)
         assert np.abs(np.asarray(got["embeddings"]) - expected).max() <= 1e-5
         # /identify against the exported gallery (the training split) the Bento carries
         gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
-            f"runs:/{reference.run_id}/export/gallery", dst_path=str(tmp_path / "g"),
+            f"runs:/{reference.run_id}/{names.EXPORT_DIR}/{names.GALLERY_DIR}",
+            dst_path=str(tmp_path / "g"),
             tracking_uri=store["MLFLOW_TRACKING_URI"])))
         similarity = expected @ gallery.vectors().T
         results = httpx.post(f"{server.url}/identify", files=files(digit_pngs[:4]),
@@ -211,7 +213,7 @@ def test_built_bento_serves_alone(store, bento_home, digit_pngs, tmp_path: Path)
 
 @pytest.mark.slow
 def test_service_imports_without_the_training_code(store) -> None:
-    """serving/ reads MLflow through serving.mlflow_source alone: with ``training`` not
+    """serving/ reads MLflow through mlflow_source alone: with ``training`` not
     importable the service module loads its model from the store."""
     code = ("import sys, serving.service as s; "
             "print(s.BUNDLE.info.uri, 'training' in sys.modules)")

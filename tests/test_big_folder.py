@@ -18,6 +18,7 @@ from PIL import Image
 from support.process import REPO, Server
 from training.pipeline.export import ExportConfig, export_model
 from training.tracking.registration import register_best, runs_of_experiment
+from zoo import names
 from zoo.data import Preprocessing, preprocess_images
 from zoo.export.onnx_format import read_metadata
 
@@ -72,7 +73,8 @@ def test_a_folder_beyond_the_budget_trains_exports_and_serves(tracking_uri: str,
                               time_runtimes=False))
     version = client.get_model_version_by_alias("zoo-photos", "champion")
     onnx_path = mlflow.artifacts.download_artifacts(
-        f"runs:/{version.run_id}/export/model.onnx", dst_path=str(tmp_path / "ref"))
+        f"runs:/{version.run_id}/{names.EXPORT_DIR}/{names.ONNX_FILE}",
+        dst_path=str(tmp_path / "ref"))
     pre = Preprocessing.from_dict(read_metadata(Path(onnx_path))["preprocessing"])
     assert pre.input_size == (3, SIZE, SIZE)
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])

@@ -22,6 +22,7 @@ import torch
 from tests.conftest import REPO
 from training.engine.checkpoint import (FORMAT, SLOTS, CheckpointError, RunCheckpoints,
                                  load_checkpoint, restore_rng, save_atomic, slot_name)
+from zoo import names
 from zoo.record import ModelRecord
 
 # Every stateful part of the loop is on: EMA, Lookahead, mixing (its own generator),
@@ -60,7 +61,8 @@ def _wait_for_checkpoint(proc: subprocess.Popen, epoch: int, timeout: float = 30
         running = [r for r in _runs() if r.info.status == "RUNNING"]
         if running:
             run_id = running[-1].info.run_id
-            logged = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
+            logged = {Path(a.path).name
+                      for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR)}
             if slot_name(epoch) in logged:
                 return run_id
         time.sleep(0.2)
@@ -76,7 +78,7 @@ def reference(module_tracking_uri: str) -> dict[str, float]:
     run = _runs()[-1]
     assert run.info.status == "FINISHED"
     # a finished run's checkpoints are deleted
-    assert mlflow.MlflowClient().list_artifacts(run.info.run_id, "checkpoints") == []
+    assert mlflow.MlflowClient().list_artifacts(run.info.run_id, names.CHECKPOINT_DIR) == []
     return run.data.metrics
 
 
@@ -103,7 +105,7 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_same_result(
     # every epoch is in the history, each step once or (the epoch being killed) twice
     steps = {m.step for m in client.get_metric_history(run_id, "val_map_at_r")}
     assert steps == {1, 2, 3}
-    assert client.list_artifacts(run_id, "checkpoints") == []
+    assert client.list_artifacts(run_id, names.CHECKPOINT_DIR) == []
 
 
 @pytest.mark.slow
@@ -121,7 +123,7 @@ def test_sigterm_ends_the_run_killed_and_mlflow_run_resumes_it(
     assert match, last
     client = mlflow.MlflowClient()
     assert client.get_run(run_id).info.status == "KILLED"
-    assert client.list_artifacts(run_id, "checkpoints")
+    assert client.list_artifacts(run_id, names.CHECKPOINT_DIR)
 
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     resumed = subprocess.run(
@@ -134,7 +136,7 @@ def test_sigterm_ends_the_run_killed_and_mlflow_run_resumes_it(
     assert run.info.status == "FINISHED"
     for key in COMPARED:
         assert run.data.metrics[key] == pytest.approx(reference[key], abs=TOLERANCE), key
-    wrapper = [r for r in _runs() if r.data.tags.get("zoo.resumed") == run_id]
+    wrapper = [r for r in _runs() if r.data.tags.get(names.RESUMED_TAG) == run_id]
     assert len(wrapper) == 1  # the run `mlflow run` made points to where the work went
 
 
@@ -153,17 +155,17 @@ def test_resume_refuses_finished_runs_and_names_bad_checkpoints(tracking_uri: st
 
     stopped = client.create_run(experiment).info.run_id
     with pytest.raises(CheckpointError, match=f"run {stopped} has no checkpoint under "
-                                              "checkpoints/"):
+                                              f"{names.CHECKPOINT_DIR}/"):
         RunCheckpoints(stopped).latest()
     # a truncated newest slot: the older one is used; both truncated: both named
     good = save_atomic({"format": FORMAT, "epoch": 1}, tmp_path / SLOTS[0])
-    client.log_artifact(stopped, str(good), "checkpoints")
+    client.log_artifact(stopped, str(good), names.CHECKPOINT_DIR)
     torn = tmp_path / SLOTS[1]
     torn.write_bytes(good.read_bytes()[:40])
-    client.log_artifact(stopped, str(torn), "checkpoints")
+    client.log_artifact(stopped, str(torn), names.CHECKPOINT_DIR)
     assert RunCheckpoints(stopped).latest()["epoch"] == 1
     good.write_bytes(b"not a checkpoint")
-    client.log_artifact(stopped, str(good), "checkpoints")
+    client.log_artifact(stopped, str(good), names.CHECKPOINT_DIR)
     with pytest.raises(CheckpointError, match=rf"checkpoint .*{SLOTS[0]} is unreadable.*; "
                                               rf"checkpoint .*{SLOTS[1]} is unreadable"):
         RunCheckpoints(stopped).latest()
@@ -300,7 +302,7 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     source, _, model = load_source(result.model_uri)
     assert not marker.exists() and model.record.run_id == source.run_id
 
-    weights = folder / "weights" / "model.safetensors"
+    weights = folder / names.WEIGHTS_DIR / names.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:500])
     proc = subprocess.run([sys.executable, "-m", "training.commands.export", "--model_uri",
                            result.model_uri], cwd=REPO, env=_env(tracking_uri),
@@ -312,7 +314,7 @@ def test_damaged_model_and_gallery_files_are_named(tracking_uri: str, tmp_path: 
     assert not marker.exists()
 
     # a model logged before models had weights: its pickle is loaded; damaged, it is named
-    shutil.rmtree(folder / "weights")
+    shutil.rmtree(folder / names.WEIGHTS_DIR)
     (folder / "data" / "model.pth").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ModelFileError, match=f"its files under file://{folder} are missing, "
                                              "damaged or not a model-zoo module"):

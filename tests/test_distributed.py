@@ -15,6 +15,7 @@ from training.config import TrainConfig
 from training.engine.distributed import World
 from training.engine.loop import batches, steps_per_epoch
 from training.pipeline.run import train
+from zoo import names
 from zoo.data import PKBatchSampler, Split
 from zoo.losses import create_loss
 
@@ -99,6 +100,6 @@ def test_two_processes_log_one_run_like_one_process(tracking_uri: str) -> None:
     client = mlflow.MlflowClient()
     lr = [client.get_metric_history(r, "lr")[0].value for r in (run.info.run_id, single.run_id)]
     assert lr[0] == pytest.approx(2 * lr[1])
-    digests = run.data.tags["zoo.ddp.replica_checksums"].split(",")
+    digests = run.data.tags[names.DDP_CHECKSUMS_TAG].split(",")
     assert len(digests) == 2 and digests[0] == digests[1]  # the two replicas ended identical
     assert run.data.metrics["test_precision_at_1"] > 0.2  # it learned (chance: 0.1)

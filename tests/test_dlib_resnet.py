@@ -90,7 +90,7 @@ def _dlib_steps(jpeg: bytes) -> np.ndarray:
 
 def _inputs(chips: np.ndarray) -> torch.Tensor:
     pre = preprocessing()
-    return normalise(to_unit(chips.transpose(0, 3, 1, 2)), pre["mean"], pre["std"])
+    return normalise(to_unit(chips.transpose(0, 3, 1, 2)), pre.mean, pre.std)
 
 
 def test_the_file_is_read_whole_and_checked(weights, tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """The docs cannot drift from the code: README.md stays short, every table renders, every
-relative link lands on a file and heading that exist, and every ``mlflow run`` and
+relative link lands on a file and heading that exist, every ``mlflow run`` and
 ``python -m training.commands...`` command they show names a real entry point and only
-parameters its config has. (The client blocks of docs/serving.md run against a live server
-in test_serving.py; the commands themselves run end to end in the other tests.)"""
+parameters its config has, and every ``zoo.*`` tag they name is one ``zoo.names`` defines.
+(The client blocks of docs/serving.md run against a live server in test_serving.py; the
+commands themselves run end to end in the other tests.)"""
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -14,6 +16,7 @@ import yaml
 
 from training.config import params_of
 from training.mlproject import entries
+from zoo import names
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -88,6 +91,34 @@ def test_links_land_on_files_and_headings_that_exist(page: Path) -> None:
             assert dest.exists(), f"{page.name}:{number}: {target} does not exist"
             if anchor:
                 assert anchor in anchors(dest), f"{page.name}:{number}: no heading #{anchor}"
+
+
+def _importable(dotted: str) -> bool:
+    """``zoo.export.onnx_session`` and the like: a module, or an attribute of one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 1, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            found = getattr(found, attr, None)
+        return found is not None
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_tag_named_is_one_the_code_writes(page: Path) -> None:
+    """Tests read tags through ``zoo.names``; this keeps the names people search by (and older
+    runs hold) from being renamed there without the docs, or misspelt in them."""
+    tags = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
+    for number, line in enumerate(page.read_text().split("\n"), 1):
+        for token in re.findall(r"`(zoo\.[\w.]+(?:<\w+>)?)", line):
+            token = token.rstrip(".")
+            if token in tags or _importable(token):
+                continue
+            assert token == f"{names.RESOLVED_PREFIX}<param>", (
+                f"{page.name}:{number}: `{token}` is neither a tag in zoo/names.py nor code")
 
 
 def _cells(row: str) -> int:

@@ -28,6 +28,7 @@ from training.config import TrainConfig
 from training.pipeline.export import ExportConfig, export_model, save_rebuildable
 from training.pipeline.run import train
 from training.tracking.registration import register_best, runs_of_experiment
+from zoo import names
 from zoo.data import load_data, split_data
 from zoo.export import (
     FORMATS, ExportFailure, ParityThresholds, export_format, load_exported, measure_parity,
@@ -38,7 +39,6 @@ from zoo.export.onnx_format import read_metadata
 from zoo.export.parity import reference_outputs
 from zoo.gallery import Gallery
 from zoo.models import EmbeddingModel, create_model
-from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE
 from zoo.record import ModelRecord
 
 
@@ -255,15 +255,15 @@ def test_export_logs_files_and_tags_and_fails_loudly(
                      "export/parity.json", "export/gallery", "export/weights"}
     # The default gallery: the training split's embeddings, with the run's FAR 1e-3 threshold.
     gallery = Gallery.load(Path(mlflow.artifacts.download_artifacts(
-        f"runs:/{version.run_id}/export/gallery")))
+        f"runs:/{version.run_id}/{names.EXPORT_DIR}/{names.GALLERY_DIR}")))
     assert len(gallery) == int(run.data.params["train_samples"])
     assert gallery.threshold == run.data.metrics["test_threshold_at_far_1e-3"]
     assert set(gallery.identities) <= set(eager_classes(champion))
     tags = client.get_model_version("zoo-emitters", version.version).tags
-    assert tags["zoo.exported"] == "true" and float(tags["export_onnx_max_abs_diff"]) <= 1e-4
+    assert tags[names.EXPORTED_TAG] == "true" and float(tags["export_onnx_max_abs_diff"]) <= 1e-4
 
     # The logged ONNX model loads with mlflow.onnx and as pyfunc, and answers like PyTorch.
-    onnx_uri = tags["zoo.onnx_model_uri"]
+    onnx_uri = tags[names.ONNX_MODEL_URI_TAG]
     assert {p.key for p in mlflow.onnx.load_model(onnx_uri).metadata_props} >= {
         "preprocessing", "class_names"}
     eager = mlflow.pytorch.load_model(champion).eval()
@@ -287,7 +287,7 @@ def test_export_logs_files_and_tags_and_fails_loudly(
     with pytest.raises(RuntimeError, match="onnx: embeddings differ by up to 0.001"):
         export_model(ExportConfig(model_uri=champion))
     tags = client.get_model_version("zoo-emitters", version.version).tags
-    assert "zoo.exported" not in tags and "embeddings differ" in tags["zoo.export_error"]
+    assert names.EXPORTED_TAG not in tags and "embeddings differ" in tags[names.EXPORT_ERROR_TAG]
     assert client.get_run(version.run_id).info.status == "FINISHED"
 
 
@@ -305,7 +305,7 @@ def test_mlflow_run_export_entry_point(champion: str, tmp_path: Path) -> None:
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.metrics["export_onnx_top1_agreement"] >= 0.999
     assert mlflow.MlflowClient().get_model_version("zoo-emitters", "1").tags[
-        "zoo.export.formats"] == "onnx"
+        names.EXPORT_FORMATS_TAG] == "onnx"
 
     miss = subprocess.run(
         [sys.executable, "-m", "training.commands.export", "--model_uri",
@@ -346,17 +346,18 @@ def test_export_saves_weights_the_server_rebuilds_without_unpickling(
     assert result.ok and result.weights_saved and result.weights_error is None
     run_id = result.source.run_id
     client = mlflow.MlflowClient()
-    files = {a.path for a in client.list_artifacts(run_id, "export/weights")}
-    assert files == {f"export/weights/{WEIGHTS_FILE}", f"export/weights/{RECIPE_FILE}"}
+    folder = f"{names.EXPORT_DIR}/{names.WEIGHTS_DIR}"
+    files = {a.path for a in client.list_artifacts(run_id, folder)}
+    assert files == {f"{folder}/{names.WEIGHTS_FILE}", f"{folder}/{names.RECIPE_FILE}"}
     recipe = json.loads(Path(mlflow.artifacts.download_artifacts(
-        f"runs:/{run_id}/export/weights/{RECIPE_FILE}")).read_text())
+        f"runs:/{run_id}/{folder}/{names.RECIPE_FILE}")).read_text())
     assert recipe["build"]["name"] == "resnet18"
     assert recipe["build"]["kwargs"]["parts"] is True and recipe["head"]["type"] == "parts"
-    assert ModelRecord.from_dict(recipe["zoo_meta"]).input_size == (1, 32, 32)
+    assert ModelRecord.from_dict(recipe[names.RECORD_KEY]).input_size == (1, 32, 32)
 
     # The server's path: nothing is unpickled (pickled modules and torch.load both refuse).
     bundle = fetch_bundle(parts_champion, tmp_path / "cache")
-    assert (bundle.weights_path / WEIGHTS_FILE).is_file()
+    assert (bundle.weights_path / names.WEIGHTS_FILE).is_file()
 
     def refuse(*args, **kwargs):
         raise AssertionError("the serving path unpickled something")
@@ -388,7 +389,7 @@ def test_export_saves_weights_the_server_rebuilds_without_unpickling(
     assert f"mlflow run . -e export --env-manager local -P model_uri={parts_champion}" in str(
         miss.value)
     again = fetch_bundle(parts_champion, tmp_path / "cache")
-    assert again.path == bundle.path and (again.weights_path / WEIGHTS_FILE).is_file()
+    assert again.path == bundle.path and (again.weights_path / names.WEIGHTS_FILE).is_file()
 
 
 def test_weights_are_skipped_not_fatal_when_a_rebuild_differs(tmp_path: Path) -> None:
@@ -396,7 +397,7 @@ def test_weights_are_skipped_not_fatal_when_a_rebuild_differs(tmp_path: Path) ->
     model = create_model("resnet18", 3, 16, image_size=32).eval()
     example = torch.randn(2, 3, 32, 32)
     assert save_rebuildable(model, example, tmp_path / "ok") is None
-    assert {p.name for p in (tmp_path / "ok").iterdir()} == {WEIGHTS_FILE, RECIPE_FILE}
+    assert {p.name for p in (tmp_path / "ok").iterdir()} == {names.WEIGHTS_FILE, names.RECIPE_FILE}
 
     build = json.loads(json.dumps(model.record.build))
     misfit = {**build, "kwargs": {**build["kwargs"], "grid": 2}}  # no longer fits the weights
@@ -407,7 +408,7 @@ def test_weights_are_skipped_not_fatal_when_a_rebuild_differs(tmp_path: Path) ->
     assert "no build recipe" in save_rebuildable(model, example, tmp_path / "none")
     # a model logged before recipes: the recipe comes from its run's config instead
     assert save_rebuildable(model, example, tmp_path / "old", lambda: build) is None
-    assert json.loads((tmp_path / "old" / RECIPE_FILE).read_text())["build"] == build
+    assert json.loads((tmp_path / "old" / names.RECIPE_FILE).read_text())["build"] == build
     # tabular models too: the PyTorch runtime serves from these weights
     assert save_rebuildable(create_model("residual_mlp", 3, 8, num_features=4),
                             torch.randn(2, 4), tmp_path / "tab") is None

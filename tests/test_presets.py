@@ -20,6 +20,7 @@ from training.engine.loop import fit
 from training.pipeline.baselines import baseline_metrics
 from training.pipeline.run import config_splits, load_config_data
 from training.presets import PRESETS
+from zoo import names
 from zoo.losses import create_loss
 from zoo.models import create_model
 
@@ -112,11 +113,11 @@ def test_faces_small_beats_pixels_on_unseen_people(tracking_uri: str, orl_faces:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = mlflow.search_runs(experiment_names=["faces"], output_format="list")[0]
-    assert run.data.tags["zoo.preset"] == "faces-small"
-    assert run.data.tags["zoo.model"] == "timm/vgg11_bn"
-    assert run.data.params["epochs"] == "30" and "zoo.resolved.epochs" not in run.data.tags
+    assert run.data.tags[names.PRESET_TAG] == "faces-small"
+    assert run.data.tags[names.MODEL_TAG] == "timm/vgg11_bn"
+    assert run.data.params["epochs"] == "30" and names.resolved_tag("epochs") not in run.data.tags
     # `mlflow run` logged the default model it passed; the tag says what the preset made of it
-    assert (run.data.params["model"], run.data.tags["zoo.resolved.model"]) == (
+    assert (run.data.params["model"], run.data.tags[names.resolved_tag("model")]) == (
         "resnet18", FACES["model"])
     assert run.data.params["open_classes"] == "20" and run.data.params["train_samples"] == "160"
 

@@ -15,8 +15,10 @@ from training.pipeline.register import RegisterConfig
 from training.tracking.model_logging import log_trained_model
 from training.tracking.registration import (
     lower_is_better, loss_alias, register_best, registered_name, runs_of_experiment,
-    runs_of_sweep,
+    runs_of_sweep, selection_metric,
 )
+from training.tracking.store import log_params_once
+from zoo import names
 from zoo.data import Preprocessing
 from zoo.models import create_model
 
@@ -31,7 +33,7 @@ def make_run(p1: float, *, loss: str = "arcface", model: str = "residual_mlp",
     model."""
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"{model}-{loss}", nested=nested) as run:
-        mlflow.set_tags({"zoo.model": model, "zoo.loss": loss, "zoo.dataset": dataset,
+        mlflow.set_tags({names.MODEL_TAG: model, names.LOSS_TAG: loss, names.DATASET_TAG: dataset,
                          **(tags or {})})
         metrics = {P1: p1, "test_map_at_r": p1 / 2, "test_ece": 0.1, "train_loss": 1.0}
         mlflow.log_metrics(metrics)
@@ -42,7 +44,7 @@ def make_run(p1: float, *, loss: str = "arcface", model: str = "residual_mlp",
             record = net.record.with_(preprocessing=pre, loss=loss, dataset=dataset,
                                       run_id=run.info.run_id)
             info = log_trained_model(net, torch.randn(2, 4), record, metrics)
-            mlflow.set_tag("zoo.model_uri", info.model_uri)
+            mlflow.set_tag(names.MODEL_URI_TAG, info.model_uri)
     return mlflow.MlflowClient().get_run(run.info.run_id)
 
 
@@ -68,6 +70,18 @@ def test_register_config_parses_mlproject_strings() -> None:
         RegisterConfig.from_dict({"sweep": "abc", "force": "maybe"})
 
 
+def test_auto_ranks_by_the_monitor_the_run_resolved(tracking_uri: str) -> None:
+    """Registration reads the tag the run wrote for what ``monitor=auto`` became (the run's
+    own parameter still says ``auto``, which would rank by the fallback)."""
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run() as active:
+        mlflow.log_param("monitor", "auto")  # as ``mlflow run`` logs -P values
+        log_params_once({"monitor": "val_nmi"})
+    run = mlflow.MlflowClient().get_run(active.info.run_id)
+    assert run.data.tags[names.resolved_tag("monitor")] == "val_nmi"
+    assert selection_metric([run]) == "test_nmi"
+
+
 def test_best_run_registered_with_tags_description_and_champion(tracking_uri: str) -> None:
     make_run(0.80)
     best = make_run(0.90, loss="triplet")
@@ -80,12 +94,12 @@ def test_best_run_registered_with_tags_description_and_champion(tracking_uri: st
     assert result.champion_moved and result.previous_champion_version is None
     mv = client.get_model_version_by_alias("zoo-digits", "champion")
     assert str(mv.version) == "1" and mv.run_id == best.info.run_id
-    assert mv.source == best.data.tags["zoo.model_uri"]
+    assert mv.source == best.data.tags[names.MODEL_URI_TAG]
     assert mv.tags[P1] == "0.9" and mv.tags["test_map_at_r"] == "0.45"
     assert mv.tags["test_ece"] == "0.1" and "train_loss" not in mv.tags
-    assert mv.tags["zoo.model"] == "residual_mlp" and mv.tags["zoo.loss"] == "triplet"
-    assert mv.tags["zoo.dataset"] == "digits" and mv.tags["zoo.metric"] == P1
-    assert mv.tags["zoo.run_id"] == best.info.run_id
+    assert mv.tags[names.MODEL_TAG] == "residual_mlp" and mv.tags[names.LOSS_TAG] == "triplet"
+    assert mv.tags[names.DATASET_TAG] == "digits" and mv.tags[names.METRIC_TAG] == P1
+    assert mv.tags[names.RUN_ID_TAG] == best.info.run_id
     assert "residual_mlp" in mv.description and "triplet" in mv.description
     assert "digits" in mv.description and "0.9000" in mv.description
     assert "digits" in client.get_registered_model("zoo-digits").description
@@ -137,7 +151,7 @@ def test_champion_value_read_from_run_when_tag_missing(tracking_uri: str) -> Non
     client = mlflow.MlflowClient()
     strong = make_run(0.95)
     client.create_registered_model("zoo-digits")
-    mv = client.create_model_version("zoo-digits", strong.data.tags["zoo.model_uri"],
+    mv = client.create_model_version("zoo-digits", strong.data.tags[names.MODEL_URI_TAG],
                                      run_id=strong.info.run_id)
     client.set_registered_model_alias("zoo-digits", "champion", mv.version)
     result = register_best([make_run(0.90)], P1)
@@ -179,7 +193,7 @@ def test_sweep_children(tracking_uri: str) -> None:
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name="sweep") as parent:
         pid = parent.info.run_id
-        kids = [make_run(v, nested=True, tags={"zoo.sweep": pid}) for v in (0.5, 0.6)]
+        kids = [make_run(v, nested=True, tags={names.SWEEP_TAG: pid}) for v in (0.5, 0.6)]
     make_run(0.99)  # outside the sweep
     children = runs_of_sweep(pid)
     assert {r.info.run_id for r in children} == {k.info.run_id for k in kids}

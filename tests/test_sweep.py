@@ -10,6 +10,7 @@ import pytest
 
 import training.pipeline.run
 from training.pipeline.sweep import SweepConfig, run_sweep
+from zoo import names
 
 TINY = dict(data="emitters", epochs=1, batch_size=64, embedding_dim=16, log_model=True,
             plots=False)
@@ -24,7 +25,7 @@ def _children(parent_id: str) -> list:
 
 def _parent(experiment: str):
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                              filter_string="tags.`zoo.sweep` = 'parent'")
+                              filter_string=f"tags.`{names.SWEEP_TAG}` = 'parent'")
     assert len(runs) == 1
     return runs[0]
 
@@ -64,20 +65,20 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
 
     parent = _parent("sweep-test")
     children = _children(parent.info.run_id)
-    status = {r.data.tags["zoo.loss"]: r.info.status for r in children}
+    status = {r.data.tags[names.LOSS_TAG]: r.info.status for r in children}
     assert status == {"softmax": "FAILED", "arcface": "FINISHED", "supcon": "FINISHED"}
     failed_run = next(r for r in children if r.info.status == "FAILED")
-    assert "injected failure" in failed_run.data.tags["zoo.error"]
+    assert "injected failure" in failed_run.data.tags[names.ERROR_TAG]
     for child in children:
-        assert child.data.tags["zoo.sweep"] == parent.info.run_id
-        assert child.info.run_name == f"residual_mlp-{child.data.tags['zoo.loss']}"
+        assert child.data.tags[names.SWEEP_TAG] == parent.info.run_id
+        assert child.info.run_name == f"residual_mlp-{child.data.tags[names.LOSS_TAG]}"
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/comparison.md",
             "comparison/heatmap.png"} <= artifacts
     # The sweep's last step exported the new champion, with its parity figures.
     champion = client.get_model_version_by_alias("zoo-emitters", "champion")
-    assert champion.tags["zoo.exported"] == "true"
+    assert champion.tags[names.EXPORTED_TAG] == "true"
     assert float(champion.tags["export_onnx_max_abs_diff"]) <= 1e-4
     assert "export of zoo-emitters @champion" in out
     table = Path(client.download_artifacts(parent.info.run_id, "comparison/comparison.csv"))
@@ -90,7 +91,7 @@ def test_failure_is_recorded_and_resume_runs_only_what_is_missing(
     assert not [o for o in second if o.error]
     children = _children(parent.info.run_id)
     assert len(children) == 4  # the old FAILED softmax run stays, one new FINISHED one
-    assert sorted(r.data.tags["zoo.loss"] for r in children
+    assert sorted(r.data.tags[names.LOSS_TAG] for r in children
                   if r.info.status == "FINISHED") == ["arcface", "softmax", "supcon"]
     version = client.get_model_version_by_alias("zoo-emitters", "champion")
     assert version.run_id in {r.info.run_id for r in children}
@@ -146,7 +147,7 @@ def test_resume_continues_a_killed_child_from_its_checkpoint(
                                                 "--env-manager local -P resume=") as stopped:
         run_sweep(cfg)
     parent = mlflow.search_runs(experiment_names=["killed"], output_format="list",
-                                filter_string="tags.`zoo.sweep` = 'parent'")[0]
+                                filter_string=f"tags.`{names.SWEEP_TAG}` = 'parent'")[0]
     assert str(stopped.value).endswith(f"-P resume={parent.info.run_id}")
     assert parent.info.status == "KILLED"
     [child] = _children(parent.info.run_id)

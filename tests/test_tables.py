@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from support.process import REPO, Server
+from zoo import names
 from zoo.data import LoadedData, Preprocessing, Table, load_data, preprocess_rows, split_data
 from zoo.data.table_encoding import (MAX_CATEGORIES, Column, category_text, decode, encode,
                                      feature_names, fit_columns)
@@ -228,7 +229,8 @@ def test_a_mixed_table_trains_exports_and_serves_raw_rows(tracking_uri: str,
     export_model(ExportConfig(model_uri=uri, formats="onnx", time_runtimes=False))
     version = mlflow.MlflowClient().get_model_version_by_alias("zoo-shop", "champion")
     onnx_path = mlflow.artifacts.download_artifacts(
-        f"runs:/{version.run_id}/export/model.onnx", dst_path=str(tmp_path / "ref"))
+        f"runs:/{version.run_id}/{names.EXPORT_DIR}/{names.ONNX_FILE}",
+        dst_path=str(tmp_path / "ref"))
     pre = Preprocessing.from_dict(read_metadata(Path(onnx_path))["preprocessing"])
     assert pre.feature_groups == [2, 5, 4, 5, 1]
 

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from support.mlflow_process import mlflow_process
+from zoo import names
 
 POSTGRES = os.environ.get("ZOO_TEST_POSTGRES_URI", "")
 
@@ -63,12 +64,12 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
         runs = requests.post(f"{api}/runs/search",
                              json={"experiment_ids": [exp["experiment_id"]]}).json()["runs"]
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-        [parent] = [r for r, t in zip(runs, tags) if t.get("zoo.sweep") == "parent"]
+        [parent] = [r for r, t in zip(runs, tags) if t.get(names.SWEEP_TAG) == "parent"]
         parent_id = parent["info"]["run_id"]
         children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent_id]
         assert len(children) == 2
         assert all(c["info"]["status"] == "FINISHED" for c in children)
-        assert {(t["zoo.model"], t["zoo.loss"]) for t in tags if "zoo.model" in t
+        assert {(t[names.MODEL_TAG], t[names.LOSS_TAG]) for t in tags if names.MODEL_TAG in t
                 and t.get("mlflow.parentRunId") == parent_id} == {
             ("residual_mlp", "arcface"), ("ft_transformer", "arcface")}
         files = requests.get(f"{api}/artifacts/list",
@@ -79,7 +80,7 @@ def test_ray_sweep_registers_exports_and_serves_through_a_tracking_server(
                              params={"name": "zoo-emitters", "alias": "champion"}).json()
         version = alias["model_version"]
         assert version["run_id"] in {c["info"]["run_id"] for c in children}
-        assert {"key": "zoo.exported", "value": "true"} in version.get("tags", [])
+        assert {"key": names.EXPORTED_TAG, "value": "true"} in version.get("tags", [])
 
         # the serving side loads the exported champion from the same server
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -136,7 +137,7 @@ def test_a_postgresql_backed_tracking_server_trains_registers_exports_and_serves
         finally:
             mlflow.set_tracking_uri(None)  # (which also unsets MLFLOW_TRACKING_URI)
         assert registered.champion_moved and version.run_id == result.run_id
-        assert version.tags["zoo.exported"] == "true" and bundle.info.run_id == result.run_id
+        assert version.tags[names.EXPORTED_TAG] == "true" and bundle.info.run_id == result.run_id
         assert not (tmp_path / "mlruns").exists()  # everything went to the server
         served = ServedModel(bundle, ServeSettings(threads=1, workers=1))
         rows = np.random.default_rng(0).normal(size=(3, 12)).astype(np.float32)
@@ -147,4 +148,4 @@ def test_a_postgresql_backed_tracking_server_trains_registers_exports_and_serves
     with psycopg.connect(store) as connection:
         tags = dict(connection.execute(
             "SELECT key, value FROM model_version_tags WHERE name = 'zoo-emitters'").fetchall())
-    assert tags["zoo.exported"] == "true"
+    assert tags[names.EXPORTED_TAG] == "true"

@@ -13,6 +13,7 @@ import torch
 from tests.conftest import REPO
 from training.config import TrainConfig
 from training.pipeline.run import dataset_name, train
+from zoo import names
 
 FAST = dict(epochs=1, batch_size=32, embedding_dim=32, log_model=False)
 
@@ -46,9 +47,9 @@ def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_pa
     run = _only_run("e2e")
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "resnet18-arcface"
-    assert run.data.tags["zoo.model"] == "resnet18"
-    assert run.data.tags["zoo.loss"] == "arcface"
-    assert run.data.tags["zoo.dataset"] == "digits"
+    assert run.data.tags[names.MODEL_TAG] == "resnet18"
+    assert run.data.tags[names.LOSS_TAG] == "arcface"
+    assert run.data.tags[names.DATASET_TAG] == "digits"
     assert run.data.params["epochs"] == "1" and run.data.params["lr"] == "0.004"
     assert set(TrainConfig().to_params()) <= set(run.data.params)
     for key in ("test_accuracy", "test_top5_accuracy", "test_ece", "test_precision_at_1",
@@ -61,7 +62,7 @@ def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_pa
     assert {"plots/curves.png", "plots/confusion_matrix.png", "plots/embeddings.png"} <= artifacts
     assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
-    model = mlflow.pytorch.load_model(run.data.tags["zoo.model_uri"]).eval()
+    model = mlflow.pytorch.load_model(run.data.tags[names.MODEL_URI_TAG]).eval()
     record = model.record
     assert record.class_names == [str(d) for d in range(10)]
     assert record.input_size == (3, 32, 32) and record.build["name"] == "resnet18"
@@ -72,7 +73,7 @@ def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_pa
     out = model(torch.randn(3, 3, 32, 32))
     assert out["embedding"].shape == (3, 32) and out["logits"].shape == (3, 10)
     assert torch.allclose(out["embedding"].norm(dim=1), torch.ones(3), atol=1e-5)
-    logged = mlflow.models.get_model_info(run.data.tags["zoo.model_uri"])
+    logged = mlflow.models.get_model_info(run.data.tags[names.MODEL_URI_TAG])
     assert logged.signature is not None and logged.saved_input_example_info is not None
 
 
@@ -101,7 +102,7 @@ def test_failed_run_is_marked_failed_with_error_tag(tracking_uri: str, overrides
         train(TrainConfig.of(experiment="bad", **{**FAST, **overrides}))
     run = _only_run("bad")
     assert run.info.status == "FAILED"
-    assert message in run.data.tags["zoo.error"]
+    assert message in run.data.tags[names.ERROR_TAG]
 
 
 def test_one_class_folder_fails_with_one_line(tracking_uri: str, tmp_path: Path) -> None:
@@ -179,7 +180,7 @@ def test_orl_faces_folder_run(tracking_uri: str, orl_faces: Path) -> None:
     """A real folder-per-class tree of PGM files trains and reports the same metrics."""
     result = train(TrainConfig.of(data=str(orl_faces), experiment="orl", image_size=32, **FAST))
     run = _only_run("orl")
-    assert run.data.tags["zoo.dataset"] == "orl_faces"
+    assert run.data.tags[names.DATASET_TAG] == "orl_faces"
     assert run.data.params["num_classes"] == "40"
     for key in ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi"):
         assert 0.0 <= result.metrics[key] <= 1.0

@@ -3,6 +3,7 @@ save themselves, zoo models as starting points, the fine-tuning controls, zero-s
 evaluation, and choosing on validation."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,10 +27,11 @@ from training.pipeline.tune import TuneConfig, run_tune
 from training.config import TrainConfig
 from training.engine.param_groups import param_groups
 from training.pipeline.run import train
+from zoo import names
 from zoo.data import load_data
 from zoo.losses import create_loss
 from zoo.models import CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, create_model
-from zoo.models.pretrained import PretrainedError, resolve_weights
+from zoo.models.pretrained import PretrainedError, WeightsPreprocessing, resolve_weights
 
 TINY = dict(epochs=1, embedding_dim=16, plots=False, checkpoint=False)
 FROM_INIT = dict(epochs=1, plots=False, checkpoint=False)  # the width is the init model's
@@ -50,6 +52,18 @@ def hub_cache(root: Path, repo: str, state: dict[str, torch.Tensor]) -> Path:
 
 # --- pretrained=<file> through timm --------------------------------------------------------
 
+def test_the_weights_preprocessing_is_typed_from_timms_config() -> None:
+    cfg = timm.models.get_pretrained_cfg("mobilenetv3_small_100.lamb_in1k")
+    pre = WeightsPreprocessing.from_pretrained_cfg(cfg.to_dict())
+    assert (pre.mean, pre.std, pre.interpolation) == (cfg.mean, cfg.std, cfg.interpolation)
+    assert WeightsPreprocessing.from_pretrained_cfg({}) == WeightsPreprocessing()  # unset: defaults
+    grey = pre.for_channels(1)
+    assert grey.mean == pytest.approx((sum(cfg.mean) / 3,)) and len(grey.std) == 1
+    assert pre.for_channels(3) is pre
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pre.mean = (0.5,)  # type: ignore[misc]
+
+
 def test_checkpoint_files_load_through_timm_adapted_to_grey(tmp_path: Path) -> None:
     source = timm.create_model("resnet18", num_classes=1000).eval()
     state = source.state_dict()
@@ -69,7 +83,7 @@ def test_checkpoint_files_load_through_timm_adapted_to_grey(tmp_path: Path) -> N
         assert sorted(report["classifier_dropped"]) == ["fc.bias", "fc.weight"]
         assert report["input_conv_adapted"] == ["conv1.weight"] and report["fraction"] == 1.0
         assert weights.sha256 == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
-        assert weights.preprocessing(1)["interpolation"] == "bicubic"  # resnet18.a1_in1k's
+        assert weights.preprocessing_for(1).interpolation == "bicubic"  # resnet18.a1_in1k's
     # a stage read-out (features_only) gets the same weights
     model = create_model("resnet18", 3, 16, stage=2, grid=2, weights=resolve_weights(
         "resnet18", str(tmp_path / "w.pth")))
@@ -124,15 +138,17 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
 
     failed, finished = sorted(mlflow.search_runs(experiment_names=["hub"], output_format="list"),
                               key=lambda r: r.info.start_time)
-    assert failed.info.status == "FAILED" and "no cached weights" in failed.data.tags["zoo.error"]
+    assert failed.info.status == "FAILED"
+    assert "no cached weights" in failed.data.tags[names.ERROR_TAG]
     tags = finished.data.tags
     assert finished.info.status == "FINISHED"
-    assert tags["zoo.pretrained.source"] == "hf-hub:timm/mobilenetv3_small_100.lamb_in1k"
-    assert tags["zoo.pretrained.sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    assert tags[names.PRETRAINED_SOURCE_TAG] == "hf-hub:timm/mobilenetv3_small_100.lamb_in1k"
+    assert tags[names.PRETRAINED_SHA256_TAG] == hashlib.sha256(file.read_bytes()).hexdigest()
     # the checkpoint's own preprocessing, recorded for export and serving
     cfg = timm.models.get_pretrained_cfg("mobilenetv3_small_100.lamb_in1k")
-    assert [float(v) for v in tags["zoo.resolved.mean"].split(",")] == pytest.approx(cfg.mean)
-    assert tags["zoo.resolved.interpolation"] == cfg.interpolation
+    mean = tags[names.resolved_tag("mean")]
+    assert [float(v) for v in mean.split(",")] == pytest.approx(cfg.mean)
+    assert tags[names.resolved_tag("interpolation")] == cfg.interpolation
     params = finished.data.params
     assert (params["freeze_epochs"], params["backbone_lr"]) == ("1", "0.1")  # fine-tuning defaults
     client = mlflow.MlflowClient()
@@ -142,10 +158,11 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     assert report["classifier_dropped"]
     backbone_lr = [m.value for m in client.get_metric_history(finished.info.run_id, "lr_backbone")]
     assert backbone_lr[0] == 0.0 and backbone_lr[1] > 0  # frozen for one epoch, then trained
-    model = mlflow.pytorch.load_model(tags["zoo.model_uri"])
+    model = mlflow.pytorch.load_model(tags[names.MODEL_URI_TAG])
     assert model.record.pre.interpolation == cfg.interpolation
     assert (model.record.lineage.pretrained, model.record.lineage.pretrained_sha256) == (
-        tags["zoo.pretrained.source"], tags["zoo.pretrained.sha256"])  # the record's lineage
+        tags[names.PRETRAINED_SOURCE_TAG],
+        tags[names.PRETRAINED_SHA256_TAG])  # the record's lineage
     assert model.record.pre.mean == pytest.approx(list(cfg.mean))
     # export and evaluate rebuild the run's inputs from the recipe the model carries, and
     # the run's parameters with their resolved tags give the same config (the fallback)
@@ -153,7 +170,7 @@ def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
     from training.pipeline.run import config_splits, load_config_data
     from training.tracking.model_source import resolve_model
 
-    rebuilt = source_config(resolve_model(tags["zoo.model_uri"]), finished, model)
+    rebuilt = source_config(resolve_model(tags[names.MODEL_URI_TAG]), finished, model)
     assert rebuilt == TrainConfig.from_run(finished.data.params, tags)
     splits = config_splits(rebuilt, load_config_data(rebuilt))
     assert splits.preprocessing.interpolation == cfg.interpolation
@@ -193,8 +210,8 @@ def test_init_carries_architecture_weights_and_preprocessing(source: dict) -> No
                                   epochs=2, freeze_epochs=2, experiment="second", plots=False))
     run = mlflow.MlflowClient().get_run(result.run_id)
     tags, params = run.data.tags, run.data.params
-    assert tags["zoo.init"] == source["uri"] and tags["zoo.init.version"] == "zoo-first/1"
-    assert tags["zoo.init.run_id"] == source["result"].run_id
+    assert tags[names.INIT_TAG] == source["uri"] and tags[names.INIT_VERSION_TAG] == "zoo-first/1"
+    assert tags[names.INIT_RUN_TAG] == source["result"].run_id
     assert (params["model"], params["embedding_dim"]) == ("residual_mlp", "24")  # from init
     assert [i.model_id for i in run.inputs.model_inputs] == [  # MLflow's lineage
         source["result"].model_uri.removeprefix("models:/")]
@@ -237,13 +254,13 @@ def test_a_per_loss_entry_point_starts_from_init_and_exports(source: dict, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     [run] = mlflow.search_runs(experiment_names=["entry-init"], output_format="list")
     assert run.info.status == "FINISHED" and run.data.params["model"] == "resnet18"
-    assert run.data.tags["zoo.resolved.model"] == "residual_mlp"
-    assert run.data.tags["zoo.resolved.embedding_dim"] == "24"
-    assert run.data.tags["zoo.init"] == source["uri"]
+    assert run.data.tags[names.resolved_tag("model")] == "residual_mlp"
+    assert run.data.tags[names.resolved_tag("embedding_dim")] == "24"
+    assert run.data.tags[names.INIT_TAG] == source["uri"]
     result = register_best(runs_of_experiment("entry-init"))
     version = mlflow.MlflowClient().get_model_version(result.name, result.champion_version)
     assert f"Started from {source['uri']}" in version.description
-    assert version.tags["zoo.init"] == source["uri"]
+    assert version.tags[names.INIT_TAG] == source["uri"]
     exported = export_model(ExportConfig(model_uri=f"models:/{result.name}/{version.version}",
                                          formats="onnx"))
     assert exported.ok and exported.parities[0].samples > 0
@@ -261,7 +278,7 @@ def test_sweep_children_start_from_init_and_other_models_are_refused(
         "ft_transformer: refused: init=models:/zoo-first@champion is a residual_mlp model, "
         "whose weights ft_transformer cannot start from"]
     for o in outcomes:
-        assert mlflow.MlflowClient().get_run(o.run_id).data.tags["zoo.init"] == source["uri"]
+        assert mlflow.MlflowClient().get_run(o.run_id).data.tags[names.INIT_TAG] == source["uri"]
 
 
 def test_tune_trials_start_from_init_and_keep_its_width(source: dict) -> None:
@@ -269,9 +286,9 @@ def test_tune_trials_start_from_init_and_keep_its_width(source: dict) -> None:
                                    trials=2, pruner="none", experiment="tune-init", **FROM_INIT))
     assert set(study.trials[0].params) == {"margin", "scale", "lr"}  # no embedding_dim
     trials = mlflow.search_runs(experiment_names=["tune-init"], output_format="list",
-                                filter_string="tags.`zoo.trial` != ''")
+                                filter_string=f"tags.`{names.TRIAL_TAG}` != ''")
     assert len(trials) == 2
-    assert {(r.data.tags["zoo.init"], r.data.params["embedding_dim"]) for r in trials} == {
+    assert {(r.data.tags[names.INIT_TAG], r.data.params["embedding_dim"]) for r in trials} == {
         (source["uri"], "24")}
     with pytest.raises(ValueError, match="fixes embedding_dim"):
         TuneConfig.of(data=str(source["second"]), init=source["uri"],
@@ -287,17 +304,18 @@ def test_init_under_two_processes(source: dict, tmp_path: Path) -> None:
          "--experiment", "ddp-init"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [run] = mlflow.search_runs(experiment_names=["ddp-init"], output_format="list")
-    assert run.data.tags["zoo.init"] == source["uri"] and run.data.params["world_size"] == "2"
-    digests = run.data.tags["zoo.ddp.replica_checksums"].split(",")
+    assert run.data.tags[names.INIT_TAG] == source["uri"] and run.data.params["world_size"] == "2"
+    digests = run.data.tags[names.DDP_CHECKSUMS_TAG].split(",")
     assert len(digests) == 2 and digests[0] == digests[1]
 
 
 def test_zero_shot_evaluation_scores_every_sample_as_unseen(source: dict) -> None:
     metrics = evaluate_models(EvaluateConfig(model_uri=source["uri"], data=str(source["second"])))
     [run] = mlflow.search_runs(experiment_names=["zoo-second"], output_format="list",
-                               filter_string="tags.`zoo.evaluation` = 'zero-shot'")
-    assert run.data.tags["zoo.members"] == source["uri"]
-    assert run.data.tags["zoo.dataset"] == "second" and run.data.tags["zoo.trained_on"] == "first"
+                               filter_string=f"tags.`{names.EVALUATION_TAG}` = 'zero-shot'")
+    assert run.data.tags[names.MEMBERS_TAG] == source["uri"]
+    assert run.data.tags[names.DATASET_TAG] == "second"
+    assert run.data.tags[names.TRAINED_ON_TAG] == "first"
     assert run.data.params["data"] == str(source["second"])
     assert not [k for k in metrics if k.startswith("test_")]
     # every sample of the new data, read with the model's own preprocessing
@@ -371,8 +389,8 @@ def test_sweep_chooses_on_validation_and_says_when_it_used_test(tracking_uri: st
     run_sweep(SweepConfig.of(experiment="val", **common))
     version = client.get_model_version_by_alias("zoo-emitters", "champion")
     run = client.get_run(version.run_id)
-    assert version.tags["zoo.metric"] == "best_val_map_at_r"
-    assert version.tags["zoo.selected_on"] == "validation"
+    assert version.tags[names.METRIC_TAG] == "best_val_map_at_r"
+    assert version.tags[names.SELECTED_ON_TAG] == "validation"
     assert run.data.metrics["best_val_map_at_r"] == client.get_metric_history(
         run.info.run_id, "val_map_at_r")[int(run.data.metrics["best_epoch"]) - 1].value
     assert "on the validation split" in version.description
@@ -381,10 +399,10 @@ def test_sweep_chooses_on_validation_and_says_when_it_used_test(tracking_uri: st
     run_sweep(SweepConfig.of(experiment="no-val", val_fraction=0.0, monitor="none", force=True,
                              **common))
     version = client.get_model_version_by_alias("zoo-emitters", "champion")
-    assert version.tags["zoo.metric"] == "test_map_at_r"
+    assert version.tags[names.METRIC_TAG] == "test_map_at_r"
     assert "on the test split" in version.description and "optimistic" in version.description
     [parent] = mlflow.search_runs(experiment_names=["no-val"], output_format="list",
-                                  filter_string="tags.`zoo.sweep` = 'parent'")
+                                  filter_string=f"tags.`{names.SWEEP_TAG}` = 'parent'")
     table = Path(client.download_artifacts(parent.info.run_id, "comparison/comparison.md"))
     assert "Ranked by test_map_at_r: chosen by test_map_at_r, on the test split" in \
         table.read_text()

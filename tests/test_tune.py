@@ -6,6 +6,7 @@ import pytest
 
 from training.pipeline.tune import KNOBS, TuneConfig, run_tune
 from training.config import TrainConfig
+from zoo import names
 
 
 def test_the_search_space_follows_the_loss() -> None:
@@ -44,14 +45,14 @@ def test_trials_are_nested_runs_and_the_best_is_logged_on_the_parent(
                         log_model=False, plots=False, experiment="tune")
     study = run_tune(cfg)
     [parent] = mlflow.search_runs(experiment_names=["tune"], output_format="list",
-                                  filter_string="tags.`zoo.tune` = 'parent'")
+                                  filter_string=f"tags.`{names.TUNE_TAG}` = 'parent'")
     trials = mlflow.search_runs(experiment_names=["tune"], output_format="list",
                                 filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(trials) == len(study.trials) == 5 and parent.info.status == "FINISHED"
     client = mlflow.MlflowClient()
     finished = {}
     for run in trials:
-        state = run.data.tags["zoo.trial_state"]
+        state = run.data.tags[names.TRIAL_STATE_TAG]
         epochs = len(client.get_metric_history(run.info.run_id, "val_map_at_r"))
         if state == "pruned":  # stopped early, and not counted as a failure
             assert run.info.status == "KILLED" and epochs < cfg.train.optim.epochs
@@ -63,12 +64,12 @@ def test_trials_are_nested_runs_and_the_best_is_logged_on_the_parent(
             if name in ("margin", "scale", "lr"):
                 assert knob.low <= float(run.data.params[name]) <= knob.high
         assert run.data.params["embedding_dim"] in {"32", "64", "128", "256"}
-    assert any(r.data.tags["zoo.trial_state"] == "pruned" for r in trials)
+    assert any(r.data.tags[names.TRIAL_STATE_TAG] == "pruned" for r in trials)
 
     # the best trial: the finished one with the best validation MAP@R; its values on the parent
     best = max(finished.values(), key=lambda r: max(
         m.value for m in client.get_metric_history(r.info.run_id, "val_map_at_r")))
-    assert parent.data.tags["zoo.best_run_id"] == best.info.run_id
+    assert parent.data.tags[names.BEST_RUN_TAG] == best.info.run_id
     for name in ("margin", "scale", "embedding_dim", "lr"):
         assert float(parent.data.params[f"best_{name}"]) == float(best.data.params[name])
     assert parent.data.metrics["best_val_map_at_r"] == pytest.approx(study.best_value)

@@ -69,24 +69,46 @@ TIMING_TAG = "zoo.runtime.timing"  # the figures it was chosen by (JSON)
 
 # --- artifacts -----------------------------------------------------------------------------
 EXPORT_DIR = "export"  # model.onnx, model.torchscript.pt, model.pt2, parity.json
+ONNX_FILE = "model.onnx"  # under EXPORT_DIR
+TORCHSCRIPT_FILE = "model.torchscript.pt"  # under EXPORT_DIR, and the pyfunc's trace
+PROGRAM_FILE = "model.pt2"  # under EXPORT_DIR
 GALLERY_DIR = "gallery"  # under EXPORT_DIR: the default identification gallery
 #: recipe.json + model.safetensors (never unpickled): under EXPORT_DIR for the server, and
 #: inside a logged model, what init= and export load instead of unpickling the module
 WEIGHTS_DIR = "weights"
+RECIPE_FILE = "recipe.json"  # under WEIGHTS_DIR: what rebuilds the module
+WEIGHTS_FILE = "model.safetensors"  # under WEIGHTS_DIR
 PARITY_ARTIFACT = "parity.json"  # under EXPORT_DIR
 ONNX_MODEL_NAME = "onnx"  # the logged ONNX model's name
 EXPORT_METRIC_PREFIX = "export_"
 CHECKPOINT_DIR = "checkpoints"
 PLOTS_DIR = "plots"
+CURVES_PLOT = "curves.png"  # under PLOTS_DIR
+CONFUSION_PLOT = "confusion_matrix.png"  # under PLOTS_DIR
+EMBEDDING_PLOT = "embeddings.png"  # under PLOTS_DIR
 HISTORY_ARTIFACT = "history.json"
 METRICS_ARTIFACT = "metrics.json"
 COMPARISON_DIR = "comparison"  # a sweep's table and heatmap
+COMPARISON_CSV = "comparison.csv"  # under COMPARISON_DIR: what -e recommend reads
+COMPARISON_MD = "comparison.md"  # under COMPARISON_DIR
+HEATMAP_PLOT = "heatmap.png"  # under COMPARISON_DIR
 TUNE_DIR = "tune"
+TRIALS_FILE = "trials.csv"  # under TUNE_DIR
 PROBE_ARTIFACT = "probe/probe.npz"
 LOAD_REPORT_ARTIFACT = "pretrained/load_report.json"
 FACES_MISSING_ARTIFACT = "faces/missing.txt"  # the photos in which the face stage found no face
 PYFUNC_DIR = "pyfunc"  # inside a logged model: the TorchScript trace the pyfunc loads
 MLMODEL_RECORD_KEY = "zoo"  # a logged model's MLmodel metadata: its record (zoo.record)
-RECORD_FILE = "zoo_meta.json"  # beside a logged model: its record, as JSON
+#: the model record's name where it is stored by key (ONNX metadata_props, recipe.json, a
+#: module pickled before records): the untyped dict's old name, so older files still read
+RECORD_KEY = "zoo_meta"
+#: the record as JSON: beside a logged model, and inside TorchScript and .pt2 files
+RECORD_FILE = f"{RECORD_KEY}.json"
 PREPROCESSING_FILE = "preprocessing.json"  # beside a logged model: its preprocessing alone
 LABELS_FILE = "labels.json"  # beside a logged model: its class names
+
+
+def resolved_tag(param: str) -> str:
+    """The tag that says what ``param`` became (written by the run, read back by the registry
+    and by ``TrainConfig.from_run``)."""
+    return f"{RESOLVED_PREFIX}{param}"

@@ -31,12 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from zoo import names
 from zoo.data.preprocessing import preprocess_images, preprocess_rows
 from zoo.export.torchscript_format import load_torchscript
 from zoo.metrics.classification import softmax
 from zoo.record import ModelRecord
 
-MODEL_FILE = "model.torchscript.pt"
 IMAGE_COLUMN = "image"
 
 
@@ -133,7 +133,7 @@ def _image(value: Any, index: int) -> Any:
 
 
 def load(folder: str | Path) -> ZooPredictor:
-    module, record = load_torchscript(Path(folder) / MODEL_FILE)
+    module, record = load_torchscript(Path(folder) / names.TORCHSCRIPT_FILE)
     return ZooPredictor(module, record)
 
 

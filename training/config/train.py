@@ -129,7 +129,7 @@ class TrainConfig(FlatParams):
     @classmethod
     def from_run(cls, params: dict[str, str], tags: dict[str, str]) -> "TrainConfig":
         """The config a run was trained with, from its parameters and its
-        ``zoo.resolved.<param>`` tags (what ``auto`` or a preset made of a parameter that
+        ``names.resolved_tag(<param>)`` tags (what ``auto`` or a preset made of a parameter that
         ``mlflow run`` had logged). For resuming a run, and for models logged before they
         carried their recipe."""
         values = dict(params)

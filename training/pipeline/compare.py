@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
+from zoo import names
 from zoo.metrics import higher_is_better  # one definition everywhere
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def write_tables(df: pd.DataFrame, folder: Path, note: str = "") -> tuple[Path, 
     with ``note`` under the table: how the ranking chose)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = folder / "comparison.csv", folder / "comparison.md"
+    csv_path, md_path = folder / names.COMPARISON_CSV, folder / names.COMPARISON_MD
     df.to_csv(csv_path, index=False)
     md_path.write_text(to_markdown(df) + (f"\n{note}\n" if note else ""), encoding="utf-8")
     log.info("comparison table written to %s and %s", csv_path, md_path)

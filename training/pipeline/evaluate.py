@@ -1,11 +1,13 @@
 """Evaluate registered models, alone or as an ensemble.
 
-Every model is run on the test (and open-set) split of the run that trained it, rebuilt from
-that run's parameters, optionally with flip test-time augmentation. Given ``data`` with other
-classes than the model was trained on, the evaluation is zero-shot: every sample of that data
-counts as a class the model never saw, read with the model's own preprocessing, and scored
-by the retrieval, clustering and verification metrics (``open_*``): how a face model trained
-on one set of people does on another. Several models form an
+Every model is run on the test (and open-set) split of the run that trained it, optionally
+with flip test-time augmentation. The run's recipe says which data and how it is split; the
+model's record says how its inputs are read (size, channels, resize filter, face stage,
+normalisation), as the server reads them, so what is scored is what would be served. Given
+``data`` with other classes than the model was trained on, the evaluation is zero-shot: every
+sample of that data counts as a class the model never saw, read with the model's own
+preprocessing, and scored by the retrieval, clustering and verification metrics (``open_*``):
+how a face model trained on one set of people does on another. Several models form an
 ensemble: their logits are averaged, and their L2-normalised embeddings are concatenated
 and divided by √n, so the ensemble's cosine similarity between two samples is the mean of
 the members' similarities. (Averaging the vectors themselves would mix embedding spaces
@@ -30,7 +32,7 @@ from training.config import SPLIT_FIELDS, FlatParams, check_choices, option
 from training.engine.evaluation import embed
 from training.engine.loop import pick_device
 from training.pipeline.export import source_config, source_splits
-from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_config_data
+from training.pipeline.run import SUMMARY_KEYS, dataset_name, load_recorded_data
 from training.tracking.model_source import load_source
 from training.tracking.store import configure_tracking, log_params_once, training_run
 from zoo import names
@@ -92,13 +94,13 @@ def load_member(uri: str, data: str) -> Member:
     tags = {"experiment_id": run.info.experiment_id, "version": version,
             "dataset": dataset_name(cfg.data.source)}
     if not data:
-        splits = source_splits(cfg, model)
+        splits = source_splits(cfg, model, recorded=True)
         return Member(uri, model, cfg, splits.test, splits.open, tags)
     cfg = cfg.replace(data=data)
-    loaded = load_config_data(cfg)  # the model's input size, channels and resize filter
     record = model.record
+    loaded = load_recorded_data(cfg, record)
     if sorted(loaded.class_names) == sorted(record.class_names + list(record.open_class_names)):
-        splits = source_splits(cfg, model, loaded)  # the training data, moved
+        splits = source_splits(cfg, model, loaded, recorded=True)  # the training data, moved
         return Member(uri, model, cfg, splits.test, splits.open, tags)
     return Member(uri, model, cfg, None, unseen_split(loaded, model), tags, zero_shot=True)
 

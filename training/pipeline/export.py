@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from training.config import FlatParams, TrainConfig, option
-from training.pipeline.run import build_model_and_loss, config_splits, load_config_data
+from training.pipeline.run import (build_model_and_loss, config_splits, load_config_data,
+                                   load_recorded_data)
 from training.tracking import export_artifacts
 from training.tracking.model_source import (DEFAULT_MODEL_URI, ModelSource, load_source,
                                              training_config)
@@ -148,19 +149,20 @@ def source_config(source: ModelSource, run: mlflow.entities.Run, model: Any = No
     return cfg.replace(data=data) if data else cfg
 
 
-def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None = None
-                  ) -> Splits:
-    """The run's splits, checked to have the classes the model was trained on."""
+def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | None = None,
+                  recorded: bool = False) -> Splits:
+    """The run's splits, checked to have the classes the model was trained on; ``recorded``:
+    read and normalised as the model's record says (``load_recorded_data``), not the config."""
+    record = record_of(model)
     if data is None:
         try:
-            data = load_config_data(cfg)
+            data = load_recorded_data(cfg, record) if recorded else load_config_data(cfg)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{exc}; the training run read "
                                     f"data={cfg.data.source!r} relative to "
                                     "its working directory: pass --data with where it is now "
                                     "(-P data=... under mlflow run)") from None
-    splits = config_splits(cfg, data)
-    record = record_of(model)
+    splits = config_splits(cfg, data, record.pre if recorded else None)
     trained = record.class_names if record is not None and record.preprocessing else None
     if trained is not None and trained != list(splits.class_names):
         raise ValueError(f"data {cfg.data.source!r} has classes {splits.class_names[:5]}... "

@@ -73,8 +73,8 @@ def _sweeps(experiment: str | None) -> list[mlflow.entities.Run]:
 def _winners(run: mlflow.entities.Run, top: int) -> tuple[str, list[tuple[str, str, float]]]:
     """The sweep's ranking metric and its best finished combinations (baselines left out)."""
     metric = run.data.tags.get(names.METRIC_TAG, "test_precision_at_1")
-    path = mlflow.MlflowClient().download_artifacts(run.info.run_id,
-                                                    "comparison/comparison.csv")
+    path = mlflow.MlflowClient().download_artifacts(
+        run.info.run_id, f"{names.COMPARISON_DIR}/{names.COMPARISON_CSV}")
     table = pd.read_csv(path)
     table = table[(table["status"] == "FINISHED") & table[metric].notna()]
     return metric, [(str(r["model"]), str(r["loss"]), float(r[metric]))

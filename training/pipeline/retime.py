@@ -56,7 +56,7 @@ def retime(cfg: RetimeConfig) -> RuntimeTiming:
                           "ONNX Runtime can serve it: export it again to time both")
     with tempfile.TemporaryDirectory(prefix="zoo-retime-") as tmp:
         onnx = mlflow.artifacts.download_artifacts(
-            f"runs:/{source.run_id}/{names.EXPORT_DIR}/model.onnx", dst_path=tmp)
+            f"runs:/{source.run_id}/{names.EXPORT_DIR}/{names.ONNX_FILE}", dst_path=tmp)
         shape = model.record.input_size
         timing = time_runtimes(onnx, model, shape, cfg.threads or None)
     for key, value in runtime_tags(timing).items():

@@ -30,7 +30,7 @@ from training.tracking.store import configure_tracking, log_params_once, trainin
 from zoo import names
 from zoo.data import LoadedData, Splits, load_data, split_data
 from zoo.faces.chips import FaceReport
-from zoo.data.preprocessing import DEFAULT_INTERPOLATION
+from zoo.data.preprocessing import DEFAULT_INTERPOLATION, Preprocessing
 from zoo.record import ModelRecord
 from zoo.losses import EmbeddingLoss, check_loss, create_loss
 from zoo.metrics import confusion_matrix, evaluate
@@ -74,13 +74,35 @@ def load_config_data(cfg: TrainConfig) -> LoadedData:
                      faces=cfg.data.faces, faces_missing=cfg.data.faces_missing)
 
 
-def config_splits(cfg: TrainConfig, data: LoadedData) -> Splits:
+def load_recorded_data(cfg: TrainConfig, record: ModelRecord) -> LoadedData:
+    """The data set a config names, read as the model's record says its inputs are read (its
+    size, channels, resize filter and face stage), as the server reads them; the config says
+    where the data is and how it is labelled."""
+    pre = record.pre
+    image: dict[str, Any] = {}
+    if pre.kind == "image":
+        height, width = pre.input_size[1:]
+        image = dict(image_size=height if height == width else (height, width),
+                     channels=pre.channels, interpolation=pre.interpolation,
+                     faces=record.faces if record.faces is not None else "none")
+    return load_data(cfg.data.source, seed=cfg.data.seed, label_column=cfg.data.label_column,
+                     categorical_columns=comma_list(cfg.data.categorical_columns),
+                     faces_missing=cfg.data.faces_missing, **image)
+
+
+def config_splits(cfg: TrainConfig, data: LoadedData, pre: Preprocessing | None = None
+                  ) -> Splits:
     """The deterministic split a config names (the same for every run with the same seed),
-    normalised by the config's mean and std when set (else the training split's)."""
+    normalised by ``pre`` (a trained model's mean, std and table columns) when given, else by
+    the config's mean and std when set, else by the training split's."""
+    if pre is not None:
+        mean, std = pre.mean, pre.std
+    else:
+        mean, std = channel_values(cfg.data.mean, "mean"), channel_values(cfg.data.std, "std")
+    columns = pre.table_columns if pre is not None and pre.columns is not None else None
     return split_data(data, seed=cfg.data.seed, val_fraction=cfg.data.val_fraction,
                       test_fraction=cfg.data.test_fraction, open_set=cfg.data.open_set,
-                      mean=channel_values(cfg.data.mean, "mean"),
-                      std=channel_values(cfg.data.std, "std"))
+                      mean=mean, std=std, columns=columns)
 
 
 def check_names(cfg: TrainConfig) -> None:
@@ -484,12 +506,12 @@ def log_figures(history: History, splits: Splits, test_emb: torch.Tensor,
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             if history.epochs:  # epochs=0 trains none
-                plots.plot_curves(history.epochs, out / "curves.png")
+                plots.plot_curves(history.epochs, out / names.CURVES_PLOT)
             if test_logits is not None:
                 matrix = confusion_matrix(test_logits, splits.test.y, len(splits.class_names))
-                plots.plot_confusion(matrix, splits.class_names, out / "confusion_matrix.png")
+                plots.plot_confusion(matrix, splits.class_names, out / names.CONFUSION_PLOT)
             plots.plot_embedding_map(test_emb.numpy(), splits.test.y.numpy(),
-                                     splits.class_names, out / "embeddings.png", seed=seed)
+                                     splits.class_names, out / names.EMBEDDING_PLOT, seed=seed)
             mlflow.log_artifacts(str(out), artifact_path=names.PLOTS_DIR)
     mlflow.log_dict({"history": history.epochs, "best_epoch": history.best_epoch,
                      "stopped_early": history.stopped_early}, names.HISTORY_ARTIFACT)

@@ -484,5 +484,5 @@ def _log_comparison(rows: list[compare.Row], runs: list[compare.Row], metric: st
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         compare.write_tables(table, folder, note=f"Ranked by {metric}: {selection_note(metric)}.")
-        compare.plot_heatmap(runs, metric, folder / "heatmap.png")
+        compare.plot_heatmap(runs, metric, folder / names.HEATMAP_PLOT)
         mlflow.log_artifacts(str(folder), artifact_path=names.COMPARISON_DIR)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import mlflow
 import torch
@@ -24,7 +23,7 @@ from zoo import names
 from zoo.data.preprocessing import Preprocessing
 from zoo.models import (CURATED_IMAGE_MODELS, MORE_IMAGE_MODELS, EmbeddingModel,
                         is_timm_backed, own_weights_reader, timm_name_of)
-from zoo.models.pretrained import PretrainedWeights, resolve_weights
+from zoo.models.pretrained import PretrainedWeights, WeightsPreprocessing, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +97,15 @@ class Start:
         """The licence of the starting weights, as their source states it (None: unstated)."""
         return self.weights.licence if self.weights is not None else self.init_licence
 
-    def preprocessing(self, channels: int) -> dict[str, Any]:
-        """The mean, std and interpolation the starting weights were trained with."""
+    def preprocessing_for(self, channels: int) -> WeightsPreprocessing | None:
+        """The mean, std and interpolation the starting weights were trained with (None: no
+        starting weights, or an init model that recorded none)."""
         if self.weights is not None:
-            return self.weights.preprocessing(channels)
+            return self.weights.preprocessing_for(channels)
         pre = self.init_preprocessing
         if pre is None:
-            return {}
-        return {"mean": pre.mean, "std": pre.std, "interpolation": pre.interpolation}
+            return None
+        return WeightsPreprocessing(mean=pre.mean, std=pre.std, interpolation=pre.interpolation)
 
     def apply(self, model: EmbeddingModel) -> None:
         """Copy the init model's backbone and neck weights into ``model`` (all of them:
@@ -194,10 +194,10 @@ def resolve_start(cfg: TrainConfig, init: InitSource | None = None) -> Start:
         start.init_preprocessing = model.record.preprocessing
         start.init_licence = model.record.lineage.licence
     if start.weights is not None or start.init is not None:
-        own = start.preprocessing(cfg.data.channels)
-        if cfg.data.mean is None and "mean" in own:
-            cfg.data.mean = ",".join(f"{v:.6g}" for v in own["mean"])
-            cfg.data.std = ",".join(f"{v:.6g}" for v in own["std"])
-        if cfg.data.interpolation is None and "interpolation" in own:
-            cfg.data.interpolation = own["interpolation"]
+        own = start.preprocessing_for(cfg.data.channels)
+        if own is not None and cfg.data.mean is None:
+            cfg.data.mean = ",".join(f"{v:.6g}" for v in own.mean)
+            cfg.data.std = ",".join(f"{v:.6g}" for v in own.std)
+        if own is not None and cfg.data.interpolation is None:
+            cfg.data.interpolation = own.interpolation
     return start

@@ -207,7 +207,7 @@ def _report(cfg: TuneConfig, study: optuna.Study) -> None:
     frame = pd.concat([frame.drop(columns=["user_attrs_values"], errors="ignore"), values],
                       axis=1).rename(columns={"user_attrs_run_id": "run_id"})
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trials.csv"
+        path = Path(tmp) / names.TRIALS_FILE
         frame.to_csv(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=names.TUNE_DIR)
     states = [t.state for t in study.trials]
@@ -219,7 +219,7 @@ def _report(cfg: TuneConfig, study: optuna.Study) -> None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"no trial of {len(study.trials)} completed; see the trial runs' "
-                           "zoo.error tags")
+                           f"{names.ERROR_TAG} tags")
     best = study.best_trial
     chosen = best.user_attrs["values"]  # what the trial trained with (rounded)
     mlflow.log_params({f"best_{k}": format_value(v) for k, v in chosen.items()})

@@ -49,7 +49,7 @@ def save_model(pytorch_model: torch.nn.Module, path: str, mlflow_model: Model | 
     folder = Path(path) / names.PYFUNC_DIR
     folder.mkdir()
     model = pytorch_model.eval()
-    save_torchscript(export_torchscript(model, example), folder / zoo_pyfunc.MODEL_FILE,
+    save_torchscript(export_torchscript(model, example), folder / names.TORCHSCRIPT_FILE,
                      model.record)
     code = mlflow_model.flavors[pyfunc.FLAVOR_NAME].get(pyfunc.CODE)
     pyfunc.add_to_model(mlflow_model, loader_module=zoo_pyfunc.__name__, data=names.PYFUNC_DIR,

@@ -86,7 +86,7 @@ def selection_note(metric: str) -> str:
 def selection_metric(runs: list[Run]) -> str:
     """``auto`` for these runs: ``best_<monitor>`` where every finished run with a model has
     it (they all kept a validated epoch), else the monitor's test counterpart."""
-    monitors = [r.data.tags.get("zoo.resolved.monitor") or r.data.params.get("monitor", "")
+    monitors = [r.data.tags.get(names.resolved_tag("monitor")) or r.data.params.get("monitor", "")
                 for r in runs]
     monitor = max(set(monitors), key=monitors.count) if monitors else ""
     finished = [r for r in runs if r.info.status == RunStatus.to_string(RunStatus.FINISHED)
@@ -254,7 +254,7 @@ def eligible_runs(runs: list[Run], metric: str) -> list[Run]:
         elif not run.data.tags.get(names.MODEL_URI_TAG):
             reason = f"without a logged model (tag {names.MODEL_URI_TAG})"
         elif not run.data.tags.get(names.DATASET_TAG):
-            reason = "without a zoo.dataset tag"
+            reason = f"without a {names.DATASET_TAG} tag"
         elif _metric(run, metric) is None:
             reason = f"without {metric}"
         else:

@@ -165,7 +165,7 @@ def log_params_once(params: dict[str, str], resolved_keys: tuple[str, ...] = ())
         if _same(existing[key], params[key]):
             continue
         if existing[key].lower() == AUTO or key in resolved_keys:  # the code chose: say what
-            resolved[f"{names.RESOLVED_PREFIX}{key}"] = params[key]
+            resolved[names.resolved_tag(key)] = params[key]
         else:
             log.warning("parameter %s: run has %r, config has %r", key, existing[key], params[key])
     if resolved:

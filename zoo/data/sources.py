@@ -259,17 +259,23 @@ def _face_folder(root: Path, name: str, class_names: list[str], paths: list[str]
                       interpolation=interpolation, faces=stage, face_report=report)
 
 
-def _face_options(data: str, faces: str, missing: str, image_size: int) -> dict[str, Any]:
-    """The folder options of ``faces=align``; any other data is refused with what to give."""
+def _face_options(data: str, faces: str | FaceStage, missing: str,
+                  image_size: int) -> dict[str, Any]:
+    """The folder options of ``faces=align`` (the stage at ``image_size``) or of a model's own
+    ``FaceStage``; any other data is refused with what to give."""
     from zoo.faces import FACE_MODES, FaceStage
 
-    if faces not in FACE_MODES:
+    stage = faces if isinstance(faces, FaceStage) else None
+    mode = "align" if stage is not None else faces
+    if mode not in FACE_MODES:
         raise ValueError(f"faces={faces!r} is not one of {', '.join(FACE_MODES)}")
     prefix, sep, rest = data.partition(":")
     path = Path(rest if sep and prefix == "folder" else data).expanduser()
     if not path.is_dir():
-        raise ValueError(f"faces={faces} finds faces in photos: give a folder of photos as the "
+        raise ValueError(f"faces={mode} finds faces in photos: give a folder of photos as the "
                          f"data, not {data!r}")
+    if stage is not None:
+        return {"faces": stage, "faces_missing": missing}
     if not isinstance(image_size, int):
         raise ValueError(f"faces={faces} aligns square chips: give one image_size, not "
                          f"{image_size!r}")
@@ -308,7 +314,7 @@ def load_data(
     label_column: str = "label",
     interpolation: str = DEFAULT_INTERPOLATION,
     categorical_columns: Sequence[str] | None = None,
-    faces: str = "none",
+    faces: str | FaceStage = "none",
     faces_missing: str = "whole",
     **kw: Any,
 ) -> LoadedData:
@@ -319,12 +325,13 @@ def load_data(
     ``interpolation`` is the resize filter of images, ``categorical_columns`` the numeric
     columns of a table that hold categories.
     ``faces="align"`` runs the face stage on a folder of photos (``faces_missing``: what a
-    photo without a face becomes). ``kw`` goes to the source (e.g. ``num_emitters=5``).
+    photo without a face becomes); a ``FaceStage`` runs that stage (a model's own). ``kw``
+    goes to the source (e.g. ``num_emitters=5``).
     """
     data = str(data)
     common = dict(image_size=image_size, channels=channels, seed=seed, label_column=label_column,
                   interpolation=interpolation, categorical_columns=categorical_columns)
-    if faces != "none":
+    if not (isinstance(faces, str) and faces == "none"):
         kw = {**kw, **_face_options(data, faces, faces_missing, image_size)}
     prefix, sep, rest = data.partition(":")
     if sep and prefix in DATASETS and prefix in _PATH_SOURCES:

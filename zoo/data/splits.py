@@ -129,13 +129,15 @@ def split_data(
     open_set: float = 0.0,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    columns: list[Column] | None = None,
 ) -> Splits:
     """Split per class (every class with >=3 samples lands in train, val and test).
 
     ``open_set`` is the fraction of classes (picked by ``seed``) held out of training: all
     their samples go to ``open``, labelled after the trained classes. The same seed always
     gives the same split; indices within each split are in data order. ``mean``/``std``
-    normalise instead of the training split's statistics (a pretrained model's own).
+    normalise instead of the training split's statistics (a pretrained model's own), and a
+    table's ``columns`` encode it instead of a fit on the training rows (a trained model's).
     """
     _check_fractions(val_fraction, test_fraction, open_set)
     open_classes = _open_classes(data, open_set, seed)
@@ -145,7 +147,7 @@ def split_data(
     open_index = torch.from_numpy(np.flatnonzero(np.isin(data.y.cpu().numpy(),
                                                          open_classes))).long()
     y_all = _relabelled(data, trained + open_classes)
-    x, columns = _encoded_inputs(data, index["train"])
+    x, columns = _encoded_inputs(data, index["train"], columns)
     mean, std = _statistics(data, x, index["train"], columns, seed, mean, std)
     class_names = [data.class_names[c] for c in trained]
     open_names = [data.class_names[c] for c in open_classes]
@@ -249,13 +251,14 @@ def _relabelled(data: LoadedData, order: list[int]) -> torch.Tensor:
     return remap[data.y.long()]
 
 
-def _encoded_inputs(data: LoadedData, train_index: torch.Tensor
+def _encoded_inputs(data: LoadedData, train_index: torch.Tensor,
+                    columns: list[Column] | None = None
                     ) -> tuple[torch.Tensor | ImageSet, list[Column] | None]:
-    """The inputs as the model reads them: a table's encoding is fitted on the training
-    rows, then every row encoded; images pass through."""
+    """The inputs as the model reads them: a table's encoding (``columns``, else fitted on
+    the training rows) applied to every row; images pass through."""
     if not isinstance(data.x, Table):
         return data.x, None
-    columns = data.x[train_index].fit()
+    columns = columns if columns is not None else data.x[train_index].fit()
     return data.x.encoded(columns), columns
 
 

@@ -27,7 +27,7 @@ from zoo import names
 from zoo.record import ModelRecord
 
 MANIFEST = "bundle.json"
-ONNX_FILE = "model.onnx"
+ONNX_FILE = names.ONNX_FILE
 GALLERY_DIR = names.GALLERY_DIR
 WEIGHTS_DIR = names.WEIGHTS_DIR  # recipe.json + model.safetensors
 BENTO_LABEL = "zoo-bundle"
@@ -122,7 +122,8 @@ class Bundle:
         rebuilt from ``weights/recipe.json`` with ``weights/model.safetensors`` loaded
         strictly: nothing is unpickled. ``LookupError`` when the version was exported
         without them."""
-        from zoo.models.rebuild import RECIPE_FILE, WEIGHTS_FILE, load_weights
+        from zoo.models.rebuild import load_weights
+        from zoo.names import RECIPE_FILE, WEIGHTS_FILE
 
         folder = self.weights_path
         if not ((folder / RECIPE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo import names
 from zoo.export import onnx_format, program_format, torchscript_format
 from zoo.export.errors import explain
 from zoo.export.onnx_runtime import onnx_session
@@ -21,7 +22,8 @@ from zoo.record import ModelRecord, record_of
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript", "pt2")
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
+FILE_NAMES = {"onnx": names.ONNX_FILE, "torchscript": names.TORCHSCRIPT_FILE,
+              "pt2": names.PROGRAM_FILE}
 
 
 @dataclass(frozen=True)

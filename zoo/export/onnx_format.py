@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from zoo import names
 from zoo.export.program_format import batch_dim
 from zoo.quiet import quiet_loggers
 from zoo.record import ModelRecord
@@ -29,8 +30,7 @@ MIN_OPSET = 18
 DEFAULT_OPSET = 20
 INPUT_NAME = "input"
 BATCH_AXIS = "batch"
-RECORD_KEY = "zoo_meta"  # the model record (zoo.record), under the name it always had
-METADATA_KEYS = ("preprocessing", "class_names", RECORD_KEY)
+METADATA_KEYS = ("preprocessing", "class_names", names.RECORD_KEY)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: ModelRecord | None,
@@ -75,7 +75,7 @@ def _set_metadata(proto: onnx.ModelProto, record: ModelRecord | None) -> None:
         return
     full = record.to_dict()
     values = {"preprocessing": full["preprocessing"] or {}, "class_names": record.class_names,
-              RECORD_KEY: full}
+              names.RECORD_KEY: full}
     for key, value in values.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value, default=str)
@@ -92,5 +92,5 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 def read_record(path: Path) -> ModelRecord | None:
     """The model record an ONNX file carries (None for a file the zoo did not write)."""
-    data = read_metadata(path).get(RECORD_KEY)
+    data = read_metadata(path).get(names.RECORD_KEY)
     return ModelRecord.from_dict(data) if data else None

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo import names
 from zoo.record import ModelRecord, record_from_json, record_to_json
-
-META_FILE = "zoo_meta.json"
 
 
 def batch_dim() -> Any:
@@ -41,11 +40,11 @@ def attempt_program(module: nn.Module, args: tuple, kwargs: dict) -> None:
 
 def save_program(program: torch.export.ExportedProgram, path: Path,
                  record: ModelRecord | None) -> None:
-    torch.export.save(program, str(path), extra_files={META_FILE: record_to_json(record)})
+    torch.export.save(program, str(path), extra_files={names.RECORD_FILE: record_to_json(record)})
 
 
 def load_program(path: Path) -> tuple[nn.Module, ModelRecord | None]:
     """The program's callable module and the model record saved with it."""
-    extra = {META_FILE: ""}
+    extra = {names.RECORD_FILE: ""}
     program = torch.export.load(str(path), extra_files=extra)
-    return program.module(), record_from_json(extra[META_FILE])
+    return program.module(), record_from_json(extra[names.RECORD_FILE])

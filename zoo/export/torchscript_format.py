@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo import names
 from zoo.record import ModelRecord, record_from_json, record_to_json
 
 log = logging.getLogger(__name__)
-
-META_FILE = "zoo_meta.json"
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -46,14 +45,14 @@ def save_torchscript(module: torch.jit.ScriptModule, path: Path,
                      record: ModelRecord | None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice
-        torch.jit.save(module, str(path), _extra_files={META_FILE: record_to_json(record)})
+        torch.jit.save(module, str(path), _extra_files={names.RECORD_FILE: record_to_json(record)})
 
 
 def load_torchscript(path: Path,
                      device: str = "cpu") -> tuple[torch.jit.ScriptModule, ModelRecord | None]:
     """The traced module (eval mode) and the model record saved with it."""
-    extra = {META_FILE: ""}
+    extra = {names.RECORD_FILE: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    return module.eval(), record_from_json(extra[META_FILE])
+    return module.eval(), record_from_json(extra[names.RECORD_FILE])

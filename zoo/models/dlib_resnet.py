@@ -35,7 +35,8 @@ from torch import nn
 from zoo.models.dlib_format import DlibFormatError, Network, read_network
 from zoo.models.embedding import EmbeddingModel
 from zoo.models.image import refuse_reshaping
-from zoo.models.pretrained import LoadReport, PretrainedError, PretrainedWeights, sha256_of
+from zoo.models.pretrained import (LoadReport, PretrainedError, PretrainedWeights,
+                                   WeightsPreprocessing, sha256_of)
 from zoo.models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -199,11 +200,11 @@ def package_licence() -> str:
     return "unknown (the package states none)"
 
 
-def preprocessing(mean_rgb: tuple[float, ...] = DLIB_MEAN_RGB) -> dict[str, Any]:
+def preprocessing(mean_rgb: tuple[float, ...] = DLIB_MEAN_RGB) -> WeightsPreprocessing:
     """dlib's input scaling, ``(pixel - mean) / 256``, as the zoo's mean and std of pixels in
     [0, 1] (``mean_rgb``: the file's own input layer's)."""
-    return {"mean": [m / 255 for m in mean_rgb], "std": [256 / 255] * 3,
-            "interpolation": "bilinear"}
+    return WeightsPreprocessing(mean=tuple(m / 255 for m in mean_rgb), std=(256 / 255,) * 3,
+                                interpolation="bilinear")
 
 
 def resolve_weights(spec: str, in_chans: int = 3, image_size: int | None = None,

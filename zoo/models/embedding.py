@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo import names
 from zoo.models.heads import CosineClassifier
 from zoo.record import ModelRecord
 
@@ -94,8 +95,9 @@ class EmbeddingModel(nn.Module):
         return self.record.to_dict()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A module pickled before records existed carries ``zoo_meta``: read it as one."""
-        meta = state.pop("zoo_meta", None)
+        """A module pickled before records existed carries its record's dict under
+        ``names.RECORD_KEY``: read it as one."""
+        meta = state.pop(names.RECORD_KEY, None)
         super().__setstate__(state)
         if meta is not None and "record" not in state:
             self.record = ModelRecord.from_dict(meta)

@@ -24,7 +24,7 @@ from torch import nn
 from zoo.models.embedding import EmbeddingModel
 from zoo.models.image import refuse_reshaping
 from zoo.models.pretrained import (LoadReport, PretrainedError, PretrainedWeights,
-                                   read_checkpoint, sha256_of)
+                                   WeightsPreprocessing, read_checkpoint, sha256_of)
 from zoo.models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ WIDTHS = (64, 128, 256, 512)
 DEPTHS = {"iresnet50": (3, 4, 14, 3), "iresnet100": (3, 13, 30, 3)}
 NECK_KEYS = ("fc.", "features.")  # arcface_torch's embedding layers: the zoo's neck
 #: arcface_torch's input: RGB, (pixel / 255 - 0.5) / 0.5
-PREPROCESSING = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
+PREPROCESSING = WeightsPreprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                     interpolation="bilinear")
 LICENCE = ("insightface's pretrained models: non-commercial research purposes only "
            "(arcface_torch model zoo)")
 
@@ -151,7 +152,7 @@ def resolve_weights_of(name: str, spec: str, in_chans: int = 3, image_size: int 
             f"(e.g. {report.unexpected[:2]}), {len(report.mismatched)} of another shape"
             + (f" ({shapes})" if shapes else ""))
     return PretrainedWeights(name, f"file:{path}", path, sha256_of(path),
-                             {k: state[k] for k in report.matched}, dict(PREPROCESSING), report,
+                             {k: state[k] for k in report.matched}, PREPROCESSING, report,
                              licence=LICENCE)
 
 

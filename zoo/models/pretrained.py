@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
+from zoo.data.preprocessing import DEFAULT_INTERPOLATION
 from zoo.record import Lineage
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 #: The share of the model's tensors a file must fill for it to count as the model's weights.
 MIN_MATCH = 0.5
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's order on the hub
+#: timm's defaults (``IMAGENET_DEFAULT_MEAN``/``STD``), for weights whose config states none
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PretrainedError(ValueError):
@@ -68,18 +72,48 @@ class LoadReport:
                 "classifier_dropped": self.classifier, "input_conv_adapted": self.adapted}
 
 
+@dataclass(frozen=True)
+class WeightsPreprocessing:
+    """How the weights' own training fed them images: the part of timm's ``PretrainedCfg``
+    that a run started from them inherits, typed as timm types its config so that readers
+    use attributes, not keys."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = DEFAULT_INTERPOLATION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std differ in length: {self.mean} and {self.std}")
+
+    @classmethod
+    def from_pretrained_cfg(cls, cfg: Mapping[str, Any]) -> "WeightsPreprocessing":
+        """timm's ``pretrained_cfg`` as ``PretrainedCfg.to_dict`` gives it; what it leaves
+        unset keeps the default."""
+        return cls(mean=cfg.get("mean") or IMAGENET_MEAN, std=cfg.get("std") or IMAGENET_STD,
+                   interpolation=cfg.get("interpolation") or DEFAULT_INTERPOLATION)
+
+    def for_channels(self, channels: int) -> "WeightsPreprocessing":
+        """Grey input gets the mean of the colour channels, as timm adapts the first conv."""
+        if channels == 1 and len(self.mean) == 3:
+            return replace(self, mean=(sum(self.mean) / 3,), std=(sum(self.std) / 3,))
+        return self
+
+
 @dataclass
 class PretrainedWeights:
     """Checked weights for one architecture (a timm one, or a zoo family that reads its own
-    files), where they came from, their preprocessing (timm's ``pretrained_cfg``: mean, std,
-    interpolation) and the licence their source states, where it states one."""
+    files), where they came from, the preprocessing they were trained with and the licence
+    their source states, where it states one."""
 
     architecture: str
     source: str  # hf-hub:<repo> or file:<absolute path>
     path: Path
     sha256: str
     state_dict: dict[str, torch.Tensor]
-    pretrained_cfg: dict[str, Any]
+    preprocessing: WeightsPreprocessing
     report: LoadReport
     licence: str | None = None
 
@@ -95,15 +129,9 @@ class PretrainedWeights:
         return {"pretrained": True,
                 "pretrained_cfg_overlay": {"state_dict": dict(self.state_dict)}}
 
-    def preprocessing(self, channels: int) -> dict[str, Any]:
-        """mean, std (grey: the mean of the colour channels, as timm adapts the first conv)
-        and interpolation of the weights' own training."""
-        mean = [float(m) for m in self.pretrained_cfg.get("mean") or (0.485, 0.456, 0.406)]
-        std = [float(s) for s in self.pretrained_cfg.get("std") or (0.229, 0.224, 0.225)]
-        if channels == 1 and len(mean) == 3:
-            mean, std = [sum(mean) / 3], [sum(std) / 3]
-        return {"mean": mean, "std": std,
-                "interpolation": self.pretrained_cfg.get("interpolation") or "bilinear"}
+    def preprocessing_for(self, channels: int) -> WeightsPreprocessing:
+        """The weights' preprocessing for a run of ``channels`` input channels."""
+        return self.preprocessing.for_channels(channels)
 
 
 def sha256_of(path: Path) -> str:
@@ -267,4 +295,5 @@ def resolve_weights(timm_name: str, spec: str, in_chans: int = 3, image_size: in
              f"; {len(report.missing)} missing, {len(report.unexpected)} unexpected, "
              f"{len(report.mismatched)} of another shape (see pretrained/load_report.json)"
              if report.missing or report.unexpected or report.mismatched else "")
-    return PretrainedWeights(timm_name, source, path, sha256_of(path), kept, cfg, report)
+    return PretrainedWeights(timm_name, source, path, sha256_of(path), kept,
+                             WeightsPreprocessing.from_pretrained_cfg(cfg), report)

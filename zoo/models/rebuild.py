@@ -20,18 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo import names
 from zoo.models import BRANCH_KWARGS, IMAGE_KWARGS, EmbeddingModel, create_model
 from zoo.models.heads import CosineClassifier, PartClassifier
+from zoo.names import RECIPE_FILE, WEIGHTS_FILE
 from zoo.record import ModelRecord
 
-WEIGHTS_FILE = "model.safetensors"
-RECIPE_FILE = "recipe.json"
 RECIPE_FORMAT = 1
 #: How far a rebuilt module's embeddings and logits may be from the original's.
 REBUILD_MAX_ABS_DIFF = 1e-5
-#: The model's record in ``recipe.json`` (the key predates the record: older exports hold the
-#: untyped dict under it, which ``ModelRecord.from_dict`` reads too).
-RECORD_KEY = "zoo_meta"
 #: What a recipe may pass to ``create_model``: the image, hybrid and tabular options, never
 #: pretrained weights (the state dict replaces them).
 REBUILD_KWARGS = frozenset({*IMAGE_KWARGS, *BRANCH_KWARGS, "num_features", "hidden", "width",
@@ -108,7 +105,7 @@ def model_recipe(model: EmbeddingModel, build: dict[str, Any] | None = None) -> 
         raise ValueError("the model has no build recipe (record.build)")
     record = model.record.with_(build=build)
     return {"format": RECIPE_FORMAT, "build": build, "head": head_recipe(model.head),
-            RECORD_KEY: record.to_dict()}
+            names.RECORD_KEY: record.to_dict()}
 
 
 def rebuild_from_recipe(recipe: dict[str, Any]) -> EmbeddingModel:
@@ -119,8 +116,8 @@ def rebuild_from_recipe(recipe: dict[str, Any]) -> EmbeddingModel:
     model = rebuild(recipe["build"])
     if "head" in recipe:
         model.set_head(build_head(recipe["head"]))
-    if recipe.get(RECORD_KEY):
-        model.record = ModelRecord.from_dict(recipe[RECORD_KEY])
+    if recipe.get(names.RECORD_KEY):
+        model.record = ModelRecord.from_dict(recipe[names.RECORD_KEY])
     return model.eval()
 
 
