@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from serving.errors import RequestError
+from serving.errors import RequestError, shown
 from serving.gallery.names import identity_name
 from serving.http import chain, latency, openai_api, route_metrics
 from serving.http.keys import ADMIN_SCOPE_KEY
@@ -251,7 +251,7 @@ class ZooService:
         face model needs one face per photo (``face=largest`` takes the largest)."""
         name = identity_name(identity)
         if face.strip() not in ("", "largest"):
-            raise RequestError(f"face={face.strip()!r}: send face=largest, or nothing")
+            raise RequestError(f"face={shown(face.strip())}: send face=largest, or nothing")
         if self.model.faces is not None:
             request = FaceRequest.of(SETTINGS, one=True, largest=face.strip() == "largest")
             x = (await self.inputs.read_faces(images, rows, request)).x
@@ -290,7 +290,7 @@ class ZooService:
                 raise RequestError("this model has no classes: send a reference image instead")
             if target.strip() not in self.model.class_names:
                 known = ", ".join(self.model.class_names[:20])
-                raise RequestError(f"unknown class {target.strip()!r} as GradCAM target; the "
+                raise RequestError(f"unknown class {shown(target.strip())} as GradCAM target; the "
                                    f"model's classes are: {known}"
                                    + (" ..." if len(self.model.class_names) > 20 else ""))
             class_index = self.model.class_names.index(target.strip())
@@ -379,7 +379,7 @@ class ZooService:
         name = _lookup_name(name)
         entries = self.model.gallery.enrollments(name)
         if not entries:
-            raise HTTPException(404, f"no identity {name!r} in the gallery")
+            raise HTTPException(404, f"no identity {shown(name)} in the gallery")
         return {"name": name, "entries": len(entries), "enrollments": entries}
 
     @info_app.delete("/identities/{name:path}")
@@ -388,7 +388,7 @@ class ZooService:
         name = _lookup_name(name)
         removed = self.model.gallery.remove(name)
         if not removed:
-            raise HTTPException(404, f"no identity {name!r} in the gallery")
+            raise HTTPException(404, f"no identity {shown(name)} in the gallery")
         return {"name": name, "removed": removed,
                 "gallery_size": len(self.model.gallery)}
 

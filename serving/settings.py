@@ -44,6 +44,10 @@ class ServeSettings:
     cache_dir: str = ""  # models fetched from MLflow; default ~/.cache/model-zoo/bundles
     max_images: int = 256  # images (or rows) per request
     max_faces: int = 32  # faces answered per photo (a face model); requests may ask fewer
+    # a face model's work per request, over all its photos: faces given landmarks and chips,
+    # and the pixels the detector scans (its copies, upsampled; ~90 ns each on one core here)
+    max_request_faces: int = 256
+    max_detector_pixels: int = 64 * 2**20
     max_image_bytes: int = 10 * 2**20  # one uploaded image file
     max_image_pixels: int = 4096 * 4096  # one decoded image (decompression bombs)
     # all images of one request together, read from their headers before decoding; also what
@@ -51,6 +55,12 @@ class ServeSettings:
     max_request_pixels: int = 2 * 4096 * 4096
     image_formats: str = "PNG,JPEG,WEBP,BMP,TIFF,PPM"  # Pillow formats decoded (PPM: PGM too)
     max_request_bytes: int = 64 * 2**20  # one request body
+    # slow clients (serving/http/connections.py): headers complete within this many seconds,
+    # no pause in a body longer than this, headers this large at most, connections per worker
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 1024
     max_batch_size: int = 64  # inputs per ONNX Runtime call across concurrent requests
     workers: int = 0  # server processes, each with its own model (0: auto, see .worker_count)
     threads: int = 0  # ONNX Runtime intra-op threads per worker (0: cores / workers)
@@ -88,9 +98,10 @@ class ServeSettings:
         return settings
 
     def check(self) -> None:
-        for name in ("max_images", "max_faces", "max_image_bytes", "max_image_pixels",
+        for name in ("max_images", "max_faces", "max_request_faces", "max_detector_pixels",
+                     "max_image_bytes", "max_image_pixels",
                      "max_request_pixels", "max_request_bytes", "max_batch_size", "top_k",
-                     "max_top_k"):
+                     "max_top_k", "max_header_bytes", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, "
                                  f"got {getattr(self, name)}")
@@ -108,6 +119,10 @@ class ServeSettings:
 
         choose_kind(self.gallery_index, 0)
         check_uri(self.gallery_uri)
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be more than 0 seconds, "
+                                 f"got {getattr(self, name)}")
         for name in ("threads", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be 0 (auto) or more")

@@ -180,6 +180,21 @@ def test_photos_without_one_face_get_a_422_that_says_so(face_server) -> None:
     assert httpx.get(f"{face_server.url}/readyz", timeout=10).status_code == 200
 
 
+def test_a_request_that_would_scan_too_many_pixels_is_refused_at_once(face_server) -> None:
+    """32 photos of 1024x1024 (134M pixels for the detector, upsampled once) are over
+    ZOO_MAX_DETECTOR_PIXELS: refused from their headers, before any is decoded."""
+    import time
+
+    import httpx
+
+    grey = _jpeg(Image.new("RGB", (1024, 1024), (90, 90, 90)))
+    start = time.monotonic()
+    got = httpx.post(f"{face_server.url}/embed", timeout=60,
+                     files=[("images", (f"{i}.jpg", grey, "image/jpeg")) for i in range(32)])
+    assert got.status_code == 413 and "ZOO_MAX_DETECTOR_PIXELS" in got.json()["error"], got.text
+    assert time.monotonic() - start < 3
+
+
 def test_openai_pyfunc_and_predict_embed_the_largest_face(face_server, face_store,
                                                           tmp_path) -> None:
     import httpx

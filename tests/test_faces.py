@@ -224,3 +224,31 @@ def test_the_chip_maps_back_onto_the_photo(crops) -> None:
                + fy * ((1 - fx) * photo[y0 + 1, x0] + fx * photo[y0 + 1, x0 + 1]))
     assert inside.mean() > 0.9
     assert np.abs(sampled - chip.reshape(-1, 3)[inside]).max() <= 1.0  # dlib truncates
+
+
+def test_a_request_s_face_work_is_bounded_before_landmarks(crops, monkeypatch) -> None:
+    """Issue 44's third finding: landmarks only for the faces kept (each photo's largest at
+    least, ZOO_MAX_REQUEST_FACES over the request), and the detector's pixels over all photos
+    refused from their headers (ZOO_MAX_DETECTOR_PIXELS) before any is decoded."""
+    import zoo.faces.detect as detect
+
+    pre = Preprocessing(kind="image", input_size=(1, 64, 64), mean=[0.5], std=[0.25],
+                        class_names=["a"])
+    rng = np.random.default_rng(5)
+    people = [crops[p][0] for p in list(crops)[:4]]
+    frame, _ = paste_faces(people, rng, size=(640, 480))
+    photo = _upload(frame, "PNG")
+    calls = []
+    landmarks = detect._landmarks
+    monkeypatch.setattr(detect, "_landmarks", lambda *a: calls.append(1) or landmarks(*a))
+    settings = ServeSettings(max_request_faces=3)
+    found = read_faces_now([photo, photo], pre, STAGE, FaceRequest.of(settings), settings)
+    assert [len(f) for f in found.faces] == [3, 1]  # the second photo keeps its largest
+    assert len(calls) == 4 and len(found.x) == 4
+    one = read_faces_now([photo], pre, STAGE, FaceRequest.of(settings, max_faces=2), settings)
+    assert len(one.faces[0]) == 2 and len(calls) == 6
+    pixels = detect.detector_pixels(640, 480, STAGE)
+    tight = ServeSettings(max_detector_pixels=2 * pixels - 1)
+    with pytest.raises(RequestError, match="ZOO_MAX_DETECTOR_PIXELS") as refused:
+        read_faces_now([photo, photo], pre, STAGE, FaceRequest.of(tight), tight)
+    assert refused.value.status == 413 and len(calls) == 6

@@ -5,6 +5,7 @@ store tests run against that PostgreSQL database too, under keys of their own.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,9 @@ def test_workers_apply_each_others_rows_and_removals_incrementally(kind: str,
     # /identities?search=: names holding the text, any case; % and _ are no wildcards
     one.enroll(vectors[:1], "Ana 50%_x")
     assert two.counts(search="ana 50%") == {"Ana 50%_x": 1} == two.counts(search="%_")
+    one.enroll(vectors[:1], "ÉMILE Zola")  # any case in every script, not ASCII's alone
+    assert two.counts(search="émile") == {"ÉMILE Zola": 1} == two.counts(search="Émile ZOLA")
+    one.remove("ÉMILE Zola")
     assert two.count_identities("ID0000") == 9 and two.refresh().count_identities("") == 31
     assert two.counts(0, 2, "id0000") == {"id00001": 4, "id00002": 4}
     assert two.describe()["database"] == ("postgresql" if kind == "postgres" else "sqlite")
@@ -235,3 +240,49 @@ def test_auto_switches_to_an_approximate_index_as_the_gallery_grows(
     info = store.describe()["index"]
     assert info["kind"] == "ivf" and info["built_entries"] == 200 and info["recall_at_5"] > 0
     assert store.search(vectors[:1], 1)[0][0].label == names[0]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_table_of_an_older_model_zoo_gains_its_search_keys(kind: str, tmp_path: Path) -> None:
+    """A gallery written before names had search keys is brought up to date when opened:
+    the column added, every entry's key filled, and search folds case as for new ones."""
+    contract = _contract(kind)
+    with _own_database(_uri(kind)) as uri:  # the shared one's table is other tests' too
+        _upgrade_older_table(contract, uri, tmp_path)
+
+
+def _upgrade_older_table(contract: EmbeddingContract, uri: str, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    store = GalleryStore(tmp_path / "g", None, contract, uri)
+    store.enroll(np.eye(4, dtype=np.float32)[:1], "ÉMILE")
+    with store.table.engine.connect() as conn, conn.begin():
+        conn.exec_driver_sql("ALTER TABLE zoo_gallery_entries DROP COLUMN search_key")
+    store.close()
+    again = GalleryStore(tmp_path / "g", None, contract, uri)
+    assert again.counts(search="émile") == {"ÉMILE": 1}
+    with again.table.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM zoo_gallery_entries "
+                                    "WHERE search_key IS NULL")).scalar_one() == 0
+    again.close()
+
+
+@contextlib.contextmanager
+def _own_database(uri: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own beside ``uri``'s (dropped after), or ``uri``
+    itself for SQLite (empty: the gallery's own file)."""
+    if not uri:
+        yield uri
+        return
+    import sqlalchemy as sa
+
+    name = f"zoo_upgrade_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(uri, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield sa.engine.make_url(uri).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()

@@ -61,7 +61,9 @@ def digit_pngs() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def image_server(store: dict[str, str]):
-    env = _env(store, IMAGE_URI, "gallery-digits", ZOO_ADMIN_KEY=ADMIN_KEY)
+    # slow clients are cut off sooner than by default, so the test need not wait long
+    env = _env(store, IMAGE_URI, "gallery-digits", ZOO_ADMIN_KEY=ADMIN_KEY,
+               ZOO_HEADER_TIMEOUT_S="3", ZOO_BODY_TIMEOUT_S="3")
     with Server("serving.service:ZooService", env) as server:
         yield server
 
@@ -241,6 +243,94 @@ def test_what_an_attacker_sends_stays_bounded(image_server: Server, digit_pngs) 
         start = time.monotonic()
         assert http.get("/livez").status_code == 200 and time.monotonic() - start < 1
         assert http.post("/embed", files=files(digit_pngs[:2])).status_code == 200
+
+
+def test_a_third_attackers_findings_stay_fixed(image_server: Server, digit_pngs) -> None:
+    """Issue 44's third review over real HTTP: form fields the route does not take are never
+    parsed, declared ones have byte and value limits and deep nesting is a 400; slow headers,
+    slow bodies and huge header lines are cut off; a client hanging up logs no traceback;
+    answers repeat no long value and say nosniff; one error shape; "." and ".." are no
+    names; search folds case beyond ASCII. The server keeps answering throughout."""
+    import time
+
+    import httpx
+    import psutil
+
+    from support.hostile import closed_after, many_objects, open_connection, status_of
+
+    url = image_server.url
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    workers = psutil.Process(image_server.process.pid).children(recursive=True)
+    rss = lambda: sum(w.memory_info().rss for w in workers if w.is_running())  # noqa: E731
+    with httpx.Client(base_url=url, timeout=60) as http:
+        # 31 undeclared fields of 1 MiB of [{},{},...]: dropped unread (680 MB before)
+        before, start = rss(), time.monotonic()
+        junk = {f"junk{i}": many_objects(1) for i in range(31)}
+        got = http.post("/embed", files=files(digit_pngs[:1]), data=junk)
+        assert got.status_code == 200, got.text
+        assert time.monotonic() - start < 5 and rss() - before < 150 * 2**20
+        # declared fields: a name over 64 KiB, JSON nested past Python's parser, and rows of
+        # more values than any request of this model may hold
+        for route, data, status, said in (
+                ("/enroll", {"identity": "x" * 70_000}, 413, "65,536"),
+                ("/classify", {"top_k": "[" * 1010}, 400, "too deeply"),
+                ("/embed", {"rows": "[" * 200_000}, 413, "JSON values")):
+            got = http.post(route, files=files(digit_pngs[:1]), data=data, headers=admin)
+            assert got.status_code == status and said in got.json()["error"], got.text
+            assert "x" * 100 not in got.text and "[[[[" not in got.text
+
+        # answers repeat no long value, and every answer says nosniff
+        for got in (http.get("/ui/" + "n" * 5000),
+                    http.get("/identities", params={"page": "p" * 5000}, headers=admin),
+                    http.post("/gradcam", files=files(digit_pngs[:1], "image"),
+                              data={"target": "t" * 5000}),
+                    http.get("/identities/" + "a" * 190, headers=admin)):
+            assert got.status_code in (400, 404, 422) and set(got.json()) == {"error"}, got.text
+            assert "n" * 100 not in got.text and "p" * 100 not in got.text
+            assert "t" * 100 not in got.text and "a" * 100 not in got.text
+            assert got.headers["x-content-type-options"] == "nosniff"
+        assert http.post("/embed", files=files(digit_pngs[:1])).headers[
+            "x-content-type-options"] == "nosniff"
+
+        # "." and "..": no client can address them in /identities/<name>
+        for name in (".", ".."):
+            got = http.post("/enroll", files=files(digit_pngs[:1]), data={"identity": name},
+                            headers=admin)
+            assert got.status_code == 400 and "path segment" in got.json()["error"], got.text
+        # search folds case for every script, as PostgreSQL's does
+        assert http.post("/enroll", files=files(digit_pngs[:1]), data={"identity": "ÉMILE Zola"},
+                         headers=admin).status_code == 200
+        found = http.get("/identities", params={"search": "émile"}, headers=admin).json()
+        assert [i["name"] for i in found["identities"]] == ["ÉMILE Zola"]
+        http.delete("/identities/ÉMILE Zola", headers=admin)
+
+    # slow clients: headers never finished, a body that stalls, a 20 MB header line
+    host = url.split("//")[1]
+    waiting = open_connection(url)
+    waiting.sendall(f"GET /livez HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())
+    stalled = open_connection(url)
+    stalled.sendall(f"POST /embed HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+                    f"Content-Length: 100000\r\n\r\n".encode() + b"\x89PNG")
+    huge = open_connection(url)  # a header line past 64 KiB, sent whole (no reset to race)
+    huge.sendall(f"GET /livez HTTP/1.1\r\nHost: {host}\r\nX-Big: ".encode() + b"h" * 70_000)
+    answer, after = closed_after(huge, 10)
+    assert status_of(answer) == 431 and after is not None, answer[:200]
+    answer, after = closed_after(waiting, 10)
+    assert status_of(answer) == 408 and after is not None, answer[:200]
+    answer, after = closed_after(stalled, 10)
+    assert after is not None, "a stalled body kept its connection"
+    # a client that hangs up mid-body: one debug line at most, never a traceback
+    seen = len(image_server.output())
+    dropped = open_connection(url)
+    dropped.sendall(f"POST /embed HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
+                    f"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n".encode())
+    dropped.close()
+    time.sleep(1)
+    log = image_server.output()[seen:]
+    assert "ClientDisconnect" not in log and "Traceback" not in log, log[-2000:]
+    start = time.monotonic()
+    assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
+    assert time.monotonic() - start < 1
 
 
 def test_bad_input_gets_a_4xx_and_the_server_stays_up(image_server: Server, digit_pngs) -> None:
@@ -629,6 +719,33 @@ def test_tabular_server(tabular_server: Server, store) -> None:
 
 
 CONCURRENT_SECONDS = 30
+
+
+def test_rows_are_read_strictly_and_gaps_take_the_training_mean(tabular_server: Server,
+                                                                 store) -> None:
+    """Issue 44's eighth finding on a model of numbers only: a record's left-out column and
+    a null are the feature's training mean (what the page sends for an empty cell), numbers
+    sent as text are plain decimals only, and a form's refusal has the one error shape."""
+    import httpx
+
+    ref = Reference(store, TABULAR_URI)
+    names, mean = ref.pre.feature_names, ref.pre.mean
+    row = emitters().x[0].tolist()
+    filled = [mean[0], *row[1:]]
+    api = {**TABULAR_API}
+    with httpx.Client(base_url=tabular_server.url, headers=api, timeout=60) as http:
+        want = http.post("/embed", json={"rows": [filled]}).json()["embeddings"]
+        for rows in ([{n: v for n, v in zip(names[1:], row[1:])}], [[None, *row[1:]]]):
+            got = http.post("/embed", json={"rows": rows})
+            assert got.status_code == 200, got.text
+            assert np.abs(np.asarray(got.json()["embeddings"]) - want).max() <= 1e-6
+        assert http.post("/embed", json={"rows": [[str(row[0]), *row[1:]]]}).status_code == 200
+        for loose in ("1_000", " 12 ", "\u0661\u0662", "nan", True):
+            got = http.post("/embed", json={"rows": [[loose, *row[1:]]]})
+            assert got.status_code == 400 and "not a number" in got.json()["error"], got.text
+        form = http.post("/embed", data={f"f{i}": "1" for i in range(40)})
+        assert form.status_code == 413 and isinstance(form.json(), dict), form.text
+        assert "text fields" in form.json()["error"]
 
 
 def test_four_workers_lose_no_enrollment_and_find_each_at_once(tabular_server: Server) -> None:

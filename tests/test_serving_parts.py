@@ -501,7 +501,7 @@ def test_every_private_bentoml_name_the_edge_patches_is_there() -> None:
 
     check_all()
     assert {n.used_by for n in NAMES} == {"route_metrics", "latency", "multipart",
-                                           "validation_logs"}
+                                           "request_logs", "connections"}
     for name in NAMES:
         assert (Path(__file__).parents[1] / "serving" / "http" / f"{name.used_by}.py").is_file()
     gone = PrivateName("bentoml._internal.server.http.traffic", "NoSuchMiddleware", "latency")

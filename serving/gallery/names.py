@@ -12,6 +12,12 @@ MAX_NAME_LENGTH = 200
 _REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
+def search_key(text: str) -> str:
+    """What ``/identities?search=`` compares: case folded for every script (``ÉMILE`` and
+    ``émile`` alike, which SQLite's ``lower`` does for ASCII only), then NFC."""
+    return unicodedata.normalize("NFC", text.casefold())
+
+
 def identity_name(text: str) -> str:
     """An identity name as stored: stripped, NFC-normalised, no control or format
     characters, at most ``MAX_NAME_LENGTH`` characters."""
@@ -21,6 +27,9 @@ def identity_name(text: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise RequestError(f"identity is {len(name)} characters long, over the limit of "
                            f"{MAX_NAME_LENGTH}")
+    if name in (".", ".."):
+        raise RequestError(f"identity {name!r} is a path segment, which no client can address "
+                           "in /identities/<name>: name the person")
     bad = sorted({f"U+{ord(c):04X}" for c in name
                   if unicodedata.category(c) in _REFUSED_CATEGORIES})
     if bad:

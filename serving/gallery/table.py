@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from serving.gallery.names import search_key
 from zoo.gallery import normalised
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ ENTRIES = sa.Table(
     sa.Column("vector", sa.LargeBinary, nullable=False),
     sa.Column("enrolled_at", sa.String(32)),
     sa.Column("sha256", sa.String(64)),
+    # the identity as /identities?search= compares it (serving.gallery.names.search_key);
+    # added to older tables when they are opened (GalleryTable._upgrade)
+    sa.Column("search_key", sa.Text),
     sa.Index("zoo_gallery_entries_identity", "model_key", "identity"),
     sa.Index("zoo_gallery_entries_id", "model_key", "id"),
     sqlite_autoincrement=True,  # never reuse the id of a removed last row
@@ -168,6 +172,32 @@ def open_engine(uri: str) -> Engine:
     return engine
 
 
+def _upgrade(engine: Engine) -> None:
+    """Bring a table written by an older model-zoo up to this one: the ``search_key`` column
+    added, and filled for every entry that lacks it (idempotent; servers opening one
+    database at once may both try)."""
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(ENTRIES.name)}
+    if "search_key" not in columns:
+        exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+        try:
+            with engine.connect().execution_options(write=True) as conn, conn.begin():
+                conn.exec_driver_sql(f"ALTER TABLE {ENTRIES.name} ADD COLUMN{exists} "
+                                     "search_key TEXT")
+        except sa.exc.OperationalError as exc:  # SQLite: another process added it first
+            if "duplicate column" not in str(exc):
+                raise
+    with engine.connect() as conn:
+        names = conn.execute(sa.select(ENTRIES.c.identity).distinct()
+                             .where(ENTRIES.c.search_key.is_(None))).scalars().all()
+    if names:
+        with engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(ENTRIES.update().where(ENTRIES.c.identity == sa.bindparam("name"),
+                                                ENTRIES.c.search_key.is_(None))
+                         .values(search_key=sa.bindparam("key")),
+                         [{"name": n, "key": search_key(n)} for n in names])
+        log.info("gallery database: search keys filled for %d identities", len(names))
+
+
 def _header(row: Any) -> Header:
     return Header(json.loads(row.contract), row.dim, row.threshold, row.far)
 
@@ -195,6 +225,7 @@ class GalleryTable:
         self.engine, self.key = engine, key
         self._dim: int | None = None
         METADATA.create_all(engine)
+        _upgrade(engine)
 
     @property
     def where(self) -> str:
@@ -245,7 +276,8 @@ class GalleryTable:
             end = start + 10_000
             conn.execute(ENTRIES.insert(), [
                 {"model_key": self.key, "identity": name, "vector": blob,
-                 "enrolled_at": m.get("enrolled_at"), "sha256": m.get("sha256")}
+                 "enrolled_at": m.get("enrolled_at"), "sha256": m.get("sha256"),
+                 "search_key": search_key(name)}
                 for name, blob, m in zip(identities[start:end], _blob(vectors[start:end]),
                                          meta[start:end])])
 
@@ -364,7 +396,7 @@ class GalleryTable:
     def _names(self, search: str) -> list[Any]:
         where = [ENTRIES.c.model_key == self.key]
         if search:
-            where.append(ENTRIES.c.identity.icontains(search, autoescape=True))
+            where.append(ENTRIES.c.search_key.contains(search_key(search), autoescape=True))
         return where
 
     def enrollments(self, identity: str) -> list[dict[str, Any]]:

@@ -1,12 +1,15 @@
-"""Every private BentoML name the server patches or reads, in one list.
+"""Every private name of BentoML (and of the uvicorn under it) that the server patches or
+reads, in one list.
 
-BentoML 1.4 has no public hook for four things the server must change (each module's
+BentoML 1.4 has no public hook for five things the server must change (each module's
 docstring says why):
 
 - ``route_metrics``: the request metrics, labelled by route template instead of raw path;
 - ``latency``: the per-request timer of the timeout middleware, cancelled when answered;
 - ``multipart``: the form reader, which must not fetch URLs or parse text as JSON;
-- ``validation_logs``: the logger of a refused body, which must not log the body.
+- ``request_logs``: the logger of a refused request, which must not log its body, nor a
+  traceback for a client that hung up;
+- ``connections``: uvicorn's HTTP protocol, which must time out slow clients.
 
 They reach BentoML only through :data:`NAMES` here. An upgrade that moves one fails at the
 server's start (and in ``tests/test_serving_parts.py``) with a line that names the module,
@@ -61,12 +64,17 @@ MULTIPART_READER = PrivateName("_bentoml_impl.serde", "MultipartSerde", "multipa
 #: how BentoML's reader tells a list-of-files field from a single file
 IS_LIST_TYPE = PrivateName("_bentoml_sdk.typing_utils", "is_list_type", "multipart")
 IS_UNION_TYPE = PrivateName("_bentoml_sdk.typing_utils", "is_union_type", "multipart")
-#: the function that logs a refused request, whose logger ``validation_logs`` filters
+#: the function that logs a refused request, whose logger ``request_logs`` filters
 LOG_EXCEPTION = PrivateName("bentoml._internal.server.http_app", "log_exception",
-                            "validation_logs")
+                            "request_logs")
+#: uvicorn's table of HTTP protocols by name (BentoML's workers use ``auto``), and the
+#: httptools protocol ``auto`` stands for
+HTTP_PROTOCOLS = PrivateName("uvicorn.config", "HTTP_PROTOCOLS", "connections")
+HTTPTOOLS_PROTOCOL = PrivateName("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol",
+                                 "connections")
 
 NAMES = (TRAFFIC_METRICS, TIMEOUT_MIDDLEWARE, BODY_READERS, MULTIPART_READER, IS_LIST_TYPE,
-         IS_UNION_TYPE, LOG_EXCEPTION)
+         IS_UNION_TYPE, LOG_EXCEPTION, HTTP_PROTOCOLS, HTTPTOOLS_PROTOCOL)
 
 
 def check_all() -> None:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from serving.errors import RequestError
+from serving.errors import RequestError, shown
 from serving.http.asgi import openai_error
 from serving.inputs.uploads import Upload
 
@@ -47,7 +47,7 @@ def check_request(model: str | None, encoding_format: str | None, dimensions: in
                           f"serves {', '.join(sorted(served))}", 404, "model", "model_not_found")
     encoding = encoding_format or "float"
     if encoding not in ENCODINGS:
-        raise OpenAIError(f"encoding_format={encoding!r} is not one of float, base64", 400,
+        raise OpenAIError(f"encoding_format={shown(encoding)} is not one of float, base64", 400,
                           "encoding_format")
     if dimensions is not None and dimensions != width:
         raise OpenAIError(f"dimensions={dimensions}: this model's embeddings have {width} "

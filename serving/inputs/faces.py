@@ -5,6 +5,11 @@ Each photo is decoded within the same limits as any image, then the stage finds 
 does), takes their landmarks and aligns each to the model's chip; the chips go through the
 same ``image_array`` as any image and on to the model in one batch. A photo without a face
 is a 422 that names it.
+
+A request's work in the stage is bounded up front: the pixels the detector scans over all
+its photos (``ZOO_MAX_DETECTOR_PIXELS``, read from the headers before any pixel is decoded)
+and the faces given landmarks and chips (``ZOO_MAX_REQUEST_FACES``; each photo keeps at
+least its largest), cut before any landmark is taken.
 """
 from __future__ import annotations
 
@@ -72,10 +77,11 @@ class PhotoFaces:
 
 
 def photo_faces(image: Image.Image, upload: Upload, index: int, pre: Preprocessing,
-                stage: FaceStage, request: FaceRequest, keep: bool
+                stage: FaceStage, request: FaceRequest, keep: bool, budget: int
                 ) -> tuple[list, np.ndarray, Image.Image | None]:
-    """One photo's faces and their chips as model input (``[n, C, H, W]``)."""
-    from zoo.faces.detect import align, find_faces
+    """One photo's faces and their chips as model input (``[n, C, H, W]``), at most
+    ``budget`` of them (and at least its largest)."""
+    from zoo.faces.detect import align, detect_boxes, with_landmarks
 
     what = upload_name(upload, index)
     decoded = load_pixels(image, upload, index)
@@ -86,15 +92,16 @@ def photo_faces(image: Image.Image, upload: Upload, index: int, pre: Preprocessi
     except Exception as exc:  # noqa: BLE001 - any mode Pillow hands over and cannot convert
         raise RequestError(f"{what} is in mode {decoded.mode}, which cannot be converted to "
                            f"RGB ({type(exc).__name__}: {str(exc)[:200]})") from None
-    faces = find_faces(rgb, stage, request.min_face_px)
-    if not faces:
+    boxes = detect_boxes(rgb, stage, request.min_face_px)
+    if not boxes:
         raise RequestError(f"no face found in {what}"
                            + (f" at least {request.min_face_px} px wide"
                               if request.min_face_px else ""), NO_FACE)
-    if request.one and len(faces) > 1 and not request.largest:
-        raise RequestError(f"{what} holds {len(faces)} faces; enroll photos of one face each, "
+    if request.one and len(boxes) > 1 and not request.largest:
+        raise RequestError(f"{what} holds {len(boxes)} faces; enroll photos of one face each, "
                            "or send face=largest to take the largest", NO_FACE)
-    faces = faces[:1] if request.largest else faces[:request.max_faces]
+    keep_faces = 1 if request.largest else max(1, min(request.max_faces, budget))
+    faces = with_landmarks(rgb, boxes[:keep_faces])
     chips = [align(rgb, face, stage).image() for face in faces]
     arrays = np.stack([image_array(chip, pre, what) for chip in chips])
     if not keep:
@@ -113,23 +120,51 @@ def _collect(done: list[tuple[list, np.ndarray, Image.Image | None]]) -> PhotoFa
                       [im for _, _, im in done if im is not None])
 
 
+def checked_photos(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
+                   stage: FaceStage, settings: ServeSettings
+                   ) -> tuple[list[Upload], list[Image.Image]]:
+    """``checked_headers``, and the detector's pixels over all photos within
+    ``ZOO_MAX_DETECTOR_PIXELS``, before any pixel is decoded."""
+    from zoo.faces.detect import detector_pixels
+
+    checked, headers = checked_headers(uploads, pre, settings)
+    total = sum(detector_pixels(*im.size, stage) for im in headers)
+    if total > settings.max_detector_pixels:
+        raise RequestError(f"finding faces in the request's {len(headers)} photos means "
+                           f"scanning {total:,} pixels, over the limit of "
+                           f"{settings.max_detector_pixels:,} per request "
+                           "(ZOO_MAX_DETECTOR_PIXELS): send fewer photos per request", 413)
+    return checked, headers
+
+
 def read_faces_now(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
                    stage: FaceStage, request: FaceRequest, settings: ServeSettings,
                    keep: bool = False) -> PhotoFaces:
     """Every photo's faces, one photo at a time in this thread (``serving.predict``)."""
-    checked, headers = checked_headers(uploads, pre, settings)
-    return _collect([photo_faces(im, u, i, pre, stage, request, keep)
-                     for i, (u, im) in enumerate(zip(checked, headers))])
+    checked, headers = checked_photos(uploads, pre, stage, settings)
+    done: list[tuple[list, np.ndarray, Image.Image | None]] = []
+    for i, (upload, header) in enumerate(zip(checked, headers)):
+        done.append(photo_faces(header, upload, i, pre, stage, request, keep,
+                                _faces_left(done, settings)))
+    return _collect(done)
 
 
 async def read_faces(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
                      stage: FaceStage, request: FaceRequest, settings: ServeSettings,
                      budget: PixelBudget, keep: bool = False) -> PhotoFaces:
     """:func:`read_faces_now` off the event loop, each photo within the pixel ``budget``."""
-    checked, headers = await anyio.to_thread.run_sync(checked_headers, uploads, pre, settings)
-    done = []
+    checked, headers = await anyio.to_thread.run_sync(checked_photos, uploads, pre, stage,
+                                                      settings)
+    done: list[tuple[list, np.ndarray, Image.Image | None]] = []
     for i, (upload, header) in enumerate(zip(checked, headers)):
         async with budget.take(header.size[0] * header.size[1]):
             done.append(await anyio.to_thread.run_sync(
-                photo_faces, header, upload, i, pre, stage, request, keep))
+                photo_faces, header, upload, i, pre, stage, request, keep,
+                _faces_left(done, settings)))
     return _collect(done)
+
+
+def _faces_left(done: list[tuple[list, np.ndarray, Image.Image | None]],
+                settings: ServeSettings) -> int:
+    """What is left of the request's ``ZOO_MAX_REQUEST_FACES`` after the photos ``done``."""
+    return settings.max_request_faces - sum(len(faces) for faces, _, _ in done)

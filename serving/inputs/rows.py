@@ -6,10 +6,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from serving.errors import RequestError
+from serving.errors import RequestError, shown
 from serving.inputs.uploads import check_count
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing, preprocess_rows
+from zoo.data.table_encoding import number_of
 
 
 def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
@@ -30,14 +31,14 @@ def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
             raise RequestError(f"row {i} is not a list of values")
         if len(row) != width:
             names = pre.feature_names or []
-            shown = f" ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})" if names else ""
+            listed = (f" ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+                      if names else "")
             raise RequestError(f"row {i} has {len(row)} values; the model takes {width} "
-                               f"{'columns' if pre.columns is not None else 'features'}{shown}")
+                               f"{'columns' if pre.columns is not None else 'features'}{listed}")
+    table = pre.columns is not None
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # found below, row by row
-            table = pre.columns is not None
-            x = preprocess_rows(list(rows) if table else np.asarray(rows, dtype=np.float64),
-                                pre).numpy()
+            x = preprocess_rows(list(rows) if table else _numbers(rows, pre), pre).numpy()
     except OverflowError:  # an integer beyond any float, for a model without table columns
         raise RequestError("a row holds a number too large for the model (about 3.4e38 "
                            "after standardising)") from None
@@ -49,6 +50,25 @@ def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
         raise RequestError(f"row {i} has a value too large for float32 (about 3.4e38 after "
                            "standardising): the model cannot take it")
     return x
+
+
+def _numbers(rows: Sequence[Sequence[Any]], pre: Preprocessing) -> np.ndarray:
+    """A model of numbers only (no table columns): each value a JSON number (or a plain
+    decimal as text), and a missing one (``null``, or a record's left-out key, as the page
+    sends an empty cell) the feature's training mean, which standardises to 0."""
+    names = pre.feature_names or []
+    values = np.empty((len(rows), pre.row_width), dtype=np.float64)
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            number = number_of(value, flags=False)
+            if number is None:
+                name = f" ({names[j]})" if j < len(names) else ""
+                raise RequestError(f"row {i} value {j}{name} is {shown(value)}, not a number")
+            values[i, j] = number
+    missing = np.isnan(values)
+    if missing.any():
+        values[missing] = np.broadcast_to(np.asarray(pre.mean, np.float64), values.shape)[missing]
+    return values
 
 
 def rows_as_lists(rows: Sequence[Any], pre: Preprocessing) -> list[Any]:
@@ -69,9 +89,9 @@ def rows_as_lists(rows: Sequence[Any], pre: Preprocessing) -> list[Any]:
             continue
         unknown = [key for key in row if key not in known]
         if unknown:
-            shown = ", ".join(repr(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5
-                                                                else "")
-            raise RequestError(f"row {i} has unknown column(s) {shown}; the model's columns "
+            listed = ", ".join(shown(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5
+                                                                  else "")
+            raise RequestError(f"row {i} has unknown column(s) {listed}; the model's columns "
                                f"are: {', '.join(names[:20])}"
                                + (", ..." if len(names) > 20 else ""))
         out.append([row.get(name) for name in names])

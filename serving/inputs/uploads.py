@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, PlainValidator, WithJsonSchema
 from starlette.datastructures import UploadFile
 
-from serving.errors import RequestError
+from serving.errors import RequestError, shown
 from serving.settings import ServeSettings
 
 
@@ -60,7 +60,7 @@ Text = Annotated[str, BeforeValidator(_as_text)]
 
 
 def upload_name(upload: Upload, index: int) -> str:
-    return f"image {index}" + (f" ({upload.filename!r})" if upload.filename else "")
+    return f"image {index}" + (f" ({shown(upload.filename)})" if upload.filename else "")
 
 
 

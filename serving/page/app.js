@@ -61,14 +61,11 @@ async function api(path, { method = "GET", form = null, json = null, blob = fals
   return { ok: false, status: response.status, message };
 }
 
-// The message in any error shape the server answers: ours, OpenAI's, FastAPI's, BentoML's.
+// The message of an error answer: the server's one shape, or OpenAI's under /v1/.
 function errorText(data) {
   if (!data) return "";
   if (typeof data.error === "string") return data.error;
   if (data.error && data.error.message) return data.error.message;
-  if (typeof data.detail === "string") return data.detail;
-  if (Array.isArray(data.detail)) return data.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
-  if (data.message) return data.message;
   return JSON.stringify(data);
 }
 

@@ -35,7 +35,7 @@ HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
 def page_file(name: str) -> Response:
     """One of the page's files, with its security headers; 404 for any other name."""
     if name not in FILES:
-        raise HTTPException(404, f"no file {name!r} on the page; it has: "
+        raise HTTPException(404, "no such file on the page; it has: "
                                  f"{', '.join(n for n in FILES if n)}")
     file, media_type = FILES[name]
     return Response(_read(file), media_type=media_type, headers=HEADERS)

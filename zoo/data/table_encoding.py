@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -166,9 +167,10 @@ def _numbers(series: pd.Series, name: str) -> np.ndarray:
     else:  # served rows: numbers, numbers as text, None
         values = np.empty(len(series), dtype=np.float64)
         for i, value in enumerate(series):
-            number = _number(value)
+            number = number_of(value)
             if number is None:
-                raise ValueError(f"column {name!r} is numeric, but row {i} holds {value!r}")
+                raise ValueError(f"column {name!r} is numeric, but row {i} holds "
+                                 f"{_quoted(value)}")
             values[i] = number
     infinite = np.flatnonzero(np.isinf(values))
     if len(infinite):
@@ -176,21 +178,34 @@ def _numbers(series: pd.Series, name: str) -> np.ndarray:
     return values
 
 
-def _number(value: Any) -> float | None:
-    """One value of a numeric column as a float (NaN if missing, infinite if an integer is
-    too large for any float), None if it is no number."""
+#: a number sent as text: a plain ASCII decimal, nothing Python's ``float`` would stretch to
+#: ("1_000", " 12 ", "١٢", "nan", "inf")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def number_of(value: Any, flags: bool = True) -> float | None:
+    """One value of a numeric column as a float: NaN where missing (None, NaN, blank text),
+    infinite for an integer too large for any float, a boolean as 0/1 where ``flags`` (a
+    flag column trains as numbers), text only as a plain ASCII decimal; None when it is no
+    number."""
     if value is None or value is pd.NA or (isinstance(value, str) and value.strip() == ""):
         return math.nan
+    if isinstance(value, (bool, np.bool_)):
+        return float(value) if flags else None
     try:
-        if isinstance(value, (bool, int, float, np.number)):
+        if isinstance(value, (int, float, np.number)):
             return float(value)
-        if isinstance(value, str):
+        if isinstance(value, str) and _DECIMAL.fullmatch(value):
             return float(value)
     except OverflowError:
         return math.inf
-    except ValueError:
-        return None
     return None
+
+
+def _quoted(value: Any, limit: int = 40) -> str:
+    """A value as a message quotes it: at most ``limit`` characters of its ``repr``."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def encode(frame: pd.DataFrame, columns: Sequence[Column]) -> np.ndarray:

@@ -68,32 +68,62 @@ def _shape(face: Face):
 
 
 def find_faces(photo: Image.Image | np.ndarray, stage: FaceStage,
-               min_face_px: int = 0) -> list[Face]:
-    """Every face the detector finds, largest first, with its landmarks.
+               min_face_px: int = 0, limit: int | None = None) -> list[Face]:
+    """Every face the detector finds, largest first, with its landmarks; ``limit`` keeps
+    the largest so many, cut before any landmark is taken (:func:`detect_boxes`)."""
+    rgb = _rgb(photo)
+    return with_landmarks(rgb, detect_boxes(rgb, stage, min_face_px)[:limit])
+
+
+Box = tuple[tuple[int, int, int, int], float]  # (x0, y0, x1, y1), the detector's score
+
+
+def detect_boxes(photo: Image.Image | np.ndarray, stage: FaceStage,
+                 min_face_px: int = 0) -> list[Box]:
+    """Every face's box and score, largest first, without landmarks (they cost a predictor
+    run each: a photo of hundreds of faces pays only for those kept).
 
     The detector runs on a copy whose longer side is at most ``stage.max_side``; its boxes
-    are scaled back, and the landmarks are taken on the full image. Boxes are clipped to the
-    image (a face cut by the border keeps the part inside). ``min_face_px`` drops faces whose
-    box is narrower.
+    are scaled back to the full image and clipped to it (a face cut by the border keeps the
+    part inside). ``min_face_px`` drops faces whose box is narrower.
     """
     rgb = _rgb(photo)
-    detector, predictor = detector_and_predictor()
+    detector, _ = detector_and_predictor()
     height, width = rgb.shape[:2]
-    scale = min(1.0, stage.max_side / max(height, width))
+    scale = detector_scale(width, height, stage)
     small = rgb
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
     rects, scores, _ = detector.run(small, stage.upsample, 0.0)
-    faces = []
+    boxes = []
     for rect, score in zip(rects, scores):
         box = (max(0, int(rect.left() / scale)), max(0, int(rect.top() / scale)),
                min(width, int(round((rect.right() + 1) / scale))),
                min(height, int(round((rect.bottom() + 1) / scale))))
         if box[2] - box[0] < max(2, min_face_px) or box[3] - box[1] < 2:
             continue
-        faces.append(_landmarks(predictor, rgb, box, float(score)))
-    return sorted(faces, key=lambda f: -f.area)
+        boxes.append((box, float(score)))
+    return sorted(boxes, key=lambda b: -(b[0][2] - b[0][0]) * (b[0][3] - b[0][1]))
+
+
+def with_landmarks(photo: Image.Image | np.ndarray, boxes: list[Box]) -> list[Face]:
+    """Each box's five landmarks, taken on the full image."""
+    rgb = _rgb(photo)
+    _, predictor = detector_and_predictor()
+    return [_landmarks(predictor, rgb, box, score) for box, score in boxes]
+
+
+def detector_scale(width: int, height: int, stage: FaceStage) -> float:
+    """The factor the detector's copy of a ``width`` x ``height`` photo is resized by."""
+    return min(1.0, stage.max_side / max(height, width))
+
+
+def detector_pixels(width: int, height: int, stage: FaceStage) -> int:
+    """The pixels the detector scans for one photo: its copy, enlarged ``upsample`` times
+    (each doubles both sides), what its CPU time grows with."""
+    scale = detector_scale(width, height, stage)
+    return round(width * scale) * round(height * scale) * 4 ** stage.upsample
 
 
 def whole_image_face(photo: Image.Image | np.ndarray) -> Face:
@@ -116,9 +146,7 @@ def face_chips(photo: Image.Image | np.ndarray, stage: FaceStage, max_faces: int
                min_face_px: int = 0) -> list[FaceChip]:
     """Every face found (largest first, at most ``max_faces``) and its aligned chip."""
     rgb = _rgb(photo)
-    faces = find_faces(rgb, stage, min_face_px)
-    if max_faces is not None:
-        faces = faces[:max_faces]
+    faces = find_faces(rgb, stage, min_face_px, max_faces)
     return [align(rgb, face, stage) for face in faces]
 
 
