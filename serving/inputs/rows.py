@@ -39,9 +39,6 @@ def rows_to_array(rows: Sequence[Sequence[Any]], pre: Preprocessing,
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # found below, row by row
             x = preprocess_rows(list(rows) if table else _numbers(rows, pre), pre).numpy()
-    except OverflowError:  # an integer beyond any float, for a model without table columns
-        raise RequestError("a row holds a number too large for the model (about 3.4e38 "
-                           "after standardising)") from None
     except (ValueError, TypeError) as exc:
         raise RequestError(str(exc)) from None
     bad = ~np.isfinite(x).all(axis=1)
@@ -61,9 +58,11 @@ def _numbers(rows: Sequence[Sequence[Any]], pre: Preprocessing) -> np.ndarray:
     for i, row in enumerate(rows):
         for j, value in enumerate(row):
             number = number_of(value, flags=False)
-            if number is None:
+            if number is None or np.isinf(number):
                 name = f" ({names[j]})" if j < len(names) else ""
-                raise RequestError(f"row {i} value {j}{name} is {shown(value)}, not a number")
+                raise RequestError(f"row {i} value {j}{name} is {shown(value)}, " + (
+                    "not a number" if number is None else
+                    "a number too large for the model (about 3.4e38 after standardising)"))
             values[i, j] = number
     missing = np.isnan(values)
     if missing.any():
