@@ -57,11 +57,12 @@ def test_names_and_direction() -> None:
 
 
 def test_register_config_parses_mlproject_strings() -> None:
-    cfg = RegisterConfig.from_dict({"experiment": "e", "sweep": "", "metric": "",
+    cfg = RegisterConfig.from_dict({"experiment": "e", "sweep": "auto", "metric": "",
                                     "force": "true"})
-    assert (cfg.experiment, cfg.sweep, cfg.metric, cfg.force) == ("e", "", "auto", True)
+    assert (cfg.experiment, cfg.sweep, cfg.metric, cfg.force) == ("e", None, "auto", True)
+    assert RegisterConfig.from_dict({"experiment": "e", "sweep": ""}).sweep is None
     with pytest.raises(ValueError, match="exactly one of --experiment"):
-        RegisterConfig.from_dict({"experiment": "", "sweep": ""})
+        RegisterConfig.from_dict({"experiment": "", "sweep": "auto"})
     with pytest.raises(ValueError, match="exactly one of --experiment"):
         RegisterConfig.from_dict({"experiment": "e", "sweep": "abc"})
     with pytest.raises(ValueError, match="force='maybe' is not a valid bool"):

@@ -128,6 +128,9 @@ def test_mlproject_is_generated_from_trainconfig() -> None:
 
     assert (REPO / "MLproject").read_text() == render(), \
         "MLproject is stale: run `python -m training.mlproject > MLproject`"
+    # mlflow run logs each declared default shell-quoted: an empty one would be the literal
+    # '' on every run (and a warning of every sweep); an unset value is written auto
+    assert 'default: ""' not in render()
 
 
 def test_config_parsing() -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
-from training.config import FlatParams
+from training.config import FlatParams, option
 from training.tracking.registration import (
     DEFAULT_METRIC, RegistrationResult, register_best, runs_of_experiment, runs_of_sweep,
 )
@@ -27,10 +28,9 @@ class RegisterConfig(FlatParams):
 
     WHAT = "register"
 
-    experiment: str = field(default="", metadata={"help": "register from every run of this "
-                                                          "experiment"})
-    sweep: str = field(default="", metadata={"help": "register from the child runs of this "
-                                                     "sweep's parent run id"})
+    experiment: Optional[str] = option(None, "register from every run of this experiment")
+    sweep: Optional[str] = option(None, "register from the child runs of this sweep's parent "
+                                        "run id")
     metric: str = field(default=DEFAULT_METRIC, metadata={
         "help": "metric that ranks runs (auto: each run's validation monitor at its kept "
                 "epoch, best_val_map_at_r by default, or its test counterpart for runs "
@@ -41,7 +41,8 @@ class RegisterConfig(FlatParams):
 
 
     def __post_init__(self) -> None:
-        self.experiment, self.sweep = self.experiment.strip(), self.sweep.strip()
+        self.experiment = (self.experiment or "").strip() or None
+        self.sweep = (self.sweep or "").strip() or None
         self.metric = self.metric.strip() or DEFAULT_METRIC
         if bool(self.experiment) == bool(self.sweep):
             raise ValueError("give exactly one of --experiment NAME or --sweep RUN_ID")

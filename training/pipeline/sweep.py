@@ -75,8 +75,9 @@ class SweepConfig(FlatParams):
     register: bool = option(True, "register the best child in the model registry")
     export: bool = option(True, "export the champion to ONNX, TorchScript and .pt2 with a parity "
                             "check (when registering)")
-    seeds: str = option("", "comma list of split seeds: each combination is trained once per seed "
-                        "and the table shows mean ± std over them (empty: just seed)")
+    seeds: Optional[str] = option(None, "comma list of split seeds: each combination is trained "
+                                  "once per seed and the table shows mean ± std over them "
+                                  "(auto: just seed)")
 
     def __post_init__(self) -> None:
         one_process_per_run(self.train, "a sweep trains `workers` combinations at once, one "
@@ -118,7 +119,7 @@ class SweepConfig(FlatParams):
 
     def seed_list(self) -> list[int]:
         """The split seeds every combination is trained on."""
-        if not self.seeds.strip():
+        if not (self.seeds or "").strip():
             return [self.train.data.seed]
         try:
             seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
