@@ -1,8 +1,8 @@
 """The docs cannot drift from the code: README.md stays short, every table renders, every
 relative link lands on a file and heading that exist, and every ``mlflow run`` and
 ``python -m training.commands...`` command they show names a real entry point and only
-parameters its config has. (The client blocks of docs/serving.md run against a live server
-in test_serving.py; the commands themselves run end to end in the other tests.)"""
+parameters its config has. (test_docs_run.py runs the blocks themselves, as written; the
+client blocks of docs/serving.md run against a live server in test_serving.py.)"""
 from __future__ import annotations
 
 import re
