@@ -141,8 +141,9 @@ def test_every_marker_is_understood() -> None:
     """A marker is one of the three kinds with what it needs: a reason, a test file that
     reads the page, a known given; a marker before something other than a code block (or a
     misspelt one) would silently run or skip nothing."""
-    markers = [(page, n) for page in PAGES for n, line in
-               enumerate(page.read_text().split("\n"), 1) if "docs-test" in line]
+    markers = [(page.name, n) for page in PAGES for n, line in
+               enumerate(page.read_text().split("\n"), 1)
+               if re.match(r"^\s*<!--.*docs?[-_ ]?test", line)]
     assert len(markers) == sum(bool(b.marker) for b in ALL), \
         f"a docs-test marker is not right before a fence: {markers}"
     for block in ALL:
