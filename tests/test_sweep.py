@@ -241,3 +241,31 @@ def test_a_resume_is_the_sweep_it_resumes(
             == (failed.data.tags["zoo.model"], failed.data.tags["zoo.loss"]))
     assert (new.data.params["epochs"], new.data.params["embedding_dim"],
             new.data.params["batch_size"]) == ("1", "16", "64")  # the parent's, not defaults
+
+
+def test_a_parent_logged_by_an_older_mlflow_run_reads_back_as_it_ran(tracking_uri: str) -> None:
+    """Before the sweep declared only ``resume``, ``mlflow run`` logged every declared
+    parameter, at its default when not given and shell-quoted (``''``, ``'my photos'``), and a
+    preset's values disagreed with those defaults: the sweep they ran is still what a resume
+    reads, and only a value given that differs from it is refused."""
+    from training.pipeline.sweep import check_resume, parent_config, sweep_config
+
+    client = mlflow.MlflowClient()
+    run = client.create_run("0", tags={"zoo.sweep": "parent"})
+    logged = {"models": "all", "losses": "cosface", "data": "'my photos'", "epochs": "5",
+              "image_size": "32", "seeds": "''", "workers": "2", "backend": "local",
+              "preset": "faces-small", "resume": "auto", "grid_size": "1"}
+    for key, value in logged.items():
+        client.log_param(run.info.run_id, key, value)
+    parent = client.get_run(run.info.run_id)
+    cfg = parent_config(parent)
+    assert cfg.train.data.source == "my photos" and cfg.seeds is None
+    assert cfg.train.optim.epochs == 60 and cfg.train.model.grid == 2  # as the preset set them
+    assert (cfg.losses, cfg.resume) == ("cosface", run.info.run_id)
+    resumed = sweep_config({"resume": run.info.run_id, "workers": "1"})
+    check_resume(resumed, parent)  # how it runs may change
+    assert resumed.workers == 1 and resumed.train.optim.epochs == 60
+    with pytest.raises(ValueError, match="is the sweep of epochs=60, not epochs=5"):
+        check_resume(sweep_config({"resume": run.info.run_id, "epochs": "5"}), parent)
+    with pytest.raises(ValueError, match="is not a sweep's parent run"):
+        sweep_config({"resume": client.create_run("0").info.run_id})
