@@ -31,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 #: Test files by the time they take, slowest first (docs/testing.md). xdist hands whole files
 #: to the workers in collection order, so the longest start first and the short ones fill the
 #: gaps; in alphabetical order the serving tests (a third of the total) started halfway.
-SLOWEST_FIRST = ("test_serving.py", "test_export.py", "test_checkpoint.py",
+SLOWEST_FIRST = ("test_serving.py", "test_export.py", "test_docs_run.py", "test_checkpoint.py",
                  "test_tracking_server.py", "test_face_serving.py", "test_transfer.py",
                  "test_presets.py", "test_train.py", "test_bento.py", "test_big_folder.py",
                  "test_registration.py", "test_tables.py", "test_distributed.py",

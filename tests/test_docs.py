@@ -2,8 +2,8 @@
 relative link lands on a file and heading that exist, every ``mlflow run`` and
 ``python -m training.commands...`` command they show names a real entry point and only
 parameters its config has, and every ``zoo.*`` tag they name is one ``zoo.names`` defines.
-(The client blocks of docs/serving.md run against a live server in test_serving.py; the
-commands themselves run end to end in the other tests.)"""
+(test_docs_run.py runs the blocks themselves, as written; the client blocks of
+docs/serving.md run against a live server in test_serving.py.)"""
 from __future__ import annotations
 
 import importlib

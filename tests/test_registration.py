@@ -14,8 +14,8 @@ from tests.conftest import REPO
 from training.pipeline.register import RegisterConfig
 from training.tracking.model_logging import log_trained_model
 from training.tracking.registration import (
-    lower_is_better, loss_alias, register_best, registered_name, runs_of_experiment,
-    runs_of_sweep, selection_metric,
+    experiment_runs, lower_is_better, loss_alias, register_best, registered_name,
+    runs_of_experiment, runs_of_sweep, selection_metric,
 )
 from training.tracking.store import log_params_once
 from zoo import names
@@ -59,11 +59,12 @@ def test_names_and_direction() -> None:
 
 
 def test_register_config_parses_mlproject_strings() -> None:
-    cfg = RegisterConfig.from_dict({"experiment": "e", "sweep": "", "metric": "",
+    cfg = RegisterConfig.from_dict({"experiment": "e", "sweep": "auto", "metric": "",
                                     "force": "true"})
-    assert (cfg.experiment, cfg.sweep, cfg.metric, cfg.force) == ("e", "", "auto", True)
+    assert (cfg.experiment, cfg.sweep, cfg.metric, cfg.force) == ("e", None, "auto", True)
+    assert RegisterConfig.from_dict({"experiment": "e", "sweep": ""}).sweep is None
     with pytest.raises(ValueError, match="exactly one of --experiment"):
-        RegisterConfig.from_dict({"experiment": "", "sweep": ""})
+        RegisterConfig.from_dict({"experiment": "", "sweep": "auto"})
     with pytest.raises(ValueError, match="exactly one of --experiment"):
         RegisterConfig.from_dict({"experiment": "e", "sweep": "abc"})
     with pytest.raises(ValueError, match="force='maybe' is not a valid bool"):
@@ -214,6 +215,33 @@ def test_clear_errors(tracking_uri: str) -> None:
         register_best([make_run(0.9), make_run(0.8, dataset="faces")], P1)
     with pytest.raises(ValueError, match="experiment 'nope' not found"):
         runs_of_experiment("nope")
+
+
+def test_a_data_sets_runs_are_found_in_every_experiment(tracking_uri: str) -> None:
+    """``mlflow run . -e arcface`` without ``--experiment-name`` leaves its run in Default:
+    ``experiment=zoo-digits`` finds the digits runs there too, and says where."""
+    default = make_run(0.8, experiment="Default")
+    make_run(0.9, experiment="Default", dataset="faces")
+    with pytest.raises(ValueError, match="experiment 'zoo-emitters' not found in .*, and no "
+                                         "run of another experiment is of the data set "
+                                         "'emitters'"):
+        experiment_runs("zoo-emitters")
+    runs, where = experiment_runs("zoo-digits")
+    assert [r.info.run_id for r in runs] == [default.info.run_id]
+    assert where == "1 run(s) of data set digits in experiment 'Default'"
+    own = make_run(0.7, experiment="zoo-digits")
+    runs, where = experiment_runs("zoo-digits")
+    assert {r.info.run_id for r in runs} == {own.info.run_id, default.info.run_id}
+    assert where == ("1 run(s) in experiment 'zoo-digits'; 1 run(s) of data set digits in "
+                     "experiment 'Default'")
+    assert {r.data.tags["zoo.dataset"] for r in runs_of_experiment("Default")} == {"digits",
+                                                                                   "faces"}
+    mlflow.MlflowClient().create_experiment("empty")
+    with pytest.raises(ValueError, match="^experiment 'empty' has no runs in sqlite:///[^,]*$"):
+        experiment_runs("empty")
+    result = register_best(experiment_runs("zoo-digits")[0], P1)
+    assert mlflow.MlflowClient().get_model_version(
+        result.name, result.champion_version).run_id == default.info.run_id
 
 
 def test_cli_end_to_end(tracking_uri: str) -> None:

@@ -121,11 +121,11 @@ def test_seeds_train_each_combination_per_split_and_the_table_averages_them(
     assert parent.data.params["seeds"] == "0,1"
     assert "mean ± std over seeds 0,1" in capsys.readouterr().out
 
-    # resume with one more seed: only that one is trained
-    second = run_sweep(cfg.replace(seeds="0,1,2",
-                                   resume=parent.info.run_id))
-    assert sorted(o.job.seed for o in second) == [0, 1, 2]
-    assert len(_children(parent.info.run_id)) == 3
+    # a resume is the sweep it resumes: another list of seeds is another sweep
+    with pytest.raises(ValueError, match=f"resume={parent.info.run_id} is the sweep of "
+                                         "seeds=0,1, not seeds=0,1,2"):
+        run_sweep(cfg.replace(seeds="0,1,2", resume=parent.info.run_id))
+    assert len(_children(parent.info.run_id)) == 2
 
 
 def test_resume_continues_a_killed_child_from_its_checkpoint(
@@ -160,3 +160,113 @@ def test_resume_continues_a_killed_child_from_its_checkpoint(
     assert again.info.status == "FINISHED"
     history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def _mlflow_run_sweep(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                      **params: object) -> tuple[int, str, str]:
+    """What ``mlflow run . -e sweep --env-manager local -P name=value ...`` does, in this
+    process: a run in Default with the parameters logged as MLflow logs them (each declared
+    one, its default when not given, and those given; shell-quoted), then the entry point's
+    command, as MLflow composes it, in that run (``MLFLOW_RUN_ID``)."""
+    import shlex
+
+    import yaml
+    from mlflow.utils.string_utils import quote
+
+    from tests.conftest import REPO
+    from training.commands.sweep import main
+
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["sweep"]
+    declared = {k: str(params.get(k, v["default"])) for k, v in entry["parameters"].items()}
+    extra = {k: str(v) for k, v in params.items() if k not in declared}
+    client = mlflow.MlflowClient()
+    run = client.create_run("0")
+    for key, value in {**declared, **extra}.items():
+        client.log_param(run.info.run_id, key, quote(value))
+    command = entry["command"].format(**{k: quote(v) for k, v in declared.items()})
+    command += "".join(f" --{k} {quote(v)}" for k, v in extra.items())
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    try:
+        code = main(shlex.split(command)[3:])  # after python -m training.commands.sweep
+    finally:
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)  # mlflow.end_run drops it
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_a_resume_is_the_sweep_it_resumes(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Through ``mlflow run``'s command line: a 2 x 2 sweep, resumed with nothing but
+    ``-P resume``, trains no new child (the grid, epochs and the rest are the parent's, not
+    the entry point's defaults); a ``-P`` that differs from the parent's is refused naming
+    both values; after one child fails, exactly that one trains again, as the parent did."""
+    code, out, err = _mlflow_run_sweep(
+        monkeypatch, capsys, models="residual_mlp,ft_transformer", losses="softmax,arcface",
+        data="emitters", epochs=1, batch_size=64, embedding_dim=16, plots="false", workers=1,
+        export="false")
+    assert code == 0, err[-3000:]
+    parent = _parent("Default")  # where mlflow run makes its run without --experiment-name
+    pid = parent.info.run_id
+    first = _children(pid)
+    assert len(first) == 4 and {r.info.status for r in first} == {"FINISHED"}
+    assert "parameter " not in err  # no parameter disagrees with what mlflow run logged
+    assert "seeds" not in parent.data.params or parent.data.params["seeds"] != "''"
+
+    code, out, err = _mlflow_run_sweep(monkeypatch, capsys, resume=pid)
+    assert code == 0, err[-3000:]
+    assert len(_children(pid)) == 4  # nothing missing or failed: nothing trained
+    assert "4 runs on emitters, 4 already finished, 0 to train" in err
+
+    code, out, err = _mlflow_run_sweep(monkeypatch, capsys, resume=pid, epochs=5, losses="all")
+    assert code == 1 and out == ""
+    [line] = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert line.startswith(f"error: resume={pid} is the sweep of epochs=1; losses=softmax,"
+                           "arcface, not epochs=5; losses=all: a resume takes every parameter "
+                           "from the sweep it resumes"), line
+    # the parent's own values may be given, and how the sweep runs may change
+    code, out, err = _mlflow_run_sweep(monkeypatch, capsys, resume=pid, epochs=1,
+                                       losses="softmax, arcface", workers=2)
+    assert code == 0, err[-3000:]
+    assert len(_children(pid)) == 4
+
+    failed = first[0]
+    mlflow.MlflowClient().set_terminated(failed.info.run_id, "FAILED")
+    code, out, err = _mlflow_run_sweep(monkeypatch, capsys, resume=pid)
+    assert code == 0, err[-3000:]
+    after = _children(pid)
+    [new] = [r for r in after if r.info.run_id not in {c.info.run_id for c in first}]
+    assert len(after) == 5 and new.info.status == "FINISHED"
+    assert ((new.data.tags["zoo.model"], new.data.tags["zoo.loss"])
+            == (failed.data.tags["zoo.model"], failed.data.tags["zoo.loss"]))
+    assert (new.data.params["epochs"], new.data.params["embedding_dim"],
+            new.data.params["batch_size"]) == ("1", "16", "64")  # the parent's, not defaults
+
+
+def test_a_parent_logged_by_an_older_mlflow_run_reads_back_as_it_ran(tracking_uri: str) -> None:
+    """Before the sweep declared only ``resume``, ``mlflow run`` logged every declared
+    parameter, at its default when not given and shell-quoted (``''``, ``'my photos'``), and a
+    preset's values disagreed with those defaults: the sweep they ran is still what a resume
+    reads, and only a value given that differs from it is refused."""
+    from training.pipeline.sweep import check_resume, parent_config, sweep_config
+
+    client = mlflow.MlflowClient()
+    run = client.create_run("0", tags={"zoo.sweep": "parent"})
+    logged = {"models": "all", "losses": "cosface", "data": "'my photos'", "epochs": "5",
+              "image_size": "32", "seeds": "''", "workers": "2", "backend": "local",
+              "preset": "faces-small", "resume": "auto", "grid_size": "1"}
+    for key, value in logged.items():
+        client.log_param(run.info.run_id, key, value)
+    parent = client.get_run(run.info.run_id)
+    cfg = parent_config(parent)
+    assert cfg.train.data.source == "my photos" and cfg.seeds is None
+    assert cfg.train.optim.epochs == 60 and cfg.train.model.grid == 2  # as the preset set them
+    assert (cfg.losses, cfg.resume) == ("cosface", run.info.run_id)
+    resumed = sweep_config({"resume": run.info.run_id, "workers": "1"})
+    check_resume(resumed, parent)  # how it runs may change
+    assert resumed.workers == 1 and resumed.train.optim.epochs == 60
+    with pytest.raises(ValueError, match="is the sweep of epochs=60, not epochs=5"):
+        check_resume(sweep_config({"resume": run.info.run_id, "epochs": "5"}), parent)
+    with pytest.raises(ValueError, match="is not a sweep's parent run"):
+        sweep_config({"resume": client.create_run("0").info.run_id})

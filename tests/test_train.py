@@ -32,19 +32,23 @@ def test_dataset_name() -> None:
 
 
 @pytest.mark.slow
-def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_path: Path) -> None:
-    """`mlflow run . -e arcface` for one epoch into a temporary store; load the model back."""
+def test_mlflow_run_arcface_entry_point_and_load_model(
+        tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`mlflow run . -e arcface` for one epoch into a fresh store, as the README runs it (no
+    --experiment-name: MLflow makes the run in Default); load the model back, and register
+    it as the README's next step does, with experiment=zoo-digits."""
     bin_dir = Path(sys.executable).parent  # MLproject commands call `python` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     mlflow_cli = bin_dir / "mlflow"
     proc = subprocess.run(
         [str(mlflow_cli), "run", str(REPO), "-e", "arcface", "--env-manager", "local",
-         "--experiment-name", "e2e", "-P", "epochs=1", "-P", "embedding_dim=32"],
+         "-P", "epochs=1", "-P", "embedding_dim=32"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = _only_run("e2e")
+    run = _only_run("Default")
+    assert "parameter " not in proc.stderr  # no parameter disagrees with what mlflow logged
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "resnet18-arcface"
     assert run.data.tags[names.MODEL_TAG] == "resnet18"
@@ -75,6 +79,14 @@ def test_mlflow_run_arcface_entry_point_and_load_model(tracking_uri: str, tmp_pa
     assert torch.allclose(out["embedding"].norm(dim=1), torch.ones(3), atol=1e-5)
     logged = mlflow.models.get_model_info(run.data.tags[names.MODEL_URI_TAG])
     assert logged.signature is not None and logged.saved_input_example_info is not None
+
+    from training.commands.register import main as register
+
+    assert register(["--experiment", "zoo-digits", "--sweep", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "registering from 1 run(s) of data set digits in experiment 'Default'" in out
+    champion = mlflow.MlflowClient().get_model_version_by_alias("zoo-digits", "champion")
+    assert champion.run_id == run.info.run_id
 
 
 def test_tabular_run_logs_open_set_metrics(tracking_uri: str) -> None:
@@ -129,6 +141,9 @@ def test_mlproject_is_generated_from_trainconfig() -> None:
 
     assert (REPO / "MLproject").read_text() == render(), \
         "MLproject is stale: run `python -m training.mlproject > MLproject`"
+    # mlflow run logs each declared default shell-quoted: an empty one would be the literal
+    # '' on every run (and a warning of every sweep); an unset value is written auto
+    assert 'default: ""' not in render()
 
 
 def test_config_parsing() -> None:

@@ -112,6 +112,37 @@ def test_a_file_made_for_another_model_is_refused_naming_that_model(tmp_path: Pa
 
 # --- pretrained=true: the hub cache, offline ---------------------------------------------
 
+def test_an_unreachable_hub_fails_at_once_and_a_cached_file_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline without HF_HUB_OFFLINE, huggingface_hub retries for 23 s per file name (62 s
+    for timm's two) before it gives up; one connection attempt decides instead."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from zoo.models.pretrained import hub_file
+
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    name = "mobilenetv3_small_100.lamb_in1k"
+    cfg = timm.models.get_pretrained_cfg(name).to_dict()
+    started = time.perf_counter()
+    with pytest.raises(PretrainedError, match=f"the hub \\(127.0.0.1:{port}\\) cannot be "
+                                              "reached: run once online"):
+        hub_file(name, cfg)
+    assert time.perf_counter() - started < 5
+    file = hub_cache(tmp_path / "hub", f"timm/{name}", {"w": torch.zeros(1)})
+    assert hub_file(name, cfg) == (f"hf-hub:timm/{name}", file)
+
+
 @pytest.mark.slow
 def test_hub_weights_from_the_cache_offline_and_a_clear_failure_without(
         tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -6,7 +6,7 @@ import pytest
 
 from serving.settings import ServeSettings
 from training.config import TrainConfig
-from zoo.values import format_value, parse_value
+from zoo.values import format_value, parse_value, unquote
 
 WORDS = {"1": True, "true": True, "Yes": True, "on": True, " y ": True,
          "0": False, "false": False, "NO": False, "off": False, "f": False}
@@ -37,3 +37,16 @@ def test_values_round_trip_through_their_text_form() -> None:
             cfg.loss.margin) == (3, 0.001, True, None)
     again = TrainConfig.from_dict({k: format_value(v) for k, v in cfg.params().items()})
     assert again == cfg and again.params() == cfg.params()
+
+
+def test_what_mlflow_run_logged_reads_back_as_given() -> None:
+    """``mlflow run`` logs each -P value shell-quoted: ``''`` for an empty one, ``'a b'`` for
+    one with a space; ``unquote`` gives the value back, and leaves every other text alone."""
+    import shlex
+
+    for value in ("", "my photos", "it's", "resnet18,convnext_atto", "0.004", "'"):
+        assert unquote(shlex.quote(value)) == value
+    for text in ("auto", "models:/zoo-digits@champion", "'unbalanced", "'a' 'b'"):
+        assert unquote(text) == text
+    cfg = TrainConfig.from_run({"data": "'my photos'", "epochs": "3"}, {})
+    assert cfg.data.source == "my photos" and cfg.optim.epochs == 3

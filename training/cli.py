@@ -59,8 +59,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_cli(fn: Callable[[Any], Any], config_cls: type, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` into ``config_cls``, run ``fn(config)``; failures → one line, exit 1.
+def run_cli(fn: Callable[[Any], Any], config_cls: type, argv: list[str] | None = None, *,
+            build: Callable[[dict[str, str]], Any] | None = None) -> int:
+    """Parse ``argv`` into ``config_cls`` (``build`` makes the config of the parameters given,
+    when it is not ``config_cls.from_dict``), run ``fn(config)``; failures → one line, exit 1.
 
     Ctrl-C and SIGTERM → one line (saying how to resume, where there is a run to resume) and
     exit 130 / 143. ``ZOO_DEBUG=1`` re-raises for the full traceback.
@@ -70,7 +72,8 @@ def run_cli(fn: Callable[[Any], Any], config_cls: type, argv: list[str] | None =
     args = build_parser(config_cls, doc).parse_args(argv)
     try:
         with sigterm_as_interrupt():
-            fn(config_cls.from_dict({k: v for k, v in vars(args).items() if v is not None}))
+            given = {k: v for k, v in vars(args).items() if v is not None}
+            fn((build or config_cls.from_dict)(given))
     except KeyboardInterrupt as exc:
         print(f"error: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)

@@ -38,8 +38,10 @@ entry_points:
 TRAIN = ("preset", "model", "loss", "data", "epochs", "batch_size", "lr", "embedding_dim",
          "image_size", "seed")
 PER_LOSS = ("model", "data", "epochs", "image_size")  # + the loss's own knobs
-SWEEP = ("models", "losses", "data", "epochs", "image_size", "seeds", "workers", "backend",
-         "preset", "resume")
+#: A sweep declares resume alone: a resumed sweep reads every other parameter from its parent
+#: run and refuses one given that differs, which it can tell only when mlflow run hands on
+#: just what was given (it passes each declared parameter, its default when not given).
+SWEEP = ("resume",)
 TUNE = ("loss", "model", "data", "trials", "epochs", "search", "timeout_s")
 DISTILL = ("teacher", "model", "loss", "epochs", "kd_weight", "kd_temperature",
            "embedding_weight")
@@ -90,7 +92,8 @@ def entries() -> list[Entry]:
         Entry("train", "one model x loss run", train, TrainConfig, TRAIN),
         *(Entry(loss, f"train with the {loss} loss", train, TrainConfig,
                 PER_LOSS + loss_knobs(loss), (("loss", loss),)) for loss in LOSSES.names()),
-        Entry("sweep", "every model x loss as nested runs; compare, register the best",
+        Entry("sweep", "every model x loss as nested runs; compare, register the best. Every "
+              "parameter passes with -P; a resume reads them from its parent run",
               "training.commands.sweep", SweepConfig, SWEEP),
         Entry("tune", "search a loss's margin, scale or temperature, embedding size and lr "
               "with Optuna; every trial a nested run", "training.commands.tune", TuneConfig, TUNE),

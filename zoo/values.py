@@ -7,6 +7,7 @@ y/n in any case), so every place accepts the same words and refuses the same mis
 from __future__ import annotations
 
 import functools
+import shlex
 from typing import Any, Optional, Union, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
@@ -69,3 +70,16 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def unquote(text: str) -> str:
+    """A parameter as ``mlflow run`` logged it, back to the value given: MLflow shell-quotes
+    each ``-P`` value (and each declared default) before logging it, so an empty value is
+    logged as ``''`` and ``my photos`` as ``'my photos'``. Anything else is returned as it is."""
+    if not text.startswith("'"):
+        return text
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return text
+    return words[0] if len(words) == 1 else text

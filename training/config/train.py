@@ -18,6 +18,7 @@ from training.config.parts import (DataConfig, LossConfig, ModelConfig, OptimCon
                                    ExecutionConfig, TrackingConfig)
 from training.presets import preset_fields, preset_names
 from zoo.names import RESOLVED_PREFIX
+from zoo.values import unquote
 
 #: The parameters that decide which samples are test samples (and which classes are unseen).
 SPLIT_FIELDS = ("data", "seed", "val_fraction", "test_fraction", "open_set", "label_column")
@@ -132,7 +133,7 @@ class TrainConfig(FlatParams):
         ``names.resolved_tag(<param>)`` tags (what ``auto`` or a preset made of a parameter that
         ``mlflow run`` had logged). For resuming a run, and for models logged before they
         carried their recipe."""
-        values = dict(params)
+        values = {k: unquote(v) for k, v in params.items()}  # as mlflow run logged them
         values.update({k[len(RESOLVED_PREFIX):]: v for k, v in tags.items()
                        if k.startswith(RESOLVED_PREFIX)})
         return cls.from_recipe(values)

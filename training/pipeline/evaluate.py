@@ -53,9 +53,10 @@ class EvaluateConfig(FlatParams):
     model_uri: str = option("models:/zoo-digits@champion",
                             "model URI, or a comma list of them: two "
                             "or more are evaluated as an ensemble")
-    data: str = option("", "data to evaluate on (empty: the models' own test split): the "
-                       "training data where it is now, if it has moved, or a data set of "
-                       "other classes, evaluated zero-shot (every sample unseen)")
+    data: Optional[str] = option(None, "data to evaluate on (auto: the models' own test split): "
+                                 "the training data where it is now, if it has moved, or a "
+                                 "data set of other classes, evaluated zero-shot (every sample "
+                                 "unseen)")
     tta: str = option("none", "test-time augmentation: flip averages each image with its mirror",
                   ("none", "flip"))
     batch_size: int = option(256, "samples per forward pass")
@@ -87,7 +88,7 @@ class Member:
     zero_shot: bool = False
 
 
-def load_member(uri: str, data: str) -> Member:
+def load_member(uri: str, data: str | None) -> Member:
     source, run, model = load_source(uri)
     cfg = source_config(source, run, model)
     version = f"v{source.version.version}" if source.version is not None else source.run_id

@@ -21,7 +21,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import mlflow
 import numpy as np
@@ -66,7 +66,8 @@ class ExportConfig(FlatParams):
                                            "models:/m-<id> or runs:/<run_id>/model")
     formats: str = option(",".join(FORMATS), f"comma list of {', '.join(FORMATS)}")
     opset: int = option(DEFAULT_OPSET, f"ONNX opset ({MIN_OPSET} or newer)")
-    data: str = option("", "data of the parity check (empty: the training run's own data)")
+    data: Optional[str] = option(None, "data of the parity check (auto: the training run's own "
+                                       "data)")
     max_abs_diff: float = option(1e-4, "largest allowed difference of any embedding value")
     min_top1_agreement: float = option(0.999, "smallest allowed share of equal top-1 classes")
     batch_size: int = option(64, "batch size of the parity check")
@@ -143,7 +144,7 @@ class ExportResult:
 
 
 def source_config(source: ModelSource, run: mlflow.entities.Run, model: Any = None,
-                  data: str = "") -> TrainConfig:
+                  data: str | None = None) -> TrainConfig:
     """The training config the model carries (``data`` overrides its data)."""
     cfg = training_config(source, run, model)
     return cfg.replace(data=data) if data else cfg

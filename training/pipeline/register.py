@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
-from training.config import FlatParams
+from training.config import FlatParams, option
 from training.tracking.registration import (
-    DEFAULT_METRIC, RegistrationResult, register_best, runs_of_experiment, runs_of_sweep,
+    DEFAULT_METRIC, RegistrationResult, experiment_runs, register_best, runs_of_sweep,
 )
 from training.tracking.store import configure_tracking
 
@@ -27,10 +28,12 @@ class RegisterConfig(FlatParams):
 
     WHAT = "register"
 
-    experiment: str = field(default="", metadata={"help": "register from every run of this "
-                                                          "experiment"})
-    sweep: str = field(default="", metadata={"help": "register from the child runs of this "
-                                                     "sweep's parent run id"})
+    experiment: Optional[str] = option(None, "register from every run of this experiment; "
+                                             "zoo-<data>: also that data set's runs in other "
+                                             "experiments (mlflow run puts its runs in "
+                                             "Default unless given --experiment-name)")
+    sweep: Optional[str] = option(None, "register from the child runs of this sweep's parent "
+                                        "run id")
     metric: str = field(default=DEFAULT_METRIC, metadata={
         "help": "metric that ranks runs (auto: each run's validation monitor at its kept "
                 "epoch, best_val_map_at_r by default, or its test counterpart for runs "
@@ -41,7 +44,8 @@ class RegisterConfig(FlatParams):
 
 
     def __post_init__(self) -> None:
-        self.experiment, self.sweep = self.experiment.strip(), self.sweep.strip()
+        self.experiment = (self.experiment or "").strip() or None
+        self.sweep = (self.sweep or "").strip() or None
         self.metric = self.metric.strip() or DEFAULT_METRIC
         if bool(self.experiment) == bool(self.sweep):
             raise ValueError("give exactly one of --experiment NAME or --sweep RUN_ID")
@@ -51,10 +55,11 @@ def register(cfg: RegisterConfig) -> RegistrationResult:
     """Register from the configured runs and print the summary."""
     configure_tracking()
     if cfg.experiment:
-        runs, where = runs_of_experiment(cfg.experiment), f"experiment {cfg.experiment!r}"
+        runs, where = experiment_runs(cfg.experiment)
     else:
-        runs, where = runs_of_sweep(cfg.sweep), f"sweep {cfg.sweep}"
-    log.info("%d run(s) in %s", len(runs), where)
+        runs = runs_of_sweep(cfg.sweep)
+        where = f"{len(runs)} run(s) of sweep {cfg.sweep}"
+    print(f"registering from {where}")
     result = register_best(runs, cfg.metric, force=cfg.force)
     print(result.summary())
     return result

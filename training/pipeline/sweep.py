@@ -5,7 +5,8 @@ baselines computed on the same split (raw pixels and PCA), then registers the be
 (``zoo-<dataset>@champion``) and the best of each loss (``@<loss>-best``), and exports the
 champion to ONNX, TorchScript and ``.pt2`` with a parity check (``training.pipeline.export``).
 A failing combination is recorded and the sweep goes on; ``resume=<parent run id>`` runs only
-what is missing or failed.
+what is missing or failed, with every parameter read from the parent run (``sweep_config``);
+a resume that asks for other values than the parent's is refused (``check_resume``).
 
 The command is ``python -m training.commands.sweep`` (the MLproject ``sweep``).
 """
@@ -19,13 +20,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import mlflow
 import torch
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from training.config import FlatParams, TrainConfig, one_process_per_run, option, part
+from training.config import (FlatParams, TrainConfig, one_process_per_run, option,
+                             params_of, part)
 from training.pipeline import baselines, compare
 from training.pipeline.export import ExportConfig, export_model
 from training.pipeline.run import (RunResult, check_names, config_splits, dataset_name,
@@ -40,6 +44,7 @@ from zoo import names
 from zoo.data import LoadedData
 from zoo.losses import LOSSES, needed_outputs
 from zoo.models import CURATED_IMAGE_MODELS, models_for, training_outputs
+from zoo.values import format_value, parse_value, unquote
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +80,9 @@ class SweepConfig(FlatParams):
     register: bool = option(True, "register the best child in the model registry")
     export: bool = option(True, "export the champion to ONNX, TorchScript and .pt2 with a parity "
                             "check (when registering)")
-    seeds: str = option("", "comma list of split seeds: each combination is trained once per seed "
-                        "and the table shows mean ± std over them (empty: just seed)")
+    seeds: Optional[str] = option(None, "comma list of split seeds: each combination is trained "
+                                  "once per seed and the table shows mean ± std over them "
+                                  "(auto: just seed)")
 
     def __post_init__(self) -> None:
         one_process_per_run(self.train, "a sweep trains `workers` combinations at once, one "
@@ -118,7 +124,7 @@ class SweepConfig(FlatParams):
 
     def seed_list(self) -> list[int]:
         """The split seeds every combination is trained on."""
-        if not self.seeds.strip():
+        if not (self.seeds or "").strip():
             return [self.train.data.seed]
         try:
             seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
@@ -140,6 +146,68 @@ class SweepConfig(FlatParams):
 
     def sweep_params(self) -> dict[str, str]:
         return self.to_params()
+
+
+#: What a resume may set anew: how the combinations run, never what they are.
+RESUME_MAY_CHANGE = ("resume", "workers", "backend", "task_cpus", "task_gpus", "device",
+                     "num_threads", "loader_workers")
+
+
+def parent_run(run_id: str) -> Run:
+    """The parent run of the sweep ``resume`` names; an error that says what it is else."""
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise ValueError(f"resume={run_id}: no such run in {mlflow.get_tracking_uri()} "
+                         f"({exc.message})") from None
+    if run.data.tags.get(names.SWEEP_TAG) != "parent":
+        raise ValueError(f"resume={run_id} is not a sweep's parent run (tag "
+                         f"{names.SWEEP_TAG}=parent); a single run resumes with -e train -P "
+                         "resume_run=<run id>")
+    return run
+
+
+def parent_config(run: Run) -> SweepConfig:
+    """The sweep ``run`` is the parent of, from its parameters (``mlflow run``'s quotes
+    undone, ``zoo.resolved.<param>`` where it logged ``auto``, its preset applied as it was;
+    a parameter added since takes its default)."""
+    known = {p.name for p in params_of(SweepConfig)}
+    values = {k: unquote(v) for k, v in run.data.params.items()}
+    values.update({k[len(names.RESOLVED_PREFIX):]: v for k, v in run.data.tags.items()
+                   if k.startswith(names.RESOLVED_PREFIX)})
+    values = {k: v for k, v in values.items() if k in known}
+    return SweepConfig.from_dict({**values, "resume": run.info.run_id})
+
+
+def sweep_config(values: dict[str, Any]) -> SweepConfig:
+    """The sweep a command line asks for. With ``resume``, the sweep it resumes: every
+    parameter read from its parent run, the given ones on top (``run_sweep`` refuses those
+    that differ from the parent's)."""
+    resume = parse_value(Optional[str], values.get("resume"), "resume")
+    if not resume:
+        return SweepConfig.from_dict(values)
+    configure_tracking()
+    return parent_config(parent_run(resume)).replace(**values)
+
+
+def check_resume(cfg: SweepConfig, parent: Run) -> None:
+    """Refuse a resume that asks for another sweep than the one it resumes (its grid,
+    epochs, data or any other parameter but ``RESUME_MAY_CHANGE``), naming both values."""
+    theirs = parent_config(parent)
+    differ = [p.name for p in params_of(SweepConfig) if p.name not in RESUME_MAY_CHANGE
+              and _comparable(cfg.param(p.name)) != _comparable(theirs.param(p.name))]
+    if differ:
+        was = "; ".join(f"{n}={format_value(theirs.param(n))}" for n in differ)
+        now = "; ".join(f"{n}={format_value(cfg.param(n))}" for n in differ)
+        raise ValueError(f"resume={parent.info.run_id} is the sweep of {was}, not {now}: a "
+                         "resume takes every parameter from the sweep it resumes (only "
+                         f"{', '.join(RESUME_MAY_CHANGE[1:])} may change): leave "
+                         f"{'it' if len(differ) == 1 else 'them'} out, or start a new sweep")
+
+
+def _comparable(value: Any) -> Any:
+    """Comma lists compare without the spaces around their commas."""
+    return ",".join(s.strip() for s in value.split(",")) if isinstance(value, str) else value
 
 
 def _init_models(spec: str, models: list[str], init: InitSource) -> list[str]:
@@ -198,6 +266,8 @@ class Outcome:
 def run_sweep(cfg: SweepConfig) -> list[Outcome]:
     """Train the grid, compare, register; returns every combination's outcome."""
     configure_tracking()
+    if cfg.resume:
+        check_resume(cfg, parent_run(cfg.resume))
     name = dataset_name(cfg.train.data.source)
     init = resolve_init(cfg.train.model.init) if cfg.train.model.init else None
     if init is not None:
@@ -274,7 +344,8 @@ def _sweep_in_run(cfg: SweepConfig, name: str, data: LoadedData, jobs: list[Job]
             print(f"\n{len(failed)} of {len(outcomes)} combinations failed:")
             for o in failed:
                 print(f"  {_label(o.job, several_seeds)}: {o.error}")
-            print(f"re-run only those with: mlflow run . -e sweep -P resume={parent_id}")
+            print("re-run only those with: mlflow run . -e sweep --env-manager local -P "
+                  f"resume={parent_id}")
         if outcomes and len(failed) == len(outcomes):
             raise RuntimeError(f"every combination failed (first: {failed[0].error})")
         return outcomes

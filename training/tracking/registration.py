@@ -210,12 +210,49 @@ def _experiment_ids(client: mlflow.MlflowClient) -> list[str]:
 
 def runs_of_experiment(experiment_name: str, client: mlflow.MlflowClient | None = None
                        ) -> list[Run]:
-    """All active runs of the experiment (sweep parents and children included)."""
+    """``experiment_runs`` without the line that says where they were found."""
+    return experiment_runs(experiment_name, client)[0]
+
+
+def names_dataset(name: str, dataset: str) -> bool:
+    """Whether ``name`` is the data set's experiment (``zoo-<dataset>``, as training names
+    it) or registered model (``registered_name``)."""
+    return bool(dataset) and name in (f"zoo-{dataset}", registered_name(dataset))
+
+
+def experiment_runs(name: str, client: mlflow.MlflowClient | None = None
+                    ) -> tuple[list[Run], str]:
+    """The active runs of experiment ``name`` (sweep parents and children included) and,
+    where ``name`` is a data set's (``zoo-digits``), that data set's runs in every other
+    experiment, with a line that says where they were found. ``mlflow run`` makes its run
+    before the entry point starts, in the experiment it is given: ``Default`` without
+    ``--experiment-name``, so a data set's runs are found by their ``zoo.dataset`` tag too.
+    No run anywhere is an error that says so."""
     client = client or mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise ValueError(f"experiment {experiment_name!r} not found in {mlflow.get_tracking_uri()}")
-    return _search_all(client, [experiment.experiment_id])
+    experiment = client.get_experiment_by_name(name)
+    own = _search_all(client, [experiment.experiment_id]) if experiment is not None else []
+    others = [i for i in _experiment_ids(client)
+              if experiment is None or i != experiment.experiment_id]
+    elsewhere = []
+    if name.startswith("zoo-") and others:
+        tagged = _search_all(client, others, f"tags.`{names.DATASET_TAG}` LIKE '%'")
+        elsewhere = [r for r in tagged if names_dataset(name, r.data.tags[names.DATASET_TAG])]
+    if not own and not elsewhere:
+        where = (f"experiment {name!r} not found" if experiment is None
+                 else f"experiment {name!r} has no runs")
+        also = (f", and no run of another experiment is of the data set {name[4:]!r}"
+                if name.startswith("zoo-") else "")
+        raise ValueError(f"{where} in {mlflow.get_tracking_uri()}{also}")
+    found = [f"{len(own)} run(s) in experiment {name!r}"] if own else []
+    by_experiment: dict[str, int] = {}
+    for run in elsewhere:
+        by_experiment[run.info.experiment_id] = by_experiment.get(run.info.experiment_id, 0) + 1
+    for experiment_id, count in sorted(by_experiment.items()):
+        datasets = sorted({r.data.tags[names.DATASET_TAG] for r in elsewhere
+                           if r.info.experiment_id == experiment_id})
+        found.append(f"{count} run(s) of data set {', '.join(datasets)} in experiment "
+                     f"{client.get_experiment(experiment_id).name!r}")
+    return own + elsewhere, "; ".join(found)
 
 
 def runs_of_sweep(parent_run_id: str, client: mlflow.MlflowClient | None = None) -> list[Run]:

@@ -22,7 +22,7 @@ from mlflow.entities import RunStatus
 
 from mlflow_source.store import STORE_DIR, embedded_store_uri
 from zoo import names
-from zoo.values import AUTO
+from zoo.values import AUTO, unquote
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ def training_run(
 
 
 def log_params_once(params: dict[str, str], resolved_keys: tuple[str, ...] = ()) -> None:
-    """Log parameters, skipping those the run already holds (``mlflow run`` logs its -P values).
+    """Log parameters, skipping those the run already holds (``mlflow run`` logs its -P values,
+    shell-quoted: ``unquote`` reads them back).
 
     MLflow refuses to change a logged parameter ("7" vs "7.0"), so values already present
     are left as they are. Where the run holds ``auto``, or a key of ``resolved_keys`` (the
@@ -159,7 +160,8 @@ def log_params_once(params: dict[str, str], resolved_keys: tuple[str, ...] = ())
     disagreement is reported, not silently overwritten.
     """
     run = mlflow.active_run()
-    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    existing = {k: unquote(v) for k, v in
+                mlflow.MlflowClient().get_run(run.info.run_id).data.params.items()}
     resolved = {}
     for key in sorted(set(params) & set(existing)):
         if _same(existing[key], params[key]):

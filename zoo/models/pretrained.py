@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,6 +35,8 @@ HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's order on the hu
 #: timm's defaults (``IMAGENET_DEFAULT_MEAN``/``STD``), for weights whose config states none
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Seconds the hub may take to accept a connection before it counts as unreachable.
+HUB_PROBE_S = 3.0
 
 
 class PretrainedError(ValueError):
@@ -157,9 +161,47 @@ def pretrained_cfg_of(timm_name: str) -> dict[str, Any]:
     return cfg.to_dict() if cfg is not None else {}
 
 
+def hub_address() -> tuple[str, int]:
+    """Where a connection to the hub goes: the HTTPS proxy of the environment (unless
+    ``no_proxy`` names the hub), else the hub's own host (``HF_ENDPOINT``)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = endpoint
+    if proxy and not urllib.request.proxy_bypass(endpoint.hostname or ""):
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_S) -> bool:
+    """Whether the hub (or the proxy in between) accepts a connection within ``timeout``
+    seconds, the name lookup included. Asked once before a download, because
+    ``huggingface_hub`` retries an unreachable hub with back-off for 23 s per file (62 s for
+    timm's two file names) before it gives up."""
+    host, port = hub_address()
+    answer: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)  # a name lookup ignores timeouts
+    probe.start()
+    probe.join(timeout)
+    return bool(answer and answer[0])
+
+
 def hub_file(timm_name: str, cfg: dict[str, Any]) -> tuple[str, Path]:
     """The weights file of ``timm_name`` in the Hugging Face hub cache, downloaded when the
-    hub can be reached; offline with nothing cached, a ``PretrainedError`` with both ways out."""
+    hub can be reached; offline with nothing cached, a ``PretrainedError`` with both ways out,
+    within ``HUB_PROBE_S`` seconds."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -170,15 +212,18 @@ def hub_file(timm_name: str, cfg: dict[str, Any]) -> tuple[str, Path]:
     repo, _, revision = repo.partition("@")
     names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else HUB_FILES
     cache = Path(constants.HF_HUB_CACHE)
+    online = not constants.HF_HUB_OFFLINE and hub_reachable()
     for i, name in enumerate(names):
         try:
-            return f"hf-hub:{repo}", Path(hf_hub_download(repo, name, revision=revision or None))
+            return f"hf-hub:{repo}", Path(hf_hub_download(repo, name, revision=revision or None,
+                                                          local_files_only=not online))
         except LocalEntryNotFoundError:
             # raised offline or unreachable, and nothing cached: try timm's next file name
             if i + 1 < len(names):
                 continue
+            host, port = hub_address()
             offline = ("HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE
-                       else "the hub cannot be reached")
+                       else f"the hub ({host}:{port}) cannot be reached")
             raise PretrainedError(
                 f"no cached weights for timm/{timm_name} (hub repository {repo}) in {cache}, "
                 f"and {offline}: run once online to fill the cache (HF_HUB_OFFLINE unset), or "
