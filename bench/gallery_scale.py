@@ -71,9 +71,10 @@ def load(folder: Path, contract: object, size: int) -> np.ndarray:
     """Fill the table with ``size`` entries in chunks; returns the identity centres."""
     from tqdm import tqdm
 
-    from serving.gallery.table import GalleryTable, database_uri, open_engine
+    from serving.gallery.database import database_uri, open_engine
+    from serving.gallery.table import GalleryTable
 
-    table = GalleryTable(open_engine(database_uri("", folder)), contract.key)
+    table = GalleryTable(open_engine(database_uri("", folder)), contract.key, contract.name)
     table.create(dataclasses.asdict(contract), DIM, 0.5, 1e-3, None, [])
     chunk, centres = 10_000, []
     with tqdm(total=size, desc=f"load {size:,}", unit="entry", leave=False) as bar:

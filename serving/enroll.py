@@ -7,8 +7,9 @@ embedded by the model with the server's own code and added to the gallery table 
 of that model uses (the same state folder or ``ZOO_GALLERY_DIR``, or ``ZOO_GALLERY_URI``), one
 transaction per identity, so a running server finds them at its next request.
 
-This is how identities move to a new model version: a gallery holds one model's embeddings
-and no images, so a new version's gallery is filled by enrolling the same image files again.
+Each enrollment also keeps, sealed, what the model's later versions need to embed it again
+(``serving/gallery/kept.py``), so ``python -m serving.migrate`` carries these people to a new
+version without their files.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from mlflow_source.fetch import fetch_bundle
 from serving.errors import RequestError
+from serving.gallery.kept import keep_chips, keep_image
 from serving.gallery.names import identity_name
 from serving.inputs.faces import FaceRequest, read_faces_now
 from serving.inputs.images import images_to_array
@@ -74,12 +76,18 @@ def readable(path: Path, root: Path, settings: ServeSettings) -> str | None:
     return None
 
 
-def _model_input(model: ServedModel, upload: Upload, settings: ServeSettings) -> np.ndarray:
-    """One photo as the model's input: the image, or a face model's largest face."""
+def _model_input(model: ServedModel, upload: Upload, settings: ServeSettings
+                 ) -> tuple[np.ndarray, bytes | None]:
+    """One photo as the model's input (the image, or a face model's largest face), and what
+    its enrollment keeps for later versions (None where keeping is off)."""
+    keeping = model.kept_kind is not None
     if model.faces is None:
-        return images_to_array([upload], model.pre, settings)[0]
+        x, kept = images_to_array([upload], model.pre, settings, keep_image if keeping else None)
+        return x, kept[0] if kept else None
     request = FaceRequest.of(settings, one=True, largest=True)
-    return read_faces_now([upload], model.pre, model.faces, request, settings).x
+    found = read_faces_now([upload], model.pre, model.faces, request, settings,
+                           keep_chips if keeping else None)
+    return found.x, found.pictures[0][0] if found.pictures else None
 
 
 def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int, int, int]:
@@ -99,7 +107,7 @@ def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int
                 log.warning("skipped folder %r: %s", folder_name, exc)
                 refused += len(files)
                 continue
-            arrays, digests = [], []
+            arrays, digests, kept = [], [], []
             for path in files:
                 why = readable(path, root, settings)
                 if why is not None:
@@ -108,7 +116,9 @@ def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int
                     continue
                 data = path.read_bytes()
                 try:
-                    arrays.append(_model_input(model, Upload(path.name, data), settings))
+                    x, keep = _model_input(model, Upload(path.name, data), settings)
+                    arrays.append(x)
+                    kept.append(keep)
                     digests.append(hashlib.sha256(data).hexdigest())
                 except RequestError as exc:
                     log.warning("skipped %s: %s", path, exc)
@@ -116,7 +126,8 @@ def enroll_folder(root: Path, model_uri: str, batch_size: int = 64) -> tuple[int
             if not arrays:
                 continue
             out = model.run_batched(np.concatenate(arrays))
-            model.gallery.enroll(out["embedding"], name, digests)
+            model.gallery.enroll(out["embedding"], name, digests,
+                                 (model.kept_kind, kept) if model.kept_kind else None)
             added += len(digests)
     finally:
         model.close()
@@ -137,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         people, added, refused = enroll_folder(args.images, args.model_uri, args.batch_size)
     except (LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not added:
+        print(f"error: enrolled nothing: every one of the {refused} images under {args.images} "
+              "was refused (the warnings above say why)", file=sys.stderr)
         return 1
     print(f"enrolled {added} images of {people} identities into the gallery of "
           f"{args.model_uri}" + (f" ({refused} images refused)" if refused else ""))

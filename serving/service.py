@@ -29,11 +29,13 @@ from pydantic import Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
 from serving.errors import RequestError, shown
+from serving.gallery.kept import keep_chips, keep_image, keep_row
 from serving.gallery.names import identity_name
 from serving.http import chain, latency, openai_api, route_metrics
 from serving.http.keys import ADMIN_SCOPE_KEY
 from serving.http.limits import Limit, json_limit
-from serving.inputs.faces import FaceRequest, chip_picture
+from serving.inputs.faces import FaceRequest, chip_picture, keep_photo
+from serving.inputs.images import keep_picture
 from serving.inputs.reader import InputReader, Rows as RowValues, Uploads
 from serving.inputs.rows import rows_as_lists
 from serving.inputs.uploads import ImageFile, Text, Upload
@@ -247,21 +249,29 @@ class ZooService:
     @answers_errors
     async def enroll(self, identity: Text = "", images: Images = None,
                      rows: Rows = None, face: Text = "") -> EnrollResponse:
-        """Add images (or rows) of ``identity`` to the gallery, saved before answering. A
-        face model needs one face per photo (``face=largest`` takes the largest)."""
+        """Add images (or rows) of ``identity`` to the gallery, and what each keeps for the
+        model's later versions, saved before answering. A face model needs one face per photo
+        (``face=largest`` takes the largest)."""
         name = identity_name(identity)
         if face.strip() not in ("", "largest"):
             raise RequestError(f"face={shown(face.strip())}: send face=largest, or nothing")
+        kind = self.model.kept_kind
         if self.model.faces is not None:
             request = FaceRequest.of(SETTINGS, one=True, largest=face.strip() == "largest")
-            x = (await self.inputs.read_faces(images, rows, request)).x
+            found = await self.inputs.read_faces(images, rows, request,
+                                                 keep_chips if kind else None)
+            x, kept = found.x, [chips[0] for chips in found.pictures]
         else:
-            x, _ = await self.inputs.read(images, rows)
+            x, kept = await self.inputs.read(images, rows, keep_image if kind else None)
         out = await self.model.infer(x)
-        digests = ([hashlib.sha256(upload.data).hexdigest() for upload in images] if images
-                   else [hashlib.sha256(json.dumps(row).encode()).hexdigest()
-                         for row in rows_as_lists(rows or [], self.model.pre)])
-        entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name, digests)
+        if images:
+            digests = [hashlib.sha256(upload.data).hexdigest() for upload in images]
+        else:
+            listed = rows_as_lists(rows or [], self.model.pre)
+            digests = [hashlib.sha256(json.dumps(row).encode()).hexdigest() for row in listed]
+            kept = [keep_row(row, self.model.pre) for row in listed] if kind else []
+        entries = await _in_thread(self.model.gallery.enroll, out["embedding"], name, digests,
+                                   (kind, kept) if kind else None)
         return EnrollResponse(**self.served, identity=name, added=len(x), entries=entries,
                               gallery_size=len(self.model.gallery))
 
@@ -277,11 +287,11 @@ class ZooService:
         face = None
         if self.model.faces is not None:  # the largest face's chip, as the model saw it
             found = await self.inputs.read_faces(
-                [image], None, FaceRequest.of(SETTINGS, largest=True), keep=True)
+                [image], None, FaceRequest.of(SETTINGS, largest=True), keep=keep_photo)
             x_uint8, face, photo = found.x, found.faces[0][0], found.pictures[0]
             picture = chip_picture(x_uint8[0])
         else:
-            x_uint8, pictures = await self.inputs.read([image], None, keep=True)
+            x_uint8, pictures = await self.inputs.read([image], None, keep=keep_picture)
             picture = pictures[0]
         x = torch.from_numpy(self.model.model_input(x_uint8))
         class_index = None

@@ -7,6 +7,7 @@ default and meaning in one place.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
@@ -26,6 +27,10 @@ def _state_home() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "model-zoo"
 
 
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
+
+
 def _cache_home() -> Path:
     """Where models fetched from MLflow are kept between starts (can be deleted any time)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "model-zoo"
@@ -36,11 +41,19 @@ class ServeSettings:
     """Everything the server can be told; each field is ``ZOO_<FIELD>`` in the environment."""
 
     model_uri: str = DEFAULT_MODEL_URI  # registry URI of an exported model
-    gallery_dir: str = ""  # enrolled identities; default <state>/galleries/<model>-v<version>-<run>
+    # enrolled identities: the galleries of every version of a registered model, and what
+    # enrollments keep for its next versions; default <state>/galleries/<registered name>
+    gallery_dir: str = ""
     # where the gallery's table lives: empty for SQLite in gallery_dir, or postgresql://...
     # for one gallery shared by several servers (serving/gallery_db.py)
     gallery_uri: str = field(default="", repr=False)  # may hold a password
-    gallery_index: str = "auto"  # auto, flat, ivf or hnsw (serving/gallery_index.py)
+    gallery_index: str = "auto"  # auto, flat, ivf or hnsw (serving/gallery/index.py)
+    # what an enrollment keeps for the model's next versions (a face's chip, a bounded image,
+    # the row), sealed with AES-GCM (serving/gallery/kept.py); false: embeddings only
+    keep_enrolled: bool = True
+    # the key that seals it: 32 bytes in base64; empty: gallery.key beside the gallery, made
+    # 0600 on first start (back it up)
+    gallery_key: str = field(default="", repr=False)
     cache_dir: str = ""  # models fetched from MLflow; default ~/.cache/model-zoo/bundles
     max_images: int = 256  # images (or rows) per request
     max_faces: int = 32  # faces answered per photo (a face model); requests may ask fewer
@@ -115,7 +128,7 @@ class ServeSettings:
                              + (f"Pillow cannot open {', '.join(unknown)}" if unknown else
                                 "name at least one format") + " (e.g. PNG,JPEG,WEBP)")
         from serving.gallery.index import choose_kind
-        from serving.gallery.table import check_uri
+        from serving.gallery.database import check_uri
 
         choose_kind(self.gallery_index, 0)
         check_uri(self.gallery_uri)
@@ -172,9 +185,17 @@ class ServeSettings:
 
         return auto_workers(self.device)
 
-    def gallery_path(self, model_key: str) -> Path:
+    def gallery_path(self, family: str) -> Path:
+        """The folder of a registered model's galleries (``ZOO_GALLERY_DIR``, or one per
+        registered model in the state folder)."""
         return (Path(self.gallery_dir) if self.gallery_dir
-                else _state_home() / "galleries" / model_key)
+                else _state_home() / "galleries" / _file_name(family))
+
+    def legacy_gallery_path(self, version_key: str) -> Path | None:
+        """Where a model-zoo before the gallery kept its people kept one version's gallery
+        (``<state>/galleries/<model>-v<version>-<run>``), if it is there."""
+        path = _state_home() / "galleries" / _file_name(version_key)
+        return path if not self.gallery_dir and path.is_dir() else None
 
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else _cache_home() / "bundles"

@@ -856,7 +856,9 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
                                                      monkeypatch, capsys, request) -> None:
     """mlruns/ deleted and the model trained again: zoo-digits v1 is registered anew, and its
     predictions and server must use its own gallery, never the earlier model's (which once
-    answered 'unknown' for 20 of 20 digits). Identities move over by enrolling files again."""
+    answered 'unknown' for 20 of 20 digits). The people enrolled with the earlier model are
+    carried to it by serving.migrate from what their enrollments kept, and the gate judges
+    it on them."""
     import socket
 
     import httpx
@@ -893,6 +895,36 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
 
     code, _, err = predict(store)
     assert code == 0, err[-2000:]
+    # people enrolled with the first model: five with a photo sent twice (so that both
+    # models find each one's other entry first, and the gate's verdict is certain), and Ada;
+    # photos like no digit, so no training-split entry comes near them
+    def photo(seed: int) -> bytes:
+        """A smooth colour picture like no digit (a photo compresses as this does)."""
+        cells = np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)
+        return png(np.asarray(Image.fromarray(cells).resize((30, 30), Image.BICUBIC)))
+
+    people = tmp_path / "people"
+    for person in range(5):
+        (people / f"p{person}").mkdir(parents=True)
+        for copy in ("a", "b"):
+            (people / f"p{person}" / f"{copy}.png").write_bytes(photo(50 + person))
+    stranger = photo(5)
+    (people / "Ada").mkdir()
+    (people / "Ada" / "1.png").write_bytes(stranger)
+    from serving.enroll import main as enroll_main
+
+    # what the folder must not lead to: links out of it, and a file larger than an image may be
+    (tmp_path / "elsewhere" / "Mallory").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "Mallory" / "1.png").write_bytes(stranger)
+    (people / "Mallory").symlink_to(tmp_path / "elsewhere" / "Mallory")
+    (people / "Ada" / "2.png").symlink_to(tmp_path / "elsewhere" / "Mallory" / "1.png")
+    with open(people / "Ada" / "3.png", "wb") as big:
+        big.truncate(11 * 2**20)  # sparse: checked by size, never read
+    use(store)
+    assert enroll_main(["--images", str(people), "--model-uri", IMAGE_URI]) == 0
+    said = capsys.readouterr().out
+    assert "enrolled 11 images of 6 identities" in said and "(2 images refused)" in said
+
     again = make_store(tmp_path / "again", [TrainConfig.of(
         model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
         embedding_dim=32, experiment="zoo-digits", plots=False, seed=1)])
@@ -900,43 +932,31 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
     assert code == 0, err[-2000:]
     similarity = np.median([float(r["similarity"]) for r in rows])
     assert similarity > 0.5 and sum(r["known"] == "True" for r in rows) >= 10, rows[:3]
-    galleries = sorted((state / "model-zoo" / "galleries").iterdir())
-    assert len(galleries) == 2 and all(g.name.startswith("zoo-digits-v1-") for g in galleries)
-
-    def owner_of(folder: Path) -> dict:
-        """The model a gallery's database records as the owner of its embeddings."""
-        with sqlite3.connect(folder / "gallery.db") as db:
-            (contract,), = db.execute("SELECT contract FROM zoo_galleries").fetchall()
-        return json.loads(contract)
-
+    # one folder for every version of zoo-digits: both galleries, and the key that seals
+    # what enrollments keep
+    (folder,) = (state / "model-zoo" / "galleries").iterdir()
+    assert folder.name == "zoo-digits" and (folder / "gallery.key").stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(folder / "gallery.db") as db:
+        contracts = [json.loads(c) for (c,) in db.execute("SELECT contract FROM zoo_galleries")]
     new_run = mlflow.MlflowClient(again["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
         "zoo-digits", "champion").run_id
-    first = next(g for g in galleries if owner_of(g)["run_id"] != new_run)
-    owner = owner_of(first)
-    assert set(owner) == {"name", "version", "run_id", "weights_sha256", "dim",
-                          "preprocessing_sha256"}
+    assert len(contracts) == 2 and {c["version"] for c in contracts} == {"1"}
+    assert new_run in {c["run_id"] for c in contracts}
+    assert set(contracts[0]) == {"name", "version", "run_id", "weights_sha256", "dim",
+                                 "preprocessing_sha256"}
 
-    # the earlier model's gallery, named explicitly, is refused with a line naming its model
-    code, _, err = predict(again, ZOO_GALLERY_DIR=str(first))
-    assert code == 1 and f"belongs to zoo-digits v1 (run {owner['run_id'][:12]}" in err
+    # the people carried to the new model from what their enrollments kept, then gated
+    from serving.migrate import main as migrate_main
 
-    # carried over explicitly: the files enrolled again, into the new model's gallery
-    stranger = png(np.random.default_rng(5).integers(0, 255, (30, 30, 3), dtype=np.uint8))
-    (tmp_path / "people" / "Ada").mkdir(parents=True)
-    (tmp_path / "people" / "Ada" / "1.png").write_bytes(stranger)
-    from serving.enroll import main as enroll_main
-
-    # what the folder must not lead to: links out of it, and a file larger than an image may be
-    (tmp_path / "elsewhere" / "Mallory").mkdir(parents=True)
-    (tmp_path / "elsewhere" / "Mallory" / "1.png").write_bytes(stranger)
-    (tmp_path / "people" / "Mallory").symlink_to(tmp_path / "elsewhere" / "Mallory")
-    (tmp_path / "people" / "Ada" / "2.png").symlink_to(tmp_path / "elsewhere" / "Mallory" / "1.png")
-    with open(tmp_path / "people" / "Ada" / "3.png", "wb") as big:
-        big.truncate(11 * 2**20)  # sparse: checked by size, never read
     use(again)
-    assert enroll_main(["--images", str(tmp_path / "people"), "--model-uri", IMAGE_URI]) == 0
+    assert migrate_main(["--to", IMAGE_URI]) == 0, capsys.readouterr().err[-2000:]
     said = capsys.readouterr().out
-    assert "enrolled 1 images of 1 identities" in said and "(2 images refused)" in said
+    assert "11 kept entries embedded now, 11 of 11 done" in said and "gate against" in said
+    tags = mlflow.MlflowClient(again["MLFLOW_TRACKING_URI"]).get_model_version(
+        "zoo-digits", "1").tags
+    assert tags["zoo.gate.passed"] == "true" and json.loads(tags["zoo.gate.figures"])["new"]
+    assert migrate_main(["--to", IMAGE_URI]) == 0  # again: nothing left to do
+    assert "0 kept entries embedded now, 11 of 11 done" in capsys.readouterr().out
 
     server_env = {"MLFLOW_TRACKING_URI": again["MLFLOW_TRACKING_URI"], "ZOO_MODEL_URI": IMAGE_URI,
                   "ZOO_CACHE_DIR": again["ZOO_CACHE_DIR"], "XDG_STATE_HOME": str(state),
@@ -945,8 +965,13 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
                 host=None) as server:  # the service's own default address
         answer = httpx.post(f"{server.url}/identify", files=files([stranger] + digit_pngs[:20]),
                             timeout=60).json()["results"]
-        assert answer[0]["identity"] == "Ada" and answer[0]["similarity"] > 0.999
+        assert answer[0]["identity"] == "Ada" and answer[0]["similarity"] > 0.99
         assert sum(a["known"] for a in answer[1:]) >= 10
+        for person in range(5):  # each carried person found by one of their own photos
+            photo = next((people / f"p{person}").iterdir()).read_bytes()
+            found = httpx.post(f"{server.url}/identify", files=files([photo]),
+                               timeout=60).json()["results"][0]
+            assert found["identity"] == f"p{person}" and found["similarity"] > 0.99, found
         outside = [a.address for addresses in psutil.net_if_addrs().values()
                    for a in addresses if a.family == socket.AF_INET
                    and not a.address.startswith("127.")]

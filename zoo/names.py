@@ -66,6 +66,11 @@ EXPORT_MODEL_URI_TAG = "zoo.export.model_uri"
 ONNX_MODEL_URI_TAG = "zoo.onnx_model_uri"
 RUNTIME_TAG = "zoo.runtime"  # on the version (and run): the runtime the export timed faster
 TIMING_TAG = "zoo.runtime.timing"  # the figures it was chosen by (JSON)
+#: the gallery gate's verdict on the version (serving/gallery/gate.py): passed, or why not,
+#: and the figures (JSON) both versions reached on the enrolled people
+GATE_PASSED_TAG = "zoo.gate.passed"
+GATE_REASON_TAG = "zoo.gate.reason"
+GATE_FIGURES_TAG = "zoo.gate.figures"
 
 # --- artifacts -----------------------------------------------------------------------------
 EXPORT_DIR = "export"  # model.onnx, model.torchscript.pt, model.pt2, parity.json

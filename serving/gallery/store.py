@@ -1,13 +1,16 @@
 """The served gallery: a database table (``serving.gallery.table``) and this worker's index of it.
 
 The exported gallery inside a model (or a Bento) is never written; it seeds the model's
-gallery in the database once, and enrollments are rows added there. A gallery belongs to one
-model: it is keyed by the model's name, version and run (a store made afresh numbers its
+gallery in the database once, and enrollments are rows added there, with what each keeps
+for the model's later versions (``serving/gallery/kept.py``). A gallery belongs to one model
+version: it is keyed by the model's name, version and run (a store made afresh numbers its
 versions from 1 again), and it records the model's embedding contract (name, version, run,
-weights digest, width, preprocessing digest). Opened by any other model it is refused with a
-line that names its model: embeddings of two models are not comparable, even at the same
-width. A SQLite file (the default, in the gallery's state folder) holds one model's gallery;
-a PostgreSQL database (``ZOO_GALLERY_URI``) holds the galleries of many, each under its key.
+weights digest, width, preprocessing digest); embeddings of two models are not comparable,
+even at the same width. The galleries of a registered model's versions share one database
+(a SQLite file in the gallery's state folder by default, or PostgreSQL with
+``ZOO_GALLERY_URI``), and with it what was kept, from which a new version's gallery is
+filled (``serving/gallery/carry.py``). A version's gallery in the folder an older model-zoo
+gave it alone is carried into the shared database the first time that version opens it.
 
 Each worker builds its faiss index from the table once, at start, then applies what other
 workers (and servers) commit, by row id and a change counter, before every search: an
@@ -26,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from serving.gallery.database import DB_FILE, database_uri, open_engine
 from serving.gallery.index import GalleryIndex, Match, choose_kind
-from serving.gallery.table import GalleryTable, Header, Rows, database_uri, open_engine
+from serving.gallery.kept import Sealer
+from serving.gallery.table import GalleryTable, Header, Kept, Rows
 from zoo.gallery import META_FILE, Gallery, normalised
 
 if TYPE_CHECKING:
@@ -86,13 +91,17 @@ class GalleryStore:
     """One model's gallery: the table is the truth, the index this worker's cache of it."""
 
     def __init__(self, folder: Path, seed: Path | None, contract: EmbeddingContract,
-                 uri: str = "", index: str = "auto") -> None:
-        self.folder, self.contract = Path(folder), contract
+                 uri: str = "", index: str = "auto", sealer: Sealer | None = None,
+                 legacy: Path | None = None) -> None:
+        self.folder, self.contract, self.sealer = Path(folder), contract, sealer
         choose_kind(index, 0)  # a bad ZOO_GALLERY_INDEX fails before any database is made
-        self.table = GalleryTable(open_engine(database_uri(uri, self.folder)), contract.key)
-        self.single = not uri  # a SQLite file of its own: one model's gallery only
+        self.table = GalleryTable(open_engine(database_uri(uri, self.folder)), contract.key,
+                                  contract.name)
+        self.single = not uri  # a SQLite file in the gallery's folder
         self._lock = threading.Lock()
-        self.header = self.table.header() or self._create(seed)
+        if sealer is not None:
+            self.table.check_key(sealer.check)
+        self.header = self.table.header() or self._create(seed, legacy)
         self._check_owner(self.header.contract, self.header.dim)
         self.index = GalleryIndex(contract.dim, index)
         self._counter = self._last_removal = -1
@@ -101,23 +110,29 @@ class GalleryStore:
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _create(self, seed: Path | None) -> Header:
-        """Make the gallery row, seeded with the model's exported gallery (or, when this
-        folder still holds a gallery in the files of an older model-zoo, with that one)."""
-        if self.single:
-            others = self.table.others()
-            if others:
-                self._check_owner(others[0].contract, others[0].dim)
-        legacy = self.folder / META_FILE
-        source = self.folder if self.single and legacy.is_file() else seed
+    def _create(self, seed: Path | None, legacy: Path | None) -> Header:
+        """Make the gallery row, seeded with the model's exported gallery; or with this
+        version's gallery where an older model-zoo kept it (its own folder, ``legacy``, or
+        files of a gallery in this folder)."""
+        if legacy is not None and (legacy / DB_FILE).is_file():
+            carried = _older_gallery(legacy / DB_FILE, self.contract)
+            if carried is not None:
+                return self._create_with(*carried, f" (carried from {legacy})")
+        files = self.folder / META_FILE
+        source = self.folder if self.single and files.is_file() else seed
         gallery = self._seed(source)
-        meta = [dict(e) for e in gallery.entries]
-        rows = Rows(np.arange(len(gallery)), gallery.labels, gallery.vectors())
-        if self.table.create(asdict(self.contract), self.contract.dim, gallery.threshold,
-                             gallery.far, rows, meta):
+        return self._create_with(
+            Rows(np.arange(len(gallery)), gallery.labels, gallery.vectors()),
+            [dict(e) for e in gallery.entries], gallery.threshold, gallery.far,
+            f" (from {files.parent}'s files)" if source == self.folder else "")
+
+    def _create_with(self, rows: Rows, meta: list[dict[str, Any]], threshold: float | None,
+                     far: float | None, origin: str) -> Header:
+        if self.table.create(asdict(self.contract), self.contract.dim, threshold, far, rows,
+                             meta):
             log.info("gallery %s created in %s with %d embeddings of %d identities%s",
-                     self.contract.key, self.table.where, len(gallery), len(gallery.identities),
-                     f" (from {legacy.parent}'s files)" if source == self.folder else "")
+                     self.contract.key, self.table.where, len(rows), len(set(rows.identities)),
+                     origin)
         header = self.table.header()
         assert header is not None  # created by us or by another process
         return header
@@ -144,13 +159,14 @@ class GalleryStore:
         if not self.contract.matches(recorded) or dim != self.contract.dim:
             raise ValueError(f"gallery {self.where} belongs to {_describe(recorded)}, not to "
                              f"{self.contract.describe()}: embeddings of two models do not "
-                             "compare. Point ZOO_GALLERY_DIR elsewhere (or unset it), and carry "
-                             "identities over by enrolling their images again: "
-                             "python -m serving.enroll --images DIR")
+                             "compare. Point ZOO_GALLERY_DIR elsewhere (or unset it): each "
+                             "version gets a gallery of its own, which python -m serving.migrate "
+                             "fills with the people enrolled before")
 
     @property
     def where(self) -> str:
-        return str(self.folder) if self.single else f"{self.contract.key} in {self.table.where}"
+        return (f"{self.contract.key} in {self.folder}" if self.single
+                else f"{self.contract.key} in {self.table.where}")
 
     def _build(self) -> None:
         """Index the whole table (at start, or when an HNSW index has too many tombstones)."""
@@ -201,15 +217,23 @@ class GalleryStore:
             self._catch_up()
             return self.index.search(embeddings, k)
 
-    def enroll(self, embeddings: np.ndarray, name: str,
-               digests: list[str] | None = None) -> int:
-        """Add ``embeddings`` under ``name`` (``digests``: each source's sha256) in one
-        transaction; returns that identity's entry count."""
+    def enroll(self, embeddings: np.ndarray, name: str, digests: list[str] | None = None,
+               kept: tuple[str, list[bytes]] | None = None) -> int:
+        """Add ``embeddings`` under ``name`` (``digests``: each source's sha256), and what
+        each keeps for later versions (``kept``: its kind and one payload per entry, sealed
+        here; dropped where keeping is off), in one transaction; returns that identity's
+        entry count."""
         vectors = normalised(embeddings, self.contract.dim)
         name = str(name).strip()
         if not name:
             raise ValueError("identity names must not be empty")
-        count = self.table.enroll(name, vectors, list(digests or [None] * len(vectors)))
+        sealed = None
+        if kept is not None and self.sealer is not None:
+            kind, payloads = kept
+            sealed = [Kept(kind, self.sealer.seal(self.contract.name, name, kind, data))
+                      for data in payloads]
+        count = self.table.enroll(name, vectors, list(digests or [None] * len(vectors)),
+                                  sealed)
         self.refresh()
         return count
 
@@ -246,13 +270,29 @@ class GalleryStore:
         return self.table.enrollments(name)
 
     def describe(self) -> dict[str, Any]:
-        """``/model``'s gallery: its size, threshold and index."""
+        """``/model``'s gallery: its size, threshold and index, and how many entries of the
+        family keep data for later versions (never what they keep)."""
         self.refresh()
         return {"entries": len(self.index), "identities": self.index.identities,
                 "threshold": self.threshold, "far": self.far,
                 "database": self.table.engine.dialect.name,
-                "index": self.index.info.to_dict()}
+                "index": self.index.info.to_dict(),
+                "kept": {"keeping": self.sealer is not None,
+                         "entries": self.table.kept_count()}}
 
     def close(self) -> None:
         self.table.dispose()
 
+
+
+def _older_gallery(path: Path, contract: EmbeddingContract
+                   ) -> tuple[Rows, list[dict[str, Any]], float | None, float | None] | None:
+    """This version's gallery in a database an older model-zoo kept for it alone: its rows,
+    their enrollment times and digests, its threshold; None when it holds another's."""
+    from serving.gallery.table import read_gallery
+
+    engine = open_engine(f"sqlite:///{path}")
+    try:
+        return read_gallery(engine, contract.key)
+    finally:
+        engine.dispose()

@@ -1,84 +1,37 @@
-"""The gallery's source of truth: one table row per enrolled embedding, in SQLite or PostgreSQL.
-
-    ZOO_GALLERY_URI=                       # SQLite (WAL) in the gallery's state folder
-    ZOO_GALLERY_URI=postgresql://u:p@h/db  # one gallery shared by servers on several machines
-
-Three tables, prefixed ``zoo_gallery`` so they sit beside a tracking server's own in the same
-PostgreSQL database:
-
-- ``zoo_galleries``: one row per model version (its key), with the model's embedding contract,
-  the verification threshold and a change counter that every write raises;
-- ``zoo_gallery_entries``: one row per entry (identity, the L2-normalised float32 vector,
-  enrolled_at, the source's sha256, the model key), whose id only grows (ids are never
-  reused, so ``id > last seen`` is every entry a reader lacks);
-- ``zoo_gallery_removals``: one row per removed identity (the name and the largest entry id
-  removed), so a reader removes what it holds without re-reading the gallery.
+"""One model version's gallery in the database (``serving/gallery/database.py``): its entries
+added, removed and read in the order readers need.
 
 Every write is one transaction that first locks its gallery's row (``BEGIN IMMEDIATE`` in
 SQLite, ``SELECT ... FOR UPDATE`` in PostgreSQL): writers of one gallery go one at a time, so
 ids are committed in order and a reader's watermark never skips one. A process killed in the
 middle of an enrollment leaves the database as it was before that transaction.
+
+An enrollment writes what it keeps for later versions (``KEPT``) and its entries in one
+transaction. Removing an identity removes it from every gallery of the family and deletes
+what was kept of it, in one transaction that locks the family's galleries in key order (as
+every writer does), so an enrollment or a migration running meanwhile either comes before it
+whole or finds the identity gone.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from serving.gallery.database import (ENTRIES, GALLERIES, KEPT, KEYS, REMOVALS, UNCARRIED,
+                                      upgrade)
 from serving.gallery.names import search_key
 from zoo.gallery import normalised
 
 log = logging.getLogger(__name__)
-
-DB_FILE = "gallery.db"
-_KEY = sa.String(255)
-_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: the rowid itself
-
-METADATA = sa.MetaData()
-GALLERIES = sa.Table(
-    "zoo_galleries", METADATA,
-    sa.Column("key", _KEY, primary_key=True),
-    sa.Column("contract", sa.Text, nullable=False),  # JSON: serving.gallery_store.EmbeddingContract
-    sa.Column("dim", sa.Integer, nullable=False),
-    sa.Column("threshold", sa.Float),
-    sa.Column("far", sa.Float),
-    sa.Column("changes", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
-ENTRIES = sa.Table(
-    "zoo_gallery_entries", METADATA,
-    sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("model_key", _KEY, sa.ForeignKey("zoo_galleries.key"), nullable=False),
-    sa.Column("identity", sa.Text, nullable=False),
-    sa.Column("vector", sa.LargeBinary, nullable=False),
-    sa.Column("enrolled_at", sa.String(32)),
-    sa.Column("sha256", sa.String(64)),
-    # the identity as /identities?search= compares it (serving.gallery.names.search_key);
-    # added to older tables when they are opened (GalleryTable._upgrade)
-    sa.Column("search_key", sa.Text),
-    sa.Index("zoo_gallery_entries_identity", "model_key", "identity"),
-    sa.Index("zoo_gallery_entries_id", "model_key", "id"),
-    sqlite_autoincrement=True,  # never reuse the id of a removed last row
-)
-REMOVALS = sa.Table(
-    "zoo_gallery_removals", METADATA,
-    sa.Column("seq", _ID, primary_key=True, autoincrement=True),
-    sa.Column("model_key", _KEY, sa.ForeignKey("zoo_galleries.key"), nullable=False),
-    sa.Column("identity", sa.Text, nullable=False),
-    sa.Column("up_to_id", sa.BigInteger, nullable=False),
-    sa.Index("zoo_gallery_removals_seq", "model_key", "seq"),
-    sqlite_autoincrement=True,
-)
 
 
 @dataclass(frozen=True)
@@ -104,6 +57,15 @@ class Changes:
 
 
 @dataclass(frozen=True)
+class Kept:
+    """What one enrollment keeps for later versions: ``kind`` (chip, image or row) and its
+    sealed payload (``serving/gallery/kept.py``)."""
+
+    kind: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class Header:
     """A gallery's own row."""
 
@@ -111,91 +73,6 @@ class Header:
     dim: int
     threshold: float | None
     far: float | None
-
-
-def database_uri(uri: str, folder: Path) -> str:
-    """``ZOO_GALLERY_URI`` as SQLAlchemy takes it; empty: SQLite in ``folder``."""
-    check_uri(uri)
-    if not uri:
-        private_database(folder / DB_FILE)
-        return f"sqlite:///{folder / DB_FILE}"
-    return uri
-
-
-def private_database(path: Path) -> None:
-    """The gallery's folder (0700) and SQLite file (0600) readable by the server's user only:
-    they hold names and face embeddings. SQLite gives its WAL and shared-memory files the
-    database file's permissions. A gallery made before is tightened where this user owns it."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    for item, mode in ((path.parent, 0o700), *((f, 0o600) for f in _sqlite_files(path))):
-        try:
-            stat = item.stat()
-            if stat.st_uid == os.getuid() and stat.st_mode & 0o777 != mode:
-                item.chmod(mode)
-        except OSError as exc:  # a file owned by another user stays as its owner made it
-            log.warning("could not make %s private: %s", item, exc)
-
-
-def _sqlite_files(path: Path) -> list[Path]:
-    """The database file and its WAL and shared-memory files, those that exist."""
-    files = (path, *(path.with_name(f"{path.name}-{end}") for end in ("wal", "shm")))
-    return [f for f in files if f.exists()]
-
-
-def check_uri(uri: str) -> None:
-    """Refuse a ``ZOO_GALLERY_URI`` of another kind, naming what is taken (never the password)."""
-    if uri and not uri.startswith(("postgresql://", "postgresql+psycopg://", "sqlite:///")):
-        raise ValueError(f"ZOO_GALLERY_URI={uri.split('@')[-1]!r}: use postgresql://user:"
-                         "password@host/database, sqlite:///path/to/gallery.db, or leave it "
-                         "empty for SQLite in the gallery's state folder")
-
-
-def open_engine(uri: str) -> Engine:
-    """An engine whose SQLite connections run in WAL mode and take the write lock up front."""
-    if not uri.startswith("sqlite"):
-        return sa.create_engine(uri, pool_pre_ping=True)
-    engine = sa.create_engine(uri, connect_args={"timeout": 60, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi: Any, _record: Any) -> None:
-        dbapi.isolation_level = None  # transactions begin as _begin says, not as pysqlite does
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=60000",
-                       "foreign_keys=ON"):
-            dbapi.execute(f"PRAGMA {pragma}")
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
-def _upgrade(engine: Engine) -> None:
-    """Bring a table written by an older model-zoo up to this one: the ``search_key`` column
-    added, and filled for every entry that lacks it (idempotent; servers opening one
-    database at once may both try)."""
-    columns = {c["name"] for c in sa.inspect(engine).get_columns(ENTRIES.name)}
-    if "search_key" not in columns:
-        exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
-        try:
-            with engine.connect().execution_options(write=True) as conn, conn.begin():
-                conn.exec_driver_sql(f"ALTER TABLE {ENTRIES.name} ADD COLUMN{exists} "
-                                     "search_key TEXT")
-        except sa.exc.OperationalError as exc:  # SQLite: another process added it first
-            if "duplicate column" not in str(exc):
-                raise
-    with engine.connect() as conn:
-        names = conn.execute(sa.select(ENTRIES.c.identity).distinct()
-                             .where(ENTRIES.c.search_key.is_(None))).scalars().all()
-    if names:
-        with engine.connect().execution_options(write=True) as conn, conn.begin():
-            conn.execute(ENTRIES.update().where(ENTRIES.c.identity == sa.bindparam("name"),
-                                                ENTRIES.c.search_key.is_(None))
-                         .values(search_key=sa.bindparam("key")),
-                         [{"name": n, "key": search_key(n)} for n in names])
-        log.info("gallery database: search keys filled for %d identities", len(names))
 
 
 def _header(row: Any) -> Header:
@@ -219,13 +96,12 @@ def _blob(vectors: np.ndarray) -> list[bytes]:
 
 
 class GalleryTable:
-    """One model's gallery in a database (see the module docstring)."""
+    """One model version's gallery in a database, of the registered model ``family``."""
 
-    def __init__(self, engine: Engine, key: str) -> None:
-        self.engine, self.key = engine, key
+    def __init__(self, engine: Engine, key: str, family: str) -> None:
+        self.engine, self.key, self.family = engine, key, family
         self._dim: int | None = None
-        METADATA.create_all(engine)
-        _upgrade(engine)
+        upgrade(engine)
 
     @property
     def where(self) -> str:
@@ -246,11 +122,25 @@ class GalleryTable:
             row = conn.execute(sa.select(GALLERIES).where(GALLERIES.c.key == self.key)).first()
         return None if row is None else _header(row)
 
-    def others(self) -> list[Header]:
-        """The galleries of other models in this database."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(GALLERIES).where(GALLERIES.c.key != self.key)).all()
-        return [_header(r) for r in rows]
+    def check_key(self, check: str) -> None:
+        """Record which key seals the family's kept data (its digest), or refuse another."""
+        with self._write() as conn, conn.begin():
+            known = conn.execute(sa.select(KEYS.c.key_check)
+                                 .where(KEYS.c.family == self.family)).scalar()
+            if known is None:
+                try:
+                    conn.execute(KEYS.insert().values(family=self.family, key_check=check))
+                except sa.exc.IntegrityError:  # PostgreSQL: another server recorded one first
+                    known = None
+                else:
+                    return
+        if known is None:
+            return self.check_key(check)
+        if not hmac.compare_digest(known, check):
+            raise ValueError(f"what the galleries of {self.family} in {self.where} keep was sealed "
+                             "with another key: start with that key (ZOO_GALLERY_KEY, or the "
+                             "gallery.key file the first server made), which every server of "
+                             "this database must share")
 
     def create(self, contract: dict[str, Any], dim: int, threshold: float | None,
                far: float | None, seed: Rows | None, seed_meta: list[dict[str, Any]]) -> bool:
@@ -262,8 +152,8 @@ class GalleryTable:
                 return False
             try:
                 conn.execute(GALLERIES.insert().values(
-                    key=self.key, contract=json.dumps(contract), dim=dim, threshold=threshold,
-                    far=far, changes=0, created_at=_now()))
+                    key=self.key, contract=json.dumps(contract), family=self.family, dim=dim,
+                    threshold=threshold, far=far, changes=0, created_at=_now()))
             except sa.exc.IntegrityError:  # PostgreSQL: another server created it meanwhile
                 return False
             if seed is not None and len(seed):
@@ -272,23 +162,34 @@ class GalleryTable:
 
     def _insert(self, conn: Connection, identities: list[str], vectors: np.ndarray,
                 meta: list[dict[str, Any]]) -> None:
+        """Entries, ``meta`` giving each its ``enrolled_at``, ``sha256`` and ``kept_id``."""
         for start in range(0, len(identities), 10_000):
             end = start + 10_000
             conn.execute(ENTRIES.insert(), [
                 {"model_key": self.key, "identity": name, "vector": blob,
                  "enrolled_at": m.get("enrolled_at"), "sha256": m.get("sha256"),
-                 "search_key": search_key(name)}
+                 "kept_id": m.get("kept_id"), "search_key": search_key(name)}
                 for name, blob, m in zip(identities[start:end], _blob(vectors[start:end]),
                                          meta[start:end])])
 
-    def enroll(self, identity: str, vectors: np.ndarray, digests: list[str | None]) -> int:
-        """Insert the entries of one identity in one transaction; returns its entry count."""
+    def enroll(self, identity: str, vectors: np.ndarray, digests: list[str | None],
+               kept: Sequence[Kept] | None = None) -> int:
+        """Insert the entries of one identity, and what each keeps for later versions
+        (``kept``, one per entry, or none), in one transaction; returns its entry count."""
         when = _now()
         with self._write() as conn, conn.begin():
             if self._lock(conn) is None:
                 raise LookupError(f"gallery {self.key} is not in {self.where}")
+            kept_ids: list[int | None] = [None] * len(vectors)
+            if kept:
+                kept_ids = list(conn.execute(
+                    KEPT.insert().returning(KEPT.c.id, sort_by_parameter_order=True),
+                    [{"family": self.family, "identity": identity, "kind": k.kind,
+                      "payload": k.payload, "enrolled_at": when, "sha256": d}
+                     for k, d in zip(kept, digests)]).scalars())
             self._insert(conn, [identity] * len(vectors), vectors,
-                         [{"enrolled_at": when, "sha256": d} for d in digests])
+                         [{"enrolled_at": when, "sha256": d, "kept_id": k}
+                          for d, k in zip(digests, kept_ids)])
             self._bump(conn)
             return conn.execute(sa.select(sa.func.count()).select_from(ENTRIES).where(
                 ENTRIES.c.model_key == self.key, ENTRIES.c.identity == identity)).scalar_one()
@@ -302,19 +203,44 @@ class GalleryTable:
             self._bump(conn)
 
     def remove(self, identity: str) -> int:
-        """Delete every entry of ``identity`` and record the removal; returns how many."""
+        """Delete ``identity`` from every gallery of the family, and what was kept of it,
+        recording each gallery's removal for its readers; returns how many entries this
+        gallery held (0: none)."""
         with self._write() as conn, conn.begin():
-            self._lock(conn)
-            mine = sa.and_(ENTRIES.c.model_key == self.key, ENTRIES.c.identity == identity)
-            count, up_to = conn.execute(sa.select(sa.func.count(), sa.func.max(ENTRIES.c.id))
-                                        .where(mine)).one()
-            if not count:
-                return 0
-            conn.execute(ENTRIES.delete().where(mine))
-            conn.execute(REMOVALS.insert().values(model_key=self.key, identity=identity,
-                                                  up_to_id=up_to))
-            self._bump(conn)
-            return int(count)
+            keys = conn.execute(sa.select(GALLERIES.c.key).where(sa.or_(
+                GALLERIES.c.family == self.family, GALLERIES.c.key == self.key))
+                .order_by(GALLERIES.c.key).with_for_update()).scalars().all()
+            here = 0
+            for key in keys:
+                mine = sa.and_(ENTRIES.c.model_key == key, ENTRIES.c.identity == identity)
+                count, up_to = conn.execute(sa.select(sa.func.count(), sa.func.max(ENTRIES.c.id))
+                                            .where(mine)).one()
+                if not count:
+                    continue
+                conn.execute(ENTRIES.delete().where(mine))
+                conn.execute(REMOVALS.insert().values(model_key=key, identity=identity,
+                                                      up_to_id=up_to))
+                conn.execute(GALLERIES.update().where(GALLERIES.c.key == key)
+                             .values(changes=GALLERIES.c.changes + 1))
+                here = int(count) if key == self.key else here
+            conn.execute(KEPT.delete().where(KEPT.c.family == self.family,
+                                             KEPT.c.identity == identity))
+        if here:
+            self._truncate_log()
+        return here
+
+    def _truncate_log(self) -> None:
+        """SQLite: copy the WAL into the database and empty it, so a deleted person's bytes
+        (overwritten in the file by ``secure_delete``) do not linger in the log either. Best
+        effort: a reader holding an old snapshot keeps the log until it lets go."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as conn:  # outside any transaction: the driver's own
+            busy = conn.connection.dbapi_connection.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy and busy[0]:
+            log.info("gallery %s: the write-ahead log is still read; it is emptied at the "
+                     "next checkpoint", self.key)
 
     def _bump(self, conn: Connection) -> None:
         conn.execute(GALLERIES.update().where(GALLERIES.c.key == self.key)
@@ -399,6 +325,12 @@ class GalleryTable:
             where.append(ENTRIES.c.search_key.contains(search_key(search), autoescape=True))
         return where
 
+    def kept_count(self) -> int:
+        """Entries of the family that keep data for later versions."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(KEPT)
+                                    .where(KEPT.c.family == self.family)).scalar_one())
+
     def enrollments(self, identity: str) -> list[dict[str, Any]]:
         """When each entry of ``identity`` was enrolled, and from what (sha256), in order."""
         with self.engine.connect() as conn:
@@ -410,3 +342,134 @@ class GalleryTable:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def read_gallery(engine: Engine, key: str
+                 ) -> tuple[Rows, list[dict[str, Any]], float | None, float | None] | None:
+    """Gallery ``key`` of a database as it stands (an older model-zoo's too): its entries,
+    their enrollment times and digests, its threshold and FAR; None when it has no such
+    gallery."""
+    with engine.connect() as conn:
+        head = conn.execute(sa.select(GALLERIES.c.dim, GALLERIES.c.threshold, GALLERIES.c.far)
+                            .where(GALLERIES.c.key == key)).first()
+        if head is None:
+            return None
+        rows = conn.execute(sa.select(ENTRIES.c.id, ENTRIES.c.identity, ENTRIES.c.vector,
+                                      ENTRIES.c.enrolled_at, ENTRIES.c.sha256)
+                            .where(ENTRIES.c.model_key == key).order_by(ENTRIES.c.id)).all()
+    meta = [{"enrolled_at": r[3], "sha256": r[4]} for r in rows]
+    return _as_rows(rows, head.dim), meta, head.threshold, head.far
+
+
+@dataclass(frozen=True)
+class KeptRow:
+    """One entry's kept data, as stored (sealed)."""
+
+    id: int
+    identity: str
+    kind: str
+    payload: bytes
+    enrolled_at: str | None
+    sha256: str | None
+
+
+class CarryTable:
+    """What carrying a family's people into a version's gallery reads and writes
+    (``serving/gallery/carry.py``), on that version's ``GalleryTable``."""
+
+    def __init__(self, table: GalleryTable) -> None:
+        self.table = table
+
+    def pending(self, after_id: int, limit: int) -> list[KeptRow]:
+        """Kept entries of the family above ``after_id`` that this gallery has neither
+        embedded nor listed as uncarried, by id."""
+        t = self.table
+        embedded = sa.select(ENTRIES.c.id).where(ENTRIES.c.model_key == t.key,
+                                                 ENTRIES.c.kept_id == KEPT.c.id)
+        listed = sa.select(UNCARRIED.c.kept_id).where(UNCARRIED.c.model_key == t.key,
+                                                      UNCARRIED.c.kept_id == KEPT.c.id)
+        with t.engine.connect() as conn:
+            rows = conn.execute(sa.select(KEPT.c.id, KEPT.c.identity, KEPT.c.kind,
+                                          KEPT.c.payload, KEPT.c.enrolled_at, KEPT.c.sha256)
+                                .where(KEPT.c.family == t.family, KEPT.c.id > after_id,
+                                       ~sa.exists(embedded), ~sa.exists(listed))
+                                .order_by(KEPT.c.id).limit(limit)).all()
+        return [KeptRow(*r) for r in rows]
+
+    def count(self) -> tuple[int, int]:
+        """(kept entries of the family, those this gallery has embedded or listed)."""
+        t = self.table
+        total = t.kept_count()
+        with t.engine.connect() as conn:
+            done = conn.execute(sa.select(sa.func.count()).select_from(ENTRIES).where(
+                ENTRIES.c.model_key == t.key, ENTRIES.c.kept_id.is_not(None))).scalar_one()
+            listed = conn.execute(sa.select(sa.func.count()).select_from(UNCARRIED)
+                                  .where(UNCARRIED.c.model_key == t.key)).scalar_one()
+        return int(total), int(done) + int(listed)
+
+    def add(self, rows: Sequence[KeptRow], vectors: np.ndarray,
+            refused: Sequence[tuple[KeptRow, str]]) -> int:
+        """Entries embedded from ``rows``, and the rows this version cannot embed with the
+        reason, in one transaction under the gallery's lock; only for what is still kept (a
+        person deleted meanwhile is never brought back). Returns the entries added."""
+        t = self.table
+        with t._write() as conn, conn.begin():
+            if t._lock(conn) is None:
+                raise LookupError(f"gallery {t.key} is not in {t.where}")
+            wanted = [r.id for r in rows] + [r.id for r, _ in refused]
+            alive = set(conn.execute(sa.select(KEPT.c.id).where(KEPT.c.id.in_(wanted)))
+                        .scalars()) if wanted else set()
+            keep = [i for i, r in enumerate(rows) if r.id in alive]
+            if keep:
+                t._insert(conn, [rows[i].identity for i in keep], vectors[keep],
+                          [{"enrolled_at": rows[i].enrolled_at, "sha256": rows[i].sha256,
+                            "kept_id": rows[i].id} for i in keep])
+                t._bump(conn)
+            gone = [(r, why) for r, why in refused if r.id in alive]
+            if gone:
+                conn.execute(UNCARRIED.insert(), [
+                    {"model_key": t.key, "kept_id": r.id, "identity": r.identity,
+                     "reason": why} for r, why in gone])
+            return len(keep)
+
+    def uncarried(self) -> list[tuple[str, str]]:
+        """(identity, reason) of every kept entry this gallery could not embed."""
+        t = self.table
+        with t.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(
+                sa.select(UNCARRIED.c.identity, UNCARRIED.c.reason)
+                .where(UNCARRIED.c.model_key == t.key).order_by(UNCARRIED.c.kept_id))]
+
+    def nothing_kept(self, key: str) -> list[str]:
+        """Identities enrolled into gallery ``key`` of which nothing was kept (enrolled
+        before keeping, or with it off): they cannot be carried."""
+        with self.table.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(ENTRIES.c.identity).distinct()
+                .where(ENTRIES.c.model_key == key, ENTRIES.c.kept_id.is_(None),
+                       ENTRIES.c.sha256.is_not(None))
+                .order_by(ENTRIES.c.identity)).scalars())
+
+    def kept_entries(self, key: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """The entries gallery ``key`` embedded from kept data: kept ids, identities and
+        vectors (what the gate compares across versions)."""
+        with self.table.engine.connect() as conn:
+            rows = conn.execute(sa.select(ENTRIES.c.kept_id, ENTRIES.c.identity,
+                                          ENTRIES.c.vector)
+                                .where(ENTRIES.c.model_key == key,
+                                       ENTRIES.c.kept_id.is_not(None))
+                                .order_by(ENTRIES.c.kept_id)).all()
+            dim = conn.execute(sa.select(GALLERIES.c.dim)
+                               .where(GALLERIES.c.key == key)).scalar_one()
+        found = _as_rows(rows, dim)
+        return found.ids, found.identities, found.vectors
+
+    def galleries(self) -> list[tuple[str, dict[str, Any], float | None]]:
+        """The family's galleries: key, contract and threshold."""
+        t = self.table
+        with t.engine.connect() as conn:
+            rows = conn.execute(sa.select(GALLERIES.c.key, GALLERIES.c.contract,
+                                          GALLERIES.c.threshold)
+                                .where(GALLERIES.c.family == t.family)
+                                .order_by(GALLERIES.c.created_at, GALLERIES.c.key)).all()
+        return [(k, json.loads(c), th) for k, c, th in rows]

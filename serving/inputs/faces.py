@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import anyio
 import numpy as np
@@ -55,13 +55,24 @@ class FaceRequest:
         return cls(min(wanted, cap), int(min_face_px or 0), one, largest)
 
 
+#: what a request keeps of each photo, computed while it holds its share of the pixel
+#: budget, from the decoded photo, its RGB pixels and the faces kept: the photo itself
+#: (``keep_photo``: GradCAM draws on it), or an enrollment's kept chips
+#: (``serving/gallery/kept.py``)
+FaceKeep = Callable[[Image.Image, np.ndarray, list], Any]
+
+
+def keep_photo(decoded: Image.Image, rgb: np.ndarray, faces: list) -> Image.Image:
+    return decoded
+
+
 @dataclass(frozen=True)
 class PhotoFaces:
     """Every face found in the request's photos: one model input row per face."""
 
     x: np.ndarray  # uint8 [faces, C, H, W]: the chips as the model takes them
     faces: list[list]  # per photo, its faces (zoo.faces.detect.Face), largest first
-    pictures: list[Image.Image]  # the decoded photos, when kept
+    pictures: list[Any]  # per photo, what ``keep`` made of it (when kept)
 
     def rows(self) -> list[slice]:
         """The rows of ``x`` (and of the model's outputs) of each photo."""
@@ -77,8 +88,8 @@ class PhotoFaces:
 
 
 def photo_faces(image: Image.Image, upload: Upload, index: int, pre: Preprocessing,
-                stage: FaceStage, request: FaceRequest, keep: bool, budget: int
-                ) -> tuple[list, np.ndarray, Image.Image | None]:
+                stage: FaceStage, request: FaceRequest, keep: FaceKeep | None, budget: int
+                ) -> tuple[list, np.ndarray, Any]:
     """One photo's faces and their chips as model input (``[n, C, H, W]``), at most
     ``budget`` of them (and at least its largest)."""
     from zoo.faces.detect import align, detect_boxes, with_landmarks
@@ -104,9 +115,10 @@ def photo_faces(image: Image.Image, upload: Upload, index: int, pre: Preprocessi
     faces = with_landmarks(rgb, boxes[:keep_faces])
     chips = [align(rgb, face, stage).image() for face in faces]
     arrays = np.stack([image_array(chip, pre, what) for chip in chips])
-    if not keep:
+    kept = keep(decoded, rgb, faces) if keep is not None else None
+    if kept is not decoded:
         decoded.close()
-    return faces, arrays, decoded if keep else None
+    return faces, arrays, kept
 
 
 def chip_picture(chip: np.ndarray) -> Image.Image:
@@ -115,7 +127,7 @@ def chip_picture(chip: np.ndarray) -> Image.Image:
     return Image.fromarray(chip[0] if chip.shape[0] == 1 else chip.transpose(1, 2, 0))
 
 
-def _collect(done: list[tuple[list, np.ndarray, Image.Image | None]]) -> PhotoFaces:
+def _collect(done: list[tuple[list, np.ndarray, Any]]) -> PhotoFaces:
     return PhotoFaces(np.concatenate([a for _, a, _ in done]), [f for f, _, _ in done],
                       [im for _, _, im in done if im is not None])
 
@@ -139,10 +151,10 @@ def checked_photos(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
 
 def read_faces_now(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
                    stage: FaceStage, request: FaceRequest, settings: ServeSettings,
-                   keep: bool = False) -> PhotoFaces:
+                   keep: FaceKeep | None = None) -> PhotoFaces:
     """Every photo's faces, one photo at a time in this thread (``serving.predict``)."""
     checked, headers = checked_photos(uploads, pre, stage, settings)
-    done: list[tuple[list, np.ndarray, Image.Image | None]] = []
+    done: list[tuple[list, np.ndarray, Any]] = []
     for i, (upload, header) in enumerate(zip(checked, headers)):
         done.append(photo_faces(header, upload, i, pre, stage, request, keep,
                                 _faces_left(done, settings)))
@@ -151,11 +163,11 @@ def read_faces_now(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
 
 async def read_faces(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
                      stage: FaceStage, request: FaceRequest, settings: ServeSettings,
-                     budget: PixelBudget, keep: bool = False) -> PhotoFaces:
+                     budget: PixelBudget, keep: FaceKeep | None = None) -> PhotoFaces:
     """:func:`read_faces_now` off the event loop, each photo within the pixel ``budget``."""
     checked, headers = await anyio.to_thread.run_sync(checked_photos, uploads, pre, stage,
                                                       settings)
-    done: list[tuple[list, np.ndarray, Image.Image | None]] = []
+    done: list[tuple[list, np.ndarray, Any]] = []
     for i, (upload, header) in enumerate(zip(checked, headers)):
         async with budget.take(header.size[0] * header.size[1]):
             done.append(await anyio.to_thread.run_sync(
@@ -164,7 +176,7 @@ async def read_faces(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
     return _collect(done)
 
 
-def _faces_left(done: list[tuple[list, np.ndarray, Image.Image | None]],
+def _faces_left(done: list[tuple[list, np.ndarray, Any]],
                 settings: ServeSettings) -> int:
     """What is left of the request's ``ZOO_MAX_REQUEST_FACES`` after the photos ``done``."""
     return settings.max_request_faces - sum(len(faces) for faces, _, _ in done)

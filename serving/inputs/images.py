@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import io
 import warnings
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import anyio
 import numpy as np
@@ -190,20 +190,31 @@ def checked_headers(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
     return checked, headers
 
 
+#: what a request keeps of each decoded image, computed while the image holds its share of
+#: the pixel budget: the picture itself (``keep_picture``: GradCAM draws on it), or what an
+#: enrollment keeps for later versions (``serving/gallery/kept.py``: far fewer pixels)
+Keep = Callable[[Image.Image], Any]
+
+
+def keep_picture(decoded: Image.Image) -> Image.Image:
+    return decoded
+
+
 def _decode(image: Image.Image, upload: Upload, index: int, pre: Preprocessing,
-            keep: bool) -> tuple[np.ndarray, Image.Image | None]:
+            keep: Keep | None) -> tuple[np.ndarray, Any]:
     decoded = load_pixels(image, upload, index)
     array = image_array(decoded, pre, upload_name(upload, index))
-    if not keep:
+    kept = keep(decoded) if keep is not None else None
+    if kept is not decoded:
         decoded.close()
-    return array, decoded if keep else None
+    return array, kept
 
 
 def images_to_array(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
-                    settings: ServeSettings, keep: bool = False
-                    ) -> tuple[np.ndarray, list[Image.Image]]:
-    """The images resized to the model's input, uint8 ``[N, C, H, W]``, and (``keep``) the
-    decoded images; one at a time, in this thread (offline use: ``serving.predict``).
+                    settings: ServeSettings, keep: Keep | None = None
+                    ) -> tuple[np.ndarray, list[Any]]:
+    """The images resized to the model's input, uint8 ``[N, C, H, W]``, and what ``keep``
+    makes of each decoded image; one at a time, in this thread (offline use).
 
     Scaling and normalising wait for the model's batch (``ServedModel.run``): one tensor
     operation per batch instead of two per request, with the same functions as training.
@@ -212,9 +223,9 @@ def images_to_array(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
 
 
 def _decode_all(checked: list[Upload], headers: list[Image.Image], pre: Preprocessing,
-                keep: bool) -> tuple[np.ndarray, list[Image.Image]]:
+                keep: Keep | None) -> tuple[np.ndarray, list[Any]]:
     done = [_decode(im, u, i, pre, keep) for i, (u, im) in enumerate(zip(checked, headers))]
-    return np.stack([a for a, _ in done]), [im for _, im in done if im is not None]
+    return np.stack([a for a, _ in done]), [k for _, k in done if k is not None]
 
 
 # A request of one image at most this large is decoded on the event loop, at once: 0.2 ms for
@@ -227,8 +238,8 @@ SMALL_IMAGE_PIXELS = 128 * 128
 
 
 async def decode_images(uploads: Sequence[Upload | NotAFile], pre: Preprocessing,
-                        settings: ServeSettings, budget: PixelBudget, keep: bool = False
-                        ) -> tuple[np.ndarray, list[Image.Image]]:
+                        settings: ServeSettings, budget: PixelBudget, keep: Keep | None = None
+                        ) -> tuple[np.ndarray, list[Any]]:
     """:func:`images_to_array` off the event loop, one image at a time within ``budget``;
     one small image (``SMALL_IMAGE_BYTES``, ``SMALL_IMAGE_PIXELS``) on it, at once."""
     if (len(uploads) == 1 and isinstance(uploads[0], Upload)
@@ -241,10 +252,10 @@ async def decode_images(uploads: Sequence[Upload | NotAFile], pre: Preprocessing
     arrays, kept = [], []
     for i, (upload, header) in enumerate(zip(checked, headers)):
         async with budget.take(header.size[0] * header.size[1]):
-            array, image = await anyio.to_thread.run_sync(_decode, header, upload, i, pre, keep)
+            array, made = await anyio.to_thread.run_sync(_decode, header, upload, i, pre, keep)
         arrays.append(array)
-        if image is not None:
-            kept.append(image)
+        if made is not None:
+            kept.append(made)
     return np.stack(arrays), kept
 
 

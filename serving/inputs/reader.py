@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from serving.errors import RequestError
-from serving.inputs.faces import FaceRequest, PhotoFaces, read_faces
-from serving.inputs.images import PixelBudget, decode_images, images_to_array
+from serving.inputs.faces import FaceKeep, FaceRequest, PhotoFaces, read_faces
+from serving.inputs.images import Keep, PixelBudget, decode_images, images_to_array
 from serving.inputs.rows import rows_to_array
 from serving.inputs.uploads import NotAFile, Upload
 from serving.settings import ServeSettings
@@ -33,20 +33,21 @@ class InputReader:
         self.pre, self.faces, self.settings = pre, faces, settings
         self.budget = PixelBudget(settings.max_request_pixels)
 
-    async def read(self, images: Uploads, rows: Rows, keep: bool = False
-                   ) -> tuple[np.ndarray, list[Image.Image]]:
+    async def read(self, images: Uploads, rows: Rows, keep: Keep | None = None
+                   ) -> tuple[np.ndarray, list[Any]]:
         """One model input per image (or row); a face model's each photo's largest face.
-        ``keep``: the decoded photos too."""
+        ``keep``: what to keep of each decoded photo (``keep_picture``: the photo)."""
         if self.faces is not None:
-            found = await self.read_faces(images, rows, FaceRequest.of(self.settings,
-                                                                       largest=True), keep)
+            request = FaceRequest.of(self.settings, largest=True)
+            found = await self.read_faces(images, rows, request, None if keep is None else
+                                          lambda decoded, rgb, faces: keep(decoded))
             return found.x, found.pictures
         if _rows_wanted(images, rows, self.pre):
             return rows_to_array(rows or [], self.pre, self.settings), []
         return await decode_images(images or [], self.pre, self.settings, self.budget, keep)
 
     async def read_faces(self, images: Uploads, rows: Rows, request: FaceRequest,
-                         keep: bool = False) -> PhotoFaces:
+                         keep: FaceKeep | None = None) -> PhotoFaces:
         """A face model's input: every face of every photo, as ``request`` asks (rows are
         refused as for any image model)."""
         assert self.faces is not None

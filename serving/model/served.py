@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from serving.errors import RequestError
+from serving.gallery.kept import Sealer
 from serving.gallery.store import GalleryStore, embedding_contract
 from serving.model.batcher import Batcher, Outputs
 from serving.model.runtimes import open_runtime
@@ -74,14 +75,27 @@ class ServedModel:
         self.batcher = Batcher(self.run, settings.max_batch_size, on_batch, check_finite)
         dim = self.embedding_dim = self.runtime.embedding_dim
         self.contract = embedding_contract(bundle, dim)
-        # keyed by the run too: a store made afresh numbers its versions from 1 again
-        folder = settings.gallery_path(f"{self.info.key}-{self.info.run_id[:12]}")
-        self.gallery = GalleryStore(folder, bundle.gallery_path, self.contract,
-                                    settings.gallery_uri, settings.gallery_index)
+        # the galleries of every version of the registered model share a folder (a SQLite
+        # database) and what was kept; each version's is keyed by its run too, since a store
+        # made afresh numbers its versions from 1 again
+        folder = settings.gallery_path(self.info.name)
+        self.sealer = Sealer.load(settings, folder) if settings.keep_enrolled else None
+        self.gallery = GalleryStore(
+            folder, bundle.gallery_path, self.contract, settings.gallery_uri,
+            settings.gallery_index, self.sealer,
+            settings.legacy_gallery_path(f"{self.info.key}-{self.info.run_id[:12]}"))
         self._explainer: Explainer | None = None
         self._explainer_lock = threading.Lock()
         log.info("%s runs on %s (%s)", self.info.uri, self.runtime.name,
                  ", ".join(self.runtime.describe()))
+
+    @property
+    def kept_kind(self) -> str | None:
+        """What an enrollment keeps for later versions (None: nothing, ZOO_KEEP_ENROLLED)."""
+        if self.sealer is None:
+            return None
+        return "chip" if self.faces is not None else "image" if self.pre.kind == "image" \
+            else "row"
 
     @property
     def class_names(self) -> list[str]:

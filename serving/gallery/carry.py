@@ -1,0 +1,103 @@
+"""A version's gallery filled from what the family's enrollments kept: every kept entry
+re-embedded by the new version, in batches of its batch size.
+
+Resumable: what is done is what the gallery holds. Each batch is one transaction (its
+entries, and those this version cannot embed with the reason), so after a kill -9 the next
+run continues from the first kept entry the gallery lacks. Enrollments that arrive meanwhile
+keep their data too and are carried before the run ends; a person deleted meanwhile is
+deleted from every gallery of the family and never brought back (``CarryTable.add`` writes
+only what is still kept, under the gallery's lock). What cannot be carried is listed with
+the reason, never dropped silently: an identity of which nothing was kept (enrolled before
+keeping, or with it off), or a kept entry the new version cannot take (its face stage finds
+no face, rows for an image model).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from serving.gallery.gate import Verdict, compare
+from serving.gallery.kept import Uncarried, kept_input
+from serving.gallery.table import CarryTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Carried:
+    """What a run carried: entries embedded now, those the gallery holds in all, the kept
+    entries of the family, what could not be carried and why, and the seconds taken."""
+
+    added: int = 0
+    done: int = 0
+    kept: int = 0
+    uncarried: list[tuple[str, str]] = field(default_factory=list)
+    nothing_kept: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def carry(model, batch_size: int | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Carried:
+    """Embed every kept entry of ``model``'s family into its gallery (a ``ServedModel``
+    whose gallery keeps data: ``ZOO_KEEP_ENROLLED``), ``progress(done, total)`` after each
+    batch."""
+    if model.sealer is None:
+        raise ValueError("ZOO_KEEP_ENROLLED=false: nothing is kept, so nothing can be carried "
+                         "to a new version (enroll the people's files again: "
+                         "python -m serving.enroll)")
+    started = time.perf_counter()
+    table = CarryTable(model.gallery.table)
+    size = batch_size or model.settings.max_batch_size
+    family = model.gallery.contract.name
+    report, after = Carried(), 0
+    while True:
+        rows = table.pending(after, size)
+        if not rows:
+            break
+        after = rows[-1].id
+        ready, inputs, refused = [], [], []
+        for row in rows:
+            try:
+                data = model.sealer.open(family, row.identity, row.kind, row.payload)
+                inputs.append(kept_input(row.kind, data, model.pre, model.faces,
+                                         model.settings))
+                ready.append(row)
+            except (Uncarried, ValueError) as exc:
+                refused.append((row, str(exc)))
+        vectors = (model.run_batched(np.stack(inputs))["embedding"] if inputs
+                   else np.zeros((0, model.embedding_dim), np.float32))
+        report.added += table.add(ready, vectors, refused)
+        if progress is not None:
+            progress(*table.count()[::-1])
+    report.kept, report.done = table.count()
+    report.uncarried = table.uncarried()
+    report.nothing_kept = sorted({name for key, _, _ in table.galleries()
+                                  if key != model.gallery.contract.key
+                                  for name in table.nothing_kept(key)})
+    report.seconds = time.perf_counter() - started
+    model.gallery.refresh()
+    return report
+
+
+def gate(model, source_key: str | None = None) -> tuple[Verdict, str | None]:
+    """The gate between the version whose gallery is ``source_key`` (default: the family's
+    newest other gallery holding kept entries) and ``model``'s; returns the verdict and the
+    source's key (None when there is none)."""
+    table = CarryTable(model.gallery.table)
+    mine = model.gallery.contract.key
+    others = [(key, threshold) for key, _, threshold in table.galleries() if key != mine]
+    if source_key is None:
+        held = [(key, th) for key, th in others if len(table.kept_entries(key)[0])]
+        source = held[-1] if held else None
+    else:
+        source = next(((k, th) for k, th in others if k == source_key), None)
+        if source is None:
+            raise LookupError(f"no gallery {source_key} of {model.gallery.contract.name}; "
+                              f"it has {', '.join(k for k, _ in others) or 'no other'}")
+    new = (*table.kept_entries(mine), model.gallery.threshold)
+    old = (*table.kept_entries(source[0]), source[1]) if source else None
+    return compare(old, new), source[0] if source else None
