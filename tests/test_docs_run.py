@@ -185,8 +185,11 @@ def checkout(module_tracking_uri: str, tmp_path_factory: pytest.TempPathFactory
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
                         "PYTHONPATH")}
+    # the server's commands keep their galleries, keys and fetched models in the checkout's
+    # folder, not in the home of whoever runs the tests
     env.update(MLFLOW_TRACKING_URI=module_tracking_uri, HF_HUB_OFFLINE="1",
-               PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
+               PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+               XDG_STATE_HOME=str(folder / "state"), XDG_CACHE_HOME=str(folder / "cache"))
     yield {"folder": folder, "env": env, "ran": {}}
 
 
