@@ -51,6 +51,7 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
         metrics={k: v for k, v in sorted(run.data.metrics.items())
                  if k.startswith(_METRIC_PREFIXES)},
         runtime=tags.get(names.RUNTIME_TAG), timing=tags.get(names.TIMING_TAG),
+        gate=tags.get(names.GATE_FIGURES_TAG),
         experiment_id=run.info.experiment_id,
     )
     dest = cache_root / f"{info.key}-{source.run_id[:12]}"
@@ -59,6 +60,7 @@ def fetch_bundle(model_uri: str, cache_root: Path) -> Bundle:
         bundle = Bundle.open(dest)
         bundle.info.uri, bundle.info.alias = model_uri, source.alias
         bundle.info.runtime, bundle.info.timing = info.runtime, info.timing
+        bundle.info.gate = info.gate
         if not bundle.weights_path.exists():
             _add_weights(artifacts, dest, source.describe())  # fetched before an export had them
         return bundle

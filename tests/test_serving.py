@@ -965,6 +965,9 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
                             timeout=60).json()["results"]
         assert answer[0]["identity"] == "Ada" and answer[0]["similarity"] > 0.99
         assert sum(a["known"] for a in answer[1:]) >= 10
+        model = httpx.get(f"{server.url}/model", timeout=10).json()
+        assert model["gate"]["passed"] and model["gate"]["new"]["identities"] == 5
+        assert model["gallery"]["kept"] == {"keeping": True, "entries": 11}
         for person in range(5):  # each carried person found by one of their own photos
             photo = next((people / f"p{person}").iterdir()).read_bytes()
             found = httpx.post(f"{server.url}/identify", files=files([photo]),

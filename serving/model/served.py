@@ -6,6 +6,7 @@ offline predictor (``python -m serving.predict``) give the same answers from the
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -188,6 +189,8 @@ class ServedModel:
             "classes": self.class_names, "metrics": info.metrics,
             "gallery": self.gallery.describe(),
             "runtime": self.runtime.name, "providers": self.runtime.describe(),
+            # what serving.migrate's gate found on the enrolled people, when it has run
+            "gate": json.loads(info.gate) if info.gate else None,
         }
 
     def close(self) -> None:

@@ -46,6 +46,7 @@ class BundleInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     runtime: str | None = None  # the runtime the export timed as faster (zoo.runtime tag)
     timing: str | None = None  # the figures it chose by (zoo.runtime.timing, JSON)
+    gate: str | None = None  # the gallery gate's verdict and figures (zoo.gate.figures, JSON)
     experiment_id: str | None = None  # the run's experiment (for its MLflow UI link)
 
     @property
