@@ -22,6 +22,7 @@ from serving.gallery.carry import carry, gate
 from serving.gallery.database import DB_FILE
 from serving.gallery.kept import KEY_FILE, Sealer, keep_row
 from serving.gallery.store import EmbeddingContract, GalleryStore
+from serving.gallery.table import CarryTable, KeptRow
 from serving.settings import ServeSettings
 from zoo.data import Preprocessing
 from zoo.gallery import Gallery
@@ -85,6 +86,8 @@ def test_a_new_version_carries_every_kept_entry_once_and_says_what_it_cannot(
         found = two.gallery.search(two.run_batched(rows[:1])["embedding"], 1)[0][0]
         assert found.label == name and found.similarity > 0.999
     assert carry(two).added == 0  # done is done: a second run adds nothing
+    first = KeptRow(1, "p0", "row", b"", None, None)  # a carrier that read it before the run
+    assert CarryTable(two.gallery.table).add([first], np.ones((1, WIDTH)), []) == 0
     assert two.gallery.describe()["kept"] == {"keeping": True, "entries": PEOPLE * PER + 1}
     verdict, source = gate(two)
     assert source == one.gallery.contract.key and verdict.passed and verdict.judged

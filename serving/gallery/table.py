@@ -411,7 +411,8 @@ class CarryTable:
             refused: Sequence[tuple[KeptRow, str]]) -> int:
         """Entries embedded from ``rows``, and the rows this version cannot embed with the
         reason, in one transaction under the gallery's lock; only for what is still kept (a
-        person deleted meanwhile is never brought back). Returns the entries added."""
+        person deleted meanwhile is never brought back) and not embedded yet (by another
+        carrier meanwhile). Returns the entries added."""
         t = self.table
         with t._write() as conn, conn.begin():
             if t._lock(conn) is None:
@@ -419,6 +420,10 @@ class CarryTable:
             wanted = [r.id for r in rows] + [r.id for r, _ in refused]
             alive = set(conn.execute(sa.select(KEPT.c.id).where(KEPT.c.id.in_(wanted)))
                         .scalars()) if wanted else set()
+            alive -= set(conn.execute(sa.select(ENTRIES.c.kept_id).where(
+                ENTRIES.c.model_key == t.key, ENTRIES.c.kept_id.in_(wanted))).scalars())
+            alive -= set(conn.execute(sa.select(UNCARRIED.c.kept_id).where(
+                UNCARRIED.c.model_key == t.key, UNCARRIED.c.kept_id.in_(wanted))).scalars())
             keep = [i for i, r in enumerate(rows) if r.id in alive]
             if keep:
                 t._insert(conn, [rows[i].identity for i in keep], vectors[keep],
