@@ -90,14 +90,15 @@ def gate(model, source_key: str | None = None) -> tuple[Verdict, str | None]:
     table = CarryTable(model.gallery.table)
     mine = model.gallery.contract.key
     others = [(key, threshold) for key, _, threshold in table.galleries() if key != mine]
-    if source_key is None:
-        held = [(key, th) for key, th in others if len(table.kept_entries(key)[0])]
-        source = held[-1] if held else None
-    else:
-        source = next(((k, th) for k, th in others if k == source_key), None)
-        if source is None:
-            raise LookupError(f"no gallery {source_key} of {model.gallery.contract.name}; "
-                              f"it has {', '.join(k for k, _ in others) or 'no other'}")
+    if source_key is not None and source_key not in {k for k, _ in others}:
+        raise LookupError(f"no gallery {source_key} of {model.gallery.contract.name}; "
+                          f"it has {', '.join(k for k, _ in others) or 'no other'}")
+    old, key = None, None
+    for key, threshold in reversed(others):  # newest first; each read once, at most
+        if source_key in (None, key):
+            entries = table.kept_entries(key)
+            if source_key is not None or len(entries[0]):
+                old = (*entries, threshold)
+                break
     new = (*table.kept_entries(mine), model.gallery.threshold)
-    old = (*table.kept_entries(source[0]), source[1]) if source else None
-    return compare(old, new), source[0] if source else None
+    return compare(old, new), key if old is not None else None

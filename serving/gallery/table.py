@@ -220,8 +220,7 @@ class GalleryTable:
                 conn.execute(ENTRIES.delete().where(mine))
                 conn.execute(REMOVALS.insert().values(model_key=key, identity=identity,
                                                       up_to_id=up_to))
-                conn.execute(GALLERIES.update().where(GALLERIES.c.key == key)
-                             .values(changes=GALLERIES.c.changes + 1))
+                self._bump(conn, key)
                 here = int(count) if key == self.key else here
             conn.execute(KEPT.delete().where(KEPT.c.family == self.family,
                                              KEPT.c.identity == identity))
@@ -242,8 +241,9 @@ class GalleryTable:
             log.info("gallery %s: the write-ahead log is still read; it is emptied at the "
                      "next checkpoint", self.key)
 
-    def _bump(self, conn: Connection) -> None:
-        conn.execute(GALLERIES.update().where(GALLERIES.c.key == self.key)
+    def _bump(self, conn: Connection, key: str | None = None) -> None:
+        """Raise the change counter of this gallery (or of gallery ``key``)."""
+        conn.execute(GALLERIES.update().where(GALLERIES.c.key == (key or self.key))
                      .values(changes=GALLERIES.c.changes + 1))
 
     def counter(self) -> int:

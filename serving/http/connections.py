@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import http
-import json
 import logging
 from typing import Any
 
+from serving.http.asgi import error_body
 from serving.http.bentoml_private import HTTP_PROTOCOLS, HTTPTOOLS_PROTOCOL
 from serving.settings import ServeSettings
 
@@ -130,7 +130,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-t
         """Answer ``status`` with ``{"error": message}`` and close: the request never
         reaches the app."""
         self._disarm()
-        body = json.dumps({"error": message}).encode()
+        body = error_body("", message)
         phrase = http.HTTPStatus(status).phrase
         self.transport.write(b"".join([
             f"HTTP/1.1 {status} {phrase}\r\n".encode(),
