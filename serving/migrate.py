@@ -15,20 +15,17 @@ on an error. A server of the ``--to`` version then starts with everyone in its g
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import replace
 
 from tqdm import tqdm
 
-from serving.gallery.carry import carry, gate
+from serving.lifecycle.migration import carry_and_gate
 from serving.model.served import ServedModel
 from serving.settings import ServeSettings
-from zoo import names
 from zoo.cli import StrictParser
 
-log = logging.getLogger(__name__)
 
 GATE_FAILED = 3
 
@@ -37,7 +34,6 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
             force: bool = False) -> int:
     """The command's work; returns its exit code."""
     from mlflow_source.fetch import fetch_bundle
-    from mlflow_source.tags import tag_version
 
     settings = ServeSettings.from_env()
     settings = replace(settings, model_uri=model_uri,
@@ -49,7 +45,8 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
                 bar.total = total
                 bar.update(done - bar.n)
 
-            carried = carry(model, progress=progress)
+            outcome = carry_and_gate(model, source_key, progress)
+        carried, verdict = outcome.carried, outcome.verdict
         print(f"{model.gallery.where}: {carried.added} kept entries embedded now, "
               f"{carried.done} of {carried.kept} done, in {carried.seconds:.1f} s")
         for identity, reason in carried.uncarried:
@@ -57,16 +54,10 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
         if carried.nothing_kept:
             print(f"  not carried, nothing kept (enrolled before keeping, or with "
                   f"ZOO_KEEP_ENROLLED=false): {', '.join(map(repr, carried.nothing_kept))}")
-        verdict, source = gate(model, source_key)
-        print(f"gate against {source or 'no earlier gallery'}: "
+        print(f"gate against {outcome.source or 'no earlier gallery'}: "
               f"{'passed' if verdict.passed else 'FAILED'}: {verdict.reason}")
-        log.info("gate of %s against %s: %s", model.info.uri, source, verdict.to_dict())
-        tagged = tag_version(model.info.uri, {
-            names.GATE_PASSED_TAG: str(verdict.passed).lower(),
-            names.GATE_REASON_TAG: verdict.reason[:5000],
-            names.GATE_FIGURES_TAG: json.dumps(verdict.to_dict())})
-        if tagged:
-            print(f"tagged {tagged} with zoo.gate.*")
+        if outcome.tagged:
+            print(f"tagged {outcome.tagged} with zoo.gate.*")
     finally:
         model.close()
     if not verdict.passed and not force:

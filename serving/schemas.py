@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 from typing import Any
 
-from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class Served(BaseModel):
@@ -87,3 +87,11 @@ def header_value(text: str) -> str:
     is, anything else (and ``%``) percent-encoded UTF-8, which ``urllib.parse.unquote`` reads
     back."""
     return quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+class MigrateRequest(BaseModel):
+    """``POST /gallery/migrate``'s body."""
+
+    to: str = Field(min_length=1, max_length=500, description="the version to migrate to: "
+                    "models:/<name>@<alias> or models:/<name>/<version>")
+    force: bool = Field(False, description="answer with it even when the gate finds it worse")

@@ -39,12 +39,14 @@ from serving.inputs.images import keep_picture
 from serving.inputs.reader import InputReader, Rows as RowValues, Uploads
 from serving.inputs.rows import rows_as_lists
 from serving.inputs.uploads import ImageFile, Text, Upload
+from serving.lifecycle.answering import ANSWERING, Answering, pinned_uri
+from serving.lifecycle.follow import Lifecycle, starting_uri
 from serving.model.packaging import bento_model
 from serving.model.served import ServedModel
 from serving.page import routes as page
 from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse, FaceEmbedding,
                              FaceIdentification, Identification, IdentifyResponse, Match,
-                             header_value)
+                             MigrateRequest, header_value)
 from serving.settings import ServeSettings
 from zoo.export.bundle import Bundle
 
@@ -57,9 +59,15 @@ try:  # fail here, before any worker starts, with one line that says what is mis
     if PACKED is None:  # from the MLflow store (a built Bento holds its model: no MLflow)
         from mlflow_source.fetch import fetch_bundle
 
-        BUNDLE = fetch_bundle(SETTINGS.model_uri, SETTINGS.cache_path())
+        def fetch(uri: str) -> Bundle:
+            return fetch_bundle(uri, SETTINGS.cache_path())
+
+        BUNDLE = fetch(SETTINGS.model_uri)
+        # a version the deployment moved to since (following its alias, or a restarted worker)
+        if (uri := starting_uri(SETTINGS, BUNDLE.info.name, pinned_uri(BUNDLE))) is not None:
+            BUNDLE = fetch(uri)
     else:
-        BUNDLE = None
+        BUNDLE, fetch = None, None  # type: ignore[assignment]
 except (LookupError, FileNotFoundError, ValueError) as exc:
     raise SystemExit(f"error: cannot serve: {exc}") from None
 
@@ -137,28 +145,44 @@ class ZooService:
     def __init__(self) -> None:
         bundle = BUNDLE if BUNDLE is not None else Bundle.open(self.bundle_ref.path)
         try:
-            self.model = ServedModel(bundle, SETTINGS, on_batch=BATCH_SIZES.observe)
+            model = ServedModel(bundle, SETTINGS, on_batch=BATCH_SIZES.observe)
         except (ValueError, RuntimeError) as exc:  # e.g. a gallery of another model
             raise SystemExit(f"error: cannot serve: {exc}") from None
-        info = self.model.info
-        self.served = {"model": info.name, "version": info.version}
-        self.inputs = InputReader(self.model.pre, self.model.faces, SETTINGS)
-        # a JSON body's room for the column names that rows sent as records repeat, per row
-        # ('"name": ' each), for the body limit (json_limit)
-        pre = self.model.pre
-        self.row_name_bytes = (sum(len(json.dumps(n)) + 2 for n in pre.feature_names or [])
-                               if pre.kind == "tabular" else 0)
+        # the version answering; a request takes it once, as it arrives (http/version.py)
+        self.current = Answering(model, SETTINGS)
+        info = self.current.model.info
         log.info("serving %s (v%s, run %s): %d gallery entries", info.uri, info.version,
-                 info.run_id, len(self.model.gallery))
+                 info.run_id, len(self.current.model.gallery))
+        self.lifecycle = Lifecycle(self, SETTINGS, fetch, BATCH_SIZES.observe)
         _RUNNING[:] = [self]  # what the edge asks for limits and raw bodies (http/chain.py)
         latency.freeze_startup_heap()  # full collections walk only what requests make
+
+    @property
+    def answering(self) -> Answering:
+        """The version this request is answered by (taken as it arrived), or, outside a
+        request, the one answering now."""
+        return ANSWERING.get() or self.current
+
+    @property
+    def model(self) -> ServedModel:
+        return self.answering.model
+
+    @property
+    def inputs(self) -> InputReader:
+        return self.answering.inputs
+
+    @property
+    def served(self) -> dict[str, Any]:
+        """What every answer says it came from: the model and its version."""
+        return self.answering.served
 
     def json_limit(self, path: str) -> Limit:
         """What a JSON body to ``path`` may hold (``serving/http/limits.py``): the rows this
         model can take, or a few fields."""
         pre = self.model.pre
         return json_limit(pre.kind, pre.row_width if pre.kind == "tabular" else 0, path,
-                          SETTINGS.max_images, SETTINGS.max_request_bytes, self.row_name_bytes)
+                          SETTINGS.max_images, SETTINGS.max_request_bytes,
+                          self.answering.row_name_bytes)
 
     async def embed_body(self, data: bytes) -> dict[str, Any]:
         """``/embed`` of one image sent as the whole body (``serving/http/raw_body.py``):
@@ -369,6 +393,22 @@ class ZooService:
     def describe(self) -> dict[str, Any]:
         """Model URI, version, classes, input size, metrics and gallery of the served version."""
         return self.model.describe()
+
+    @info_app.post("/gallery/migrate", status_code=202)
+    def start_migration(self, request: MigrateRequest) -> dict[str, Any]:
+        """Carry the enrolled people to another version of this model, gate it on them, and
+        answer with it when it passes (admin); runs in the background: ``GET
+        /gallery/migration`` says how far it is."""
+        try:
+            return self.lifecycle.start(request.to, request.force)
+        except RequestError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+
+    @info_app.get("/gallery/migration")
+    def migration(self) -> dict[str, Any]:
+        """The version answering, the latest migration's stage, progress, ETA and gate
+        figures, and the versions refused (admin)."""
+        return self.lifecycle.status()
 
     @info_app.get("/identities")
     def identities(self, page: int = Query(1, ge=1, le=MAX_PAGE),

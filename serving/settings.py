@@ -55,6 +55,10 @@ class ServeSettings:
     # 0600 on first start (back it up)
     gallery_key: str = field(default="", repr=False)
     cache_dir: str = ""  # models fetched from MLflow; default ~/.cache/model-zoo/bundles
+    # follow the alias ZOO_MODEL_URI names (serving/lifecycle/): a version it moves to is
+    # loaded, the gallery carried to it and gated in the background, then served
+    follow_alias: bool = False
+    follow_every_s: float = 60.0  # how often the alias is read
     max_images: int = 256  # images (or rows) per request
     max_faces: int = 32  # faces answered per photo (a face model); requests may ask fewer
     # a face model's work per request, over all its photos: faces given landmarks and chips,
@@ -132,7 +136,11 @@ class ServeSettings:
 
         choose_kind(self.gallery_index, 0)
         check_uri(self.gallery_uri)
-        for name in ("header_timeout_s", "body_timeout_s"):
+        if self.follow_alias and not re.match(r"^models:/[^/@]+@[^/@]+$", self.model_uri.strip()):
+            raise ValueError(f"{ENV_PREFIX}FOLLOW_ALIAS=true follows an alias, but "
+                             f"{ENV_PREFIX}MODEL_URI={self.model_uri!r} names none: use "
+                             "models:/<name>@<alias>")
+        for name in ("header_timeout_s", "body_timeout_s", "follow_every_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be more than 0 seconds, "
                                  f"got {getattr(self, name)}")

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import unicodedata
 from pathlib import Path
 
@@ -852,6 +853,12 @@ def test_predict_folder(store, digit_pngs, tmp_path: Path) -> None:
     assert cams == ["0.png", "1.png", "2.png", "more/3.png"]
 
 
+def _photo(seed: int) -> bytes:
+    """A smooth colour picture like no digit (a photo compresses as this does)."""
+    cells = np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)
+    return png(np.asarray(Image.fromarray(cells).resize((30, 30), Image.BICUBIC)))
+
+
 def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path: Path,
                                                      monkeypatch, capsys, request) -> None:
     """mlruns/ deleted and the model trained again: zoo-digits v1 is registered anew, and its
@@ -898,11 +905,7 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
     # people enrolled with the first model: five with a photo sent twice (so that both
     # models find each one's other entry first, and the gate's verdict is certain), and Ada;
     # photos like no digit, so no training-split entry comes near them
-    def photo(seed: int) -> bytes:
-        """A smooth colour picture like no digit (a photo compresses as this does)."""
-        cells = np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)
-        return png(np.asarray(Image.fromarray(cells).resize((30, 30), Image.BICUBIC)))
-
+    photo = _photo
     people = tmp_path / "people"
     for person in range(5):
         (people / f"p{person}").mkdir(parents=True)
@@ -979,6 +982,95 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
         for ip in outside[:1]:  # listening on loopback only: refused from another address
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"http://{ip}:{server.port}/livez", timeout=5)
+
+
+def test_a_server_following_its_alias_takes_the_next_champion_without_a_failed_request(
+        store, tmp_path: Path) -> None:
+    """ZOO_FOLLOW_ALIAS: people enrolled over HTTP with v1; v2 registered and exported, and
+    `champion` moved to it. The server carries the people to v2 and gates it while v1
+    answers, then switches: a client identifying all along sees no error, each answer from
+    one version, and X-Zoo-Model-Version change once; everyone is listed and identified by
+    v2. The admin cannot move a following server elsewhere."""
+    import httpx
+
+    root = tmp_path / "store"  # a copy of the registry: v2 is registered in it alone
+    root.mkdir()
+    with sqlite3.connect(Path(store["root"]) / "mlflow.db") as source, \
+            sqlite3.connect(root / "mlflow.db") as copy:
+        source.backup(copy)  # with what its write-ahead log holds
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": tracking, "ZOO_MODEL_URI": IMAGE_URI,
+           "ZOO_CACHE_DIR": str(tmp_path / "cache"), "ZOO_GALLERY_DIR": str(tmp_path / "gallery"),
+           "ZOO_ADMIN_KEY": ADMIN_KEY, "ZOO_WORKERS": "1", "ZOO_FOLLOW_ALIAS": "true",
+           "ZOO_FOLLOW_EVERY_S": "0.5"}
+    photos = {f"p{i}": [_photo(70 + i), _photo(70 + i)] for i in range(5)}
+    photos["Ada"] = [_photo(90)]
+    with Server("serving.service:ZooService", env) as server:
+        for name, pngs in photos.items():
+            answer = httpx.post(f"{server.url}/enroll", data={"identity": name},
+                                files=files(pngs), headers=ADMIN, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-zoo-model-version"] == "1"
+        moved = httpx.post(f"{server.url}/gallery/migrate", json={"to": "models:/zoo-digits/1"},
+                           headers=ADMIN, timeout=30)
+        assert moved.status_code == 409 and "move the alias" in moved.json()["error"]
+
+        seen: list[tuple[int, str, str, str]] = []  # status, header, body's version, identity
+        stop = threading.Event()
+
+        def identify_all_along() -> None:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                while not stop.is_set():
+                    r = client.post("/identify", files=files(photos["Ada"]))
+                    body = r.json() if r.status_code == 200 else {}
+                    seen.append((r.status_code, r.headers.get("x-zoo-model-version", ""),
+                                 str(body.get("version")),
+                                 (body.get("results") or [{}])[0].get("identity", "")))
+
+        streaming = threading.Thread(target=identify_all_along)
+        streaming.start()
+        try:
+            mlflow.set_tracking_uri(tracking)  # where the registry finds the logged model
+            try:
+                client = mlflow.MlflowClient()
+                v1 = client.get_model_version_by_alias("zoo-digits", "champion")
+                v2 = client.create_model_version("zoo-digits", v1.source, v1.run_id,
+                                                 tags=v1.tags)  # exported, as v1 is
+                client.set_registered_model_alias("zoo-digits", "champion", v2.version)
+            finally:
+                mlflow.set_tracking_uri(None)
+            deadline = time.monotonic() + 120
+            status: dict = {}
+            while time.monotonic() < deadline:
+                status = httpx.get(f"{server.url}/gallery/migration", headers=ADMIN,
+                                   timeout=10).json()
+                if status["answering"]["version"] == "2":
+                    break
+                time.sleep(0.3)
+            time.sleep(1.0)  # a few answers from v2 too
+        finally:
+            stop.set()
+            streaming.join()
+        assert status["answering"]["version"] == "2", (status, server.output()[-3000:])
+        migration = status["migration"]
+        assert migration["stage"] == "switched" and migration["done"] == migration["total"] == 11
+        assert migration["gate"]["passed"] and migration["gate"]["new"]["identities"] == 5
+
+        assert seen and all(code == 200 for code, *_ in seen), [s for s in seen if s[0] != 200]
+        assert all(header == body for _, header, body, _ in seen)  # one version per answer
+        versions = [header for _, header, _, _ in seen]
+        changes = [i for i in range(1, len(versions)) if versions[i] != versions[i - 1]]
+        assert versions[0] == "1" and versions[-1] == "2" and len(changes) == 1, versions
+        assert all(identity == "Ada" for *_, identity in seen)
+
+        listed = httpx.get(f"{server.url}/identities", headers=ADMIN, timeout=10).json()
+        assert {i["name"]: i["entries"] for i in listed["identities"]
+                if i["name"] in photos} == {name: len(p) for name, p in photos.items()}
+        for name, pngs in photos.items():
+            found = httpx.post(f"{server.url}/identify", files=files(pngs[:1]), timeout=60)
+            assert found.headers["x-zoo-model-version"] == "2"
+            assert found.json()["results"][0]["identity"] == name
+        assert httpx.get(f"{server.url}/model", timeout=10).json()["version"] == "2"
 
 
 # --- real clients: BentoML's, OpenAI's, MLflow's scoring server; keys; identities ---------

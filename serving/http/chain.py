@@ -14,11 +14,13 @@ Outermost first (a request goes down the list, its answer back up):
    ``latency``: its timer cancelled once the request has answered.
 7. BentoML's ``MaxConcurrencyMiddleware`` (only where a maximum is configured).
 8. Ours, added by :func:`install` in this order:
-   a. ``SafeAnswers`` (``rewrites``): every answer ``nosniff``, a redirect's ``Location`` a
+   a. ``AnsweringVersion`` (``version``): the request takes the worker's answering version
+      once, for everything below, and its answer says which (``X-Zoo-Model-Version``);
+   b. ``SafeAnswers`` (``rewrites``): every answer ``nosniff``, a redirect's ``Location`` a
       path only, every error one shape (OpenAI's under ``/v1/``), never the input echoed;
-   b. ``RequestSizeLimit`` (``limits``): 413 past the body's limit, before it is read;
-   c. ``RequireKeys`` (``keys``): 401/403 without the route's key, before the body is read;
-   d. ``RawImageEmbed`` (``raw_body``): a raw-image ``POST /embed`` answered here.
+   c. ``RequestSizeLimit`` (``limits``): 413 past the body's limit, before it is read;
+   d. ``RequireKeys`` (``keys``): 401/403 without the route's key, before the body is read;
+   e. ``RawImageEmbed`` (``raw_body``): a raw-image ``POST /embed`` answered here.
 9. BentoML's ``ContextMiddleware`` (the ``bentoml.Context`` of the request).
 10. Starlette's ``ExceptionMiddleware`` and router:
     - BentoML's own routes: ``/livez``, ``/readyz``, ``/metrics``, ``/docs.json``,
@@ -27,7 +29,8 @@ Outermost first (a request goes down the list, its answer back up):
       ``multipart``'s reader, which **replaces** BentoML's; JSON by pydantic, whose refusal
       is a 400 that ``request_logs`` logs as one line without the body; a client that
       hangs up meanwhile, one debug line) and calls the method;
-    - the mounted FastAPI app: ``/model``, ``/identities``, ``/v1/models``, ``/ui``.
+    - the mounted FastAPI app: ``/model``, ``/identities``, ``/gallery/...``,
+      ``/v1/models``, ``/ui``.
 11. The endpoint (``serving/service.py``): decode → face stage → model → gallery → answer.
 
 Every private name patched in 1, 3, 6 and 10 is listed in ``bentoml_private``.
@@ -43,6 +46,7 @@ from serving.http.keys import Keys, RequireKeys
 from serving.http.limits import Limit, RequestSizeLimit, is_multipart
 from serving.http.raw_body import EmbedsBodies, RawImageEmbed, is_raw_image
 from serving.http.rewrites import SafeAnswers
+from serving.http.version import AnsweringVersion
 from serving.settings import ServeSettings
 
 
@@ -77,6 +81,7 @@ def install(service: Any, settings: ServeSettings, keys: Keys,
         return current.json_limit(scope["path"])
 
     # the first added sees a request first (and its answer last)
+    service.add_asgi_middleware(AnsweringVersion, service=running)
     service.add_asgi_middleware(SafeAnswers)
     service.add_asgi_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes,
                                 limit_for=body_limit)

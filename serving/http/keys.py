@@ -7,7 +7,8 @@ client sends as its ``api_key``) and are compared in constant time (``hmac.compa
 - Model routes (``/embed``, ``/classify``, ``/identify``, ``/gradcam``, ``/model``,
   ``/v1/...``) need the API key when one is set (the admin key opens them too); with none
   set they are open.
-- Gallery routes (``/enroll`` and ``/identities...``) need the admin key. With no admin key
+- Gallery routes (``/enroll``, ``/identities...`` and ``/gallery/...``: its migration) need
+  the admin key. With no admin key
   configured they are refused (403), unless ``ZOO_OPEN_ENROLL=true`` opens them, so by
   default nobody can change the gallery.
 - The API's description (``/``, ``/docs``, ``/redoc``, ``/openapi.json``, ``/docs.json``,
@@ -43,7 +44,7 @@ DOCS_ROUTES = ("/", "/docs.json", "/schema.json", "/docs", "/docs/oauth2-redirec
 
 
 def is_gallery_route(path: str) -> bool:
-    return path in GALLERY_ROUTES or path.startswith("/identities/")
+    return path in GALLERY_ROUTES or path.startswith(("/identities/", "/gallery/"))
 
 
 def is_model_route(path: str) -> bool:
