@@ -86,6 +86,8 @@ class Lifecycle:
         shared.update(self.folder, begin)
         self._seen = shared.stamp(self.folder)
         self._waiting: set[str] = set()  # versions whose export is awaited (logged once)
+        # one switch at a time: the state's reader and a migration's end never cross
+        self._switching = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zoo-lifecycle", daemon=True)
         self._thread.start()
@@ -108,16 +110,19 @@ class Lifecycle:
         stamp = shared.stamp(self.folder)
         if stamp == self._seen:
             return
-        self._seen = stamp
-        serving = shared.read(self.folder).serving
-        if serving is None or serving == self.service.current.pinned_uri:
-            return
-        if self.fetch is None:
-            log.error("the deployment now answers with %s, but a Bento holds only its own "
-                      "model: this worker answers on with %s", serving,
-                      self.service.current.pinned_uri)
-            return
-        self._switch(self._load(self.fetch(serving)))
+        with self._switching:
+            self._seen = stamp
+            serving = shared.read(self.folder).serving
+            if serving is None or serving == self.service.current.pinned_uri:
+                return
+            if self.fetch is None:
+                log.error("the deployment now answers with %s, but a Bento holds only its "
+                          "own model: this worker answers on with %s", serving,
+                          self.service.current.pinned_uri)
+                return
+            answering = self._load(self.fetch(serving))
+            old = self._swap(answering)
+        self._drain(old, answering)
 
     def _check_alias(self) -> None:
         """Migrate to the version the alias names now, unless it answers, or was refused."""
@@ -136,12 +141,17 @@ class Lifecycle:
         answering.warm()
         return answering
 
-    def _switch(self, answering: Answering) -> None:
-        """Answer with ``answering`` from the next request on; the old version answers those
-        in flight, and what it enrolled meanwhile is carried once it has answered them."""
+    def _swap(self, answering: Answering) -> Answering:
+        """Answer with ``answering`` from the next request on; returns the old version,
+        which answers those in flight."""
         old, self.service.current = self.service.current, answering
         log.warning("now answering with %s (was %s)", answering.pinned_uri, old.pinned_uri)
         old.retire()
+        return old
+
+    def _drain(self, old: Answering, answering: Answering) -> None:
+        """What ``old`` enrolled while the migration ran, carried to ``answering`` once
+        ``old`` has answered its last request."""
         if answering.model.sealer is not None:
             old.closed.wait(DRAIN_S)
             carried = carry(answering.model)
@@ -183,8 +193,10 @@ class Lifecycle:
                 status.finished_at = time.time()
                 if outcome.verdict.passed or force:
                     status.stage = "switched"
-                    self._publish(status, target, serving=True)
-                    self._switch(answering)
+                    with self._switching:
+                        self._publish(status, target, serving=True)
+                        old = self._swap(answering)
+                    self._drain(old, answering)
                     return
                 status.stage = "refused"
                 log.warning("%s stays unserved: the gate refused it: %s", target,

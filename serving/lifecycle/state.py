@@ -46,6 +46,11 @@ class Busy(RuntimeError):
     """Another worker (or a ``serving.migrate``) is migrating this gallery."""
 
 
+def _private(path: Path) -> Any:
+    """A lock file, made 0600 as everything beside the gallery is."""
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
+
+
 def read(folder: Path) -> State:
     """The state in ``folder`` (an empty one where there is none, or it cannot be parsed)."""
     try:
@@ -65,7 +70,7 @@ def stamp(folder: Path) -> float:
 def update(folder: Path, change: Callable[[State], None]) -> State:
     """``change`` the state in place under the lock, then write it whole; returns it."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a") as lock:
+    with _private(folder / LOCK_FILE) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = read(folder)
         change(state)
@@ -80,7 +85,7 @@ def update(folder: Path, change: Callable[[State], None]) -> State:
 def migrating(folder: Path) -> Iterator[None]:
     """Hold the gallery's migration lock, or raise ``Busy`` at once where another holds it."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / MIGRATION_LOCK, "a") as lock:
+    with _private(folder / MIGRATION_LOCK) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
