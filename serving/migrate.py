@@ -1,7 +1,7 @@
 """Carry the people enrolled with one version of a model to another, then judge it on them.
 
     python -m serving.migrate --to models:/zoo-faces@champion [--from-gallery KEY]
-        [--batch-size 64] [--force]
+        [--batch-size 64] [--force] [--ray-address auto|ray://head:10001|local]
 
 Every entry an enrollment kept (a face's canonical chip, a bounded image, a row; sealed in
 the gallery's database) is embedded by the ``--to`` version into its own gallery, in batches
@@ -11,6 +11,9 @@ versions identify the enrolled people leave-one-out, and the new version passes 
 at least as good. The verdict and figures are printed, logged, and tagged on the version
 (``zoo.gate.*``). The exit code is 0 when it passes (or ``--force``), 3 when it does not, 1
 on an error. A server of the ``--to`` version then starts with everyone in its gallery.
+
+With ``--ray-address`` the entries are carried by Ray tasks, in parts of about equal size
+(``serving/gallery/carry_ray.py``: what each node needs); the gate runs here afterwards.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ GATE_FAILED = 3
 
 
 def migrate(model_uri: str, batch_size: int | None = None, source_key: str | None = None,
-            force: bool = False) -> int:
-    """The command's work; returns its exit code."""
+            force: bool = False, ray_address: str | None = None) -> int:
+    """The command's work; returns its exit code. ``ray_address``: carry on that Ray cluster
+    instead of in this process."""
     from mlflow_source.fetch import fetch_bundle
     from mlflow_source.tags import tag_version
 
@@ -49,7 +53,13 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
                 bar.total = total
                 bar.update(done - bar.n)
 
-            carried = carry(model, progress=progress)
+            if ray_address:
+                from serving.gallery.carry_ray import carry_on_ray
+
+                carried = carry_on_ray(model_uri, settings, ray_address, progress=progress,
+                                       model=model)
+            else:
+                carried = carry(model, progress=progress)
         print(f"{model.gallery.where}: {carried.added} kept entries embedded now, "
               f"{carried.done} of {carried.kept} done, in {carried.seconds:.1f} s")
         for identity, reason in carried.uncarried:
@@ -88,10 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="entries per model call (default: ZOO_MAX_BATCH_SIZE)")
     parser.add_argument("--force", action="store_true",
                         help="exit 0 even when the gate finds the new version worse")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="carry with Ray tasks on this cluster, one per CPU: auto (the "
+                             "one running here or at RAY_ADDRESS), ray://head:10001, "
+                             "head:6379, or local (start one on this machine); every node "
+                             "needs the MLflow store and the gallery database (default: carry "
+                             "in this process)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        return migrate(args.model_uri, args.batch_size, args.source_key, args.force)
+        return migrate(args.model_uri, args.batch_size, args.source_key, args.force,
+                       args.ray_address)
     except (LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
