@@ -1,7 +1,7 @@
 """Carry the people enrolled with one version of a model to another, then judge it on them.
 
     python -m serving.migrate --to models:/zoo-faces@champion [--from-gallery KEY]
-        [--batch-size 64] [--force]
+        [--batch-size 64] [--force] [--ray-address auto|ray://head:10001|local]
 
 Every entry an enrollment kept (a face's canonical chip, a bounded image, a row; sealed in
 the gallery's database) is embedded by the ``--to`` version into its own gallery, in batches
@@ -11,6 +11,9 @@ versions identify the enrolled people leave-one-out, and the new version passes 
 at least as good. The verdict and figures are printed, logged, and tagged on the version
 (``zoo.gate.*``). The exit code is 0 when it passes (or ``--force``), 3 when it does not, 1
 on an error. A server of the ``--to`` version then starts with everyone in its gallery.
+
+With ``--ray-address`` the entries are carried by Ray tasks, in parts of about equal size
+(``serving/gallery/carry_ray.py``: what each node needs); the gate runs here afterwards.
 """
 from __future__ import annotations
 
@@ -18,21 +21,24 @@ import argparse
 import logging
 import sys
 from dataclasses import replace
+from typing import Callable
 
 from tqdm import tqdm
 
+from serving.gallery.carry import Carried, carry
+from serving.lifecycle import state as shared
 from serving.lifecycle.migration import carry_and_gate
 from serving.model.served import ServedModel
 from serving.settings import ServeSettings
 from zoo.cli import StrictParser
 
-
 GATE_FAILED = 3
 
 
 def migrate(model_uri: str, batch_size: int | None = None, source_key: str | None = None,
-            force: bool = False) -> int:
-    """The command's work; returns its exit code."""
+            force: bool = False, ray_address: str | None = None) -> int:
+    """The command's work; returns its exit code. ``ray_address``: carry on that Ray cluster
+    instead of in this process."""
     from mlflow_source.fetch import fetch_bundle
 
     settings = ServeSettings.from_env()
@@ -40,12 +46,21 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
                        max_batch_size=batch_size or settings.max_batch_size)
     model = ServedModel(fetch_bundle(model_uri, settings.cache_path()), settings)
     try:
-        with tqdm(desc="carry", unit="entry") as bar:
+        # one migration of a gallery at a time: a server following its alias takes this lock
+        with shared.migrating(settings.gallery_path(model.info.name)), \
+                tqdm(desc="carry", unit="entry") as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            outcome = carry_and_gate(model, source_key, progress)
+            carrier: Callable[..., Carried] = carry
+            if ray_address:
+                from serving.gallery.carry_ray import carry_on_ray
+
+                def carrier(model: ServedModel, progress: Callable[[int, int], None]) -> Carried:
+                    return carry_on_ray(model_uri, settings, ray_address, progress=progress,
+                                        model=model)
+            outcome = carry_and_gate(model, source_key, progress, carrier)
         carried, verdict = outcome.carried, outcome.verdict
         print(f"{model.gallery.where}: {carried.added} kept entries embedded now, "
               f"{carried.done} of {carried.kept} done, in {carried.seconds:.1f} s")
@@ -79,10 +94,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="entries per model call (default: ZOO_MAX_BATCH_SIZE)")
     parser.add_argument("--force", action="store_true",
                         help="exit 0 even when the gate finds the new version worse")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="carry with Ray tasks on this cluster, one per CPU: auto (the "
+                             "one running here or at RAY_ADDRESS), ray://head:10001, "
+                             "head:6379, or local (start one on this machine); every node "
+                             "needs the MLflow store and the gallery database (default: carry "
+                             "in this process)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        return migrate(args.model_uri, args.batch_size, args.source_key, args.force)
+        return migrate(args.model_uri, args.batch_size, args.source_key, args.force,
+                       args.ray_address)
     except (LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -37,7 +37,7 @@ SLOWEST_FIRST = ("test_serving.py", "test_export.py", "test_docs_run.py", "test_
                  "test_registration.py", "test_tables.py", "test_distributed.py",
                  "test_distill_evaluate.py", "test_dlib_resnet.py", "test_store.py",
                  "test_models.py", "test_recommend.py", "test_sweep.py", "test_registry.py",
-                 "test_faces.py", "test_input_pipeline.py")
+                 "test_faces.py", "test_input_pipeline.py", "test_carry_ray.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

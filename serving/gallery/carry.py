@@ -40,22 +40,33 @@ class Carried:
     seconds: float = 0.0
 
 
-def carry(model, batch_size: int | None = None,
-          progress: Callable[[int, int], None] | None = None) -> Carried:
-    """Embed every kept entry of ``model``'s family into its gallery (a ``ServedModel``
-    whose gallery keeps data: ``ZOO_KEEP_ENROLLED``), ``progress(done, total)`` after each
-    batch."""
+def check_keeping(model) -> None:
+    """Refuse a version whose gallery keeps nothing: there is nothing to carry from."""
     if model.sealer is None:
         raise ValueError("ZOO_KEEP_ENROLLED=false: nothing is kept, so nothing can be carried "
                          "to a new version (enroll the people's files again: "
                          "python -m serving.enroll)")
+
+
+def carry(model, batch_size: int | None = None,
+          progress: Callable[[int, int], None] | None = None,
+          ids: tuple[int, int | None] | None = None) -> Carried:
+    """Embed every kept entry of ``model``'s family into its gallery (a ``ServedModel``
+    whose gallery keeps data: ``ZOO_KEEP_ENROLLED``), ``progress(done, total)`` after each
+    batch.
+
+    ``ids=(lo, hi)``: only the kept entries with ids in ``(lo, hi]`` (``hi`` None: no upper
+    bound), one part of the work carried alone (``serving/gallery/carry_ray.py``); the
+    report's ``added`` is then this part's, its other figures the gallery's."""
+    check_keeping(model)
     started = time.perf_counter()
     table = CarryTable(model.gallery.table)
     size = batch_size or model.settings.max_batch_size
     family = model.gallery.contract.name
-    report, after = Carried(), 0
+    report = Carried()
+    after, until = ids or (0, None)
     while True:
-        rows = table.pending(after, size)
+        rows = table.pending(after, size, until)
         if not rows:
             break
         after = rows[-1].id
@@ -73,6 +84,14 @@ def carry(model, batch_size: int | None = None,
         report.added += table.add(ready, vectors, refused)
         if progress is not None:
             progress(*table.count()[::-1])
+    return tally(model, report, started)
+
+
+def tally(model, report: Carried, started: float) -> Carried:
+    """``report`` completed from the gallery as it stands: kept and done, what could not
+    be carried and why, and the seconds since ``started`` (``time.perf_counter``); the
+    model's gallery then reads what was added."""
+    table = CarryTable(model.gallery.table)
     report.kept, report.done = table.count()
     report.uncarried = table.uncarried()
     report.nothing_kept = sorted({name for key, _, _ in table.galleries()

@@ -380,21 +380,41 @@ class CarryTable:
     def __init__(self, table: GalleryTable) -> None:
         self.table = table
 
-    def pending(self, after_id: int, limit: int) -> list[KeptRow]:
-        """Kept entries of the family above ``after_id`` that this gallery has neither
-        embedded nor listed as uncarried, by id."""
+    def _pending(self, after_id: int, until_id: int | None = None) -> list[Any]:
+        """The conditions of a kept entry of the family in ``(after_id, until_id]`` that this
+        gallery has neither embedded nor listed as uncarried."""
         t = self.table
         embedded = sa.select(ENTRIES.c.id).where(ENTRIES.c.model_key == t.key,
                                                  ENTRIES.c.kept_id == KEPT.c.id)
         listed = sa.select(UNCARRIED.c.kept_id).where(UNCARRIED.c.model_key == t.key,
                                                       UNCARRIED.c.kept_id == KEPT.c.id)
-        with t.engine.connect() as conn:
+        where = [KEPT.c.family == t.family, KEPT.c.id > after_id,
+                 ~sa.exists(embedded), ~sa.exists(listed)]
+        if until_id is not None:
+            where.append(KEPT.c.id <= until_id)
+        return where
+
+    def pending(self, after_id: int, limit: int, until_id: int | None = None
+                ) -> list[KeptRow]:
+        """Kept entries of the family above ``after_id`` (up to ``until_id``, when given)
+        that this gallery has neither embedded nor listed as uncarried, by id."""
+        with self.table.engine.connect() as conn:
             rows = conn.execute(sa.select(KEPT.c.id, KEPT.c.identity, KEPT.c.kind,
                                           KEPT.c.payload, KEPT.c.enrolled_at, KEPT.c.sha256)
-                                .where(KEPT.c.family == t.family, KEPT.c.id > after_id,
-                                       ~sa.exists(embedded), ~sa.exists(listed))
+                                .where(*self._pending(after_id, until_id))
                                 .order_by(KEPT.c.id).limit(limit)).all()
         return [KeptRow(*r) for r in rows]
+
+    def split(self, parts: int) -> list[int]:
+        """The last id of each of up to ``parts`` runs of the pending kept entries (by id)
+        whose sizes differ by one at most, so that carriers given ``(0, first]``,
+        ``(first, second]``, ... share the work evenly; empty when nothing is pending."""
+        numbered = sa.select(KEPT.c.id, sa.func.ntile(max(1, parts)).over(
+            order_by=KEPT.c.id).label("part")).where(*self._pending(0)).subquery()
+        with self.table.engine.connect() as conn:
+            return [int(i) for i in conn.execute(
+                sa.select(sa.func.max(numbered.c.id)).group_by(numbered.c.part)
+                .order_by(numbered.c.part)).scalars()]
 
     def count(self) -> tuple[int, int]:
         """(kept entries of the family, those this gallery has embedded or listed)."""

@@ -89,7 +89,9 @@ def migrating(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Busy("a migration of this gallery is running") from None
+            raise Busy(f"a migration of the gallery in {folder} is running (a server "
+                       "following its alias, POST /gallery/migrate or serving.migrate): "
+                       "try again when it has finished") from None
         try:
             yield
         finally:
