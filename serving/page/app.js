@@ -212,7 +212,9 @@ async function refreshModel() {
 }
 
 function describeIndex(index) {
-  return Object.entries(index).map(([k, v]) => `${k} ${v}`).join(", ");
+  return Object.entries(index).filter(([, v]) => v != null)
+    .map(([k, v]) => `${k} ${typeof v !== "object" ? v : Object.keys(v).length ? `(${describeIndex(v)})` : "none"}`)
+    .join(", ");
 }
 
 function fixed(x, digits = 3) {
