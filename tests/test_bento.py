@@ -370,6 +370,12 @@ def test_page_enrolls_finds_and_deletes_an_identity(page_server, digit_pngs,
         expect(page.locator("#identities tbody")).to_contain_text("no identity holds that text")
         page.click("nav button[data-tab=model]")
         expect(page.locator("#model-info")).to_contain_text("resnet18")
+        expect(page.locator("#answering")).to_have_text("Answering: version 1")
+        expect(page.locator("#migration-stage")).to_contain_text("No migration has run yet")
+        page.fill("#migrate-to", "models:/zoo-digits/2")
+        page.click("#migrate-start")  # the server's own words: a Bento holds one version
+        expect(page.locator("#migrate-message")).to_contain_text(
+            "409: a Bento answers with the model it holds")
         screenshot(page, "ui-model.png", tmp_path)
     gone = httpx.get(f"{page_server.url}/identities/Ana%20%3Cb%3ELima%3C%2Fb%3E", timeout=30,
                      headers={"Authorization": f"Bearer {ADMIN_KEY}"})

@@ -6,6 +6,7 @@ served models are tested end to end in test_serving.py."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import sqlite3
@@ -110,6 +111,10 @@ def test_a_version_worse_on_the_enrolled_people_fails_the_gate(tmp_path: Path) -
         few.enroll(name, rows)
     verdict, _ = gate(few)
     assert verdict.passed and not verdict.judged and "registry" in verdict.reason
+    # nobody enrolled: nothing measured, and the figures stay valid JSON (null, not NaN)
+    verdict, _ = gate(RowVersion(tmp_path / "nobody", 1))
+    assert verdict.passed and not verdict.judged
+    assert json.loads(json.dumps(verdict.to_dict(), allow_nan=False))["new"]["top1"] is None
 
 
 def test_who_is_deleted_or_enrolled_while_carrying_reaches_both_galleries(

@@ -394,6 +394,35 @@ def test_gradcam_overlays(image_server: Server, digit_pngs) -> None:
     assert bad.status_code == 400 and "method" in bad.text
 
 
+def test_page_model_tab_shows_the_version_answering_and_the_servers_refusals(
+        image_server: Server) -> None:
+    """The page's Model tab (support/browser.py) against this server: the version answering,
+    no migration yet, and the server's own words for a migration to the version answering
+    already (409) and to another registered model (400)."""
+    from playwright.sync_api import expect
+
+    from support.browser import browser_page
+
+    with browser_page() as page:
+        page.goto(f"{image_server.url}/ui/")
+        page.click("nav button[data-tab=model]")  # no key: /model is open, migrations not
+        expect(page.locator("#answering")).to_have_text("Answering: version 1")
+        expect(page.locator("#migration-hint")).to_contain_text("need the admin key")
+        expect(page.locator("#migrate-form")).to_be_hidden()
+        page.fill("#key", ADMIN_KEY)
+        page.click("#key-form button[type=submit]")
+        expect(page.locator("#migration-stage")).to_contain_text("No migration has run yet")
+        page.fill("#migrate-to", "models:/zoo-digits/1")
+        page.click("#migrate-start")
+        expect(page.locator("#migrate-message")).to_have_text(
+            "409: models:/zoo-digits/1 answers already")
+        page.fill("#migrate-to", TABULAR_URI)
+        page.click("#migrate-start")
+        expect(page.locator("#migrate-message")).to_contain_text(
+            f"400: {TABULAR_URI} is not a version of zoo-digits")
+        expect(page.locator("#answering")).to_have_text("Answering: version 1")
+
+
 def _trap() -> tuple[str, list[bytes], object]:
     """A listening socket that records every connection: a URL there must never be fetched."""
     import socket

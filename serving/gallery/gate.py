@@ -11,6 +11,7 @@ the registry's own comparison (the metric on which the alias moved).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,8 +44,15 @@ class Verdict:
     new: Figures
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON may hold it: a figure nothing measured (no queries: NaN) is None, so
+        ``GET /gallery/migration`` and the version's tag stay valid JSON."""
         return {"passed": self.passed, "judged": self.judged, "reason": self.reason,
-                "old": asdict(self.old) if self.old else None, "new": asdict(self.new)}
+                "old": _finite(self.old) if self.old else None, "new": _finite(self.new)}
+
+
+def _finite(figures: Figures) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in asdict(figures).items()}
 
 
 def leave_one_out(identities: list[str], vectors: np.ndarray,

@@ -1,4 +1,5 @@
-// The page at /ui: try the served model on photos or rows, keep the gallery, read /model.
+// The page at /ui: try the served model on photos or rows, keep the gallery, read /model,
+// follow and start a migration to another version.
 // Plain JavaScript, no build step. It calls the server's HTTP API as any client does; the key
 // lives in this tab's sessionStorage only and goes out as the Authorization header. Text from
 // the server (names, messages) is set as textContent, never parsed as HTML.
@@ -7,7 +8,12 @@
 const KEY_STORE = "zoo-key";
 const TOP_K = 5;
 const PAGE_SIZE = 20;
-const state = { model: null, page: 1, search: "", total: 0, detail: null };
+const POLL_MS = 1000;  // how often a running migration is asked how far it is
+const START_POLLS = 30;  // how long a migration just asked for may take to show up
+const SWITCH_POLLS = 60;  // how long the workers may take to answer with the version that passed
+const RUNNING = ["waiting", "loading", "carrying", "gating"];  // a migration's unfinished stages
+const state = { model: null, page: 1, search: "", total: 0, detail: null,
+                migration: null, watch: null, timer: null };
 
 const $ = (id) => document.getElementById(id);
 
@@ -111,6 +117,8 @@ function showTab(name) {
   }
   for (const tab of ["try", "gallery", "model"]) $(`tab-${tab}`).hidden = tab !== name;
   if (name === "gallery") loadIdentities();
+  if (name === "model") openModelTab();
+  else stopWatching();  // polling stops when the tab is left
 }
 
 // ---- the model -------------------------------------------------------------------------
@@ -122,6 +130,9 @@ async function start() {
     $("image-input").hidden = true;
     $("row-input").hidden = true;
     $("model-title").textContent = "";
+    $("answering").textContent = "";
+    stopWatching();
+    $("migration").hidden = true;
     notice(got.status === 401
       ? `${got.message}. Enter the server's key above.`
       : `The model could not be read: ${got.message}`);
@@ -130,6 +141,7 @@ async function start() {
   notice("");
   state.model = got.data;
   renderModel(got.data);
+  showAnswering(got.data, got.headers);
   const table = got.data.kind === "tabular";
   $("image-input").hidden = table;
   $("row-input").hidden = !table;
@@ -137,6 +149,7 @@ async function start() {
   $("enroll-rows").hidden = !table;
   if (table) setUpRows(got.data);
   if (!$("tab-gallery").hidden) loadIdentities();  // a new key may open it
+  if (!$("tab-model").hidden) followMigration();  // and the migration part
 }
 
 function renderModel(model) {
@@ -170,14 +183,247 @@ function renderModel(model) {
     metrics.append(element("tr", {}, element("th", { text: name }),
       element("td", { text: fixed(value) })));
   }
+  $("migrate-to").placeholder = `models:/${model.name}@champion or models:/${model.name}/2`;
+}
+
+// The version answering: /model's, or what its answer's X-Zoo-Model-Version header says
+// (the run, for an unregistered model).
+function showAnswering(model, headers) {
+  const said = headers ? headers.get("X-Zoo-Model-Version") : null;
+  let text = `Answering: ${model.version ? `version ${model.version}` : said || "an unregistered model"}`;
+  if (said && model.version && said !== String(model.version)) text += ` (this answer came from ${said})`;
+  $("answering").textContent = text;
+}
+
+// /model again, e.g. once a migration has ended; null when it could not be read.
+async function refreshModel() {
+  const got = await api("model");
+  if (!got.ok) {
+    notice(got.status === 401
+      ? `${got.message}. Enter the server's key above.`
+      : `The model could not be read: ${got.message}`);
+    return null;
+  }
+  notice("");
+  state.model = got.data;
+  renderModel(got.data);
+  showAnswering(got.data, got.headers);
+  return got.data;
 }
 
 function describeIndex(index) {
-  return Object.entries(index).map(([k, v]) => `${k} ${v}`).join(", ");
+  return Object.entries(index).filter(([, v]) => v != null)
+    .map(([k, v]) => `${k} ${typeof v !== "object" ? v : Object.keys(v).length ? `(${describeIndex(v)})` : "none"}`)
+    .join(", ");
 }
 
 function fixed(x, digits = 3) {
   return typeof x === "number" ? x.toFixed(digits) : String(x);
+}
+
+// ---- the model tab: the version answering and its migrations -----------------------------
+
+async function openModelTab() {
+  await refreshModel();
+  await followMigration();
+}
+
+// The latest migration, and, while it runs, every second until it ends.
+async function followMigration() {
+  stopWatching();
+  const status = await loadMigration();
+  if (status && isRunning(status) && !$("tab-model").hidden) watchMigration(undefined);
+}
+
+function isRunning(status) {
+  const m = status.migration;
+  return status.running || Boolean(m && RUNNING.includes(m.stage));
+}
+
+// GET /gallery/migration, shown; null where it is refused (no admin key) or failed.
+async function loadMigration() {
+  const got = await api("gallery/migration");
+  if (!got.ok) {
+    state.migration = null;
+    $("migration").hidden = true;
+    const needsKey = got.status === 401 || got.status === 403;
+    say("migration-hint", needsKey ? "Following and starting a migration need the admin key."
+      : `The migration could not be read: ${got.message}`, !needsKey);
+    if (needsKey) $("migration-hint").className = "hint";
+    $("migration-hint").hidden = false;
+    return null;
+  }
+  $("migration-hint").hidden = true;
+  $("migration").hidden = false;
+  renderMigration(got.data);
+  return got.data;
+}
+
+function renderMigration(status) {
+  state.migration = status;
+  const follow = status.follow;
+  $("migration-follow").hidden = !follow;
+  $("migrate-form").hidden = Boolean(follow);  // the alias decides: move it instead
+  if (follow) {
+    $("migration-follow").textContent = `This server follows ${follow.alias} every ${follow.every_s} s: `
+      + "it migrates when the alias moves to another version.";
+  }
+  $("migrate-start").disabled = isRunning(status);
+  const m = status.migration;
+  for (const id of ["migration-progress", "migration-times", "migration-error", "migration-gate"]) {
+    $(id).hidden = true;
+  }
+  if (!m) {
+    say("migration-stage", "No migration has run yet: the version answering is the one the "
+      + "server started with.");
+  } else {
+    renderStage(m);
+  }
+  const refused = Object.entries(status.refused || {});
+  $("migration-refused").hidden = !refused.length;
+  $("refused-list").replaceChildren(...refused.map(([uri, reason]) => element("li", {},
+    element("span", { class: "mono", text: uri }), `: ${reason}`)));
+}
+
+function renderStage(m) {
+  const running = RUNNING.includes(m.stage);
+  say("migration-stage", `Migration to ${m.to}: ${stageText(m)}.`,
+    ["refused", "failed", "interrupted"].includes(m.stage));
+  if (running || m.total) {
+    const bar = $("migration-bar");
+    if (m.total) {
+      bar.max = m.total;
+      bar.value = m.done;
+    } else {
+      bar.removeAttribute("value");  // no count yet: an indeterminate bar
+    }
+    let count = m.total ? `${m.done} of ${m.total} entries carried` : "counting the entries to carry";
+    if (running && m.total && m.eta_s != null) count += `, ${about(m.eta_s)} left`;
+    $("migration-count").textContent = count;
+    $("migration-progress").hidden = false;
+  }
+  const times = [`started ${clock(m.started_at)}`];
+  if (m.finished_at) times.push(`ended ${clock(m.finished_at)} (took ${about(m.finished_at - m.started_at)})`);
+  if (m.uncarried) times.push(`${m.uncarried} kept entries could not be carried`);
+  $("migration-times").textContent = `${times.join("; ")}.`;
+  $("migration-times").hidden = !m.started_at;
+  $("migration-error").textContent = m.error || "";
+  $("migration-error").hidden = !m.error;
+  if (m.gate) renderGate(m.gate, m.version);
+}
+
+function stageText(m) {
+  const version = m.version ? `version ${m.version}` : "the version";
+  const forced = m.force && m.gate && !m.gate.passed ? ", forced past the gate" : "";
+  return {
+    waiting: `waiting for ${version} to be exported`,
+    loading: `loading ${version}`,
+    carrying: `carrying the gallery to ${version}`,
+    gating: `the gate is judging ${version} on the enrolled people`,
+    passed: `${version} passed the gate`,
+    switched: `${version} answers now${forced}`,
+    refused: `the gate refused ${version}; the old version answers on`,
+    failed: `${version} failed; the old version answers on`,
+    interrupted: `interrupted (the worker running it stopped); start it again to go on`,
+  }[m.stage] || m.stage;
+}
+
+// The gate's verdict, and both versions' figures on the enrolled people.
+function renderGate(gate, version) {
+  $("gate-verdict").textContent = `Gate: ${gate.passed ? "passed" : "refused"}${gate.judged ? "" : " (not judged)"}.`;
+  $("gate-verdict").className = gate.passed ? "passed" : "error";
+  $("gate-reason").textContent = gate.reason;
+  $("gate-old").textContent = gate.old ? "Old (answering before)" : "Old: no earlier gallery";
+  $("gate-new").textContent = `New (${version ? `version ${version}` : "the version"})`;
+  const figures = [["Identities", "identities", String], ["Queries", "queries", String],
+    ["Top-1", "top1", percent], ["Unknown rate", "unknown", percent],
+    ["Threshold", "threshold", (x) => fixed(x)]];
+  const cell = (side, field, format) => {
+    const value = side ? side[field] : null;
+    return element("td", { text: value == null ? "—" : format(value) });
+  };
+  $("gate-figures").tBodies[0].replaceChildren(...figures.map(([name, field, format]) =>
+    element("tr", {}, element("th", { text: name }), cell(gate.old, field, format),
+      cell(gate.new, field, format))));
+  $("migration-gate").hidden = false;
+}
+
+// A time in seconds as people say it: "about 40 s", "about 2 min", "about 1.5 h".
+function about(seconds) {
+  if (seconds < 90) return `about ${Math.max(1, Math.round(seconds))} s`;
+  if (seconds < 90 * 60) return `about ${Math.round(seconds / 60)} min`;
+  return `about ${(seconds / 3600).toFixed(1)} h`;
+}
+
+function clock(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleTimeString();
+}
+
+async function startMigration(event) {
+  event.preventDefault();
+  const to = $("migrate-to").value.trim();
+  const force = $("migrate-force").checked;
+  if (!to) return;
+  if (force && !window.confirm(`Switch to ${to} even if the gate refuses it?`)) return;
+  const latest = state.migration && state.migration.migration;
+  $("migrate-start").disabled = true;
+  const got = await api("gallery/migrate", { method: "POST", json: { to, force } });
+  $("migrate-start").disabled = false;
+  if (!got.ok) {
+    say("migrate-message", got.message, true);
+    return;
+  }
+  say("migrate-message", `Started: migrating to version ${got.data.version}${got.data.force ? ", forced" : ""}.`);
+  $("migrate-start").disabled = true;
+  watchMigration(latest ? latest.started_at : null);
+}
+
+// Poll GET /gallery/migration every second until the migration ends, then /model. ``before``:
+// the start time of the latest migration before this page asked for one (null: none), so
+// that one is waited for even before it shows up; undefined: one already running.
+function watchMigration(before) {
+  stopWatching();
+  state.watch = { before, polls: 0, switching: 0 };
+  state.timer = setTimeout(pollMigration, POLL_MS);
+}
+
+function stopWatching() {
+  clearTimeout(state.timer);
+  state.timer = null;
+  state.watch = null;
+}
+
+async function pollMigration() {
+  const watch = state.watch;
+  if (!watch || $("tab-model").hidden) return;
+  const again = () => { state.timer = setTimeout(pollMigration, POLL_MS); };
+  watch.polls += 1;
+  const status = await loadMigration();
+  if (state.watch !== watch) return;  // the tab was left, or another watch began
+  if (!status) {
+    stopWatching();
+    return;
+  }
+  const m = status.migration;
+  const shown = m && m.started_at !== watch.before;
+  if (isRunning(status) || (watch.before !== undefined && !shown && watch.polls < START_POLLS)) {
+    again();
+    return;
+  }
+  const model = await refreshModel();  // it ended: the version answering now
+  if (state.watch !== watch) return;
+  if (model && m && m.stage === "switched" && String(model.version) !== String(m.version)
+      && watch.switching < SWITCH_POLLS) {
+    watch.switching += 1;  // every worker loads the new version, then switches to it
+    $("answering").textContent += ` (the workers are switching to version ${m.version}…)`;
+    again();
+    return;
+  }
+  if (watch.before !== undefined) {  // the one this page started has ended: its stage says how
+    say("migrate-message", shown ? "" : "The migration has not shown up: the server's log "
+      + "says why.", !shown);
+  }
+  stopWatching();
 }
 
 // ---- try: images -----------------------------------------------------------------------
@@ -493,6 +739,7 @@ function setUpGallery() {
   $("next-page").addEventListener("click", () => { state.page += 1; loadIdentities(); });
   $("delete-identity").addEventListener("click", deleteIdentity);
   $("enroll-form").addEventListener("submit", enroll);
+  $("migrate-form").addEventListener("submit", startMigration);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
