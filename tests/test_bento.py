@@ -37,7 +37,9 @@ BENTOFILE = REPO / "serving" / "bentofile.yaml"
 
 def bento_files() -> list[Path]:
     spec = yaml.safe_load(BENTOFILE.read_text())
-    return sorted({path for pattern in spec["include"] for path in REPO.glob(pattern)})
+    left_out = {path for pattern in spec.get("exclude", []) for path in REPO.glob(pattern)}
+    return sorted({path for pattern in spec["include"] for path in REPO.glob(pattern)}
+                  - left_out)
 
 
 def third_party_imports(path: Path) -> set[str]:
