@@ -216,3 +216,19 @@ def test_a_version_s_gallery_of_an_older_model_zoo_is_carried_into_the_shared_on
                           legacy=tmp_path / "zoo-rows-v1-run-1")
     assert shared.counts() == {"Ada": 2}
     assert [e["sha256"] for e in shared.enrollments("Ada")] == ["a" * 64, "b" * 64]
+
+
+def test_the_gate_asks_a_sample_beyond_its_limit_the_same_for_both_versions(monkeypatch) -> None:
+    """Leave-one-out over every entry is N x N; past MAX_QUERIES the same seeded entries
+    are asked of both versions, so equal versions still score equal."""
+    from serving.gallery import gate as gating
+
+    monkeypatch.setattr(gating, "MAX_QUERIES", 40)
+    rng = np.random.default_rng(3)
+    names = [f"p{i // 4}" for i in range(200)]
+    vectors = rng.standard_normal((200, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(200)
+    verdict = gating.compare((ids, names, vectors, 0.5), (ids, names, vectors.copy(), 0.5))
+    assert verdict.old.queries == verdict.new.queries == 40
+    assert verdict.old == verdict.new and verdict.passed

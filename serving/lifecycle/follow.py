@@ -29,7 +29,7 @@ from serving.errors import RequestError
 from serving.gallery.carry import carry
 from serving.lifecycle import state as shared
 from serving.lifecycle.answering import Answering, pinned_uri
-from serving.lifecycle.migration import RUNNING_STAGES, Status, carry_and_gate
+from serving.lifecycle.migration import WORKING_STAGES, Status, carry_and_gate
 from serving.model.served import ServedModel
 from serving.settings import ServeSettings
 from zoo.export.bundle import Bundle
@@ -280,8 +280,9 @@ class Lifecycle:
         state = shared.read(self.folder)
         running = shared.migration_running(self.folder)
         migration = state.migration
-        if migration and migration.get("stage") in RUNNING_STAGES and not running:
-            migration = {**migration, "stage": "interrupted"}  # its worker died: resumable
+        # a migration's worker died (resumable); one waiting for an export holds no lock
+        if migration and migration.get("stage") in WORKING_STAGES and not running:
+            migration = {**migration, "stage": "interrupted"}
         current = self.service.current
         return {"answering": {"uri": current.pinned_uri, "version": current.version},
                 "serving": state.serving, "running": running, "migration": migration,
