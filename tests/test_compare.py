@@ -121,10 +121,49 @@ def test_tables_written_and_parseable(rows: list[Row], tmp_path: Path) -> None:
     assert len(widths) == 1
 
 
+VAL = "best_val_map_at_r"
+
+
+def _tied(model: str, p1: float, loss: float, test: float) -> Row:
+    """A run tied at a perfect validation MAP@R; its test figure must never decide."""
+    return Row(model, "arcface", "FINISHED", {VAL: 1.0, "best_val_precision_at_1": p1,
+                                              "train_loss": loss, METRIC: test},
+               run_id=f"{model}-id")
+
+
+def test_a_tie_is_broken_by_a_second_validation_figure_then_the_loss() -> None:
+    rows = [_tied("first", 0.95, 0.30, 0.99),  # first in order, best on test: not a reason
+            _tied("by_p1", 1.00, 0.90, 0.50),
+            _tied("by_loss", 0.95, 0.10, 0.60),
+            _tied("same", 0.95, 0.30, 0.70),
+            Row("lower", "arcface", "FINISHED", {VAL: 0.9, "train_loss": 0.01}, run_id="l")]
+    df = comparison_table(rows, VAL)
+    assert list(df["model"]) == ["by_p1", "by_loss", "first", "same", "lower"]
+    assert list(df["tie_broken_by"]) == ["", "best_val_precision_at_1", "train_loss", "order", ""]
+    assert list(df.columns)[3:6] == [VAL, "best_val_precision_at_1", "train_loss"]
+    text = format_table(df)
+    assert text.splitlines()[0] == ("ranked by best_val_map_at_r (higher is better); ties broken "
+                                    "by best_val_precision_at_1, then train_loss")
+    assert "tie_broken_by" in text and text.splitlines()[4].rstrip().endswith(
+        "best_val_precision_at_1")
+    assert "| best_val_precision_at_1 |" in to_markdown(df)
+    # registration picks the same run, by the same figures
+    from types import SimpleNamespace
+
+    from training.tracking.registration import best_run
+
+    runs = [SimpleNamespace(data=SimpleNamespace(metrics=r.metrics),
+                            info=SimpleNamespace(start_time=i, run_id=r.run_id, run_name=r.model))
+            for i, r in enumerate(rows)]
+    assert best_run(runs, VAL).info.run_name == "by_p1"
+    assert best_run([runs[0], runs[2]], VAL).info.run_name == "by_loss"  # P@1 tied: the loss
+    assert best_run([runs[3], runs[0]], VAL).info.run_name == "first"  # all tied: the earlier
+
+
 def test_format_table(rows: list[Row]) -> None:
     text = format_table(comparison_table(rows, METRIC))
     lines = text.splitlines()
-    assert lines[0] == "ranked by test_map_at_r (higher is better)"
+    assert lines[0] == "ranked by test_map_at_r (higher is better); ties broken by train_loss"
     body = lines[3:3 + len(rows)]
     assert body[0].split()[:3] == ["1", "convnext_atto", "arcface"]
     assert body[2].split()[:4] == ["3", "pixels", "-", "baseline"]

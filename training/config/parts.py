@@ -4,15 +4,19 @@ trained on (data), what is trained (model), against what (loss), how (optim), wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
-from training.config.params import check_choices, option
+from training.config.params import check_choices, internal, option
 from zoo.faces.stage import FACE_MODES, MISSING_POLICIES
+from zoo.native import GENERIC, native_input
 from zoo.values import is_false_word
 
 #: How the peak learning rate grows with the number of data-parallel processes (each takes
 #: its own ``batch_size`` samples per step, so one step sees ``nproc x batch_size``).
 LR_SCALING = ("linear", "sqrt", "none")
+#: ``faces`` left to follow the model ("none" is a face stage choice, so not None)
+AUTO = "auto"
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
 
@@ -57,8 +61,11 @@ class DataConfig:
     test_fraction: float = option(0.2, "fraction of each class held out for the test metrics")
     open_set: float = option(0.0, "fraction of classes never trained on, evaluated as open_* "
                                   "metrics")
-    image_size: int = option(32, "images are resized to image_size x image_size")
-    channels: int = option(3, "image channels (grey images are replicated)")
+    image_size: Optional[int] = option(None, "images are resized to image_size x image_size "
+                                             "(auto: the model's own input, e.g. dlib_resnet's "
+                                             "150 px chips, iresnet's 112; else 32)")
+    channels: Optional[int] = option(None, "image channels, grey images replicated (auto: the "
+                                           "model's own, else 3)")
     mean: Optional[str] = option(None, "image normalisation mean per channel, comma list (auto: "
                                        "the pretrained or init model's, else fitted on the "
                                        "training split)")
@@ -78,13 +85,17 @@ class DataConfig:
     tta: str = option("none", "test-time augmentation of validation and test embeddings: flip "
                               "averages each image with its mirror (images only)",
                       ("none", "flip"))
-    faces: str = option("none", "the face stage on a folder of photos: align finds each photo's "
+    faces: str = option(AUTO, "the face stage on a folder of photos: align finds each photo's "
                                 "faces, takes five landmarks and warps the largest face to dlib's "
                                 "face-chip template at image_size (the faces extra); the model "
-                                "records it and every server applies it", FACE_MODES)
+                                "records it and every server applies it (auto: the model's "
+                                "own on a folder of photos: align for dlib_resnet; else none)",
+                      (AUTO, *FACE_MODES))
     faces_missing: str = option("whole", "faces=align, a photo with no face found: whole (align "
                                          "the whole image), skip (leave it out) or fail",
                                 MISSING_POLICIES)
+    #: The input fields left to ``auto`` that ``resolve_input`` filled (state, not a parameter).
+    auto_input: tuple[str, ...] = internal(())
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -100,12 +111,34 @@ class DataConfig:
             values = channel_values(getattr(self, name), name)
             if values is not None and name == "std" and min(values) <= 0:
                 raise ValueError(f"std must be > 0 per channel, got {getattr(self, name)}")
-        if self.faces != "none" and self.augment == "photo":
-            raise ValueError("augment=photo crops the original files, not the aligned face "
-                             "chips: use augment=light or strong with faces=align")
         if (self.mean is None) != (self.std is None):
             raise ValueError("set mean and std together (one value per channel each), or "
                              "neither")
+
+    def resolve_input(self, model: str) -> None:
+        """Fill ``image_size``, ``channels`` and ``faces`` left unset from the input ``model``
+        declares (``zoo.native``), else the generic one; a value set stays (the family warns
+        where it differs). The face stage follows the model only on a folder of photos, the
+        one kind of data it applies to."""
+        own = native_input(model) or GENERIC
+        filled = []
+        for name in ("image_size", "channels", "faces"):
+            if getattr(self, name) in (None, AUTO):
+                value = getattr(own, name)
+                if name == "faces" and not self.photo_folder:
+                    value = GENERIC.faces
+                setattr(self, name, value)
+                filled.append(name)
+        self.auto_input = tuple(filled)
+        if self.faces != "none" and self.augment == "photo":
+            raise ValueError("augment=photo crops the original files, not the aligned face "
+                             "chips: use augment=light or strong with faces=align")
+
+    @property
+    def photo_folder(self) -> bool:
+        """Whether the data is a folder (of photos, maybe faces), not a data set or table."""
+        prefix, sep, rest = self.source.partition(":")
+        return Path(rest if sep and prefix == "folder" else self.source).expanduser().is_dir()
 
 
 @dataclass

@@ -105,7 +105,14 @@ class TrainConfig(FlatParams):
 
     def __post_init__(self) -> None:
         check_choices(self)
+        self.data.resolve_input(self.model.name)
         self.optim.resolve_fine_tuning(self.fine_tuning)
+
+    def replace(self, **params: Any) -> "TrainConfig":
+        """As ``FlatParams.replace``; the input fields that followed the model (``auto``) and
+        are not given follow the new model or data again (a sweep's children)."""
+        auto = {name: "auto" for name in self.data.auto_input if name not in params}
+        return super().replace(**auto, **params)
 
     @property
     def fine_tuning(self) -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
+from training.tracking.ranking import broken_by, rank_key, ranking_figures
 from zoo import names
 from zoo.metrics import higher_is_better  # one definition everywhere
 
@@ -36,6 +37,8 @@ METRIC_COLUMNS = (
 )
 TEXT_COLUMNS = ("model", "loss", "status")
 TAIL_COLUMNS = ("run_id", "error")
+#: The column that names the figure which put a row below one it ties with on the metric.
+TIE = "tie_broken_by"
 MISSING = "—"
 STD = "_std"  # suffix of a metric's standard deviation over seeds
 RUNS = "runs"  # how many runs (seeds) a row is the mean of
@@ -119,21 +122,30 @@ def comparison_table(rows: Sequence[Row], metric: str) -> pd.DataFrame:
 
     Order: rows with a value for ``metric`` (runs and baselines alike, higher first unless
     the name says loss/ece/error), then rows without one (still running, metric not logged),
-    then failed rows with their error. Ties keep the input order. Missing values are NaN.
+    then failed rows with their error. A tie on ``metric`` is broken as registration breaks
+    it (``training.tracking.ranking``): the row placed below a tie names the figure that put it
+    there in ``tie_broken_by``, and those figures are shown; a full tie keeps the input order.
+    Missing values are NaN.
     """
     present = {k for row in rows for k in row.metrics}
-    shown = [metric] + [c for c in METRIC_COLUMNS if c != metric and c in present]
+    order, ties = _ranked(rows, metric)
+    breakers = [f for f in ranking_figures(metric)[1:] if f in present and f in ties.values()]
+    shown = [metric, *breakers] + [c for c in METRIC_COLUMNS
+                                   if c not in (metric, *breakers) and c in present]
     metric_cols = [c for m in shown for c in (m, m + STD) if c == m or c in present]
     metric_cols += [RUNS] if RUNS in present else []
-    columns = [*TEXT_COLUMNS, *metric_cols, *TAIL_COLUMNS]
+    columns = [*TEXT_COLUMNS, *metric_cols, *((TIE,) if ties else ()), *TAIL_COLUMNS]
     records = []
-    for row in rows:
+    for i in order:
+        row = rows[i]
         rec: dict[str, object] = {
             "model": row.model,
             "loss": "-" if row.is_baseline else row.loss,
             "status": row.status,
         }
         rec.update({c: row.value(c) for c in metric_cols})
+        if ties:
+            rec[TIE] = ties.get(i, "")
         rec.update(run_id=row.run_id, error=row.error)
         records.append(rec)
     df = pd.DataFrame.from_records(records, columns=columns)
@@ -141,16 +153,26 @@ def comparison_table(rows: Sequence[Row], metric: str) -> pd.DataFrame:
         df[c] = df[c].astype(float)
     if RUNS in df:
         df[RUNS] = df[RUNS].fillna(1.0)
-    if len(df):
-        higher = higher_is_better(metric)
-        failed = np.array([row.failed for row in rows])
-        value = df[metric].to_numpy(dtype=float)
-        group = np.where(failed, 2, np.where(np.isnan(value), 1, 0))
-        key = np.where(np.isnan(value), 0.0, -value if higher else value)
-        order = np.lexsort((np.arange(len(df)), key, group))  # last key sorts first
-        df = df.iloc[order].reset_index(drop=True)
     df.attrs.update(metric=metric, higher_is_better=higher_is_better(metric))
     return df
+
+
+def _ranked(rows: Sequence[Row], metric: str) -> tuple[list[int], dict[int, str]]:
+    """The rows' indices in table order, and for each row placed below one it ties with on
+    ``metric``, the figure that decided (``order``: every figure tied)."""
+    def group(row: Row) -> int:
+        return 2 if row.failed else 1 if math.isnan(row.value(metric)) else 0
+
+    order = sorted(range(len(rows)), key=lambda i: (group(rows[i]),
+                                                    rank_key(rows[i].metrics, metric)
+                                                    if group(rows[i]) == 0 else (), i))
+    ties: dict[int, str] = {}
+    for above, below in zip(order, order[1:]):
+        if group(rows[above]) == group(rows[below]) == 0:
+            why = broken_by(rows[above].metrics, rows[below].metrics, metric)
+            if why is not None:
+                ties[below] = why
+    return order, ties
 
 
 def _is_failed(status: object) -> bool:
@@ -159,7 +181,7 @@ def _is_failed(status: object) -> bool:
 
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     """The metric columns a person reads: each std is shown in its metric's cell."""
-    return [c for c in df.columns if c not in (*TEXT_COLUMNS, *TAIL_COLUMNS)
+    return [c for c in df.columns if c not in (*TEXT_COLUMNS, *TAIL_COLUMNS, TIE)
             and not c.endswith(STD)]
 
 
@@ -187,16 +209,19 @@ def _text(value: object) -> str:
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub Markdown table: numbers to 4 decimals, failed rows say why in ``status``."""
     metric_cols = _metric_columns(df)
-    header = ["model", "loss", "status", *metric_cols, "run_id"]
+    tie = [TIE] if TIE in df else []
+    header = ["model", "loss", "status", *metric_cols, *tie, "run_id"]
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 3 + ["---:"] * len(metric_cols) + ["---"]) + "|"]
+             "|" + "|".join(["---"] * 3 + ["---:"] * len(metric_cols) + ["---"] * (1 + len(tie)))
+             + "|"]
     for rec in df.to_dict("records"):
         status = _text(rec["status"])
         if _is_failed(status):
             reason = first_line(_text(rec.get("error")))
             status = f"failed: {reason}" if reason else "failed"
         cells = [_text(rec["model"]), _text(rec["loss"]), status,
-                 *(_cell(rec, c) for c in metric_cols), _text(rec.get("run_id"))]
+                 *(_cell(rec, c) for c in metric_cols), *(_text(rec[c]) for c in tie),
+                 _text(rec.get("run_id"))]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -216,7 +241,8 @@ def write_tables(df: pd.DataFrame, folder: Path, note: str = "") -> tuple[Path, 
 def format_table(df: pd.DataFrame) -> str:
     """Fixed-width text for the end of a sweep: rank, names, metrics, the error of failures."""
     metric_cols = _metric_columns(df)
-    header = ["#", "model", "loss", "status", *metric_cols]
+    tie = [TIE] if TIE in df else []
+    header = ["#", "model", "loss", "status", *metric_cols, *tie]
     body: list[list[str]] = []
     errors: list[str] = []
     rank = 0
@@ -229,10 +255,11 @@ def format_table(df: pd.DataFrame) -> str:
                  _text(rec["loss"]),
                  _text(rec["status"]).lower() if failed else _text(rec["status"])]
         cells += [_cell(rec, c, 1 if c.endswith("_time_s") else 4) for c in metric_cols]
+        cells += [_text(rec[c]) for c in tie]
         body.append(cells)
         if failed:
             errors.append(f"  {rec['model']}-{rec['loss']}: {first_line(_text(rec.get('error')))}")
-    numeric = [False] * 4 + [True] * len(metric_cols)
+    numeric = [False] * 4 + [True] * len(metric_cols) + [False] * len(tie)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -242,7 +269,9 @@ def format_table(df: pd.DataFrame) -> str:
     out = [line(header), "  ".join("-" * w for w in widths), *map(line, body)]
     if df.attrs.get("metric"):
         better = "higher" if df.attrs.get("higher_is_better", True) else "lower"
-        out.insert(0, f"ranked by {df.attrs['metric']} ({better} is better)")
+        breakers = ", then ".join(ranking_figures(df.attrs["metric"])[1:])
+        out.insert(0, f"ranked by {df.attrs['metric']} ({better} is better)"
+                   + (f"; ties broken by {breakers}" if breakers else ""))
     if errors:
         out += ["failed:", *errors]
     return "\n".join(out)

@@ -303,12 +303,25 @@ def prepare(cfg: TrainConfig, data: LoadedData | None = None, init: InitSource |
     weights ``pretrained`` or ``init`` name, after the names and modality are checked."""
     check_names(cfg)
     start = resolve_start(cfg, init)
-    wanted = cfg.data.interpolation or DEFAULT_INTERPOLATION
-    if data is None or (data.kind == "image" and data.interpolation != wanted):
+    if data is None or not read_as_config(data, cfg):
         data = load_config_data(cfg)
     check_modality(cfg, data)
     splits = config_splits(cfg, data)
     return (splits, *build_model_and_loss(cfg, splits, start), start)
+
+
+def read_as_config(data: LoadedData, cfg: TrainConfig) -> bool:
+    """Whether images were read as ``cfg`` reads them: its resize filter, and its size,
+    channels and face stage (which follow each model's own input in a sweep)."""
+    if data.kind != "image":
+        return True
+    if data.interpolation != (cfg.data.interpolation or DEFAULT_INTERPOLATION):
+        return False
+    if (data.faces is None) != (cfg.data.faces == "none"):
+        return False
+    shape = tuple(getattr(data.x, "shape", ())[1:])
+    size = cfg.data.image_size
+    return not shape or shape == (cfg.data.channels, size, size)
 
 
 def replica_digests(model: EmbeddingModel, loss_fn: EmbeddingLoss, world: World) -> list[str]:
@@ -365,6 +378,9 @@ def _train_in_run(cfg: TrainConfig, run: mlflow.ActiveRun, name: str, data: Load
                   init: InitSource | None = None, from_init: tuple[str, ...] = (),
                   params: dict[str, str] | None = None) -> RunResult:
     resolved = (*cfg.preset_changed, *from_init)
+    if cfg.data.auto_input:
+        log.info("%s (auto: %s's own input)", ", ".join(
+            f"{k}={cfg.param(k)}" for k in cfg.data.auto_input), cfg.model.name)
     logged = {**cfg.to_params(), **(params or {})}
     if state is None:
         log_params_once(logged, resolved_keys=resolved)

