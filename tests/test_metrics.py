@@ -429,6 +429,7 @@ FULL_KEYS = {
     "threshold_at_far_1e-3",
     "tar_at_far_1e-2",
     "threshold_at_far_1e-2",
+    "dir_at_far_1e-2",
 }
 
 
@@ -459,3 +460,25 @@ def test_evaluate_key_sets() -> None:
 
 def test_far_key() -> None:
     assert [far_key(f) for f in (1e-3, 1e-2, 0.05, 0.25)] == ["1e-3", "1e-2", "5e-2", "0.25"]
+
+
+def test_open_set_identification_counts_who_is_found_above_the_impostors_threshold() -> None:
+    """a and c enrolled (their first samples), b and d never: the threshold at FAR 1e-2 of
+    two impostors is the higher impostor's best similarity (0.6), so a's probe at 0.5 is
+    missed; at FAR 0.5 it is the lower one's (0.3), and every probe is found."""
+    from zoo.metrics import open_set_identification
+
+    r = np.sqrt
+    x = np.array([[1, 0, 0], [1, 0, 0], [0.5, 0, r(0.75)],      # a: entry, probe 1.0, 0.5
+                  [0.6, 0, -0.8],                                # b: impostor, best 0.6
+                  [0, 1, 0], [0, 0.9, r(0.19)],                  # c: entry, probe 0.9
+                  [0, 0.3, -r(0.91)]], dtype=np.float32)         # d: impostor, best 0.3
+    y = ["a", "a", "a", "b", "c", "c", "d"]
+    found = open_set_identification(x, y, fars=(1e-2, 0.5))
+    assert found["dir_at_far_1e-2"] == pytest.approx(2 / 3)
+    assert found["dir_at_far_5e-1"] == 1.0
+    # a probe nearest another enrolled identity is not found, however similar
+    wrong = x.copy()
+    wrong[5] = [0.95, r(1 - 0.95**2), 0]  # c's probe, nearest a's entry
+    assert open_set_identification(wrong, y)["dir_at_far_1e-2"] == pytest.approx(1 / 3)
+    assert np.isnan(open_set_identification(x[:3], y[:3])["dir_at_far_1e-2"])  # one identity

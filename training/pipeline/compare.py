@@ -33,7 +33,7 @@ FAILED_STATUSES = ("FAILED", "KILLED")
 # shown after the sort metric, each only when some row has it
 METRIC_COLUMNS = (
     "test_precision_at_1", "test_map_at_r", "test_r_precision", "test_nmi", "test_accuracy",
-    "train_time_s",
+    "open_map_at_r", "open_tar_at_far_1e-3", "open_dir_at_far_1e-2", "train_time_s",
 )
 TEXT_COLUMNS = ("model", "loss", "status")
 TAIL_COLUMNS = ("run_id", "error")

@@ -461,7 +461,8 @@ def kept_validation(history: History) -> dict[str, float]:
 
 
 SUMMARY_KEYS = ("test_accuracy", "test_precision_at_1", "test_map_at_r", "test_nmi",
-                "open_precision_at_1", "open_map_at_r", "train_time_s")
+                "open_precision_at_1", "open_map_at_r", "open_tar_at_far_1e-3",
+                "open_dir_at_far_1e-2", "train_time_s")
 
 
 def architecture_options(cfg: TrainConfig) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from .classification import (accuracy, confusion_matrix, expected_calibration_er
 from .clustering import cluster_accuracy, clustering_metrics, hungarian_accuracy, nmi
 from .retrieval import (leave_one_out_knn, map_at_r, precision_at_1, r_precision, recall_at_k,
                         retrieval_metrics)
+from .open_set import open_set_identification
 from .verification import pair_scores, roc_auc, tar_at_far, verification_metrics
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "pair_scores",
     "roc_auc",
     "tar_at_far",
+    "open_set_identification",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,10 @@ VERIFICATION_KEYS = (
     "threshold_at_far_1e-3",
     "tar_at_far_1e-2",
     "threshold_at_far_1e-2",
+    "dir_at_far_1e-2",
 )
+#: the false-alarm rates of open-set identification (``zoo/metrics/open_set.py``)
+IDENTIFICATION_FARS = (1e-2,)
 CLASSIFICATION_KEYS = ("accuracy", "top5_accuracy", "ece")
 
 
@@ -97,7 +102,8 @@ def evaluate(
     Always: ``precision_at_1, r_precision, map_at_r, recall_at_5, recall_at_10``.
     ``clustering=True``: ``nmi, cluster_accuracy`` (k-means; the slow part on large sets).
     ``verification=True``: ``roc_auc, tar_at_far_1e-3, threshold_at_far_1e-3,
-    tar_at_far_1e-2, threshold_at_far_1e-2``.
+    tar_at_far_1e-2, threshold_at_far_1e-2`` (pairs), and ``dir_at_far_1e-2`` (open-set
+    identification: half the identities enrolled, the other half impostors).
     With ``logits``: ``accuracy, top5_accuracy, ece``.
     Per-epoch validation turns clustering and verification off to stay cheap.
     Undefined values (e.g. no class with two samples) are NaN rather than errors.
@@ -109,6 +115,7 @@ def evaluate(
         out.update(clustering_metrics(embeddings, labels))
     if verification:
         ver = verification_metrics(embeddings, labels, fars=VERIFICATION_FARS)
+        ver.update(open_set_identification(embeddings, labels, fars=IDENTIFICATION_FARS))
         out.update({k: ver[k] for k in VERIFICATION_KEYS})
     if logits is not None:
         out["accuracy"] = accuracy(logits, labels)
