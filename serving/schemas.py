@@ -75,6 +75,18 @@ class IdentifyResponse(FacesWhenFound):
     faces: list[list[FaceIdentification]] | None = None  # a face model: every face
 
 
+class VerifyResponse(Served):
+    """``/verify``: one person or not, at the version's threshold (FAR 1e-3). ``similarity``
+    is that of the two photos, or of the photo and the claimed identity's nearest entry;
+    without the admin key it is shown only when ``same`` (as ``/identify`` lists only
+    matches at or above the threshold)."""
+
+    identity: str | None  # the identity claimed, when one was
+    similarity: float | None
+    threshold: float | None
+    same: bool | None  # None: the version has no threshold
+
+
 class EnrollResponse(Served):
     identity: str
     added: int

@@ -46,7 +46,7 @@ from serving.model.served import ServedModel
 from serving.page import routes as page
 from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse, FaceEmbedding,
                              FaceIdentification, Identification, IdentifyResponse, Match,
-                             MigrateRequest, header_value)
+                             MigrateRequest, VerifyResponse, header_value)
 from serving.settings import ServeSettings
 from zoo.export.bundle import Bundle
 
@@ -94,7 +94,8 @@ MaxFaces = Annotated[int | None, Field(ge=1, le=1000, description="a face model:
 MinFacePx = Annotated[int | None, Field(ge=0, le=100_000, description="a face model: faces "
                                         "narrower than this many pixels are left out")]
 
-MODEL_ROUTES = ("embed", "classify", "identify", "enroll", "gradcam", "v1/embeddings")
+MODEL_ROUTES = ("embed", "classify", "identify", "verify", "enroll", "gradcam",
+                "v1/embeddings")
 #: the last page /identities serves: past it the row offset would overflow the database's
 #: 64-bit integers (a 500 from SQLite) long before any gallery has that many names
 MAX_PAGE = 1_000_000_000
@@ -268,6 +269,43 @@ class ZooService:
                  for photo, at in zip(found.faces, found.rows())]
         return IdentifyResponse(**self.served, threshold=self.model.threshold,
                                 results=[results[i] for i in found.largest()], faces=faces)
+
+    @bentoml.api
+    @answers_errors
+    async def verify(self, ctx: bentoml.Context, images: Images = None,
+                     identity: Text = "") -> VerifyResponse:
+        """Whether two photos show one person, or whether a photo shows the enrolled
+        ``identity`` (send one photo and the name): the similarity, the version's threshold
+        (FAR 1e-3) and ``same``. A face model compares each photo's largest face."""
+        admin = bool(ctx.request.scope.get(ADMIN_SCOPE_KEY))
+        claimed = identity_name(identity) if identity.strip() else None
+        wanted = 1 if claimed is not None else 2
+        if len(images or []) != wanted:
+            raise RequestError("send two images (are they one person?), or one image and an "
+                               f"identity (is it them?); got {len(images or [])} image(s)"
+                               + (f" and identity {shown(claimed)}" if claimed else ""))
+        if self.model.faces is not None:
+            found = await self.inputs.read_faces(images, None,
+                                                 FaceRequest.of(SETTINGS, largest=True))
+            x = found.x[found.largest()]
+        else:
+            x, _ = await self.inputs.read(images, None)
+        embeddings = (await self.model.infer(x))["embedding"]
+        threshold = self.model.threshold
+        if claimed is None:
+            a, b = (e / max(float(np.linalg.norm(e)), 1e-12) for e in embeddings)
+            similarity: float | None = float(a @ b)
+        else:
+            similarity = await _in_thread(self.model.gallery.similarity_to, claimed,
+                                          embeddings[0])
+            if similarity is None and admin:
+                raise RequestError(f"no identity {shown(claimed)} in the gallery", 404)
+        same = (None if threshold is None
+                else similarity is not None and similarity >= threshold)
+        if not admin and not same:  # who is enrolled is for the admin to see
+            similarity = None
+        return VerifyResponse(**self.served, identity=claimed, similarity=similarity,
+                              threshold=threshold, same=same)
 
     @bentoml.api
     @answers_errors

@@ -1104,6 +1104,43 @@ def test_a_server_following_its_alias_takes_the_next_champion_without_a_failed_r
 
 # --- real clients: BentoML's, OpenAI's, MLflow's scoring server; keys; identities ---------
 
+def test_verify_answers_whether_two_photos_or_a_photo_and_a_name_are_one_person(
+        image_server: Server, store, digit_pngs, tmp_path: Path) -> None:
+    """/verify with BentoML's client: two photos' similarity is their embeddings' (the ONNX
+    model's), `same` at the version's threshold; a photo against an enrolled name is its
+    nearest entry's; an unknown name is a 404 for the admin, and a caller without the admin
+    key sees a similarity only when it is the same person."""
+    import bentoml
+    import httpx
+
+    paths = []
+    for i, data in enumerate(digit_pngs[:3]):
+        paths.append(tmp_path / f"v{i}.png")
+        paths[-1].write_bytes(data)
+    emb = Reference(store, IMAGE_URI).images(digit_pngs[:3])["embedding"]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    with bentoml.SyncHTTPClient(image_server.url, token=ADMIN_KEY, timeout=120) as client:
+        pair = client.verify(images=paths[:2])
+        assert pair["similarity"] == pytest.approx(float(emb[0] @ emb[1]), abs=1e-5)
+        assert pair["same"] == (pair["similarity"] >= pair["threshold"])
+        assert pair["identity"] is None and pair["version"] == "1"
+        client.enroll(identity="verify-me", images=[paths[2]])
+        claim = client.verify(images=[paths[2]], identity="verify-me")
+        assert claim["similarity"] == pytest.approx(1.0, abs=1e-5) and claim["same"] is True
+        other = client.verify(images=[paths[0]], identity="verify-me")
+        assert other["similarity"] == pytest.approx(float(emb[0] @ emb[2]), abs=1e-5)
+    url = image_server.url
+    unknown = httpx.post(f"{url}/verify", data={"identity": "nobody-at-all"},
+                         files=files(digit_pngs[:1]), headers=ADMIN, timeout=60)
+    assert unknown.status_code == 404 and "nobody-at-all" in unknown.json()["error"]
+    for name in ("nobody-at-all", "verify-me"):  # without the admin key: alike unless same
+        answer = httpx.post(f"{url}/verify", data={"identity": name},
+                            files=files(digit_pngs[:1]), timeout=60).json()
+        assert answer["same"] is (name == "verify-me" and other["same"])
+        assert (answer["similarity"] is None) is (not answer["same"])
+    wrong = httpx.post(f"{url}/verify", files=files(digit_pngs[:3]), timeout=60)
+    assert wrong.status_code == 400 and "send two images" in wrong.json()["error"]
+
 def test_bentoml_clients_call_every_endpoint(image_server: Server, store, digit_pngs,
                                              tmp_path: Path) -> None:
     """BentoML's own clients, with pathlib.Path and PIL images as BentoML documents them."""

@@ -269,6 +269,14 @@ class GalleryStore:
     def enrollments(self, name: str) -> list[dict[str, Any]]:
         return self.table.enrollments(name)
 
+    def similarity_to(self, name: str, embedding: np.ndarray) -> float | None:
+        """``embedding``'s similarity to the nearest entry of ``name`` (None: not enrolled),
+        read from the table, so every kind of index answers exactly."""
+        vectors = self.table.vectors_of(name)
+        if not len(vectors):
+            return None
+        return float((vectors @ normalised(embedding.reshape(1, -1), self.contract.dim)[0]).max())
+
     def describe(self) -> dict[str, Any]:
         """``/model``'s gallery: its size, threshold and index, and how many entries of the
         family keep data for later versions (never what they keep)."""

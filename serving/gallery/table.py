@@ -340,6 +340,14 @@ class GalleryTable:
                                 .order_by(ENTRIES.c.id)).all()
         return [{"enrolled_at": r[0], "sha256": r[1]} for r in rows]
 
+    def vectors_of(self, identity: str) -> np.ndarray:
+        """The entries of ``identity`` (float32 ``[n, dim]``, unit rows; none: ``[0, dim]``)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(ENTRIES.c.id, ENTRIES.c.identity, ENTRIES.c.vector)
+                                .where(ENTRIES.c.model_key == self.key,
+                                       ENTRIES.c.identity == identity)).all()
+        return _as_rows(rows, self.dim).vectors
+
     def dispose(self) -> None:
         self.engine.dispose()
 

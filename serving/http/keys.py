@@ -4,7 +4,7 @@ An ASGI middleware in front of BentoML, so a request without the right key is an
 before its body is read. Keys arrive as ``Authorization: Bearer <key>`` (what the OpenAI
 client sends as its ``api_key``) and are compared in constant time (``hmac.compare_digest``).
 
-- Model routes (``/embed``, ``/classify``, ``/identify``, ``/gradcam``, ``/model``,
+- Model routes (``/embed``, ``/classify``, ``/identify``, ``/verify``, ``/gradcam``, ``/model``,
   ``/v1/...``) need the API key when one is set (the admin key opens them too); with none
   set they are open.
 - Gallery routes (``/enroll``, ``/identities...`` and ``/gallery/...``: its migration) need
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from serving.http.asgi import OPENAI_PREFIX, App, Receive, Scope, Send, send_error
 
-MODEL_ROUTES = ("/embed", "/classify", "/identify", "/gradcam", "/model")
+MODEL_ROUTES = ("/embed", "/classify", "/identify", "/verify", "/gradcam", "/model")
 GALLERY_ROUTES = ("/enroll", "/identities")
 #: set on each request's scope: whether its key may list the gallery (``/identify`` shows
 #: such a caller the matches below the threshold too)
