@@ -3,8 +3,8 @@ training/, and requirements that cover every package that code imports), a Bento
 a clean clone and served where neither the checkout, the training code nor MLflow can be
 imported, and the service module loading with the training code unimportable.
 
-The served tests train one image model (resnet18 on digits, one epoch) of their own, so this
-file runs beside tests/test_serving.py on the other pytest-xdist worker.
+The served tests use a copy of test_serving.py's store (resnet18 on digits, one epoch), trained
+once for the session by whichever pytest-xdist worker asks first.
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ from packaging.requirements import Requirement
 from support.browser import browser_page, screenshot
 from support.process import BENTOML, Server, isolated_env
 from support.serving_store import (IMAGE_URI, Reference, clean_clone, digit_images, files,
-                                   make_store, store_env)
-from training.config import TrainConfig
+                                   serving_store, store_env)
 from zoo import names
 from zoo.gallery import Gallery
 
@@ -125,10 +124,9 @@ def test_bento_requirements_cover_every_import() -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One image model trained, registered and exported into a store of this module's."""
-    return make_store(tmp_path_factory.mktemp("bento"), [
-        TrainConfig.of(model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
-                       embedding_dim=32, experiment="zoo-digits", plots=False)])
+    """The image model (and the tabular one) trained, registered and exported: a copy of the
+    store test_serving.py serves from, trained once for the session."""
+    return serving_store(tmp_path_factory, tmp_path_factory.mktemp("bento") / "store")
 
 
 @pytest.fixture(scope="module")

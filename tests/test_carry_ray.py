@@ -168,15 +168,13 @@ def test_migrate_on_ray_carries_to_a_registered_version(
     from serving.inputs.rows import rows_to_array
     from serving.migrate import main
     from serving.model.served import ServedModel
-    from support.serving_store import TABULAR_URI, make_store
-    from training.config import TrainConfig
+    from support.serving_store import TABULAR_URI, serving_store
     from zoo.data.emitters import emitters
 
     threads = torch.get_num_threads()  # the ServedModel here sets 1; put back below
     request.addfinalizer(lambda: torch.set_num_threads(threads))
-    store = make_store(tmp_path / "store", [TrainConfig.of(
-        model="residual_mlp", loss="arcface", data="emitters", epochs=1, batch_size=64,
-        embedding_dim=16, experiment="zoo-emitters", plots=False)])
+    # zoo-emitters (residual_mlp, one epoch): a copy of test_serving.py's store
+    store = serving_store(request.getfixturevalue("tmp_path_factory"), tmp_path / "store")
     for key in ("MLFLOW_TRACKING_URI", "ZOO_CACHE_DIR"):
         monkeypatch.setenv(key, store[key])
     monkeypatch.setenv("ZOO_GALLERY_DIR", str(tmp_path / "galleries"))

@@ -30,7 +30,7 @@ from sklearn.datasets import load_digits
 
 from support.process import BENTOML, REPO, Server
 from support.serving_store import (IMAGE_URI, TABULAR_URI, Reference, digit_images, files,
-                                   make_store, png, store_env)
+                                   make_store, png, serving_store, store_env)
 from training.config import TrainConfig
 from zoo.data import preprocess_images
 from zoo.data.emitters import emitters
@@ -44,12 +44,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Both models trained, registered and exported; the env a server needs to find them."""
-    root = tmp_path_factory.mktemp("serving")
-    return make_store(root, [
-        TrainConfig.of(model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
-                       embedding_dim=32, experiment="zoo-digits", plots=False),
-        TrainConfig.of(model="residual_mlp", loss="arcface", data="emitters", epochs=1,
-                       batch_size=64, embedding_dim=16, experiment="zoo-emitters", plots=False)])
+    return serving_store(tmp_path_factory, tmp_path_factory.mktemp("serving") / "store")
 
 
 _env = store_env

@@ -118,3 +118,60 @@ def clean_clone(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
     return dest
+
+
+#: The store test_serving.py, test_bento.py and test_carry_ray.py serve from: resnet18 on
+#: digits and a residual MLP on emitters, one epoch each, registered and exported.
+SERVING_CONFIGS = (
+    dict(model="resnet18", loss="arcface", data="digits", epochs=1, batch_size=64,
+         embedding_dim=32, experiment="zoo-digits", plots=False),
+    dict(model="residual_mlp", loss="arcface", data="emitters", epochs=1, batch_size=64,
+         embedding_dim=16, experiment="zoo-emitters", plots=False))
+
+
+def serving_store(tmp_path_factory, dest: Path) -> dict[str, str]:
+    """A copy at ``dest`` of the store of ``SERVING_CONFIGS``, trained once for the whole test
+    session (all pytest-xdist workers: the first to ask trains it under a lock in the folder
+    the workers share, the others wait for it and copy it). Each caller gets its own copy,
+    with every path the store holds moved to ``dest``, so what one module registers, enrolls
+    or moves is never seen by another."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    template = shared / "trained-serving-store"
+    with open(shared / "trained-serving-store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (template / "complete").exists():
+                shutil.rmtree(template, ignore_errors=True)  # a worker that died half-way
+                make_store(template, [TrainConfig.of(**c) for c in SERVING_CONFIGS])
+                (template / "complete").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return copy_store(template, dest)
+
+
+def copy_store(source: Path, dest: Path) -> dict[str, str]:
+    """``make_store``'s store at ``source`` copied to ``dest``: every text in its database
+    that names ``source`` (artifact locations, model version sources) names ``dest``."""
+    import contextlib
+    import sqlite3
+
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("complete", "cache"))
+    old, new = str(source), str(dest)
+    with contextlib.closing(sqlite3.connect(dest / "mlflow.db")) as db, db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in db.execute(f"PRAGMA table_info('{table}')").fetchall():
+                name, kind = column[1], column[2].upper()
+                if any(t in kind for t in ("CHAR", "TEXT", "CLOB")):
+                    db.execute(f'UPDATE "{table}" SET "{name}" = replace("{name}", ?, ?) '
+                               f'WHERE instr("{name}", ?) > 0', (old, new, old))
+        left = [(t, c[1]) for t in tables
+                for c in db.execute(f"PRAGMA table_info('{t}')").fetchall()
+                if db.execute(f'SELECT count(*) FROM "{t}" WHERE CAST("{c[1]}" AS TEXT) '
+                              f'LIKE ?', (f"%{old}%",)).fetchone()[0]]
+    assert not left, f"the copied store still names {old} in {left}"
+    uri = f"sqlite:///{dest / 'mlflow.db'}"
+    return {"MLFLOW_TRACKING_URI": uri, "ZOO_CACHE_DIR": str(dest / "cache"), "root": str(dest)}
