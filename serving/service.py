@@ -49,6 +49,7 @@ from serving.schemas import (ClassifyResponse, EmbedResponse, EnrollResponse, Fa
                              MigrateRequest, VerifyResponse, header_value)
 from serving.settings import ServeSettings
 from zoo.export.bundle import Bundle
+from zoo.gallery import normalised
 
 log = logging.getLogger("serving")
 
@@ -293,7 +294,7 @@ class ZooService:
         embeddings = (await self.model.infer(x))["embedding"]
         threshold = self.model.threshold
         if claimed is None:
-            a, b = (e / max(float(np.linalg.norm(e)), 1e-12) for e in embeddings)
+            a, b = normalised(embeddings, self.model.embedding_dim)
             similarity: float | None = float(a @ b)
         else:
             similarity = await _in_thread(self.model.gallery.similarity_to, claimed,

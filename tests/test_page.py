@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
 from serving.page.routes import add_routes
-from support.browser import browser_page
+from support.browser import browser_page, open_model_tab
 
 ADMIN = "admin-key"
 RUNNING = {"started_at": 1_700_000_000.0, "finished_at": None, "gate": None, "uncarried": 0,
@@ -121,14 +121,7 @@ def test_model_tab_follows_a_migration_it_starts_to_the_end(stand_in, tmp_path: 
 
     url, state = stand_in
     with browser_page() as page:
-        page.goto(f"{url}/ui/")
-        page.click("nav button[data-tab=model]")
-        expect(page.locator("#answering")).to_have_text("Answering: version 1")
-        expect(page.locator("#migration-hint")).to_contain_text("need the admin key")
-        expect(page.locator("#migrate-form")).to_be_hidden()
-        page.fill("#key", ADMIN)
-        page.click("#key-form button[type=submit]")
-        expect(page.locator("#migration-stage")).to_contain_text("No migration has run yet")
+        open_model_tab(page, url, ADMIN, "1")
         expect(page.locator("#refused-list")).to_contain_text(
             "models:/zoo-digits/3: the gate: the new version identifies the enrolled people worse")
         page.fill("#migrate-to", "models:/zoo-digits/9")

@@ -396,17 +396,10 @@ def test_page_model_tab_shows_the_version_answering_and_the_servers_refusals(
     already (409) and to another registered model (400)."""
     from playwright.sync_api import expect
 
-    from support.browser import browser_page
+    from support.browser import browser_page, open_model_tab
 
     with browser_page() as page:
-        page.goto(f"{image_server.url}/ui/")
-        page.click("nav button[data-tab=model]")  # no key: /model is open, migrations not
-        expect(page.locator("#answering")).to_have_text("Answering: version 1")
-        expect(page.locator("#migration-hint")).to_contain_text("need the admin key")
-        expect(page.locator("#migrate-form")).to_be_hidden()
-        page.fill("#key", ADMIN_KEY)
-        page.click("#key-form button[type=submit]")
-        expect(page.locator("#migration-stage")).to_contain_text("No migration has run yet")
+        open_model_tab(page, image_server.url, ADMIN_KEY, "1")
         page.fill("#migrate-to", "models:/zoo-digits/1")
         page.click("#migrate-start")
         expect(page.locator("#migrate-message")).to_have_text(

@@ -186,7 +186,6 @@ class Lifecycle:
                 status.stage = "carrying"
                 self._publish(status, target)
                 outcome = carry_and_gate(answering.model, progress=self._progress(status, target))
-                status.stage = "passed"
                 status.gate = outcome.verdict.to_dict()
                 status.uncarried = (len(outcome.carried.uncarried)
                                     + len(outcome.carried.nothing_kept))

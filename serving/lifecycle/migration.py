@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 #: a migration's stages, in order; the last three end it
 STAGES = ("waiting", "loading", "carrying", "gating", "switched", "refused", "failed")
-RUNNING_STAGES = STAGES[:4]
 WORKING_STAGES = STAGES[1:4]  # those that hold the migration lock
 
 

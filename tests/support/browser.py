@@ -64,3 +64,18 @@ def screenshot(page: "Page", name: str, fallback: Path) -> Path:
     path = folder / name
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def open_model_tab(page: "Page", url: str, admin_key: str, version: str) -> None:
+    """The page's Model tab as a user meets it: ``version`` answering, migrations hidden
+    without the admin key, then the key given and no migration run yet."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/ui/")
+    page.click("nav button[data-tab=model]")  # no key: /model is open, migrations not
+    expect(page.locator("#answering")).to_have_text(f"Answering: version {version}")
+    expect(page.locator("#migration-hint")).to_contain_text("need the admin key")
+    expect(page.locator("#migrate-form")).to_be_hidden()
+    page.fill("#key", admin_key)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#migration-stage")).to_contain_text("No migration has run yet")
