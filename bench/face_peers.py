@@ -46,13 +46,14 @@ from zoo.metrics import evaluate  # noqa: E402
 ORL = REPO.parent / "shared" / "data" / "orl_faces"
 METRICS = ("open_map_at_r", "open_precision_at_1")
 ROWS = ("dlib", "zero-shot", "fine-tuned", "faces-small", "best")
-#: what every zoo row shares: the split (20 people unseen, every image of the others trains)
-SPLIT = dict(data=str(ORL), open_set=0.5, val_fraction=0.0)
+#: what every zoo row shares: the split (half the people unseen, every image of the others
+#: trains); ``data`` is a folder per person (ORL, or a degraded copy: bench/camera_faces.py)
+SPLIT = dict(open_set=0.5, val_fraction=0.0)
 ZERO_SHOT = dict(model="dlib_resnet", pretrained="true", faces="align", image_size=150,
                  channels=3, embedding_dim=128, epochs=0, monitor="none")
 
 
-def dlib_pipeline(seed: int) -> tuple[dict[str, float], float]:
+def dlib_pipeline(seed: int, data: Path = ORL) -> tuple[dict[str, float], float]:
     """dlib's own steps on the open split's photos, scored like a zoo run; and its seconds."""
     import dlib
     from PIL import Image
@@ -60,7 +61,7 @@ def dlib_pipeline(seed: int) -> tuple[dict[str, float], float]:
     from zoo.faces.dlib_models import PREDICTOR_FILE, model_file
     from zoo.models.dlib_resnet import MODEL_FILE
 
-    cfg = TrainConfig.of(seed=seed, **SPLIT, channels=3)
+    cfg = TrainConfig.of(seed=seed, data=str(data), **SPLIT, channels=3)
     data = load_config_data(cfg)
     splits = config_splits(cfg, data)
     paths = [data.paths[i] for i in splits.open.indices.tolist()]
@@ -80,10 +81,11 @@ def dlib_pipeline(seed: int) -> tuple[dict[str, float], float]:
     return evaluate(emb, splits.open.y, None, prefix="open_"), seconds
 
 
-def zoo_rows(seed: int, experiment: str, rows: set[str]) -> dict[str, tuple[dict, float]]:
+def zoo_rows(seed: int, experiment: str, rows: set[str],
+             data: Path = ORL) -> dict[str, tuple[dict, float]]:
     """The zoo's rows of one split seed: ``name → (metrics, seconds)``."""
     out: dict[str, tuple[dict, float]] = {}
-    common = dict(seed=seed, **SPLIT, experiment=experiment, checkpoint=False)
+    common = dict(seed=seed, data=str(data), **SPLIT, experiment=experiment, checkpoint=False)
     uris: dict[str, str] = {}
     for name, params in (("zero-shot", ZERO_SHOT), ("fine-tuned", {"preset": "faces-pretrained"}),
                          ("faces-small", {"preset": "faces-small"})):

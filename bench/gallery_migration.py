@@ -62,7 +62,8 @@ from bench.serve_throughput import digit_pngs, load, multipart, prepare  # noqa:
 FAMILY = "zoo-digits"
 RAW_SAMPLE = 2048  # entries decoded for the raw rate (32 batches of 64)
 CARRIED = re.compile(r"(\d+) kept entries embedded now, (\d+) of (\d+) done, in ([\d.]+) s")
-BAR = re.compile(r"carry:.*?(\d+)(?:/\d+|entry)? \[")
+BAR = re.compile(r"carrying:.*?(\d+)(?:/\d+|entry)? \[")
+GATING = re.compile(r"^gating: both versions")  # serving.migrate's GATING_LINE
 
 
 class SetupError(Exception):
@@ -229,8 +230,9 @@ class Migration:
     carry_s: float = 0.0
     maxrss_mb: float = 0.0
     rss: list[tuple[float, float]] = field(default_factory=list)  # (s, MiB) every 0.1 s
-    bar_times: list[tuple[float, int]] = field(default_factory=list)
-    carried_at: float = 0.0  # when the command printed what it carried
+    bar_times: list[tuple[float, int]] = field(default_factory=list)  # while carrying
+    gating_at: float = 0.0  # when it said the gate began
+    carried_at: float = 0.0  # when the command printed what it carried (the gate's end)
     output: str = ""
 
     @property
@@ -238,26 +240,29 @@ class Migration:
         return self.added / self.carry_s if self.carry_s else 0.0
 
     def peaks(self) -> dict[str, float]:
-        """Peak sampled RSS (MiB) in start-up, carrying, and the rest (report, gate, tags)."""
-        if not self.bar_times or not self.carried_at:
+        """Peak sampled RSS (MiB) in start-up, carrying, the gate (with the tags), and the
+        rest (the report, closing)."""
+        if not self.bar_times or not self.gating_at or not self.carried_at:
             return {}
         edges = {"start-up": (0.0, self.bar_times[0][0]),
-                 "carrying": (self.bar_times[0][0], self.carried_at),
-                 "gate": (self.carried_at, float("inf"))}
+                 "carrying": (self.bar_times[0][0], self.gating_at),
+                 "gate": (self.gating_at, self.carried_at),
+                 "the rest": (self.carried_at, float("inf"))}
         return {name: max((mb for t, mb in self.rss if lo <= t < hi), default=float("nan"))
                 for name, (lo, hi) in edges.items()}
 
     def phases(self) -> dict[str, float]:
-        """Seconds of start-up, the batches, after the last batch (the index, the report)
-        and the gate with tagging, from the progress bar's timestamps."""
-        if len(self.bar_times) < 2 or not self.carried_at:
+        """Seconds of start-up, the batches, after the last batch (the counts of the
+        report), the gate with its tags, and the rest, from the progress bar's timestamps."""
+        if len(self.bar_times) < 2 or not self.gating_at or not self.carried_at:
             return {}
         first = self.bar_times[0][0]
         done = max(n for _, n in self.bar_times)
         last = min(t for t, n in self.bar_times if n == done)  # the last batch's draw
         return {"start-up": first, "batches": last - first,
-                "after the last batch (the version's index)": self.carried_at - last,
-                "gate and tags": self.wall_s - self.carried_at}
+                "after the last batch (the report's counts)": self.gating_at - last,
+                "the gate and its tags": self.carried_at - self.gating_at,
+                "the rest": self.wall_s - self.carried_at}
 
 
 def start_migration(uri: str, env: dict[str, str], batch: int, nice: int,
@@ -295,6 +300,8 @@ def migrate_watched(uri: str, env: dict[str, str], batch: int) -> Migration:
                 text = draw.decode(errors="replace")
                 if m := BAR.search(text):
                     found.bar_times.append((time.perf_counter() - start, int(m[1])))
+                elif GATING.search(text):
+                    found.gating_at = time.perf_counter() - start
                 elif text.strip():
                     out.append(text + "\n")
 
@@ -483,12 +490,13 @@ def run(args) -> list[str]:
               f"{cores} cores.",
               f"The migration's {migration.wall_s:.1f} s: " + ", ".join(
                   f"{k} {v:.1f} s" for k, v in migration.phases().items()) + ".",
-              f"Its carry per entry, {carry_us:.0f} us: unseal {entries.unseal_us:.0f}, decode "
-              f"{entries.decode_us:.0f}, model {model_us:.0f}, the rest {carry_us - known:.0f} "
-              f"(of which reads per batch of {args.batch_size}: pending {pending_ms:.1f} ms, "
-              f"the progress count {count_ms:.1f} ms, i.e. "
-              f"{(pending_ms + count_ms) * 1000 / args.batch_size:.0f} us an entry, pending "
-              f"timed from the first entry; then the writes; {batches:,} batches).",
+              f"Its carry per entry, {carry_us:.0f} us, against the model's {model_us:.0f} "
+              f"alone: reading the next batch (pending {pending_ms:.1f} ms per "
+              f"{args.batch_size}, timed from the first entry), unsealing "
+              f"({entries.unseal_us:.0f} us an entry) and decoding it "
+              f"({entries.decode_us:.0f}), and writing the last one, run on two other "
+              f"threads meanwhile ({known - model_us:.0f} us an entry besides the writes; "
+              f"the progress count, {count_ms:.1f} ms, every 2 s; {batches:,} batches).",
               "Load average (1 min, the whole machine) at the raw rate, the migration, the "
               "server: " + ", ".join(f"{x:.1f}" for x in loads) + f" on {cores} cores.",
               f"Steady p99 (mean of before and after): {steady_p99:.1f} ms."]

@@ -26,6 +26,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from serving.gallery.carry import Carried, carry
+from serving.gallery.gate import MAX_QUERIES
 from serving.lifecycle import state as shared
 from serving.lifecycle.migration import carry_and_gate
 from serving.model.served import ServedModel
@@ -33,6 +34,9 @@ from serving.settings import ServeSettings
 from zoo.cli import StrictParser
 
 GATE_FAILED = 3
+#: what the command says when the gate begins (bench/gallery_migration.py times from it)
+GATING_LINE = (f"gating: both versions identify the enrolled people, each entry against the "
+               f"others (at most {MAX_QUERIES:,} of them)")
 
 
 def migrate(model_uri: str, batch_size: int | None = None, source_key: str | None = None,
@@ -48,7 +52,7 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
     try:
         # one migration of a gallery at a time: a server following its alias takes this lock
         with shared.migrating(settings.gallery_path(model.info.name)), \
-                tqdm(desc="carry", unit="entry") as bar:
+                tqdm(desc="carrying", unit="entry") as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
@@ -60,7 +64,12 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
                 def carrier(model: ServedModel, progress: Callable[[int, int], None]) -> Carried:
                     return carry_on_ray(model_uri, settings, ray_address, progress=progress,
                                         model=model)
-            outcome = carry_and_gate(model, source_key, progress, carrier)
+            def stage(name: str) -> None:
+                bar.set_description(name)
+                if name == "gating":  # seconds with the bar still: say what runs
+                    tqdm.write(GATING_LINE, file=sys.stderr)
+
+            outcome = carry_and_gate(model, source_key, progress, carrier, stage)
         carried, verdict = outcome.carried, outcome.verdict
         print(f"{model.gallery.where}: {carried.added} kept entries embedded now, "
               f"{carried.done} of {carried.kept} done, in {carried.seconds:.1f} s")

@@ -71,6 +71,7 @@ class FaceIdentification(FaceBox, Identification):
 
 class IdentifyResponse(FacesWhenFound):
     threshold: float | None
+    far: float | None = None  # the false-accept rate the threshold is at
     results: list[Identification]  # a face model: each photo's largest face
     faces: list[list[FaceIdentification]] | None = None  # a face model: every face
 
@@ -84,6 +85,7 @@ class VerifyResponse(Served):
     identity: str | None  # the identity claimed, when one was
     similarity: float | None
     threshold: float | None
+    far: float | None = None  # the false-accept rate the threshold is at
     same: bool | None  # None: the version has no threshold
 
 

@@ -95,6 +95,10 @@ MaxFaces = Annotated[int | None, Field(ge=1, le=1000, description="a face model:
 MinFacePx = Annotated[int | None, Field(ge=0, le=100_000, description="a face model: faces "
                                         "narrower than this many pixels are left out")]
 
+Far = Annotated[Text, Field(
+    max_length=40, description="the false-accept rate whose threshold decides: 1e-3 (the "
+    "default), or another the model's export kept (1e-2, 1e-4; GET /model lists them)")]
+
 MODEL_ROUTES = ("embed", "classify", "identify", "verify", "enroll", "gradcam",
                 "v1/embeddings")
 #: the last page /identities serves: past it the row offset would overflow the database's
@@ -245,40 +249,43 @@ class ZooService:
     @answers_errors
     async def identify(self, ctx: bentoml.Context, images: Images = None, rows: Rows = None,
                        top_k: TopK = None, max_faces: MaxFaces = None,
-                       min_face_px: MinFacePx = None) -> IdentifyResponse:
-        """Nearest gallery identities; ``unknown`` below the FAR 1e-3 threshold. A face
-        model answers every face of each photo (``faces``) and each photo's largest face
-        (``results``). Without the admin key, only matches at or above the threshold are
-        listed, at most ``ZOO_MAX_TOP_K``."""
+                       min_face_px: MinFacePx = None, far: Far = "") -> IdentifyResponse:
+        """Nearest gallery identities; ``unknown`` below the threshold at FAR 1e-3 (or at
+        ``far``). A face model answers every face of each photo (``faces``) and each photo's
+        largest face (``results``). Without the admin key, only matches at or above the
+        threshold are listed, at most ``ZOO_MAX_TOP_K``."""
         admin = bool(ctx.request.scope.get(ADMIN_SCOPE_KEY))
         if top_k is not None and top_k > SETTINGS.max_top_k and not admin:
             raise RequestError(f"top_k={top_k} is over this server's limit of "
                                f"{SETTINGS.max_top_k} (ZOO_MAX_TOP_K)")
+        threshold, at = self.model.threshold_at(far)
         request = self._face_request(max_faces, min_face_px)
         found = (await self.inputs.read_faces(images, rows, request)
                  if self.model.faces is not None else None)
         x = found.x if found is not None else (await self.inputs.read(images, rows))[0]
         out = await self.model.infer(x)
         answers = await _in_thread(self.model.identify, out["embedding"],
-                                   top_k or SETTINGS.top_k, admin)
+                                   top_k or SETTINGS.top_k, admin, far)
         results = [_identification(a) for a in answers]
         if found is None:
-            return IdentifyResponse(**self.served, threshold=self.model.threshold,
+            return IdentifyResponse(**self.served, threshold=threshold, far=at,
                                     results=results)
-        faces = [[FaceIdentification(**face.to_dict(), **results[at.start + j].model_dump())
+        faces = [[FaceIdentification(**face.to_dict(), **results[span.start + j].model_dump())
                   for j, face in enumerate(photo)]
-                 for photo, at in zip(found.faces, found.rows())]
-        return IdentifyResponse(**self.served, threshold=self.model.threshold,
+                 for photo, span in zip(found.faces, found.rows())]
+        return IdentifyResponse(**self.served, threshold=threshold, far=at,
                                 results=[results[i] for i in found.largest()], faces=faces)
 
     @bentoml.api
     @answers_errors
     async def verify(self, ctx: bentoml.Context, images: Images = None,
-                     identity: Text = "") -> VerifyResponse:
+                     identity: Text = "", far: Far = "") -> VerifyResponse:
         """Whether two photos show one person, or whether a photo shows the enrolled
         ``identity`` (send one photo and the name): the similarity, the version's threshold
-        (FAR 1e-3) and ``same``. A face model compares each photo's largest face."""
+        (at FAR 1e-3, or at ``far``) and ``same``. A face model compares each photo's
+        largest face."""
         admin = bool(ctx.request.scope.get(ADMIN_SCOPE_KEY))
+        threshold, at = self.model.threshold_at(far)
         claimed = identity_name(identity) if identity.strip() else None
         wanted = 1 if claimed is not None else 2
         if len(images or []) != wanted:
@@ -292,7 +299,6 @@ class ZooService:
         else:
             x, _ = await self.inputs.read(images, None)
         embeddings = (await self.model.infer(x))["embedding"]
-        threshold = self.model.threshold
         if claimed is None:
             a, b = normalised(embeddings, self.model.embedding_dim)
             similarity: float | None = float(a @ b)
@@ -306,7 +312,7 @@ class ZooService:
         if not admin and not same:  # who is enrolled is for the admin to see
             similarity = None
         return VerifyResponse(**self.served, identity=claimed, similarity=similarity,
-                              threshold=threshold, same=same)
+                              threshold=threshold, far=at, same=same)
 
     @bentoml.api
     @answers_errors

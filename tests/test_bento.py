@@ -328,6 +328,18 @@ def test_page_tries_photos_and_shows_classes_matches_gradcam_and_errors(
         expect(heat).to_be_visible(timeout=30_000)  # the first GradCAM loads its library
         heat.evaluate("img => img.decode()")
         assert heat.evaluate("img => img.complete && img.naturalWidth") > 0
+        # /verify from the page: two photos, decided at the rate chosen, as the server says
+        pair = httpx.post(f"{page_server.url}/verify", files=files(digit_pngs[:2]),
+                          data={"far": "1e-4"}, headers=auth, timeout=60).json()
+        page.select_option("#far", "1e-4")
+        page.set_input_files("#verify-a", str(paths[0]))
+        page.set_input_files("#verify-b", str(paths[1]))
+        page.click("#verify-form button[type=submit]")
+        shown = ("similarity shown to the admin only" if pair["similarity"] is None
+                 else f"similarity {pair['similarity']:.3f}")
+        expect(page.locator("#verify-result")).to_have_text(
+            f"One person: {'yes' if pair['same'] else 'no'} ({shown}, "
+            f"threshold {pair['threshold']:.3f} at FAR 1e-4)")
         screenshot(page, "ui-try.png", tmp_path)
 
 

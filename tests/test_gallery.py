@@ -10,7 +10,7 @@ import pytest
 
 from serving.gallery.index import GalleryIndex
 from serving.gallery.table import Rows
-from zoo.gallery import LEGACY_INDEX_FILE, META_FILE, VECTORS_FILE, Gallery
+from zoo.gallery import LEGACY_INDEX_FILE, META_FILE, VECTORS_FILE, Gallery, saved_thresholds
 
 
 def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -18,7 +18,8 @@ def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def test_a_saved_gallery_reloads_and_is_searched_by_cosine(tmp_path: Path) -> None:
-    gallery = Gallery(8, threshold=0.5, far=1e-3)
+    gallery = Gallery(8, threshold=0.5, far=1e-3,
+                      thresholds={"1e-2": 0.4, "1e-3": 0.5, "1e-4": 0.7})
     vectors = _vectors(6)
     names = ["ann", "bob", "cid", "ann", "bob", "cid"]
     gallery.add(vectors * 3.0, names)  # unnormalised in
@@ -26,6 +27,10 @@ def test_a_saved_gallery_reloads_and_is_searched_by_cosine(tmp_path: Path) -> No
     again = Gallery.load(tmp_path)
     assert (len(again), again.threshold, again.far, again.identities) == (6, 0.5, 1e-3,
                                                                         ["ann", "bob", "cid"])
+    # the thresholds at each rate come back, and are read without the vectors
+    assert again.thresholds == saved_thresholds(tmp_path) == {"1e-2": 0.4, "1e-3": 0.5,
+                                                              "1e-4": 0.7}
+    assert saved_thresholds(tmp_path / "none") == {}
     assert np.allclose(np.linalg.norm(again.vectors(), axis=1), 1.0, atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 

@@ -31,7 +31,8 @@ class Version:
         self.info = SimpleNamespace(name="zoo-rows", version=version, run_id="r" * 32,
                                     uri=f"models:/zoo-rows/{version}")
         self.pre = SimpleNamespace(kind="tabular", feature_names=["a"])
-        self.faces, self.sealer, self.closed = None, None, False
+        self.faces, self.sealer, self.closed, self.indexed = None, None, False, False
+        self.gallery = SimpleNamespace(refresh=lambda: setattr(self, "indexed", True))
 
     def close(self) -> None:
         self.closed = True
@@ -62,9 +63,14 @@ def worker(settings: ServeSettings, monkeypatch):
     loaded: list[Answering] = []
     monkeypatch.setattr(Lifecycle, "_load", lambda self, bundle: loaded.append(
         answering(bundle.info.version, settings)) or loaded[-1])
-    outcome = SimpleNamespace(passes=True)
-    monkeypatch.setattr(follow, "carry_and_gate", lambda model, progress=None: Outcome(
-        Carried(added=3, done=3, kept=3), verdict(outcome.passes), "v1", None))
+    outcome = SimpleNamespace(passes=True, published=[])
+
+    def carry_and_gate(model, progress=None, stage=None) -> Outcome:
+        for name in ("carrying", "gating"):  # each stage is published as it begins
+            stage(name)
+            outcome.published.append(shared.read(Path(settings.gallery_dir)).migration["stage"])
+        return Outcome(Carried(added=3, done=3, kept=3), verdict(outcome.passes), "v1", None)
+    monkeypatch.setattr(follow, "carry_and_gate", carry_and_gate)
 
     def fetch(uri: str) -> SimpleNamespace:
         if uri.endswith("/9"):
@@ -90,6 +96,8 @@ def test_a_version_that_passes_answers_and_the_old_one_closes_after_its_last_req
     state = shared.read(worker.folder)
     assert state.serving == "models:/zoo-rows/2" and state.migration["stage"] == "switched"
     assert state.migration["gate"]["passed"] and state.configured == ALIAS
+    assert worker.outcome.published == ["carrying", "gating"]
+    assert worker.service.current.model.indexed  # its index built before it answered
 
 
 def test_a_version_the_gate_refuses_stays_unserved_and_is_not_tried_again(worker, caplog,

@@ -429,6 +429,8 @@ FULL_KEYS = {
     "threshold_at_far_1e-3",
     "tar_at_far_1e-2",
     "threshold_at_far_1e-2",
+    "tar_at_far_1e-4",
+    "threshold_at_far_1e-4",
     "dir_at_far_1e-2",
 }
 

@@ -34,6 +34,7 @@ from support.serving_store import (IMAGE_URI, TABULAR_URI, Reference, digit_imag
 from training.config import TrainConfig
 from zoo.data import preprocess_images
 from zoo.data.emitters import emitters
+from zoo.metrics._utils import far_key
 
 pytestmark = pytest.mark.slow
 
@@ -969,8 +970,11 @@ def test_a_store_trained_again_gets_its_own_gallery(store, digit_pngs, tmp_path:
     from serving.migrate import main as migrate_main
 
     use(again)
-    assert migrate_main(["--to", IMAGE_URI]) == 0, capsys.readouterr().err[-2000:]
-    said = capsys.readouterr().out
+    code = migrate_main(["--to", IMAGE_URI])
+    told = capsys.readouterr()
+    assert code == 0, told.err[-2000:]
+    assert "gating: both versions identify the enrolled people" in told.err  # the stage
+    said = told.out
     assert "11 kept entries embedded now, 11 of 11 done" in said and "gate against" in said
     tags = mlflow.MlflowClient(again["MLFLOW_TRACKING_URI"]).get_model_version(
         "zoo-digits", "1").tags
@@ -1128,6 +1132,43 @@ def test_verify_answers_whether_two_photos_or_a_photo_and_a_name_are_one_person(
         assert (answer["similarity"] is None) is (not answer["same"])
     wrong = httpx.post(f"{url}/verify", files=files(digit_pngs[:3]), timeout=60)
     assert wrong.status_code == 400 and "send two images" in wrong.json()["error"]
+
+def test_a_request_chooses_the_threshold_at_a_false_accept_rate(
+        image_server: Server, store, digit_pngs, tmp_path: Path) -> None:
+    """The export keeps the run's thresholds at FAR 1e-2, 1e-3 and 1e-4 with the model; `far=`
+    chooses one on /identify and /verify (BentoML's client), 1e-3 by default, and a rate the
+    model has no threshold at is a 400 that lists those it has."""
+    import bentoml
+    import httpx
+
+    client_ml = mlflow.MlflowClient(store["MLFLOW_TRACKING_URI"])
+    run = client_ml.get_run(client_ml.get_model_version_by_alias("zoo-digits", "champion").run_id)
+    thresholds = httpx.get(f"{image_server.url}/model", timeout=10).json()["thresholds"]
+    assert thresholds == {far: pytest.approx(run.data.metrics[f"test_threshold_at_far_{far}"])
+                          for far in ("1e-2", "1e-3", "1e-4")}
+    assert thresholds["1e-4"] >= thresholds["1e-3"] >= thresholds["1e-2"]
+    paths = []
+    for i, data in enumerate(digit_pngs[:6]):
+        paths.append(tmp_path / f"f{i}.png")
+        paths[-1].write_bytes(data)
+    with bentoml.SyncHTTPClient(image_server.url, token=ADMIN_KEY, timeout=120) as client:
+        default = client.identify(images=paths)
+        assert (default["far"], default["threshold"]) == (1e-3, pytest.approx(thresholds["1e-3"]))
+        for far in ("1e-4", "0.01"):  # as the key spells it, or any spelling of the number
+            strict = client.identify(images=paths, far=far)
+            assert strict["far"] == float(far)
+            assert strict["threshold"] == pytest.approx(thresholds[far_key(float(far))])
+            for answer in strict["results"]:
+                assert answer["known"] == (answer["similarity"] >= strict["threshold"])
+        pair = client.verify(images=paths[:2], far="1e-2")
+        assert (pair["far"], pair["threshold"]) == (1e-2, pytest.approx(thresholds["1e-2"]))
+        assert pair["same"] == (pair["similarity"] >= thresholds["1e-2"])
+    for far in ("1e-5", "often"):
+        refused = httpx.post(f"{image_server.url}/identify", data={"far": far},
+                             files=files(digit_pngs[:1]), timeout=60)
+        assert refused.status_code == 400, refused.text
+        assert "thresholds at the false accept rates 1e-2, 1e-3, 1e-4" in refused.json()["error"]
+
 
 def test_bentoml_clients_call_every_endpoint(image_server: Server, store, digit_pngs,
                                              tmp_path: Path) -> None:

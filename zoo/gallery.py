@@ -28,13 +28,28 @@ META_FILE = "gallery.json"
 LEGACY_INDEX_FILE = "gallery.faiss"  # written by model-zoo before the gallery held numbers only
 
 
+def saved_thresholds(folder: Path) -> dict[str, float]:
+    """The thresholds by false-accept rate a saved gallery holds (``{}`` for a gallery saved
+    before they were kept, or none), without reading its vectors."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return {}
+    meta = json.loads(path.read_text())
+    return {str(far): float(value) for far, value in (meta.get("thresholds") or {}).items()}
+
+
 class Gallery:
     """Enrolled embeddings with their identity labels."""
 
-    def __init__(self, dim: int, threshold: float | None = None, far: float | None = None) -> None:
+    def __init__(self, dim: int, threshold: float | None = None, far: float | None = None,
+                 thresholds: dict[str, float] | None = None) -> None:
+        """``threshold`` at ``far`` is the one a server applies unless asked otherwise;
+        ``thresholds`` are the run's at every false-accept rate it measured, keyed by the
+        rate as its metric names spell it (``{"1e-4": 0.71, ...}``)."""
         if dim < 1:
             raise ValueError(f"gallery dimension must be positive, got {dim}")
         self.dim, self.threshold, self.far = dim, threshold, far
+        self.thresholds = dict(thresholds or {})
         self._vectors = np.zeros((0, dim), np.float32)
         self.labels: list[str] = []
         self.entries: list[dict[str, Any]] = []  # per label: enrolled_at, sha256 (or {})
@@ -79,7 +94,7 @@ class Gallery:
         _replace(folder / VECTORS_FILE, write_vectors)
         meta = {"dim": self.dim, "count": len(self), "labels": self.labels,
                 "entries": self.entries, "threshold": self.threshold, "far": self.far,
-                "model": self.model}
+                "thresholds": self.thresholds, "model": self.model}
         _replace(folder / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta)))
 
     @classmethod
@@ -98,6 +113,8 @@ class Gallery:
             count, dim, labels = int(meta["count"]), int(meta["dim"]), meta["labels"]
             if not isinstance(labels, list) or len(labels) < count or count < 0:
                 raise ValueError(f"{count} entries but {len(labels)} labels")
+            thresholds = {str(far): float(value)
+                          for far, value in (meta.get("thresholds") or {}).items()}
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"gallery file {folder / META_FILE} is damaged ({type(exc).__name__}: "
                              f"{exc}); restore it or export the model again") from None
@@ -115,7 +132,7 @@ class Gallery:
         if not np.isfinite(vectors).all():
             raise ValueError(f"gallery file {folder / VECTORS_FILE} holds values that are not "
                              "finite; restore it or export the model again")
-        gallery = cls(dim, meta.get("threshold"), meta.get("far"))
+        gallery = cls(dim, meta.get("threshold"), meta.get("far"), thresholds)
         gallery._vectors = normalised(vectors, dim)
         gallery.labels = [str(x) for x in labels[:count]]
         entries = meta.get("entries") or []

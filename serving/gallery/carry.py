@@ -83,12 +83,21 @@ def carry(model, batch_size: int | None = None,
                 refused.append((row, str(exc)))
         return rows, ready, inputs, refused
 
-    # the next batch is read and decoded on another core while the model embeds this one
-    # (decoding is an eighth of an entry's time; both release the GIL): the model runs
-    # back to back. The next batch's ids are past this one's, so writing it changes nothing
-    # there; a person deleted meanwhile is never written (CarryTable.add).
-    with ThreadPoolExecutor(1, thread_name_prefix="zoo-carry-read") as reader:
-        upcoming = reader.submit(read, after)
+    def write(ready: list, vectors: np.ndarray, refused: list) -> int:
+        """One batch's transaction; returns the entries it settled (added or refused)."""
+        added = table.add(ready, vectors, refused)
+        report.added += added
+        return added + len(refused)
+
+    # Three stages on three threads, so that the model runs back to back: the next batch is
+    # read and decoded while the model embeds this one, and the last one is written
+    # meanwhile (ONNX Runtime, PIL's decoding and SQLite release the GIL). The next batch's
+    # ids are past those being written, so writing changes nothing there; a person deleted
+    # meanwhile is never written (CarryTable.add). One batch is written at a time, in
+    # order, each its own transaction.
+    with ThreadPoolExecutor(1, thread_name_prefix="zoo-carry-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="zoo-carry-write") as writer:
+        upcoming, written = reader.submit(read, after), None
         while True:
             rows, ready, inputs, refused = upcoming.result()
             if not rows:
@@ -96,9 +105,11 @@ def carry(model, batch_size: int | None = None,
             upcoming = reader.submit(read, rows[-1].id)
             vectors = (model.run_batched(np.stack(inputs))["embedding"] if inputs
                        else np.zeros((0, model.embedding_dim), np.float32))
-            added = table.add(ready, vectors, refused)
-            report.added += added
-            counted.step(added + len(refused))
+            if written is not None:
+                counted.step(written.result())
+            written = writer.submit(write, ready, vectors, refused)
+        if written is not None:
+            counted.step(written.result())
     return tally(model, report, started)
 
 
@@ -126,8 +137,10 @@ class Counted:
 
 def tally(model, report: Carried, started: float) -> Carried:
     """``report`` completed from the gallery as it stands: kept and done, what could not
-    be carried and why, and the seconds since ``started`` (``time.perf_counter``); the
-    model's gallery then reads what was added."""
+    be carried and why, and the seconds since ``started`` (``time.perf_counter``). The
+    model's index is not built here (at 100k entries a trained IVF index: 12 s and a
+    gigabyte): a server builds it before switching (``Lifecycle``), and the command that
+    only carries never searches."""
     table = CarryTable(model.gallery.table)
     report.kept, report.done = table.count()
     report.uncarried = table.uncarried()
@@ -135,7 +148,6 @@ def tally(model, report: Carried, started: float) -> Carried:
                                   if key != model.gallery.contract.key
                                   for name in table.nothing_kept(key)})
     report.seconds = time.perf_counter() - started
-    model.gallery.refresh()
     return report
 
 

@@ -23,6 +23,9 @@ MIN_IDENTITIES = 5
 #: the most queries each version answers: a sample, the same entries for both, beyond it
 #: (leave-one-out over every entry is N x N: 275 s and 1.9 GB at 100k entries)
 MAX_QUERIES = 10_000
+#: the similarities one step of the gate holds (queries x entries, float32): 1,024 queries
+#: against 100k entries at once held 400 MB, the migration's peak (bench/gallery_migration.py)
+SIMILARITY_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,9 @@ def leave_one_out(identities: list[str], vectors: np.ndarray,
     if not len(queries):
         return Figures(0, 0, float("nan"), float("nan"), threshold)
     correct = unknown = 0
-    for start in range(0, len(queries), 1024):
-        chunk = queries[start:start + 1024]
+    step = max(1, SIMILARITY_BYTES // (4 * len(vectors)))  # queries against all, in budget
+    for start in range(0, len(queries), step):
+        chunk = queries[start:start + step]
         sims = vectors[chunk] @ vectors.T
         sims[np.arange(len(chunk)), chunk] = -np.inf  # never itself
         best = sims.argmax(axis=1)

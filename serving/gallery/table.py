@@ -485,17 +485,22 @@ class CarryTable:
 
     def kept_entries(self, key: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """The entries gallery ``key`` embedded from kept data: kept ids, identities and
-        vectors (what the gate compares across versions)."""
+        vectors (what the gate compares across versions), read in parts: 100k rows as
+        Python objects at once would hold several times their arrays."""
+        parts: list[Rows] = []
         with self.table.engine.connect() as conn:
-            rows = conn.execute(sa.select(ENTRIES.c.kept_id, ENTRIES.c.identity,
-                                          ENTRIES.c.vector)
-                                .where(ENTRIES.c.model_key == key,
-                                       ENTRIES.c.kept_id.is_not(None))
-                                .order_by(ENTRIES.c.kept_id)).all()
             dim = conn.execute(sa.select(GALLERIES.c.dim)
                                .where(GALLERIES.c.key == key)).scalar_one()
-        found = _as_rows(rows, dim)
-        return found.ids, found.identities, found.vectors
+            result = conn.execution_options(stream_results=True, yield_per=10_000).execute(
+                sa.select(ENTRIES.c.kept_id, ENTRIES.c.identity, ENTRIES.c.vector)
+                .where(ENTRIES.c.model_key == key, ENTRIES.c.kept_id.is_not(None))
+                .order_by(ENTRIES.c.kept_id))
+            parts = [_as_rows(part, dim) for part in result.partitions(10_000)]
+        if not parts:
+            return np.zeros(0, np.int64), [], np.zeros((0, dim), np.float32)
+        return (np.concatenate([p.ids for p in parts]),
+                [name for p in parts for name in p.identities],
+                np.concatenate([p.vectors for p in parts]))
 
     def galleries(self) -> list[tuple[str, dict[str, Any], float | None]]:
         """The family's galleries: key, contract and threshold."""

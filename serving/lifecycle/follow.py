@@ -183,14 +183,20 @@ class Lifecycle:
                 log.warning("migrating the gallery to %s (asked: %s)", target, asked)
                 self._publish(status, target)
                 answering = self._load(bundle)
-                status.stage = "carrying"
-                self._publish(status, target)
-                outcome = carry_and_gate(answering.model, progress=self._progress(status, target))
+
+                def stage(name: str) -> None:
+                    status.stage = name
+                    self._publish(status, target)
+                outcome = carry_and_gate(answering.model, progress=self._progress(status, target),
+                                         stage=stage)
                 status.gate = outcome.verdict.to_dict()
                 status.uncarried = (len(outcome.carried.uncarried)
                                     + len(outcome.carried.nothing_kept))
                 status.finished_at = time.time()
                 if outcome.verdict.passed or force:
+                    # its index is built now, while the old version answers, not by the
+                    # first request it would answer
+                    answering.model.gallery.refresh()
                     status.stage = "switched"
                     with self._switching:
                         self._publish(status, target, serving=True)

@@ -62,13 +62,18 @@ class Outcome:
 
 def carry_and_gate(model: Any, source_key: str | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   carrier: Callable[..., Carried] = carry) -> Outcome:
+                   carrier: Callable[..., Carried] = carry,
+                   stage: Callable[[str], None] | None = None) -> Outcome:
     """Carry the family's kept entries to ``model`` (a ``ServedModel``), gate it against
     ``source_key`` (default: the newest other gallery holding kept entries), and record the
-    verdict: the log, and ``zoo.gate.*`` tags on the version."""
+    verdict: the log, and ``zoo.gate.*`` tags on the version. ``stage(name)`` is told when
+    each of the two stages begins ("carrying", then "gating")."""
     from mlflow_source.tags import tag_version
 
+    tell = stage or (lambda name: None)
+    tell("carrying")
     carried = carrier(model, progress=progress)
+    tell("gating")
     verdict, source = gate(model, source_key)
     log.info("gate of %s against %s: %s", model.info.uri, source or "no earlier gallery",
              json.dumps(verdict.to_dict()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from serving.errors import RequestError
+from serving.errors import RequestError, shown
 from serving.gallery.kept import Sealer
 from serving.gallery.store import GalleryStore, embedding_contract
 from serving.model.batcher import Batcher, Outputs
@@ -26,6 +27,8 @@ from serving.settings import ServeSettings
 from zoo.data.preprocessing import normalise, to_unit
 from zoo.export.bundle import Bundle
 from zoo.export.runtime_timing import worker_threads
+from zoo.gallery import saved_thresholds
+from zoo.metrics._utils import far_key
 from zoo.metrics.classification import softmax
 
 if TYPE_CHECKING:  # imported on first use: pytorch-grad-cam and torchvision take ~4 s to import
@@ -85,6 +88,8 @@ class ServedModel:
             folder, bundle.gallery_path, self.contract, settings.gallery_uri,
             settings.gallery_index, self.sealer,
             settings.legacy_gallery_path(f"{self.info.key}-{self.info.run_id[:12]}"))
+        # the run's thresholds at each false-accept rate it measured, kept by the export
+        self.thresholds = saved_thresholds(bundle.gallery_path)
         self._explainer: Explainer | None = None
         self._explainer_lock = threading.Lock()
         log.info("%s runs on %s (%s)", self.info.uri, self.runtime.name,
@@ -140,12 +145,34 @@ class ServedModel:
     def threshold(self) -> float | None:
         return self.gallery.threshold
 
-    def identify(self, embeddings: np.ndarray, k: int,
-                 below_threshold: bool = True) -> list[Identity]:
-        """Nearest identities; ``unknown`` when the best is below the FAR 1e-3 threshold.
-        ``below_threshold=False`` lists only the matches at or above it (what a caller who
-        may not list the gallery sees)."""
-        threshold = self.threshold
+    def threshold_at(self, far: str | None) -> tuple[float | None, float | None]:
+        """(threshold, FAR) for a request's ``far`` as sent (``"1e-4"``, ``"0.0001"``): one
+        the export kept; None or blank: the gallery's own (FAR 1e-3). Another rate is a
+        ``RequestError`` that lists those there are."""
+        if far is None or not far.strip():
+            return self.threshold, self.gallery.far
+        try:
+            asked = float(far)
+        except ValueError:
+            asked = float("nan")  # close to no rate: refused below, with those there are
+        there = dict(self.thresholds)
+        if self.threshold is not None and self.gallery.far is not None:
+            there.setdefault(far_key(self.gallery.far), self.threshold)
+        for key, value in there.items():
+            if math.isclose(float(key), asked, rel_tol=1e-9):
+                return value, float(key)
+        offered = (", ".join(sorted(there, key=float, reverse=True))
+                   or "none: its export kept no threshold")
+        raise RequestError(f"far={shown(far)}: this model has thresholds at the false accept "
+                           f"rates {offered} (kept by its export)")
+
+    def identify(self, embeddings: np.ndarray, k: int, below_threshold: bool = True,
+                 far: str | None = None) -> list[Identity]:
+        """Nearest identities; ``unknown`` when the best is below the threshold at ``far``
+        (``threshold_at``; default the gallery's, at FAR 1e-3). ``below_threshold=False``
+        lists only the matches at or above it (what a caller who may not list the gallery
+        sees)."""
+        threshold, _ = self.threshold_at(far)
         answers = []
         for matches in self.gallery.search(embeddings, k):
             listed = [{"identity": m.label, "similarity": m.similarity} for m in matches
@@ -188,6 +215,8 @@ class ServedModel:
             "columns": pre.columns,
             "classes": self.class_names, "metrics": info.metrics,
             "gallery": self.gallery.describe(),
+            # the thresholds a request may choose with far=, by false-accept rate
+            "thresholds": self.thresholds,
             "runtime": self.runtime.name, "providers": self.runtime.describe(),
             # what serving.migrate's gate found on the enrolled people, when it has run
             "gate": json.loads(info.gate) if info.gate else None,

@@ -147,6 +147,8 @@ async function start() {
   $("row-input").hidden = !table;
   $("enroll-files").hidden = table;
   $("enroll-rows").hidden = !table;
+  $("verify-form").hidden = table;
+  setUpFar(got.data);
   if (table) setUpRows(got.data);
   if (!$("tab-gallery").hidden) loadIdentities();  // a new key may open it
   if (!$("tab-model").hidden) followMigration();  // and the migration part
@@ -470,7 +472,7 @@ async function tryImage(file, results) {
   card.dataset.file = file.name;
   results.append(card);
   const model = state.model;
-  const asks = [api("identify", { method: "POST", form: imageForm(file, { top_k: String(TOP_K) }) })];
+  const asks = [api("identify", { method: "POST", form: imageForm(file, { top_k: String(TOP_K), ...farAsked() }) })];
   if (model && model.classes) {
     asks.push(api("classify", { method: "POST", form: imageForm(file, { top_k: "3" }) }));
   }
@@ -488,6 +490,52 @@ async function tryImage(file, results) {
   answer.append(identityLine(id.results[0], id.threshold), matchList(id.results[0]));
   if (id.faces) drawFaces(boxes, photo, id.faces[0], id.threshold);
   if (model && model.kind === "image") answer.append(gradcamButton(file, card));
+}
+
+// The false accept rates whose thresholds the model's export kept; identify and verify
+// decide at the one chosen (1e-3 unless another is).
+function setUpFar(model) {
+  const thresholds = model.thresholds || {};
+  const rates = Object.keys(thresholds).sort((a, b) => Number(b) - Number(a));
+  $("far").replaceChildren(...rates.map((rate) => element("option",
+    { value: rate, text: `${rate} (threshold ${fixed(thresholds[rate])})` })));
+  if (rates.includes("1e-3")) $("far").value = "1e-3";
+  $("decide").hidden = !rates.length;
+}
+
+function farAsked() {
+  return $("far").value ? { far: $("far").value } : {};
+}
+
+function rateText(far) {
+  return far == null ? "" : ` at FAR ${Number(far).toExponential(0)}`;
+}
+
+// /verify: two photos, or one photo and an enrolled name; the server's words on a refusal.
+async function verify(event) {
+  event.preventDefault();
+  const form = new FormData();
+  for (const input of [$("verify-a"), $("verify-b")]) {
+    if (input.files[0]) form.append("images", input.files[0], input.files[0].name);
+  }
+  const name = $("verify-identity").value.trim();
+  if (name) form.append("identity", name);
+  for (const [field, value] of Object.entries(farAsked())) form.append(field, value);
+  say("verify-result", "asking the model…");
+  const got = await api("verify", { method: "POST", form });
+  if (!got.ok) {
+    say("verify-result", got.message, true);
+    return;
+  }
+  say("verify-result", verdictText(got.data));
+}
+
+// "One person: yes (similarity 0.931, threshold 0.712 at FAR 1e-3)", or "Ada: no (...)".
+function verdictText(v) {
+  const question = v.identity == null ? "One person" : v.identity;
+  const sim = v.similarity == null ? "similarity shown to the admin only" : `similarity ${fixed(v.similarity)}`;
+  if (v.same == null) return `${question}: no threshold to decide with (${sim})`;
+  return `${question}: ${v.same ? "yes" : "no"} (${sim}, threshold ${fixed(v.threshold)}${rateText(v.far)})`;
 }
 
 function classLine(predictions) {
@@ -740,6 +788,7 @@ function setUpGallery() {
   $("delete-identity").addEventListener("click", deleteIdentity);
   $("enroll-form").addEventListener("submit", enroll);
   $("migrate-form").addEventListener("submit", startMigration);
+  $("verify-form").addEventListener("submit", verify);
 }
 
 document.addEventListener("DOMContentLoaded", () => {

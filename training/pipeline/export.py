@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 GALLERY_FAR = 1e-3
 GALLERY_THRESHOLD_METRIC = "test_threshold_at_far_1e-3"
+THRESHOLD_METRIC_PREFIX = "test_threshold_at_far_"  # one a FAR the run measured
 
 
 @dataclass
@@ -175,11 +177,15 @@ def source_splits(cfg: TrainConfig, model: torch.nn.Module, data: LoadedData | N
 def build_gallery(model: torch.nn.Module, splits: Splits, run: mlflow.entities.Run,
                   batch_size: int) -> Gallery:
     """The training split's embeddings under their class names, with the verification
-    threshold the run's evaluation chose at a false accept rate of 1e-3."""
+    thresholds the run's evaluation chose on its test split: the one at a false accept rate of
+    1e-3 (what a server applies unless asked), and those at every other rate measured."""
     embeddings = reference_outputs(eager_runner(model), splits.train.x, batch_size)["embedding"]
     threshold = run.data.metrics.get(GALLERY_THRESHOLD_METRIC)
+    thresholds = {key[len(THRESHOLD_METRIC_PREFIX):]: value
+                  for key, value in run.data.metrics.items()
+                  if key.startswith(THRESHOLD_METRIC_PREFIX) and math.isfinite(value)}
     gallery = Gallery(embeddings.shape[1], threshold,
-                      GALLERY_FAR if threshold is not None else None)
+                      GALLERY_FAR if threshold is not None else None, thresholds)
     gallery.add(embeddings, [splits.class_names[int(y)] for y in splits.train.y])
     return gallery
 
