@@ -18,14 +18,14 @@ architecture and size, so the same speed (its weights are the same, and the gate
    migration decodes them (unsealed, ``kept_input``), at the same batch size and threads:
    images/s, measured before and after the migration and averaged. Then
    ``python -m serving.migrate --to models:/zoo-digits/2`` in a subprocess: entries/s as the
-   command reports them (its batches: not its start-up, the new version's index built after
-   the last batch, nor its gate), against the raw rate (target >= 0.8), and where its wall
-   time goes (from its progress bar's timestamps).
+   command reports them (its batches: not its start-up nor its gate; at the default
+   ``ZOO_MIGRATION_NICE``, on a machine otherwise idle), against the raw rate (target
+   >= 0.8), and where its wall time goes (from its progress bar's timestamps).
 3. **Latency.** Version 1 served by ``bentoml serve`` (default settings) with the filled
    gallery; ``--clients`` clients post one digit to ``/identify`` each, for ``--seconds`` in
    steady state, then while ``python -m serving.migrate --to models:/zoo-digits/3`` carries
-   (from its first carried batch; run at each ``--nice`` niceness, then stopped: it resumes
-   where it stands), then steady again. p99 during a migration against the mean of the
+   (from its first carried batch; run at each ``--nice`` as ``ZOO_MIGRATION_NICE``, then
+   stopped: it resumes where it stands), then steady again. p99 during a migration against the mean of the
    steady p99s (target <= 2). The migration and the server share this machine's cores.
 4. **Memory and disk.** The migration's peak RSS (``wait4``), also sampled while it carries,
    and the gallery's database (``gallery.db`` and its WAL) per kept entry, after the fill and
@@ -265,15 +265,17 @@ class Migration:
                 "the rest": self.wall_s - self.carried_at}
 
 
-def start_migration(uri: str, env: dict[str, str], batch: int, nice: int,
+def start_migration(uri: str, env: dict[str, str], batch: int, nice: int | None = None,
                     output: object = subprocess.PIPE) -> subprocess.Popen:
-    """``python -m serving.migrate --to uri`` at niceness ``nice``; its output to ``output``
-    (pipes by default)."""
+    """``python -m serving.migrate --to uri``, its work ``nice`` steps nicer
+    (``ZOO_MIGRATION_NICE``; None: the default); its output to ``output`` (pipes by
+    default)."""
+    niceness = {} if nice is None else {"ZOO_MIGRATION_NICE": str(nice)}
     return subprocess.Popen(
         [sys.executable, "-m", "serving.migrate", "--to", uri, "--batch-size", str(batch)],
-        cwd=REPO, env={**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
-        stdout=output, stderr=subprocess.STDOUT if output is not subprocess.PIPE else output,
-        preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        cwd=REPO, env={**os.environ, **env, **niceness, "PYTHONPATH": str(REPO),
+                       "PYTHONUNBUFFERED": "1"},
+        stdout=output, stderr=subprocess.STDOUT if output is not subprocess.PIPE else output)
 
 
 def migrate_watched(uri: str, env: dict[str, str], batch: int) -> Migration:
@@ -282,7 +284,7 @@ def migrate_watched(uri: str, env: dict[str, str], batch: int) -> Migration:
 
     found = Migration()
     start = time.perf_counter()
-    proc = start_migration(uri, env, batch, 0)
+    proc = start_migration(uri, env, batch)
     out: list[str] = []
 
     def stdout() -> None:
@@ -355,7 +357,7 @@ def during_migration(url: str, bodies: list, clients: int, seconds: float, uri: 
             time.sleep(0.1)
         first = carried(folder, key)
         result = asyncio.run(load(url, bodies, clients, seconds, "/identify", pid))
-        return Window(f"during a migration (nice {nice})", result,
+        return Window(f"during a migration (ZOO_MIGRATION_NICE {nice})", result,
                       carried(folder, key) - first, proc.poll() is not None)
     finally:
         if proc.poll() is None:
@@ -380,7 +382,7 @@ def latency(env: dict[str, str], uris: list[str], folder: Path, key: str, args) 
         windows = [Window("steady, before", asyncio.run(
             load(server.url, bodies, args.clients, args.seconds, "/identify", pid)))]
         for nice in args.nice:
-            print(f"/identify during a migration, nice {nice} ...", file=sys.stderr,
+            print(f"/identify during a migration, ZOO_MIGRATION_NICE={nice} ...", file=sys.stderr,
                   flush=True)
             windows.append(during_migration(server.url, bodies, args.clients, args.seconds,
                                             uris[2], env, args.batch_size, nice, folder, key,
@@ -466,7 +468,8 @@ def run(args) -> list[str]:
             rate = w.carried / args.seconds
             rows.append((f"/identify p50 / p99 {w.name}", cells, "p99 <= 2 x steady",
                          f"{r.pct(99) / steady_p99:.2f}"))
-            rows.append((f"  the migration meanwhile (nice {w.name.split()[-1][:-1]})",
+            rows.append((f"  the migration meanwhile (ZOO_MIGRATION_NICE "
+                          f"{w.name.split()[-1][:-1]})",
                          f"{rate:,.0f} entries/s"
                          + (" (it finished inside the window)" if w.finished else ""),
                          "", f"{rate / raw:.2f} x raw"))
@@ -517,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64,
                         help="the migration's batch (and the raw rate's)")
     parser.add_argument("--nice", default="0,10",
-                        help="the migration's niceness while served, one window each")
+                        help="ZOO_MIGRATION_NICE while served, one window each")
     parser.add_argument("--threads", type=int, default=0,
                         help="ZOO_THREADS for the migration, the raw rate and the server "
                              "(0: the serving default, cores / workers)")

@@ -29,6 +29,7 @@ from serving.gallery.carry import Carried, carry
 from serving.gallery.gate import MAX_QUERIES
 from serving.lifecycle import state as shared
 from serving.lifecycle.migration import carry_and_gate
+from serving.lifecycle.priority import run_nicer
 from serving.model.served import ServedModel
 from serving.settings import ServeSettings
 from zoo.cli import StrictParser
@@ -69,7 +70,8 @@ def migrate(model_uri: str, batch_size: int | None = None, source_key: str | Non
                 if name == "gating":  # seconds with the bar still: say what runs
                     tqdm.write(GATING_LINE, file=sys.stderr)
 
-            outcome = carry_and_gate(model, source_key, progress, carrier, stage)
+            outcome = run_nicer(settings.migration_nice, carry_and_gate, model, source_key,
+                                progress, carrier, stage)
         carried, verdict = outcome.carried, outcome.verdict
         print(f"{model.gallery.where}: {carried.added} kept entries embedded now, "
               f"{carried.done} of {carried.kept} done, in {carried.seconds:.1f} s")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -66,6 +67,7 @@ def worker(settings: ServeSettings, monkeypatch):
     outcome = SimpleNamespace(passes=True, published=[])
 
     def carry_and_gate(model, progress=None, stage=None) -> Outcome:
+        outcome.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         for name in ("carrying", "gating"):  # each stage is published as it begins
             stage(name)
             outcome.published.append(shared.read(Path(settings.gallery_dir)).migration["stage"])
@@ -97,6 +99,9 @@ def test_a_version_that_passes_answers_and_the_old_one_closes_after_its_last_req
     assert state.serving == "models:/zoo-rows/2" and state.migration["stage"] == "switched"
     assert state.migration["gate"]["passed"] and state.configured == ALIAS
     assert worker.outcome.published == ["carrying", "gating"]
+    # carried on a thread nicer than the requests' (ZOO_MIGRATION_NICE), this one unchanged
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert worker.outcome.nice == min(19, mine + 10)
     assert worker.service.current.model.indexed  # its index built before it answered
 
 
@@ -185,3 +190,16 @@ def test_following_needs_an_alias() -> None:
         ServeSettings.from_env({"ZOO_FOLLOW_ALIAS": "true", "ZOO_MODEL_URI": "models:/x/3"})
     with pytest.raises(ValueError, match="ZOO_FOLLOW_EVERY_S"):
         ServeSettings.from_env({"ZOO_FOLLOW_EVERY_S": "0"})
+
+
+def test_work_runs_nicer_on_a_thread_of_its_own_and_its_failure_comes_back() -> None:
+    from serving.lifecycle.priority import run_nicer
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = niceness()
+    assert run_nicer(5, niceness) == min(19, mine + 5)
+    assert run_nicer(0, niceness) == mine and niceness() == mine
+    with pytest.raises(ZeroDivisionError):
+        run_nicer(3, lambda: 1 / 0)

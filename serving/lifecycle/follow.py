@@ -30,6 +30,7 @@ from serving.gallery.carry import carry
 from serving.lifecycle import state as shared
 from serving.lifecycle.answering import Answering, pinned_uri
 from serving.lifecycle.migration import WORKING_STAGES, Status, carry_and_gate
+from serving.lifecycle.priority import run_nicer
 from serving.model.served import ServedModel
 from serving.settings import ServeSettings
 from zoo.export.bundle import Bundle
@@ -187,8 +188,9 @@ class Lifecycle:
                 def stage(name: str) -> None:
                     status.stage = name
                     self._publish(status, target)
-                outcome = carry_and_gate(answering.model, progress=self._progress(status, target),
-                                         stage=stage)
+                outcome = run_nicer(self.settings.migration_nice, carry_and_gate,
+                                    answering.model, progress=self._progress(status, target),
+                                    stage=stage)
                 status.gate = outcome.verdict.to_dict()
                 status.uncarried = (len(outcome.carried.uncarried)
                                     + len(outcome.carried.nothing_kept))
