@@ -26,7 +26,8 @@ architecture and size, so the same speed (its weights are the same, and the gate
    steady state, then while ``python -m serving.migrate --to models:/zoo-digits/3`` carries
    (from its first carried batch; run at each ``--nice`` as ``ZOO_MIGRATION_NICE``, then
    stopped: it resumes where it stands), then steady again. p99 during a migration against
-   the mean of the steady p99s (target <= 2). The migration and the server share this machine's cores.
+   the mean of the steady p99s (target <= 2). The migration and the server share this
+   machine's cores.
 4. **Memory and disk.** The migration's peak RSS (``wait4``), also sampled while it carries,
    and the gallery's database (``gallery.db`` and its WAL) per kept entry, after the fill and
    after the migration, and a sealed kept image's mean size.
