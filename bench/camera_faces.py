@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     factors = [float(f) for f in args.factors.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    both = {"dlib", "fine-tuned"} <= set(rows)  # a column of fitted - dlib
     with tempfile.TemporaryDirectory(prefix="camera-faces-") as tmp:
         copies = args.copies or Path(tmp)
         copies.mkdir(parents=True, exist_ok=True)
         lines = ["| copy | HOG finds | " + " | ".join(
                      f"{ROWS[r]}, open MAP@R seeds {'/'.join(map(str, seeds))}" for r in rows)
-                 + (" | fitted - dlib |" if {"dlib", "fine-tuned"} <= set(rows) else " |"),
-                 "|---" * (2 + len(rows) + ({"dlib", "fine-tuned"} <= set(rows))) + "|"]
+                 + (" | fitted - dlib |" if both else " |"),
+                 "|---" * (2 + len(rows) + both) + "|"]
         for factor in factors:
             folder = copy_of(args.data, factor, copies)
             found, photos = hog_finds(folder)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     scores[name].append(metrics[METRIC])
                 print(f"x{factor:g} seed {seed} done", file=sys.stderr, flush=True)
             cells = [" / ".join(f"{v:.3f}" for v in scores[r]) for r in rows]
-            if {"dlib", "fine-tuned"} <= set(rows):
+            if both:
                 cells.append(" / ".join(f"{f - d:+.3f}" for f, d in
                                         zip(scores["fine-tuned"], scores["dlib"])))
             name = "clean" if factor == 1 else f"x{factor:g}"

@@ -105,7 +105,8 @@ def _photo(model: ServedModel, path: Path, index: int, settings: ServeSettings
 
 def _rows(model: ServedModel, root: Path, decoded: list, out: dict[str, np.ndarray]) -> list[dict]:
     classes = model.top_classes(out["logits"], 1) if model.has_classes else None
-    identities = model.identify(out["embedding"], 1) if len(model.gallery) else None
+    identities = (model.identify(out["embedding"], 1, model.threshold) if len(model.gallery)
+                  else None)
     rows = []
     faces = [(path, box) for path, _, _, boxes in decoded for box in boxes]
     for i, (path, box) in enumerate(faces):

@@ -265,7 +265,7 @@ class ZooService:
         x = found.x if found is not None else (await self.inputs.read(images, rows))[0]
         out = await self.model.infer(x)
         answers = await _in_thread(self.model.identify, out["embedding"],
-                                   top_k or SETTINGS.top_k, admin, far)
+                                   top_k or SETTINGS.top_k, threshold, admin)
         results = [_identification(a) for a in answers]
         if found is None:
             return IdentifyResponse(**self.served, threshold=threshold, far=at,

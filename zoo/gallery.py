@@ -28,14 +28,27 @@ META_FILE = "gallery.json"
 LEGACY_INDEX_FILE = "gallery.faiss"  # written by model-zoo before the gallery held numbers only
 
 
+def _thresholds(meta: dict[str, Any]) -> dict[str, float]:
+    """A gallery file's thresholds by false-accept rate (``{}`` for one saved before they
+    were kept)."""
+    return {str(far): float(value) for far, value in (meta.get("thresholds") or {}).items()}
+
+
+def _damaged(path: Path, exc: Exception) -> ValueError:
+    return ValueError(f"gallery file {path} is damaged ({type(exc).__name__}: {exc}); restore "
+                      "it or export the model again")
+
+
 def saved_thresholds(folder: Path) -> dict[str, float]:
     """The thresholds by false-accept rate a saved gallery holds (``{}`` for a gallery saved
     before they were kept, or none), without reading its vectors."""
     path = Path(folder) / META_FILE
     if not path.is_file():
         return {}
-    meta = json.loads(path.read_text())
-    return {str(far): float(value) for far, value in (meta.get("thresholds") or {}).items()}
+    try:
+        return _thresholds(json.loads(path.read_text()))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise _damaged(path, exc) from None
 
 
 class Gallery:
@@ -113,11 +126,9 @@ class Gallery:
             count, dim, labels = int(meta["count"]), int(meta["dim"]), meta["labels"]
             if not isinstance(labels, list) or len(labels) < count or count < 0:
                 raise ValueError(f"{count} entries but {len(labels)} labels")
-            thresholds = {str(far): float(value)
-                          for far, value in (meta.get("thresholds") or {}).items()}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"gallery file {folder / META_FILE} is damaged ({type(exc).__name__}: "
-                             f"{exc}); restore it or export the model again") from None
+            thresholds = _thresholds(meta)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _damaged(folder / META_FILE, exc) from None
         try:
             vectors = np.load(folder / VECTORS_FILE, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:

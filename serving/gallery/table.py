@@ -90,6 +90,14 @@ def _as_rows(rows: Sequence[Any], dim: int) -> Rows:
     return Rows(ids, [r[1] for r in rows], vectors.reshape(len(rows), dim))
 
 
+def _in_parts(conn: Connection, query: Any, dim: int, chunk: int) -> Iterator[Rows]:
+    """``query``'s ``(id, identity, vector blob)`` rows as ``Rows`` of at most ``chunk``,
+    streamed: never every row as Python objects at once."""
+    result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
+    for part in result.partitions(chunk):
+        yield _as_rows(part, dim)
+
+
 def _blob(vectors: np.ndarray) -> list[bytes]:
     """Rows as float32 bytes, L2-normalised here: readers take the table's vectors as they are."""
     return [row.tobytes() for row in normalised(vectors, vectors.shape[1])]
@@ -256,12 +264,10 @@ class GalleryTable:
         """Entries with ids above ``after_id``, ascending, in chunks."""
         dim = self.dim
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=chunk).execute(
-                sa.select(ENTRIES.c.id, ENTRIES.c.identity, ENTRIES.c.vector)
-                .where(ENTRIES.c.model_key == self.key, ENTRIES.c.id > after_id)
-                .order_by(ENTRIES.c.id))
-            for part in result.partitions(chunk):
-                yield _as_rows(part, dim)
+            yield from _in_parts(conn, sa.select(ENTRIES.c.id, ENTRIES.c.identity,
+                                                 ENTRIES.c.vector)
+                                 .where(ENTRIES.c.model_key == self.key, ENTRIES.c.id > after_id)
+                                 .order_by(ENTRIES.c.id), dim, chunk)
 
     def changes(self, after_id: int, after_removal: int) -> Changes:
         """Everything committed since a reader's watermarks, read in one transaction."""
@@ -487,15 +493,14 @@ class CarryTable:
         """The entries gallery ``key`` embedded from kept data: kept ids, identities and
         vectors (what the gate compares across versions), read in parts: 100k rows as
         Python objects at once would hold several times their arrays."""
-        parts: list[Rows] = []
         with self.table.engine.connect() as conn:
             dim = conn.execute(sa.select(GALLERIES.c.dim)
                                .where(GALLERIES.c.key == key)).scalar_one()
-            result = conn.execution_options(stream_results=True, yield_per=10_000).execute(
-                sa.select(ENTRIES.c.kept_id, ENTRIES.c.identity, ENTRIES.c.vector)
-                .where(ENTRIES.c.model_key == key, ENTRIES.c.kept_id.is_not(None))
-                .order_by(ENTRIES.c.kept_id))
-            parts = [_as_rows(part, dim) for part in result.partitions(10_000)]
+            parts = list(_in_parts(conn, sa.select(ENTRIES.c.kept_id, ENTRIES.c.identity,
+                                                   ENTRIES.c.vector)
+                                   .where(ENTRIES.c.model_key == key,
+                                          ENTRIES.c.kept_id.is_not(None))
+                                   .order_by(ENTRIES.c.kept_id), dim, 10_000))
         if not parts:
             return np.zeros(0, np.int64), [], np.zeros((0, dim), np.float32)
         return (np.concatenate([p.ids for p in parts]),

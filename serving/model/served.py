@@ -166,13 +166,12 @@ class ServedModel:
         raise RequestError(f"far={shown(far)}: this model has thresholds at the false accept "
                            f"rates {offered} (kept by its export)")
 
-    def identify(self, embeddings: np.ndarray, k: int, below_threshold: bool = True,
-                 far: str | None = None) -> list[Identity]:
-        """Nearest identities; ``unknown`` when the best is below the threshold at ``far``
-        (``threshold_at``; default the gallery's, at FAR 1e-3). ``below_threshold=False``
+    def identify(self, embeddings: np.ndarray, k: int, threshold: float | None,
+                 below_threshold: bool = True) -> list[Identity]:
+        """Nearest identities; ``unknown`` when the best is below ``threshold`` (the
+        gallery's, ``self.threshold``, or one of ``threshold_at``). ``below_threshold=False``
         lists only the matches at or above it (what a caller who may not list the gallery
         sees)."""
-        threshold, _ = self.threshold_at(far)
         answers = []
         for matches in self.gallery.search(embeddings, k):
             listed = [{"identity": m.label, "similarity": m.similarity} for m in matches
